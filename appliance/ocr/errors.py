@@ -1,0 +1,36 @@
+"""The errors the OCR core raises. Each message is meant to be shown to a person as it is."""
+
+
+class OcrError(Exception):
+    """Base class: anything the OCR core refuses or fails to do, with a message a person can act on."""
+
+
+class InputError(OcrError):
+    """A file (or uploaded blob) that cannot be read: corrupt, wrong type, too big, empty."""
+
+    def __init__(self, name: str, reason: str):
+        self.name = name
+        self.reason = reason
+        super().__init__(f"{name}: {reason}")
+
+
+class TaskNotSupported(OcrError):
+    """The chosen engine cannot do this task (the CPU engine only spots and reads text)."""
+
+    def __init__(self, task: str, engine: str, supported):
+        self.task = task
+        self.engine = engine
+        names = ", ".join(sorted(str(t) for t in supported))
+        super().__init__(
+            f"task '{task}' needs the HunyuanOCR model on an NVIDIA GPU; "
+            f"the '{engine}' engine only does: {names}"
+        )
+
+
+class EngineUnavailable(OcrError):
+    """The engine cannot start here: no GPU, no model directory, package missing, server down."""
+
+    def __init__(self, engine: str, reason: str):
+        self.engine = engine
+        self.reason = reason
+        super().__init__(f"engine '{engine}' is not available: {reason}")

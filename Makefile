@@ -15,8 +15,8 @@ $(STAMP)/deps: pyproject.toml
 # Fonts to render the CJK test images (tests make their own images with Pillow).
 $(STAMP)/test-apt:
 	mkdir -p $(STAMP)
-	if ! fc-list 2>/dev/null | grep -qi 'Noto Sans CJK'; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-noto-cjk fonts-dejavu-core fontconfig >/dev/null; fi
+	if ! fc-list 2>/dev/null | grep -qi 'WenQuanYi Micro Hei'; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-microhei fonts-dejavu-core fontconfig >/dev/null; fi
 	touch $@
 
 deps: $(STAMP)/deps

@@ -1,0 +1,67 @@
+"""One document through one engine: open, validate, page loop with progress, timings, the result document.
+
+This is the only place that loops over pages; the CLI, the web API and the scan folder all call `recognize_file`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from appliance.ocr.engines import Engine, check_task
+from appliance.ocr.images import Document
+from appliance.ocr.result import OcrResult
+from appliance.ocr.tasks import Request
+
+# progress(done_pages, total_pages); called once before the first page and after each page.
+Progress = Callable[[int, int], None]
+
+
+class Cancelled(Exception):
+    """The caller's `cancelled()` said stop between two pages."""
+
+
+def recognize_document(
+    engine: Engine,
+    document: Document,
+    request: Request,
+    progress: Progress | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> OcrResult:
+    check_task(engine, request)  # refuse before decoding anything
+    started = time.perf_counter()
+    total = document.page_count
+    pages = []
+    if progress:
+        progress(0, total)
+    for number, image in enumerate(document.pages(), start=1):
+        if cancelled and cancelled():
+            raise Cancelled(f"{document.name}: cancelled after {number - 1} of {total} pages")
+        page_started = time.perf_counter()
+        page = engine.recognize(image, request)
+        page.number, page.width, page.height = number, image.width, image.height
+        page.seconds = round(time.perf_counter() - page_started, 3)
+        pages.append(page)
+        if progress:
+            progress(number, total)
+    return OcrResult(
+        source=document.name,
+        task=request.task.value,
+        options=request.options(),
+        engine=engine.info,
+        pages=pages,
+        timings={"ocr": round(time.perf_counter() - started, 3)},
+    )
+
+
+def recognize_file(
+    engine: Engine,
+    source,
+    request: Request,
+    name: str | None = None,
+    progress: Progress | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> OcrResult:
+    """`source` is a path or bytes; `name` is what errors and the result call it (defaults to the file name)."""
+    with Document.open(source, name=name) as document:
+        return recognize_document(engine, document, request, progress, cancelled)

@@ -1,0 +1,138 @@
+"""The `appliance` command: argument parsing only; every command calls into the modules that do the work."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from appliance import __version__
+from appliance.ocr.engines import ENGINE_NAMES
+from appliance.ocr.tasks import LANGUAGES, Task
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", default="auto", choices=ENGINE_NAMES, help="OCR engine (default: auto)")
+    p.add_argument("--model", metavar="DIR", help="local HunyuanOCR model directory (config.json + weights)")
+    p.add_argument("--vllm-url", metavar="URL", help="vLLM OpenAI-compatible server (default: loopback :8001)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="appliance", description="Offline OCR appliance")
+    parser.add_argument("--version", action="version", version=f"appliance {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ocr = sub.add_parser("ocr", help="recognise images and PDFs", description="Recognise images and PDFs.")
+    ocr.add_argument("files", nargs="+", metavar="FILE")
+    ocr.add_argument(
+        "--task", default="text", help=f"one of: {', '.join(t.value for t in Task)} (or plain_ocr, doc_parser, translation)"
+    )
+    ocr.add_argument("--fields", help="field names for --task extract, comma separated")
+    ocr.add_argument("--to", dest="target_lang", default="en", help=f"target language for translate: {', '.join(LANGUAGES)}")
+    ocr.add_argument("--format", default="txt", choices=("json", "txt", "md"), help="json: one document per line")
+    _engine_args(ocr)
+
+    doctor = sub.add_parser("doctor", help="show what this machine has and which engine would run")
+    _engine_args(doctor)
+
+    serve = sub.add_parser("serve", help="serve the web UI and the HTTP API (loopback by default)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--data", metavar="DIR", default="/srv/ocr", help="jobs, results and history (default: /srv/ocr)")
+    serve.add_argument("--lan-token", metavar="SECRET", help="require 'Authorization: Bearer SECRET' on API calls")
+    _engine_args(serve)
+
+    vllm = sub.add_parser("vllm-server", help="start vLLM serving the model on loopback (GPU machines)")
+    vllm.add_argument("--model", metavar="DIR", required=True)
+    vllm.add_argument("--port", type=int, default=8001)
+    vllm.add_argument("--gpu-memory-utilization", type=float, default=0.8)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "ocr":
+        return cmd_ocr(args)
+    if args.command == "doctor":
+        from appliance.doctor import report
+
+        print(report(engine=args.engine, model_dir=args.model, vllm_url=args.vllm_url))
+        return 0
+    if args.command == "serve":
+        from webui.server import serve
+
+        serve(args.host, args.port, engine=args.engine, model_dir=args.model, data_dir=args.data, lan_token=args.lan_token)
+        return 0
+    if args.command == "vllm-server":
+        from appliance.ocr.engines.vllm import start_server
+
+        server = start_server(args.model, args.port, gpu_memory_utilization=args.gpu_memory_utilization)
+        return server.wait()
+    raise AssertionError(args.command)
+
+
+def _fail(message: str) -> None:
+    print(f"appliance: {message}", file=sys.stderr)
+
+
+class ProgressBar:
+    """Page progress on stderr for multi-page files: a redrawn bar on a terminal, one line per page otherwise."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.tty = sys.stderr.isatty()
+        self.started = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        if total <= 1:
+            return
+        if self.tty:
+            filled = int(30 * done / total)
+            secs = time.monotonic() - self.started
+            end = "\n" if done == total else ""
+            print(f"\r{self.name} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} pages {secs:.0f}s", end=end, file=sys.stderr, flush=True)
+        elif done:
+            print(f"{self.name}: page {done}/{total}", file=sys.stderr, flush=True)
+
+
+def cmd_ocr(args) -> int:
+    from appliance.ocr.engines import open_engine
+    from appliance.ocr.errors import OcrError
+    from appliance.ocr.pipeline import recognize_file
+    from appliance.ocr.tasks import Request
+
+    try:
+        request = Request.make(args.task, fields=args.fields, target_lang=args.target_lang)
+    except ValueError as e:
+        _fail(str(e))
+        return 2
+    try:
+        started = time.perf_counter()
+        engine = open_engine(args.engine, model_dir=args.model, vllm_url=args.vllm_url)
+        load_seconds = round(time.perf_counter() - started, 3)
+    except OcrError as e:
+        _fail(str(e))
+        return 1
+    failed = 0
+    try:
+        for i, path in enumerate(args.files):
+            try:
+                result = recognize_file(engine, Path(path), request, name=path, progress=ProgressBar(path))
+            except OcrError as e:
+                _fail(str(e))
+                failed += 1
+                continue
+            if i == 0:
+                result.timings["load"] = load_seconds  # the engine start is paid once, by the first file
+            print(_render(result, args.format, header=path if len(args.files) > 1 else None), flush=True)
+    finally:
+        engine.close()
+    return 1 if failed else 0
+
+
+def _render(result, fmt: str, header: str | None) -> str:
+    if fmt == "json":
+        return result.to_json()
+    body = (result.markdown or result.text) if fmt == "md" else result.text
+    return f"==> {header} <==\n{body}\n" if header else body

@@ -221,14 +221,18 @@ def _has_content(unit: str) -> bool:
     """Whether the unit holds words once HTML tags are removed. Rotated so a tag cut in two (`td></td><`) is whole."""
     if "<" in unit:
         cut = unit.index("<")
-        unit = unit[cut:] + unit[:cut]
-    return _WORD.search(_HTML_TAG.sub("", unit)) is not None
+        unit = _HTML_TAG.sub("", unit[cut:] + unit[:cut])
+    return _WORD.search(unit) is not None
 
 
 def needed_repeats(unit: str, min_repeats: int) -> int:
     """How many consecutive copies of `unit` make a loop (the policy shared by is_looping and clean_repetition)."""
-    min_chars = MIN_RUN_CHARS_WORDS if _has_content(unit) else MIN_RUN_CHARS_MARKUP
-    return max(min_repeats, math.ceil(min_chars / len(unit)))
+    return _needed(len(unit), _has_content(unit), min_repeats)
+
+
+def _needed(size: int, has_content: bool, min_repeats: int) -> int:
+    min_chars = MIN_RUN_CHARS_WORDS if has_content else MIN_RUN_CHARS_MARKUP
+    return max(min_repeats, math.ceil(min_chars / size))
 
 
 def is_looping(text: str, min_repeats: int = 8, max_unit: int = MAX_UNIT) -> bool:
@@ -238,7 +242,17 @@ def is_looping(text: str, min_repeats: int = 8, max_unit: int = MAX_UNIT) -> boo
     O(repeats * unit) comparison only for lengths whose last two copies already agree.
     """
     window = text[-max(max_unit * min_repeats, MIN_RUN_CHARS_MARKUP + max_unit) :]
+    if not window:
+        return False
+    # A tail of one repeated character ("-----", "....."): every unit made of that character repeats over exactly
+    # this run, so those unit lengths are decided by arithmetic instead of comparing up to 512 chars each.
+    same_run = len(window) - len(window.rstrip(window[-1]))
+    same_has_content = _has_content(window[-1])
     for size in range(1, min(max_unit, len(window) // min_repeats) + 1):
+        if 2 * size <= same_run:
+            if same_run >= size * _needed(size, same_has_content, min_repeats):
+                return True
+            continue
         unit = window[-size:]
         if window[-2 * size : -size] != unit:
             continue

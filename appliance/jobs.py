@@ -1,0 +1,425 @@
+"""The one job queue: every use (kiosk, HTTP API, scan folder) submits here, one worker thread owns the engine.
+
+Why one worker: the GPU holds one model and runs one document at a time; a second thread would only queue inside the
+engine, invisibly. Here the queue is visible (position, progress, cancel) and bounded (`QueueFull`).
+
+Storage under `data_dir`:
+  jobs.sqlite          job rows (WAL), the only record of job state; this module is its only writer
+  inputs/<sha256>      the uploaded bytes, kept so a restart can resume queued jobs and the UI can show the page
+  results/<key>.json   the result document, named by its cache key (input + task + options + engine revision)
+Files are written to a temporary name and renamed, so a crash never leaves a half-written file under a real name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from appliance.ocr.engines import Engine, check_task
+from appliance.ocr.errors import EngineUnavailable, OcrError
+from appliance.ocr.images import Document
+from appliance.ocr.pipeline import Cancelled, recognize_file
+from appliance.ocr.result import SCHEMA_VERSION, OcrResult
+from appliance.ocr.tasks import Request
+
+log = logging.getLogger(__name__)
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+FINISHED = (DONE, FAILED, CANCELLED)
+MAX_RETRIES = 2  # a job interrupted this often by restarts is probably what crashes the process: stop retrying it
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    name TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    task TEXT NOT NULL,
+    options TEXT NOT NULL,
+    state TEXT NOT NULL,
+    pages_done INTEGER NOT NULL DEFAULT 0,
+    pages_total INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    error_kind TEXT,  -- the exception class, so the API can answer a failed job with the right status
+    cache_key TEXT,
+    cached INTEGER NOT NULL DEFAULT 0,
+    retries INTEGER NOT NULL DEFAULT 0,
+    engine TEXT,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+"""
+
+
+class QueueFull(Exception):
+    """The queue holds `limit` jobs already; try again after `retry_after` seconds."""
+
+    def __init__(self, limit: int, retry_after: int):
+        self.limit = limit
+        self.retry_after = retry_after
+        super().__init__(f"the OCR queue is full ({limit} jobs waiting); try again in about {retry_after} s")
+
+
+class JobNotFound(KeyError):
+    def __init__(self, job_id: str):
+        self.job_id = job_id
+        super().__init__(job_id)
+
+    def __str__(self) -> str:
+        return f"no job '{self.job_id}' (it may have been deleted)"
+
+
+@dataclass
+class Job:
+    id: str
+    name: str
+    size: int
+    sha256: str
+    task: str
+    options: dict
+    state: str
+    pages_done: int
+    pages_total: int
+    error: str | None
+    error_kind: str | None
+    cache_key: str | None
+    cached: bool
+    retries: int
+    engine: str | None
+    created: float
+    started: float | None
+    finished: float | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "Job":
+        data = {k: row[k] for k in row.keys() if k != "seq"}
+        data["options"] = json.loads(data["options"])
+        data["cached"] = bool(data["cached"])
+        return cls(**data)
+
+    @property
+    def finished_state(self) -> bool:
+        return self.state in FINISHED
+
+    def request(self) -> Request:
+        return Request.make(self.task, fields=self.options.get("fields"), target_lang=self.options.get("target_lang"))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def cache_key(sha256: str, request: Request, info) -> str:
+    """Same input bytes + task + options + engine/model/revision (+ result schema) -> same result."""
+    material = json.dumps(
+        [SCHEMA_VERSION, sha256, request.task.value, request.options(), info.name, info.model, info.revision],
+        sort_keys=True,
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Jobs:
+    """The queue, the store and the worker. `open_engine` is called once, in the worker thread, which then owns it."""
+
+    def __init__(self, data_dir: str | os.PathLike, open_engine: Callable[[], Engine], max_queue: int = 32):
+        self.data_dir = Path(data_dir)
+        self.inputs = self.data_dir / "inputs"
+        self.results = self.data_dir / "results"
+        for d in (self.inputs, self.results):
+            d.mkdir(parents=True, exist_ok=True)
+        self.max_queue = max_queue
+        self._open_engine = open_engine
+        self._engine: Engine | None = None
+        self._engine_state = "loading"  # loading | ready | failed | stopped
+        self._engine_error: str | None = None
+        self._lock = threading.RLock()  # guards the connection and the in-memory state below
+        self._changed = threading.Condition(self._lock)  # notified on every job state/progress change
+        self._pending: list[str] = []  # queued job ids in order; the DB is the truth, this is the worker's to-do list
+        self._cancel: set[str] = set()
+        self._seconds_per_job = 5.0  # running estimate for Retry-After
+        self._stopping = False
+        self._db = sqlite3.connect(self.data_dir / "jobs.sqlite", check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._recover()
+        self._worker = threading.Thread(target=self._run, name="ocr-worker", daemon=True)
+        self._worker.start()
+
+    # ---- state after a restart -------------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Jobs that were running when the process died go back in the queue (a few times), queued ones resume."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET state=?, error=?, finished=? WHERE state=? AND retries>=?",
+                (FAILED, "interrupted by a restart too many times; not retried again", time.time(), RUNNING, MAX_RETRIES),
+            )
+            self._db.execute(
+                "UPDATE jobs SET state=?, retries=retries+1, pages_done=0, started=NULL, error=? WHERE state=?",
+                (QUEUED, "interrupted by a restart; queued again", RUNNING),
+            )
+            rows = self._db.execute("SELECT id FROM jobs WHERE state=? ORDER BY seq", (QUEUED,)).fetchall()
+            self._pending = [r["id"] for r in rows]
+
+    # ---- what callers use ------------------------------------------------------------------------------------
+
+    def submit(self, source: bytes | str | os.PathLike, name: str, request: Request) -> Job:
+        """Validate the file, then return a cached result at once or queue the job. Raises InputError,
+        TaskNotSupported, EngineUnavailable or QueueFull, each before anything is stored."""
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+        with Document.open(data, name=name) as document:  # refuses unreadable files before they are queued
+            sha256, pages = document.sha256, document.page_count
+        with self._lock:
+            if self._engine_state == "failed":
+                raise EngineUnavailable("the configured engine", self._engine_error or "it failed to start")
+            key = None
+            if self._engine is not None:
+                check_task(self._engine, request)
+                key = cache_key(sha256, request, self._engine.info)
+            if key is None or not (self.results / f"{key}.json").exists():
+                waiting = len(self._pending)
+                if waiting >= self.max_queue:
+                    raise QueueFull(self.max_queue, self._retry_after(waiting))
+            path = self.inputs / sha256
+            if not path.exists():
+                _write_atomic(path, data)
+            job_id = uuid.uuid4().hex[:16]
+            self._db.execute(
+                "INSERT INTO jobs (id, name, size, sha256, task, options, state, pages_total, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, name, len(data), sha256, request.task.value, json.dumps(request.options()), QUEUED, pages,
+                 time.time()),
+            )
+            if key is not None and (self.results / f"{key}.json").exists():
+                self._finish_cached(job_id, key)
+            else:
+                self._pending.append(job_id)
+            self._changed.notify_all()
+            return self.get(job_id)
+
+    def get(self, job_id: str) -> Job:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+        return Job.from_row(row)
+
+    def list(self, limit: int = 100, offset: int = 0) -> list[Job]:
+        """Newest first, for the history page and GET /jobs."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM jobs ORDER BY seq DESC LIMIT ? OFFSET ?", (limit, offset)).fetchall()
+        return [Job.from_row(r) for r in rows]
+
+    def position(self, job_id: str) -> int | None:
+        """1 = next to run; None when not waiting."""
+        with self._lock:
+            return self._pending.index(job_id) + 1 if job_id in self._pending else None
+
+    def wait(self, job_id: str, timeout: float | None = None) -> Job:
+        """Block until the job has finished (or `timeout` seconds passed); returns its latest state."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            while True:
+                job = self.get(job_id)
+                left = None if deadline is None else deadline - time.monotonic()
+                if job.finished_state or (left is not None and left <= 0):
+                    return job
+                self._changed.wait(left)
+
+    def result(self, job_id: str) -> OcrResult:
+        return OcrResult.from_dict(json.loads(self.result_path(job_id).read_text(encoding="utf-8")))
+
+    def result_path(self, job_id: str) -> Path:
+        job = self.get(job_id)
+        if job.state != DONE:
+            raise LookupError(f"job '{job_id}' has no result: it is {job.state}" + (f" ({job.error})" if job.error else ""))
+        return self.results / f"{job.cache_key}.json"
+
+    def input_path(self, job_id: str) -> Path:
+        return self.inputs / self.get(job_id).sha256
+
+    def cancel(self, job_id: str) -> Job:
+        """A queued job is cancelled at once; a running one stops before its next page."""
+        with self._lock:
+            job = self.get(job_id)
+            if job.state == QUEUED:
+                self._pending.remove(job_id)
+                self._set(job_id, state=CANCELLED, finished=time.time(), error="cancelled before it started")
+            elif job.state == RUNNING:
+                self._cancel.add(job_id)
+            return self.get(job_id)
+
+    def delete(self, job_id: str) -> None:
+        """Forget the job and remove its input and result files unless another job still uses them."""
+        with self._lock:
+            job = self.get(job_id)
+            if job_id in self._pending:
+                self._pending.remove(job_id)
+            if job.state == RUNNING:
+                self._cancel.add(job_id)  # the worker drops what it produces for a job that no longer exists
+            self._db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
+            self._collect(job.sha256, job.cache_key)
+            self._changed.notify_all()
+
+    def engine_status(self) -> dict:
+        with self._lock:
+            engine = self._engine
+            return {
+                "state": self._engine_state,
+                "ready": self._engine_state == "ready",
+                "error": self._engine_error,
+                "info": asdict(engine.info) if engine else None,
+                "tasks": sorted(t.value for t in engine.tasks) if engine else None,
+            }
+
+    def wait_engine(self, timeout: float | None = None) -> dict:
+        """Block until the engine has loaded or failed (or `timeout` passed); returns `engine_status()`."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._engine_state != "loading", timeout)
+            return self.engine_status()
+
+    def counts(self) -> dict:
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
+        return {r["state"]: r["n"] for r in rows}
+
+    def close(self, timeout: float = 30) -> None:
+        """Stop after the current page; queued jobs stay queued for the next start."""
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+            self._cancel.update(self._running_ids())
+            self._changed.notify_all()
+        self._worker.join(timeout)
+        with self._lock:
+            self._db.close()
+
+    # ---- the worker --------------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            engine = self._open_engine()
+        except Exception as e:  # noqa: BLE001 - whatever stops the engine is reported on /health and the status page
+            log.exception("engine failed to start")
+            with self._lock:
+                self._engine_state, self._engine_error = "failed", str(e)
+                for job_id in self._pending:
+                    self._set(job_id, state=FAILED, finished=time.time(), error=f"the OCR engine did not start: {e}",
+                              error_kind="EngineUnavailable")
+                self._pending.clear()
+                self._changed.notify_all()
+            return
+        with self._lock:
+            self._engine, self._engine_state = engine, "ready"
+            self._changed.notify_all()
+        try:
+            while True:
+                with self._changed:
+                    while not self._pending and not self._stopping:
+                        self._changed.wait()
+                    if self._stopping:
+                        return
+                    job_id = self._pending.pop(0)
+                self._process(engine, job_id)
+        finally:
+            with self._lock:
+                self._engine_state = "stopped"
+            engine.close()
+
+    def _process(self, engine: Engine, job_id: str) -> None:
+        with self._lock:
+            try:
+                job = self.get(job_id)
+            except JobNotFound:
+                return
+            request = job.request()
+            key = cache_key(job.sha256, request, engine.info)
+            if (self.results / f"{key}.json").exists():  # an identical job finished while this one waited
+                self._finish_cached(job_id, key)
+                self._changed.notify_all()
+                return
+            self._set(job_id, state=RUNNING, started=time.time(), engine=engine.info.name, cache_key=key, error=None,
+                      error_kind=None)
+            self._changed.notify_all()
+
+        def progress(done: int, total: int) -> None:
+            with self._lock:
+                self._set(job_id, pages_done=done, pages_total=total)
+                self._changed.notify_all()
+
+        started = time.monotonic()
+        outcome: dict
+        try:
+            result = recognize_file(
+                engine, self.inputs / job.sha256, request, name=job.name, progress=progress,
+                cancelled=lambda: job_id in self._cancel,
+            )
+            _write_atomic(self.results / f"{key}.json", result.to_json().encode("utf-8"))
+            outcome = {"state": DONE}
+        except Cancelled:
+            outcome = {"state": CANCELLED, "error": "cancelled while running"}
+        except OcrError as e:
+            outcome = {"state": FAILED, "error": str(e), "error_kind": type(e).__name__}
+        except Exception as e:  # noqa: BLE001 - one bad document must not stop the worker
+            log.exception("job %s failed", job_id)
+            outcome = {"state": FAILED, "error": f"internal error: {type(e).__name__}: {e}", "error_kind": "internal"}
+        with self._lock:
+            self._cancel.discard(job_id)
+            if self._stopping and outcome["state"] == CANCELLED:
+                # shutting down, not a user's cancel: leave it for the next start to resume
+                self._set(job_id, state=QUEUED, pages_done=0, started=None, error=None)
+            elif self._set(job_id, finished=time.time(), **outcome) == 0:
+                self._collect(job.sha256, key)  # deleted while running
+            if outcome["state"] == DONE:
+                self._seconds_per_job = 0.7 * self._seconds_per_job + 0.3 * (time.monotonic() - started)
+            self._changed.notify_all()
+
+    # ---- helpers (callers hold the lock) ------------------------------------------------------------------------
+
+    def _set(self, job_id: str, **columns) -> int:
+        names = ", ".join(f"{k}=?" for k in columns)
+        cur = self._db.execute(f"UPDATE jobs SET {names} WHERE id=?", (*columns.values(), job_id))
+        return cur.rowcount
+
+    def _finish_cached(self, job_id: str, key: str) -> None:
+        cached = json.loads((self.results / f"{key}.json").read_text(encoding="utf-8"))
+        now, pages = time.time(), len(cached["pages"])
+        self._set(job_id, state=DONE, cache_key=key, cached=1, pages_done=pages, pages_total=pages,
+                  engine=cached["engine"]["name"], started=now, finished=now)
+
+    def _collect(self, sha256: str, key: str | None) -> None:
+        """Remove an input or result file that no remaining job refers to."""
+        if not self._db.execute("SELECT 1 FROM jobs WHERE sha256=? LIMIT 1", (sha256,)).fetchone():
+            (self.inputs / sha256).unlink(missing_ok=True)
+        if key and not self._db.execute("SELECT 1 FROM jobs WHERE cache_key=? LIMIT 1", (key,)).fetchone():
+            (self.results / f"{key}.json").unlink(missing_ok=True)
+
+    def _running_ids(self) -> list[str]:
+        return [r["id"] for r in self._db.execute("SELECT id FROM jobs WHERE state=?", (RUNNING,)).fetchall()]
+
+    def _retry_after(self, waiting: int) -> int:
+        return max(1, min(600, round(waiting * self._seconds_per_job)))

@@ -1,0 +1,37 @@
+"""A test double for the Engine protocol: instant, deterministic, and holdable (a gate) so tests can catch a job
+while it is running. Tests only; product code always runs a real engine."""
+
+from __future__ import annotations
+
+import threading
+
+from appliance.ocr.result import Block, EngineInfo, Page
+from appliance.ocr.tasks import Request, Task
+
+
+class FakeEngine:
+    def __init__(self, tasks=frozenset(Task), revision: str = "r1", gate: threading.Event | None = None):
+        self.info = EngineInfo(name="fake", model="test/fake", revision=revision, device="cpu")
+        self.tasks = frozenset(tasks)
+        self.gate = gate  # when set, each page waits for it: the job stays "running" until the test opens it
+        self.calls = 0
+        self.started = threading.Event()  # set when a page begins
+        self.closed = False
+
+    def recognize(self, image, request: Request) -> Page:
+        self.calls += 1
+        self.started.set()
+        if self.gate is not None:
+            assert self.gate.wait(30), "test gate never opened"
+        text = f"HELLO {image.width}x{image.height}"
+        page = Page(text=text, blocks=[Block(text=text, box=[2, 3, image.width // 2, image.height // 2], confidence=0.9)])
+        if request.task is Task.DOC:
+            page.markdown = f"# Title\n\n{text}\n\n<table><tr><td>a</td><td>b</td></tr></table>"
+        if request.task is Task.EXTRACT:
+            page.fields = {name: f"value of {name}" for name in request.fields}
+        if request.task is Task.TRANSLATE:
+            page.translation = f"[{request.target_lang}] {text}"
+        return page
+
+    def close(self) -> None:
+        self.closed = True

@@ -1,0 +1,261 @@
+"""appliance.jobs: the queue, the SQLite store, the result cache, restart recovery, cancel and delete."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from fake_engine import FakeEngine
+from PIL import Image
+
+from appliance.jobs import MAX_RETRIES, JobNotFound, Jobs, QueueFull
+from appliance.ocr.errors import EngineUnavailable, InputError, TaskNotSupported
+from appliance.ocr.tasks import Request, Task
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def png(width=64, height=32, color="white") -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def pdf(pages=3) -> bytes:
+    images = [Image.new("RGB", (100, 140), "white") for _ in range(pages)]
+    buf = io.BytesIO()
+    images[0].save(buf, format="PDF", save_all=True, append_images=images[1:], resolution=72)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def make_jobs(tmp_path):
+    """make_jobs(engine, **kw) -> a started Jobs over tmp_path/data; all closed at the end."""
+    opened = []
+
+    def make(engine=None, data_dir=None, **kwargs):
+        engine = engine or FakeEngine()
+        jobs = Jobs(data_dir or tmp_path / "data", lambda: engine, **kwargs)
+        opened.append(jobs)
+        assert jobs.wait_engine(10)["ready"]
+        return jobs
+
+    yield make
+    for jobs in opened:
+        jobs.close(timeout=5)
+
+
+SPOT = Request.make("spotting")
+
+
+def test_job_runs_and_writes_result_atomically(make_jobs, tmp_path):
+    jobs = make_jobs()
+    job = jobs.wait(jobs.submit(png(), "a.png", SPOT).id, timeout=10)
+    assert (job.state, job.pages_done, job.pages_total, job.cached, job.engine) == ("done", 1, 1, False, "fake")
+    result = jobs.result(job.id)
+    assert result.text == "HELLO 64x32" and result.pages[0].blocks[0].box == [2, 3, 32, 16]
+    results = list((tmp_path / "data" / "results").iterdir())
+    assert [p.name for p in results] == [f"{job.cache_key}.json"]  # no temporary file left behind
+    assert json.loads(results[0].read_text())["source"] == "a.png"
+    assert (tmp_path / "data" / "inputs" / job.sha256).read_bytes() == png()
+
+
+def test_pdf_pages_reported_as_progress(make_jobs):
+    engine = FakeEngine()
+    jobs = make_jobs(engine)
+    job = jobs.wait(jobs.submit(pdf(3), "three.pdf", SPOT).id, timeout=10)
+    assert (job.state, job.pages_done, job.pages_total) == ("done", 3, 3)
+    assert [p.number for p in jobs.result(job.id).pages] == [1, 2, 3]
+    assert engine.calls == 3
+
+
+def test_identical_request_is_served_from_cache(make_jobs, tmp_path):
+    engine = FakeEngine()
+    jobs = make_jobs(engine)
+    first = jobs.wait(jobs.submit(png(), "a.png", SPOT).id, timeout=10)
+    again = jobs.submit(png(), "copy.png", SPOT)  # same bytes, other name: still the same work
+    assert again.state == "done" and again.cached and again.cache_key == first.cache_key
+    assert engine.calls == 1
+    # Another task, other options, other bytes: computed again.
+    jobs.wait(jobs.submit(png(), "a.png", Request.make("text")).id, timeout=10)
+    jobs.wait(jobs.submit(png(), "a.png", Request.make("extract", fields="a,b")).id, timeout=10)
+    jobs.wait(jobs.submit(png(), "a.png", Request.make("extract", fields="a,c")).id, timeout=10)
+    jobs.wait(jobs.submit(png(color="gray"), "b.png", SPOT).id, timeout=10)
+    assert engine.calls == 5
+    jobs.close()
+    # A new model revision over the same data directory does not reuse the old result.
+    newer = FakeEngine(revision="r2")
+    jobs2 = make_jobs(newer, data_dir=tmp_path / "data")
+    job = jobs2.wait(jobs2.submit(png(), "a.png", SPOT).id, timeout=10)
+    assert not job.cached and newer.calls == 1
+
+
+def test_unreadable_input_is_refused_before_anything_is_stored(make_jobs, tmp_path):
+    jobs = make_jobs()
+    with pytest.raises(InputError, match="broken.png"):
+        jobs.submit(png()[:40], "broken.png", SPOT)
+    assert jobs.list() == [] and not any((tmp_path / "data" / "inputs").iterdir())
+
+
+def test_task_the_engine_cannot_do_is_refused(make_jobs):
+    jobs = make_jobs(FakeEngine(tasks={Task.SPOTTING, Task.TEXT}))
+    with pytest.raises(TaskNotSupported, match="GPU"):
+        jobs.submit(png(), "a.png", Request.make("doc"))
+
+
+def test_queue_full_says_when_to_retry(make_jobs):
+    gate = threading.Event()
+    gate.set()
+    engine = FakeEngine(gate=gate)
+    jobs = make_jobs(engine, max_queue=2)
+    earlier = jobs.wait(jobs.submit(png(color="white"), "w.png", SPOT).id, timeout=10)
+    gate.clear()
+    engine.started.clear()
+    running = jobs.submit(png(color="red"), "r.png", SPOT)
+    assert engine.started.wait(10)
+    waiting = [jobs.submit(png(color=c), f"{c}.png", SPOT) for c in ("green", "blue")]
+    assert [jobs.position(j.id) for j in waiting] == [1, 2]
+    with pytest.raises(QueueFull) as caught:
+        jobs.submit(png(color="black"), "k.png", SPOT)
+    assert caught.value.retry_after >= 1 and "full" in str(caught.value)
+    # A result already in the cache needs no place in the queue, so it is answered even now.
+    assert jobs.submit(png(color="white"), "w.png", SPOT).cache_key == earlier.cache_key
+    gate.set()
+    for job in [running, *waiting]:
+        assert jobs.wait(job.id, timeout=10).state == "done"
+
+
+def test_cancel_queued_and_running(make_jobs, tmp_path):
+    gate = threading.Event()
+    engine = FakeEngine(gate=gate)
+    jobs = make_jobs(engine)
+    running = jobs.submit(pdf(3), "long.pdf", SPOT)
+    queued = jobs.submit(png(), "next.png", SPOT)
+    assert engine.started.wait(10)
+    assert jobs.cancel(queued.id).state == "cancelled"
+    jobs.cancel(running.id)
+    gate.set()
+    job = jobs.wait(running.id, timeout=10)
+    assert job.state == "cancelled" and job.pages_done == 1  # stopped before the second page
+    assert engine.calls == 1
+    assert not any((tmp_path / "data" / "results").iterdir())
+    with pytest.raises(LookupError, match="cancelled"):
+        jobs.result(running.id)
+
+
+def test_delete_removes_files_no_other_job_uses(make_jobs, tmp_path):
+    jobs = make_jobs()
+    a = jobs.wait(jobs.submit(png(), "a.png", SPOT).id, timeout=10)
+    b = jobs.submit(png(), "b.png", SPOT)  # cached: shares a's input and result files
+    data = tmp_path / "data"
+    jobs.delete(a.id)
+    with pytest.raises(JobNotFound):
+        jobs.get(a.id)
+    assert (data / "inputs" / a.sha256).exists() and (data / "results" / f"{a.cache_key}.json").exists()
+    jobs.delete(b.id)
+    assert not any((data / "inputs").iterdir()) and not any((data / "results").iterdir())
+    assert jobs.list() == []
+
+
+def test_list_is_newest_first_with_counts(make_jobs):
+    jobs = make_jobs()
+    ids = [jobs.wait(jobs.submit(png(color=c), f"{c}.png", SPOT).id, 10).id for c in ("red", "green", "blue")]
+    assert [j.id for j in jobs.list()] == ids[::-1]
+    assert jobs.counts() == {"done": 3}
+
+
+def test_engine_that_cannot_start_fails_jobs_with_its_reason(tmp_path):
+    def broken():
+        raise EngineUnavailable("hunyuan-vllm", "no NVIDIA GPU")
+
+    jobs = Jobs(tmp_path / "data", broken)
+    try:
+        status = jobs.wait_engine(10)
+        assert status["state"] == "failed" and "no NVIDIA GPU" in status["error"]
+        with pytest.raises(EngineUnavailable, match="no NVIDIA GPU"):
+            jobs.submit(png(), "a.png", SPOT)
+    finally:
+        jobs.close()
+
+
+def test_close_keeps_queued_jobs_for_the_next_start(make_jobs, tmp_path):
+    gate = threading.Event()
+    engine = FakeEngine(gate=gate)
+    jobs = make_jobs(engine)
+    first = jobs.submit(png(color="red"), "r.png", SPOT)
+    second = jobs.submit(png(color="blue"), "b.png", SPOT)
+    assert engine.started.wait(10)
+    threading.Timer(0.2, gate.set).start()  # the page in progress finishes, then the worker stops
+    jobs.close()
+    again = make_jobs(FakeEngine(), data_dir=tmp_path / "data")
+    for job in (first, second):
+        assert again.wait(job.id, timeout=10).state == "done"
+
+
+# ---- a real crash: kill -9 while a job runs, then start again ----------------------------------------------------
+
+CRASHING_SERVICE = """
+import io, sys, threading, time
+from PIL import Image
+from fake_engine import FakeEngine
+from appliance.jobs import Jobs
+from appliance.ocr.tasks import Request
+
+engine = FakeEngine(gate=threading.Event())  # never opened: the job is running when we are killed
+jobs = Jobs(sys.argv[1], lambda: engine)
+jobs.wait_engine(10)
+if sys.argv[2] == "submit":
+    for color in ("red", "blue"):
+        buf = io.BytesIO(); Image.new("RGB", (40, 20), color).save(buf, format="PNG")
+        jobs.submit(buf.getvalue(), color + ".png", Request.make("spotting"))
+engine.started.wait(10)
+print("RUNNING", flush=True)
+time.sleep(60)
+"""
+
+
+def crash_once(data_dir: Path, mode: str) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    proc = subprocess.Popen([sys.executable, "-c", CRASHING_SERVICE, str(data_dir), mode], stdout=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "RUNNING"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+
+def rows(data_dir: Path) -> dict:
+    with sqlite3.connect(data_dir / "jobs.sqlite") as db:
+        return {name: (state, retries) for name, state, retries in db.execute("SELECT name, state, retries FROM jobs")}
+
+
+def test_restart_after_kill_resumes_queued_and_retries_interrupted(make_jobs, tmp_path):
+    data = tmp_path / "data"
+    crash_once(data, "submit")
+    assert rows(data) == {"red.png": ("running", 0), "blue.png": ("queued", 0)}
+    jobs = make_jobs(FakeEngine(), data_dir=data)
+    done = {job.name: jobs.wait(job.id, timeout=10) for job in jobs.list()}
+    assert {name: (j.state, j.retries) for name, j in done.items()} == {"red.png": ("done", 1), "blue.png": ("done", 0)}
+    assert jobs.result(done["red.png"].id).text == "HELLO 40x20"
+
+
+def test_a_job_that_keeps_crashing_the_service_is_given_up(make_jobs, tmp_path):
+    data = tmp_path / "data"
+    crash_once(data, "submit")
+    for _ in range(MAX_RETRIES):
+        crash_once(data, "resume")
+    assert rows(data)["red.png"] == ("running", MAX_RETRIES)
+    jobs = make_jobs(FakeEngine(), data_dir=data)
+    red, blue = sorted(jobs.list(), key=lambda j: j.name != "red.png")
+    assert red.state == "failed" and "too many times" in red.error
+    assert jobs.wait(blue.id, timeout=10).state == "done"

@@ -1,0 +1,204 @@
+"""The kiosk pages with Flask's test client: upload (file and USB), result with boxes, history, status, language,
+CSRF, LAN login, and that nothing is loaded from outside the appliance."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from pathlib import Path
+
+import pytest
+from conftest import csrf, image_bytes
+
+WEBUI = Path(__file__).resolve().parents[2] / "webui"
+
+
+def upload(client, data: dict, token: str | None = None):
+    return client.post("/upload", data={"csrf_token": token or csrf(client), **data},
+                       content_type="multipart/form-data")
+
+
+def test_home_offers_tasks_presets_and_usb(client):
+    html = client.get("/", headers={"Accept-Language": "en"}).get_data(as_text=True)
+    for text in ("Text with positions", "Extract fields", "Translate", "Browse USB stick", "ID card", "VAT invoice",
+                 "Receipt", 'name="target_lang"', 'data-fields="姓名,性别'):
+        assert text in html
+
+
+def test_language_from_browser_then_cookie(client):
+    assert "新建识别" in client.get("/", headers={"Accept-Language": "zh-CN,zh;q=0.9"}).get_data(as_text=True)
+    response = client.get("/lang/zh?next=/history")
+    assert response.status_code == 303 and response.headers["Location"] == "/history"
+    assert "lang=zh" in response.headers["Set-Cookie"]
+    html = client.get("/history", headers={"Accept-Language": "en"}).get_data(as_text=True)
+    assert "历史记录" in html and 'lang="zh-CN"' in html
+    client.get("/lang/en")
+    assert "History" in client.get("/history").get_data(as_text=True)
+    assert client.get("/lang/en?next=https://evil.example/").headers["Location"] == "/"
+    assert client.get("/lang/fr").status_code == 404
+
+
+def test_upload_shows_result_with_boxes_and_downloads(client, engine):
+    response = upload(client, {"file": (io.BytesIO(image_bytes()), "scan.png"), "task": "spotting"})
+    assert response.status_code == 303
+    job_url = response.headers["Location"]
+    job_id = job_url.rsplit("/", 1)[1]
+    client.application.extensions["jobs"].wait(job_id, 10)
+    html = client.get(job_url, headers={"Accept-Language": "en"}).get_data(as_text=True)
+    assert '<pre id="out-text" class="out">HELLO 120x60</pre>' in html
+    assert re.search(r'<rect class="box" x="2" y="3" width="58" height="27" data-text="HELLO 120x60"', html)
+    assert 'viewBox="0 0 120 60"' in html and f"/jobs/{job_id}/pages/1" in html
+    for fmt in ("txt", "md", "json", "pdf"):
+        assert f"/jobs/{job_id}/result?format={fmt}&amp;download=1" in html
+
+
+def test_result_tabs_for_markdown_fields_translation(client):
+    doc = upload(client, {"file": (io.BytesIO(image_bytes()), "d.png"), "task": "doc"}).headers["Location"]
+    extract = upload(client, {"file": (io.BytesIO(image_bytes()), "e.png"), "task": "extract",
+                              "fields": "name,date"}).headers["Location"]
+    translate = upload(client, {"file": (io.BytesIO(image_bytes()), "t.png"), "task": "translate",
+                                "target_lang": "ja"}).headers["Location"]
+    jobs = client.application.extensions["jobs"]
+    for url in (doc, extract, translate):
+        jobs.wait(url.rsplit("/", 1)[1], 10)
+    html = client.get(doc).get_data(as_text=True)
+    assert "<h1>Title</h1>" in html and "<table><tr><td>a</td><td>b</td></tr></table>" in html
+    assert "<th>date</th><td>value of date</td>" in client.get(extract).get_data(as_text=True)
+    assert "[ja] HELLO 120x60" in client.get(translate).get_data(as_text=True)
+
+
+def test_markdown_from_a_document_cannot_inject_markup():
+    from webui.render import markdown_html
+
+    html = markdown_html('# T\n\n<script>alert(1)</script><img src=x onerror=alert(1)><td onclick="x" colspan="2">'
+                         'c</td>\n\n[link](javascript:alert(1))')
+    assert "<script" not in html and "alert(1)</" not in html and "<img" not in html and "onclick" not in html
+    assert '<td colspan="2">c</td>' in html and "<a" not in html
+
+
+def test_upload_needs_the_csrf_token(client):
+    response = client.post("/upload", data={"file": (io.BytesIO(image_bytes()), "a.png")},
+                           content_type="multipart/form-data")
+    assert response.status_code == 400 and "expired" in response.get_data(as_text=True)
+    assert client.application.extensions["jobs"].list() == []
+
+
+def test_upload_errors_are_shown_on_the_form(client):
+    token = csrf(client)
+    nothing = upload(client, {"task": "text"}, token)
+    assert nothing.status_code == 400 and "Choose a file first" in nothing.get_data(as_text=True)
+    text = upload(client, {"file": (io.BytesIO(b"just words"), "notes.txt")}, token)
+    assert text.status_code == 415 and "notes.txt is not an image or PDF" in text.get_data(as_text=True)
+    broken = upload(client, {"file": (io.BytesIO(image_bytes()[:30]), "cut.png")}, token)
+    assert broken.status_code == 422 and "cut.png" in broken.get_data(as_text=True)
+    no_fields = upload(client, {"file": (io.BytesIO(image_bytes()), "a.png"), "task": "extract"}, token)
+    body = no_fields.get_data(as_text=True)
+    assert no_fields.status_code == 400 and "needs field names" in body
+    assert re.search(r'value="extract" checked', body)  # the user's choice is kept
+
+
+@pytest.fixture
+def usb_stick(app_config):
+    root = Path(app_config["USB_ROOT"])
+    stick = root / "KINGSTON"
+    (stick / "scans").mkdir(parents=True)
+    (stick / "scans" / "invoice.png").write_bytes(image_bytes(size=(200, 100)))
+    (stick / "notes.txt").write_text("not offered")
+    (stick / ".hidden.png").write_bytes(image_bytes())
+    (stick / "photo.JPG").write_bytes(image_bytes("JPEG"))
+    os.symlink("/etc/passwd", stick / "escape.png")
+    return root
+
+
+def test_usb_browser_lists_only_images_and_pdfs_inside_the_media_folder(client, usb_stick):
+    top = client.get("/usb/list").get_json()
+    assert top["path"] == "" and top["parent"] is None and [e["name"] for e in top["entries"]] == ["KINGSTON"]
+    stick = client.get("/usb/list?path=KINGSTON").get_json()
+    assert [(e["name"], e["type"]) for e in stick["entries"]] == [("scans", "dir"), ("photo.JPG", "file")]
+    assert stick["parent"] == ""
+    scans = client.get("/usb/list?path=KINGSTON/scans").get_json()
+    assert scans["parent"] == "KINGSTON" and scans["entries"][0]["path"] == "KINGSTON/scans/invoice.png"
+    for bad in ("../", "KINGSTON/../../etc", "/etc", "KINGSTON/escape.png", "GONE"):
+        assert client.get(f"/usb/list?path={bad}").status_code == 400, bad
+
+
+def test_upload_from_usb_stick(client, usb_stick):
+    response = upload(client, {"usb_path": "KINGSTON/scans/invoice.png", "task": "text"})
+    assert response.status_code == 303
+    job = client.application.extensions["jobs"].wait(response.headers["Location"].rsplit("/", 1)[1], 10)
+    assert (job.name, job.state) == ("invoice.png", "done")
+    assert upload(client, {"usb_path": "KINGSTON/escape.png"}).status_code == 400
+    assert upload(client, {"usb_path": "../data/secret_key"}).status_code == 400
+
+
+def test_usb_browser_without_media(client, app):
+    app.config["USB_ROOT"] = "/nonexistent/media"
+    assert client.get("/usb/list").get_json()["missing"] is True
+
+
+def test_history_reopen_and_delete(client):
+    location = upload(client, {"file": (io.BytesIO(image_bytes()), "old.png")}).headers["Location"]
+    job_id = location.rsplit("/", 1)[1]
+    client.application.extensions["jobs"].wait(job_id, 10)
+    html = client.get("/history").get_data(as_text=True)
+    assert "old.png" in html and f'href="/job/{job_id}"' in html
+    response = client.post(f"/job/{job_id}/delete", data={"csrf_token": csrf(client)})
+    assert response.status_code == 303 and response.headers["Location"] == "/history"
+    assert "old.png" not in client.get("/history").get_data(as_text=True)
+    assert client.get(location).status_code == 404
+
+
+def test_job_page_while_waiting_and_cancel(client, engine):
+    import threading
+
+    engine.gate = threading.Event()
+    first = upload(client, {"file": (io.BytesIO(image_bytes(color="red")), "a.png")}).headers["Location"]
+    assert engine.started.wait(10)
+    second = upload(client, {"file": (io.BytesIO(image_bytes(color="blue")), "b.png")}).headers["Location"]
+    html = client.get(second, headers={"Accept-Language": "en"}).get_data(as_text=True)
+    assert 'data-state="queued"' in html and "Place in queue: 1" in html and 'id="cancel"' in html
+    client.post(second + "/cancel", data={"csrf_token": csrf(client)})
+    assert "Cancelled" in client.get(second, headers={"Accept-Language": "en"}).get_data(as_text=True)
+    engine.gate.set()
+    client.application.extensions["jobs"].wait(first.rsplit("/", 1)[1], 10)
+
+
+def test_status_page(client, app):
+    html = client.get("/status", headers={"Accept-Language": "en"}).get_data(as_text=True)
+    assert '<dd id="engine-name">fake</dd>' in html and "chosen explicitly" in html
+    assert app.config["DATA_DIR"] in html and "free of" in html and "flask" in html
+    assert "test/fake" in html and "r1" in html
+
+
+@pytest.mark.parametrize("app_config", [{"LAN_TOKEN": "s3cret", "USB_ROOT": "/media"}])
+def test_lan_browser_logs_in_with_the_token(client):
+    lan = {"REMOTE_ADDR": "10.0.0.5"}
+    response = client.get("/history", environ_base=lan)
+    assert response.status_code == 302 and "/login" in response.headers["Location"]
+    token = csrf(client, "/login")
+    bad = client.post("/login", data={"csrf_token": token, "token": "guess"}, environ_base=lan)
+    assert bad.status_code == 401
+    good = client.post("/login", data={"csrf_token": token, "token": "s3cret", "next": "/history"}, environ_base=lan)
+    assert good.status_code == 303 and good.headers["Location"] == "/history"
+    assert client.get("/history", environ_base=lan).status_code == 200
+    assert client.get("/jobs", environ_base=lan).status_code == 200  # the pages' own API calls ride the session
+
+
+def test_pages_load_nothing_from_outside(client):
+    """Offline kiosk: no CDN, no web fonts; every src/href is this app's own."""
+    pages = ["/", "/history", "/status", "/login"]
+    for path in pages:
+        html = client.get(path).get_data(as_text=True)
+        for ref in re.findall(r'(?:src|href|action)="([^"]*)"', html):
+            assert ref.startswith("/") or ref.startswith("#"), (path, ref)
+        assert "<script>" not in html and " style=" not in html  # CSP forbids inline script and style
+    for asset in (WEBUI / "static").iterdir():
+        assert not re.search(r"https?://|//fonts\.|@import", asset.read_text()), asset
+    for template in (WEBUI / "templates").iterdir():
+        assert not re.search(r"https?://", template.read_text().replace("http://www.w3.org/2000/svg", "")), template
+
+
+def test_static_assets_are_served(client):
+    assert client.get("/static/app.js").status_code == 200
+    assert client.get("/static/app.css").mimetype == "text/css"

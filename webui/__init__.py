@@ -1,0 +1,64 @@
+"""The kiosk web UI and the HTTP API: one Flask app, two blueprints (`ui` pages, `api` for programs).
+
+Both submit through the same `appliance.jobs.Jobs` (one queue, one engine owner); nothing here runs OCR itself.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from flask import Flask
+
+DEFAULTS = {
+    "DATA_DIR": "/srv/ocr",
+    "ENGINE": "auto",
+    "MODEL_DIR": None,
+    "VLLM_URL": None,
+    "LAN_TOKEN": None,  # set: callers other than this machine need `Authorization: Bearer <token>`
+    "MAX_QUEUE": 32,
+    "MAX_CONTENT_LENGTH": 64 * 1024 * 1024,  # bytes of request body (413 above)
+    "SYNC_TIMEOUT": 600,  # seconds POST /ocr waits for its job
+    "USB_ROOT": "/media",  # where removable media are mounted; the in-app file browser shows only this tree
+    "JOBS": None,  # a ready `Jobs` (tests); otherwise one is made from ENGINE/MODEL_DIR/DATA_DIR
+}
+
+
+def create_app(config: dict | None = None) -> Flask:
+    from appliance.jobs import Jobs
+    from appliance.ocr.engines import choose, open_engine
+    from webui import api, i18n, security, ui
+
+    app = Flask(__name__)
+    app.config.from_mapping(DEFAULTS)
+    app.config.update(config or {})
+    data_dir = Path(app.config["DATA_DIR"])
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = _secret_key(data_dir)
+
+    engine, model_dir, vllm_url = app.config["ENGINE"], app.config["MODEL_DIR"], app.config["VLLM_URL"]
+    # Asked once: the status page shows which engine `auto` picks and why (GPU found or not, model given or not).
+    app.extensions["engine_choice"] = choose(engine, model_dir, vllm_url)
+    jobs = app.config["JOBS"] or Jobs(
+        data_dir, lambda: open_engine(engine, model_dir=model_dir, vllm_url=vllm_url), app.config["MAX_QUEUE"]
+    )
+    app.extensions["jobs"] = jobs
+
+    security.init_app(app)
+    i18n.init_app(app)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(ui.bp)
+    return app
+
+
+def _secret_key(data_dir: Path) -> str:
+    """Kept in the data directory so sessions (CSRF tokens, LAN login) survive a restart."""
+    path = data_dir / "secret_key"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(secrets.token_hex(32))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    return path.read_text().strip()

@@ -1,0 +1,193 @@
+"""The HTTP API for programs: the reference articles' POST /ocr, async jobs, health, and the OpenAPI document.
+
+Errors are JSON `{"error": ..., "detail": ...}` with the status from `webui.errors.describe`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
+
+from appliance import export
+from appliance.jobs import DONE, FAILED, Job, Jobs
+from appliance.ocr.tasks import Request
+from webui import errors, render, security
+from webui.openapi import document as openapi_document
+
+bp = Blueprint("api", __name__)
+
+# The task when a caller names none: spotting gives the text and the boxes on every engine.
+DEFAULT_TASK = "spotting"
+
+# A failed job's exception class -> the status a synchronous caller gets.
+FAILED_STATUS = {"InputError": 422, "TaskNotSupported": 400, "EngineUnavailable": 503}
+
+
+def jobs() -> Jobs:
+    return current_app.extensions["jobs"]
+
+
+@bp.before_request
+def require_token():
+    if not security.trusted():
+        return error_response(401, "token required", "LAN access needs the header 'Authorization: Bearer <token>'",
+                              {"WWW-Authenticate": 'Bearer realm="ocr"'})
+
+
+@bp.errorhandler(Exception)
+def handle(exc):
+    status, error, detail, headers = errors.describe(exc, current_app.config.get("MAX_CONTENT_LENGTH"))
+    if status == 500:
+        current_app.logger.error("API request failed", exc_info=exc)
+    return error_response(status, error, detail, headers)
+
+
+def error_response(status: int, error: str, detail: str, headers: dict | None = None):
+    response = jsonify({"error": error, "detail": detail})
+    response.status_code = status
+    response.headers.update(headers or {})
+    return response
+
+
+def read_submission() -> tuple[bytes, str, Request]:
+    """The file and the request from either shape: multipart field `file` (+ form fields) or JSON with base64
+    `image` (+ keys). `task` and the articles' `task_type` are the same thing."""
+    if request.is_json:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            raise errors.BadRequest("the body is not a JSON object; send {\"image\": \"<base64>\", \"task\": \"text\"}")
+        encoded = body.get("image")
+        if not isinstance(encoded, str) or not encoded:
+            raise errors.BadRequest("JSON requests need \"image\": the file's bytes as a base64 string")
+        if encoded.startswith("data:") and "," in encoded:  # a data: URL from a browser's FileReader
+            encoded = encoded.split(",", 1)[1]
+        try:
+            data = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise errors.BadRequest("\"image\" is not valid base64; encode the file's bytes with base64") from None
+        name, options = str(body.get("filename") or "image"), body
+    else:
+        upload = request.files.get("file")
+        if upload is None:
+            raise errors.BadRequest(
+                "send the file as multipart form field 'file', or JSON {\"image\": \"<base64>\"} with "
+                "Content-Type: application/json"
+            )
+        data, name, options = upload.read(), upload.filename or "upload", request.form
+    if not data:
+        raise errors.BadRequest(f"{name}: the file is empty")
+    task = options.get("task") or options.get("task_type") or DEFAULT_TASK
+    return data, name, Request.make(task, fields=options.get("fields"), target_lang=options.get("target_lang"))
+
+
+def submit(data: bytes, name: str, req: Request) -> Job:
+    errors.check_type(data, name)
+    return jobs().submit(data, name, req)
+
+
+def job_json(job: Job) -> dict:
+    body = job.to_dict()
+    del body["cache_key"]
+    body["position"] = jobs().position(job.id)
+    body["links"] = {"self": url_for("api.job_status", job_id=job.id)}
+    if job.state == DONE:
+        body["links"].update(
+            {fmt: url_for("api.job_result", job_id=job.id, format=fmt) for fmt in export.FORMATS}
+        )
+    return body
+
+
+@bp.post("/ocr")
+def ocr():
+    """Synchronous: queue the file, wait for it, answer with the result document (top-level `text`)."""
+    job = submit(*read_submission())
+    job = jobs().wait(job.id, timeout=current_app.config["SYNC_TIMEOUT"])
+    if job.state == DONE:
+        body = jobs().result(job.id).to_dict()
+        body.update({"job_id": job.id, "cached": job.cached})
+        return jsonify(body)
+    if job.state == FAILED:
+        return error_response(FAILED_STATUS.get(job.error_kind, 500), "OCR failed", job.error or "")
+    if not job.finished_state:
+        return error_response(504, "still working", f"the job is still {job.state}; poll GET /jobs/{job.id}",
+                              {"Location": url_for("api.job_status", job_id=job.id)})
+    return error_response(409, job.state, job.error or f"the job was {job.state}")
+
+
+@bp.post("/jobs")
+def create_job():
+    job = submit(*read_submission())
+    response = jsonify(job_json(job))
+    response.status_code = 202
+    response.headers["Location"] = url_for("api.job_status", job_id=job.id)
+    return response
+
+
+@bp.get("/jobs")
+def list_jobs():
+    limit = min(max(request.args.get("limit", 50, type=int), 1), 500)
+    offset = max(request.args.get("offset", 0, type=int), 0)
+    return jsonify({"jobs": [job_json(j) for j in jobs().list(limit, offset)], "counts": jobs().counts()})
+
+
+@bp.get("/jobs/<job_id>")
+def job_status(job_id):
+    return jsonify(job_json(jobs().get(job_id)))
+
+
+@bp.get("/jobs/<job_id>/result")
+def job_result(job_id):
+    fmt = request.args.get("format", "json")
+    if fmt not in export.FORMATS:
+        raise errors.BadRequest(f"unknown format '{fmt}'; choose one of: {', '.join(export.FORMATS)}")
+    job = jobs().get(job_id)
+    if job.state != DONE:
+        return error_response(409, f"job {job.state}", job.error or f"the job is {job.state}; poll GET /jobs/{job_id}")
+    body = export.export(jobs().result(job_id), fmt, source=jobs().input_path(job_id))
+    response = Response(body, content_type=export.MEDIA_TYPES[fmt])
+    if request.args.get("download"):
+        response.headers["Content-Disposition"] = render.attachment(job.name, fmt)
+    return response
+
+
+@bp.get("/jobs/<job_id>/pages/<int:number>")
+def job_page(job_id, number):
+    """The page as an image (downscaled JPEG), for drawing the result's boxes over it."""
+    job = jobs().get(job_id)
+    image = render.page_preview(jobs().input_path(job_id), job.name, number)
+    if image is None:
+        return error_response(404, "not found", f"{job.name} has no page {number}")
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=85)
+    response = Response(buf.getvalue(), mimetype="image/jpeg")
+    response.headers["Cache-Control"] = "private, max-age=86400"
+    return response
+
+
+@bp.post("/jobs/<job_id>/cancel")
+def cancel_job(job_id):
+    return jsonify(job_json(jobs().cancel(job_id)))
+
+
+@bp.delete("/jobs/<job_id>")
+def delete_job(job_id):
+    jobs().delete(job_id)
+    return "", 204
+
+
+@bp.get("/health")
+def health():
+    """Always 200 while the web app answers; the engine's readiness is its own field (loading, ready, failed)."""
+    choice = current_app.extensions["engine_choice"]
+    engine = jobs().engine_status() | {"choice": choice.engine, "reason": choice.reason, "gpu": choice.gpu}
+    waiting = jobs().counts().get("queued", 0)
+    return jsonify({"web": {"ready": True}, "engine": engine, "queue": {"waiting": waiting,
+                                                                         "limit": jobs().max_queue}})
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return jsonify(openapi_document(current_app.config))

@@ -1,0 +1,156 @@
+"""The UI's one message catalogue, English and Chinese, and the language choice (cookie, else the browser's).
+
+`_("key", name=...)` in templates; a missing key is a KeyError, so a typo fails the page tests instead of showing
+a raw key to a user. API error texts stay English: programs read them, not the kiosk.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, request
+
+LANGS = {"en": "English", "zh": "中文"}
+COOKIE = "lang"
+
+MESSAGES = {
+    # frame
+    "app_title": ("OCR appliance", "离线文字识别"),
+    "nav_home": ("New scan", "新建识别"),
+    "nav_history": ("History", "历史记录"),
+    "nav_status": ("Status", "系统状态"),
+    "offline_note": ("Works offline. Nothing leaves this machine.", "完全离线运行，文件不会离开本机。"),
+    # home
+    "step_file": ("1. Choose a file", "1. 选择文件"),
+    "drop_here": ("Drop an image or PDF here, or tap to pick one", "将图片或 PDF 拖到这里，或点击选择"),
+    "browse_usb": ("Browse USB stick", "浏览 U 盘"),
+    "chosen": ("Chosen:", "已选择："),
+    "choose_file_first": ("Choose a file first: drop one, pick one, or browse the USB stick.",
+                          "请先选择文件：拖入、点击选择，或从 U 盘中选取。"),
+    "step_task": ("2. What do you need?", "2. 需要什么结果？"),
+    "needs_gpu": ("needs the GPU model", "需要 GPU 模型"),
+    "step_options": ("3. Options", "3. 选项"),
+    "fields_label": ("Fields to extract (comma separated)", "要提取的字段（用逗号分隔）"),
+    "presets": ("Presets:", "预设："),
+    "preset_id_card": ("ID card", "身份证"),
+    "preset_vat_invoice": ("VAT invoice", "增值税发票"),
+    "preset_receipt": ("Receipt", "收据"),
+    "target_lang": ("Translate into", "翻译为"),
+    "start": ("Start", "开始识别"),
+    "engine_loading": ("The OCR engine is starting; your file will wait in the queue.",
+                       "识别引擎正在启动，文件会先排队等待。"),
+    "engine_failed": ("The OCR engine did not start: {error}", "识别引擎未能启动：{error}"),
+    # tasks
+    "task_spotting": ("Text with positions", "文字及位置"),
+    "task_spotting_hint": ("Every line and where it is", "每行文字及其在图中的位置"),
+    "task_text": ("Plain text", "纯文本"),
+    "task_text_hint": ("Just the words, in reading order", "按阅读顺序输出文字"),
+    "task_doc": ("Document to Markdown", "文档转 Markdown"),
+    "task_doc_hint": ("Headings, paragraphs, tables, formulas", "标题、段落、表格、公式"),
+    "task_table": ("Table", "表格"),
+    "task_table_hint": ("Tables as HTML", "把表格转成 HTML"),
+    "task_extract": ("Extract fields", "字段提取"),
+    "task_extract_hint": ("Named values from ID cards, invoices, receipts", "从身份证、发票、收据中提取指定字段"),
+    "task_translate": ("Translate", "翻译"),
+    "task_translate_hint": ("Read, then translate", "识别后翻译"),
+    "task_formula": ("Formula", "公式"),
+    "task_formula_hint": ("Formulas as LaTeX", "公式转 LaTeX"),
+    "task_chart": ("Chart", "图表"),
+    "task_chart_hint": ("Charts and flowcharts as text", "图表与流程图转文本"),
+    "task_subtitles": ("Subtitles", "字幕"),
+    "task_subtitles_hint": ("Subtitles from a video frame", "提取视频画面中的字幕"),
+    # usb dialog
+    "usb_title": ("USB media", "U 盘文件"),
+    "usb_up": ("Up", "上一级"),
+    "usb_empty": ("No images or PDFs here.", "这里没有图片或 PDF。"),
+    "usb_none": ("No USB stick found. Insert one and tap Refresh.", "未发现 U 盘。请插入后点击刷新。"),
+    "usb_refresh": ("Refresh", "刷新"),
+    "close": ("Close", "关闭"),
+    # job
+    "state_queued": ("Waiting", "排队中"),
+    "state_running": ("Working", "识别中"),
+    "state_done": ("Done", "完成"),
+    "state_failed": ("Failed", "失败"),
+    "state_cancelled": ("Cancelled", "已取消"),
+    "queue_position": ("Place in queue: {n}", "排队位置：{n}"),
+    "page_progress": ("Page {done} of {total}", "第 {done} / {total} 页"),
+    "cancel": ("Cancel", "取消"),
+    "cached_note": ("Same file and settings as before: the earlier result is shown.",
+                    "文件和设置与之前相同，直接显示之前的结果。"),
+    "tab_text": ("Text", "文本"),
+    "tab_markdown": ("Markdown", "Markdown"),
+    "tab_fields": ("Fields", "字段"),
+    "tab_translation": ("Translation", "译文"),
+    "copy": ("Copy", "复制"),
+    "copied": ("Copied", "已复制"),
+    "download": ("Download", "下载"),
+    "field": ("Field", "字段"),
+    "value": ("Value", "值"),
+    "no_text": ("No text was found.", "未识别到文字。"),
+    "page_n": ("Page {n}", "第 {n} 页"),
+    "tap_box": ("Tap a box to see its text.", "点击方框查看文字。"),
+    "new_scan": ("New scan", "再识别一个"),
+    "try_again": ("Try again", "重试"),
+    "delete": ("Delete", "删除"),
+    "confirm_delete": ("Delete this job and its files?", "删除此任务及其文件？"),
+    # history
+    "history_empty": ("Nothing yet.", "暂无记录。"),
+    "col_file": ("File", "文件"),
+    "col_task": ("Task", "任务"),
+    "col_state": ("State", "状态"),
+    "col_pages": ("Pages", "页数"),
+    "col_when": ("When", "时间"),
+    "open": ("Open", "打开"),
+    # status
+    "engine": ("Engine", "识别引擎"),
+    "engine_in_use": ("In use", "当前使用"),
+    "engine_why": ("Why", "原因"),
+    "engine_state": ("State", "状态"),
+    "engine_state_loading": ("starting", "启动中"),
+    "engine_state_ready": ("ready", "就绪"),
+    "engine_state_failed": ("failed", "失败"),
+    "engine_state_stopped": ("stopped", "已停止"),
+    "gpu": ("GPU", "GPU"),
+    "gpu_none": ("none usable", "无可用 GPU"),
+    "model": ("Model", "模型"),
+    "revision": ("Revision", "版本"),
+    "model_dir": ("Model folder", "模型目录"),
+    "tasks_available": ("Tasks", "支持的任务"),
+    "versions": ("Versions", "软件版本"),
+    "storage": ("Storage", "存储"),
+    "data_dir": ("Data folder", "数据目录"),
+    "free_space": ("Free space", "可用空间"),
+    "free_of": ("{free} free of {total}", "共 {total}，可用 {free}"),
+    "queue": ("Queue", "队列"),
+    "queue_counts": ("{queued} waiting (limit {limit}), {done} done, {failed} failed",
+                     "{queued} 个排队（上限 {limit}），{done} 个完成，{failed} 个失败"),
+    "lan_mode": ("LAN access", "局域网访问"),
+    "lan_on": ("on (token required from other machines)", "已开启（其他电脑需要令牌）"),
+    "lan_off": ("off (this machine only)", "关闭（仅本机）"),
+    # errors, login
+    "error_title": ("Something went wrong", "出错了"),
+    "back_home": ("Back to the start", "返回首页"),
+    "login_title": ("Access token", "访问令牌"),
+    "login_hint": ("This appliance is shared on the network. Enter the access token from its administrator.",
+                   "本设备已在网络上共享，请输入管理员提供的访问令牌。"),
+    "login_failed": ("That token is not right.", "令牌不正确。"),
+    "login": ("Continue", "继续"),
+}
+
+
+def current_lang() -> str:
+    chosen = request.cookies.get(COOKIE)
+    if chosen in LANGS:
+        return chosen
+    return request.accept_languages.best_match(list(LANGS)) or "en"
+
+
+def gettext(key: str, **values) -> str:
+    text = MESSAGES[key][list(LANGS).index(current_lang())]
+    return text.format(**values) if values else text
+
+
+def init_app(app: Flask) -> None:
+    app.jinja_env.globals["_"] = gettext
+
+    @app.context_processor
+    def language():
+        return {"lang": current_lang(), "langs": LANGS}

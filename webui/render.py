@@ -1,0 +1,81 @@
+"""What the pages need to show a result: download names, page previews, and safe Markdown HTML.
+
+The downloadable forms themselves (txt, md, json, searchable PDF) come from `appliance.export`, the one exporter."""
+
+from __future__ import annotations
+
+import html
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import quote
+
+from markdown_it import MarkdownIt
+from PIL import Image
+
+from appliance.ocr.images import Document
+
+PREVIEW_PIXELS = 1600  # longest side of a page preview; boxes are drawn in the page's own pixels and scaled along
+
+
+def attachment(source_name: str, fmt: str) -> str:
+    """Content-Disposition for `<stem>.<fmt>`; RFC 5987 form so Chinese file names survive."""
+    stem = Path(source_name).stem or "result"
+    ascii_name = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("_") or "result"
+    return f"attachment; filename=\"{ascii_name}.{fmt}\"; filename*=UTF-8''{quote(stem)}.{fmt}"
+
+
+def page_preview(path: Path, name: str, number: int) -> Image.Image | None:
+    """Page `number` (1-based) of the stored input, RGB, longest side at most PREVIEW_PIXELS; None if no such page."""
+    with Document.open(path, name=name) as document:
+        if not 1 <= number <= document.page_count:
+            return None
+        image = document.page(number - 1)
+    image.thumbnail((PREVIEW_PIXELS, PREVIEW_PIXELS))
+    return image
+
+# ---- Markdown -> HTML ---------------------------------------------------------------------------------------------
+# The model writes Markdown with HTML tables in it, so raw HTML must pass; but the text comes from a document the
+# user did not write, so only table and text markup survives (CSP already stops scripts; this stops the rest).
+
+_md = MarkdownIt("commonmark", {"html": True}).enable("table")
+_ALLOWED = {
+    "p", "br", "hr", "h1", "h2", "h3", "h4", "h5", "h6", "strong", "em", "b", "i", "u", "s", "sub", "sup", "code",
+    "pre", "blockquote", "ul", "ol", "li", "table", "thead", "tbody", "tfoot", "tr", "th", "td", "caption", "span",
+    "div",
+}
+_ALLOWED_ATTRS = {"colspan", "rowspan", "align"}
+_DROP_WITH_CONTENT = {"script", "style", "iframe", "object", "embed", "template", "svg", "math"}
+
+
+class _Sanitizer(HTMLParser):
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+        self.skipping = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag in _DROP_WITH_CONTENT:
+            self.skipping += 1
+        elif not self.skipping and tag in _ALLOWED:
+            kept = "".join(f' {k}="{html.escape(v or "")}"' for k, v in attrs if k in _ALLOWED_ATTRS)
+            self.out.append(f"<{tag}{kept}>")
+
+    def handle_endtag(self, tag):
+        if tag in _DROP_WITH_CONTENT:
+            self.skipping = max(0, self.skipping - 1)
+        elif not self.skipping and tag in _ALLOWED and tag not in ("br", "hr"):
+            self.out.append(f"</{tag}>")
+
+    def handle_data(self, data):
+        if not self.skipping:
+            self.out.append(html.escape(data, quote=False))
+
+
+def markdown_html(text: str | None) -> str:
+    if not text:
+        return ""
+    sanitizer = _Sanitizer()
+    sanitizer.feed(_md.render(text))
+    sanitizer.close()
+    return "".join(sanitizer.out)

@@ -1,0 +1,135 @@
+// The kiosk's one script: upload form helpers, the USB browser, job progress polling, result boxes, tabs, copy.
+// Loaded with `defer` from 'self' only (CSP); texts come from the page's #messages block in the UI language.
+"use strict";
+
+const messages = JSON.parse(document.getElementById("messages").textContent);
+const $ = (selector, root = document) => root.querySelector(selector);
+const $$ = (selector, root = document) => Array.from(root.querySelectorAll(selector));
+const format = (text, values) => text.replace(/\{(\w+)\}/g, (_, key) => values[key]);
+
+// ---- home: file choice (drop, pick, or USB) and task options ---------------------------------------------------
+function setupUpload(form) {
+  const fileInput = $("#file", form), usbPath = $("#usb-path", form);
+  const chosen = $("#chosen"), chosenName = $("#chosen-name");
+  const show = (name) => { chosenName.textContent = name; chosen.hidden = !name; };
+
+  fileInput.addEventListener("change", () => {
+    if (fileInput.files.length) { usbPath.value = ""; show(fileInput.files[0].name); }
+  });
+  const drop = $("#drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    if (e.dataTransfer.files.length) { fileInput.files = e.dataTransfer.files; fileInput.dispatchEvent(new Event("change")); }
+  });
+
+  const syncOptions = () => {
+    const task = ($("input[name=task]:checked", form) || {}).value;
+    $$(".option", form).forEach((el) => { el.hidden = el.dataset.for !== task; });
+    $(".options", form).hidden = !$$(".option", form).some((el) => !el.hidden);
+  };
+  $$("input[name=task]", form).forEach((el) => el.addEventListener("change", syncOptions));
+  syncOptions();
+  $$(".preset", form).forEach((button) => button.addEventListener("click", () => {
+    $("#fields", form).value = button.dataset.fields;
+  }));
+
+  setupUsb((path, name) => { usbPath.value = path; fileInput.value = ""; show(path); });
+}
+
+function setupUsb(onPick) {
+  const dialog = $("#usb"), list = $("#usb-list"), where = $("#usb-where");
+  let current = "";
+  const entry = (icon, label, extra, onClick) => {
+    const li = document.createElement("li"), button = document.createElement("button");
+    button.type = "button";
+    button.className = "usb-entry " + icon;
+    button.append(icon === "dir" ? "📁 " : icon === "up" ? "⬆ " : "📄 ", label);
+    if (extra) { const size = document.createElement("span"); size.className = "size"; size.textContent = extra; button.append(size); }
+    button.addEventListener("click", onClick);
+    li.append(button);
+    list.append(li);
+  };
+  const load = async (path) => {
+    const response = await fetch(list.dataset.url + "?path=" + encodeURIComponent(path));
+    const data = await response.json();
+    list.replaceChildren();
+    if (!response.ok) { entry("up", data.detail, "", () => load("")); return; }
+    current = data.path;
+    where.textContent = data.root + (data.path ? "/" + data.path : "");
+    if (data.missing || (!data.path && !data.entries.length)) { list.append(Object.assign(document.createElement("li"), {className: "muted", textContent: messages.usb_none})); return; }
+    if (data.parent !== null) entry("up", messages.usb_up, "", () => load(data.parent));
+    data.entries.forEach((item) => {
+      if (item.type === "dir") entry("dir", item.name, "", () => load(item.path));
+      else entry("file", item.name, (item.size / 1048576).toFixed(1) + " MB", () => { onPick(item.path, item.name); dialog.close(); });
+    });
+    if (!data.entries.length) list.append(Object.assign(document.createElement("li"), {className: "muted", textContent: messages.usb_empty}));
+  };
+  $("#usb-open").addEventListener("click", () => { dialog.showModal(); load(current); });
+  $("#usb-refresh").addEventListener("click", () => load(current));
+  $("#usb-close").addEventListener("click", () => dialog.close());
+}
+
+// ---- job page: poll the API until the job finishes, then show the server-rendered result -------------------------
+function pollJob(main) {
+  const bar = $("#progress"), text = $("#progress-text"), badge = $("#job-state");
+  const tick = async () => {
+    let job;
+    try {
+      const response = await fetch(main.dataset.statusUrl, {headers: {Accept: "application/json"}});
+      job = await response.json();
+      if (!response.ok) throw new Error(job.detail);
+    } catch (err) { setTimeout(tick, 2000); return; }  // server restarting: keep trying
+    if (["done", "failed", "cancelled"].includes(job.state)) { location.reload(); return; }
+    badge.textContent = messages[job.state];
+    bar.max = Math.max(job.pages_total, 1);
+    bar.value = job.pages_done;
+    text.textContent = job.position
+      ? format(messages.queue_position, {n: job.position})
+      : format(messages.page_progress, {done: job.pages_done, total: job.pages_total});
+    setTimeout(tick, 700);
+  };
+  tick();
+}
+
+// ---- result: tap a box to read it, tabs, copy buttons -------------------------------------------------------------
+function setupResult() {
+  const caption = $("#box-text");
+  $$(".box").forEach((box) => {
+    const show = () => {
+      $$(".box.active").forEach((b) => b.classList.remove("active"));
+      box.classList.add("active");
+      caption.textContent = box.dataset.text;
+      caption.hidden = false;
+    };
+    box.addEventListener("click", show);
+    box.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); show(); } });
+  });
+  $$(".tabs [data-tab]").forEach((tab) => tab.addEventListener("click", () => {
+    $$(".tabs [data-tab]").forEach((t) => t.setAttribute("aria-selected", String(t === tab)));
+    $$("[data-panel]").forEach((panel) => { panel.hidden = panel.dataset.panel !== tab.dataset.tab; });
+  }));
+  $$(".copy").forEach((button) => button.addEventListener("click", async () => {
+    const text = document.getElementById(button.dataset.copy).innerText;
+    try { await navigator.clipboard.writeText(text); }
+    catch (err) {  // no clipboard permission: select it so the user can copy by hand
+      const range = document.createRange();
+      range.selectNodeContents(document.getElementById(button.dataset.copy));
+      getSelection().removeAllRanges(); getSelection().addRange(range);
+      document.execCommand("copy");
+    }
+    button.textContent = messages.copied;
+    setTimeout(() => { button.textContent = messages.copy; }, 1500);
+  }));
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const form = $("#upload-form");
+  if (form) setupUpload(form);
+  const main = $("main[data-job]");
+  if (main && ["queued", "running"].includes(main.dataset.state)) pollJob(main);
+  setupResult();
+  $$("form.confirm").forEach((f) => f.addEventListener("submit", (e) => { if (!confirm(messages.confirm_delete)) e.preventDefault(); }));
+});

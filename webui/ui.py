@@ -1,0 +1,199 @@
+"""The kiosk's pages: upload (file or USB media), progress, result with boxes, history, status, language, LAN login.
+
+Form posts carry a CSRF token; progress polling and cancel go to the API (`webui.api`), the same one programs use.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from flask import (Blueprint, abort, current_app, jsonify, redirect, render_template, request, session,
+                   url_for)
+
+from appliance import __version__, export
+from appliance.jobs import Jobs
+from appliance.ocr.tasks import LANGUAGES, Request, Task
+from webui import errors, i18n, render, security, usb
+from webui.api import submit
+
+bp = Blueprint("ui", __name__)
+
+
+@dataclass(frozen=True)
+class TaskChoice:
+    task: Task
+    icon: str  # a symbol in templates/_icons.html
+
+
+# The order the home page offers them in: the everyday ones first.
+TASKS = [
+    TaskChoice(Task.SPOTTING, "boxes"),
+    TaskChoice(Task.TEXT, "text"),
+    TaskChoice(Task.DOC, "doc"),
+    TaskChoice(Task.TABLE, "table"),
+    TaskChoice(Task.EXTRACT, "fields"),
+    TaskChoice(Task.TRANSLATE, "translate"),
+    TaskChoice(Task.FORMULA, "formula"),
+    TaskChoice(Task.CHART, "chart"),
+    TaskChoice(Task.SUBTITLES, "subtitles"),
+]
+
+# Field presets for extraction; the names are what the model is asked for, in the document's own language.
+PRESETS = {
+    "id_card": ["姓名", "性别", "民族", "出生", "住址", "公民身份号码"],
+    "vat_invoice": ["发票代码", "发票号码", "开票日期", "购买方名称", "销售方名称", "金额", "税额", "价税合计"],
+    "receipt": ["merchant", "date", "items", "total", "payment method"],
+}
+
+PACKAGES = ("flask", "waitress", "rapidocr", "onnxruntime", "torch", "transformers", "vllm", "pypdfium2", "pillow")
+
+
+def jobs() -> Jobs:
+    return current_app.extensions["jobs"]
+
+
+@bp.before_request
+def guard():
+    if request.endpoint in ("ui.login", "ui.set_language"):
+        return None
+    if not security.trusted():
+        return redirect(url_for("ui.login", next=request.full_path))
+    if request.method == "POST":
+        security.check_csrf()
+    return None
+
+
+@bp.errorhandler(Exception)
+def handle(exc):
+    status, error, detail, headers = errors.describe(exc, current_app.config.get("MAX_CONTENT_LENGTH"))
+    if status == 500:
+        current_app.logger.error("page failed", exc_info=exc)
+    return render_template("error.html", status=status, error=error, detail=detail), status, headers
+
+
+def _home(**context):
+    engine = jobs().engine_status()
+    supported = set(engine["tasks"] or [t.value for t in Task])  # while loading, offer all; the job says if not
+    return render_template("home.html", tasks=TASKS, supported=supported, presets=PRESETS, languages=LANGUAGES,
+                           engine=engine, form=request.form, **context)
+
+
+@bp.get("/")
+def home():
+    return _home()
+
+
+@bp.post("/upload")
+def upload():
+    """One form, two sources: a file picked or dropped in the browser, or a file on the USB media (`usb_path`)."""
+    form = request.form
+    try:
+        req = Request.make(form.get("task") or "spotting", fields=form.get("fields"),
+                           target_lang=form.get("target_lang"))
+        upload_file = request.files.get("file")
+        if upload_file and upload_file.filename:
+            data, name = upload_file.read(), upload_file.filename
+        elif form.get("usb_path"):
+            path = usb.resolve(current_app.config["USB_ROOT"], form["usb_path"])
+            if not path.is_file():
+                raise errors.BadRequest(f"'{form['usb_path']}' is not a file")
+            if path.stat().st_size > current_app.config["MAX_CONTENT_LENGTH"]:
+                raise errors.RequestEntityTooLarge()
+            # Read now: the stick may be pulled while the job waits, and the job keeps its own copy anyway.
+            data, name = path.read_bytes(), path.name
+        else:
+            raise errors.BadRequest(i18n.gettext("choose_file_first"))
+        job = submit(data, name, req)
+    except Exception as exc:  # noqa: BLE001 - every refusal is shown on the form, with the user's choices kept
+        status, error, detail, headers = errors.describe(exc, current_app.config.get("MAX_CONTENT_LENGTH"))
+        if status == 500:
+            raise
+        return _home(error=detail), status, headers
+    return redirect(url_for("ui.job", job_id=job.id), code=303)
+
+
+@bp.get("/job/<job_id>")
+def job(job_id):
+    job = jobs().get(job_id)
+    result = jobs().result(job_id) if job.state == "done" else None
+    markdown = render.markdown_html(result.markdown) if result else ""
+    return render_template("job.html", job=job, result=result, markdown=markdown, position=jobs().position(job_id),
+                           formats=export.FORMATS)
+
+
+@bp.post("/job/<job_id>/cancel")
+def cancel(job_id):
+    jobs().cancel(job_id)
+    return redirect(url_for("ui.job", job_id=job_id), code=303)
+
+
+@bp.post("/job/<job_id>/delete")
+def delete(job_id):
+    jobs().delete(job_id)
+    return redirect(url_for("ui.history"), code=303)
+
+
+@bp.get("/history")
+def history():
+    return render_template("history.html", jobs=jobs().list(limit=200), counts=jobs().counts())
+
+
+@bp.get("/status")
+def status():
+    data_dir = current_app.config["DATA_DIR"]
+    disk = shutil.disk_usage(data_dir)
+    versions = {"appliance": __version__, "python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return render_template("status.html", choice=current_app.extensions["engine_choice"],
+                           engine=jobs().engine_status(), versions=versions, data_dir=data_dir, disk=disk,
+                           counts=jobs().counts(), max_queue=jobs().max_queue,
+                           model_dir=current_app.config["MODEL_DIR"], lan=bool(current_app.config["LAN_TOKEN"]))
+
+
+@bp.get("/usb/list")
+def usb_list():
+    try:
+        return jsonify(usb.listing(current_app.config["USB_ROOT"], request.args.get("path", "")))
+    except errors.BadRequest as exc:
+        return jsonify({"error": "bad request", "detail": str(exc)}), 400
+
+
+@bp.get("/lang/<code>")
+def set_language(code):
+    if code not in i18n.LANGS:
+        abort(404)
+    target = request.args.get("next") or url_for("ui.home")
+    if urlsplit(target).netloc or not target.startswith("/"):  # only back into this app
+        target = url_for("ui.home")
+    response = redirect(target, code=303)
+    response.set_cookie(i18n.COOKIE, code, max_age=10 * 365 * 86400, samesite="Strict", httponly=True)
+    return response
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    """LAN mode only: a browser on another machine enters the token once; the session remembers it."""
+    target = request.values.get("next") or url_for("ui.home")
+    if not target.startswith("/") or urlsplit(target).netloc:
+        target = url_for("ui.home")
+    if request.method == "POST":
+        security.check_csrf()
+        if security.token_ok(request.form.get("token", "")):
+            session["lan_ok"] = True
+            return redirect(target, code=303)
+        return render_template("login.html", next=target, failed=True), 401
+    return render_template("login.html", next=target, failed=False)
+
+
+@bp.app_template_filter("datetime")
+def format_time(epoch: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(epoch)) if epoch else ""

@@ -17,6 +17,9 @@ $(STAMP)/test-apt:
 	mkdir -p $(STAMP)
 	if ! fc-list 2>/dev/null | grep -qi 'WenQuanYi Micro Hei'; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-microhei fonts-dejavu-core fontconfig >/dev/null; fi
+	# Headless Debian chromium for the web UI's browser tests (driven by playwright, which downloads nothing).
+	if ! command -v chromium >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi
 	touch $@
 
 deps: $(STAMP)/deps

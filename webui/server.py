@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import signal
 
 from waitress.server import create_server
 
@@ -22,6 +23,22 @@ def make_server(app, host: str = "127.0.0.1", port: int = 8000):
     """A waitress server bound now (port 0 = any free port: `server.effective_port`); call `.run()` to serve."""
     return create_server(app, host=host, port=port, threads=THREADS, ident="ocr-appliance",
                          max_request_body_size=app.config["MAX_CONTENT_LENGTH"] + 1024 * 1024)
+
+
+def stop(server) -> None:
+    """Stop a server whose `run()` is in another thread. Its sockets are closed from inside its own loop (a thunk
+    run by its trigger), so select() never sees a closed descriptor; the loop ends when nothing is left to watch."""
+
+    def close_all():
+        for dispatcher in list(server._map.values()):
+            dispatcher.close()
+
+    server.trigger.pull_trigger(close_all)
+    server.task_dispatcher.shutdown()
+
+
+def _terminate(signum, frame):
+    raise SystemExit(0)  # waitress's run() ends on SystemExit; `serve` then closes the jobs cleanly
 
 
 def is_loopback(host: str) -> bool:
@@ -41,6 +58,7 @@ def serve(host: str, port: int, engine: str, model_dir: str | None, data_dir: st
     app = create_app({"ENGINE": engine, "MODEL_DIR": model_dir, "VLLM_URL": vllm_url, "DATA_DIR": data_dir,
                       "LAN_TOKEN": lan_token})
     server = make_server(app, host, port)
+    signal.signal(signal.SIGTERM, _terminate)  # systemd stops services with SIGTERM
     log.info("serving the UI and API on http://%s:%s/ (data in %s)", host, server.effective_port, data_dir)
     try:
         server.run()

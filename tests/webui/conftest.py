@@ -56,3 +56,61 @@ def csrf(client, path="/") -> str:
     """The CSRF token a page hands out (it lives in the client's session cookie)."""
     html = client.get(path).get_data(as_text=True)
     return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
+# ---- the app served by the real WSGI server (waitress) on loopback -----------------------------------------------
+
+FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+
+
+def text_image(lines: list[str], fmt: str = "JPEG", size=(900, 260)) -> bytes:
+    """A white page with black DejaVu Sans text, one line per entry: what the real CPU engine must read back."""
+    from PIL import ImageDraw, ImageFont
+
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.truetype(FONT, 48)
+    for i, line in enumerate(lines):
+        draw.text((40, 40 + 80 * i), line, fill="black", font=font)
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, quality=95)
+    return buf.getvalue()
+
+
+class LiveServer:
+    def __init__(self, app, server):
+        self.app = app
+        self.url = f"http://127.0.0.1:{server.effective_port}"
+        self.jobs = app.extensions["jobs"]
+
+
+def serve_in_thread(app):
+    """Start waitress on a free loopback port; returns (LiveServer, stop)."""
+    import threading
+
+    from webui.server import make_server, stop as stop_server
+
+    server = make_server(app, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+
+    def stop():
+        stop_server(server)
+        thread.join(10)
+        app.extensions["jobs"].close(timeout=10)
+
+    return LiveServer(app, server), stop
+
+
+@pytest.fixture(scope="session")
+def cpu_server(tmp_path_factory):
+    """The whole product path: waitress -> Flask -> jobs -> the real CPU engine (rapidocr)."""
+    base = tmp_path_factory.mktemp("cpu-server")
+    (base / "media").mkdir()
+    app = create_app({"DATA_DIR": str(base / "data"), "ENGINE": "cpu", "USB_ROOT": str(base / "media")})
+    live, stop = serve_in_thread(app)
+    status = live.jobs.wait_engine(120)
+    assert status["ready"], status
+    live.media = base / "media"
+    yield live
+    stop()

@@ -1,0 +1,181 @@
+"""The app under the real WSGI server on loopback, with the real CPU engine, called over HTTP with `requests`;
+the reference articles' two client snippets run as published (only the address and image file differ)."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+import requests
+from conftest import serve_in_thread, text_image
+from fake_engine import FakeEngine
+
+from appliance.jobs import Jobs
+from webui import create_app
+from webui.server import is_loopback, serve
+
+# From the first reference article (ID card example), reformatted onto lines.
+ARTICLE_MULTIPART = """
+import requests
+from PIL import Image
+import io
+# 准备图像文件
+image_path = "id_card.jpg"
+with open(image_path, "rb") as f:
+    img_bytes = f.read()
+# 发送POST请求到HunyuanOCR API
+response = requests.post(
+    "http://localhost:8000/ocr",
+    files={"file": ("image.jpg", img_bytes, "image/jpeg")}
+)
+# 解析返回结果
+if response.status_code == 200:
+    result = response.json()
+    print("OCR识别结果:")
+    for field, value in result.items():
+        print(f"{field}: {value}")
+else:
+    print("请求失败:", response.text)
+"""
+
+# From the second reference article (drug instruction example), reformatted onto lines.
+ARTICLE_BASE64 = """
+import requests
+import base64
+def ocr_image(image_path):
+    # 读取图像并编码为base64
+    with open(image_path, "rb") as f:
+        img_b64 = base64.b64encode(f.read()).decode('utf-8')
+    # 构造请求体
+    payload = {
+        "image": img_b64,
+        "task_type": "doc_parser"  # 指定任务类型:文档解析
+    }
+    # 调用OCR API
+    response = requests.post("http://localhost:8000/ocr", json=payload)
+    if response.status_code == 200:
+        result = response.json()
+        print("识别结果:")
+        print(result['text'])
+    else:
+        print("请求失败:", response.text)
+# 调用示例
+ocr_image("drug_instruction.jpg")
+"""
+
+
+def run_snippet(snippet: str, url: str, tmp_path, monkeypatch, image: bytes, name: str) -> None:
+    (tmp_path / name).write_bytes(image)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(snippet.replace("http://localhost:8000", url), "<article>", "exec"), {})
+
+
+def test_first_article_snippet_against_the_cpu_engine(cpu_server, tmp_path, monkeypatch, capsys):
+    image = text_image(["Invoice 2026", "Total 42.50"])
+    run_snippet(ARTICLE_MULTIPART, cpu_server.url, tmp_path, monkeypatch, image, "id_card.jpg")
+    out = capsys.readouterr().out
+    assert out.startswith("OCR识别结果:\n")
+    assert "\ntext: Invoice 2026\nTotal 42.50\n" in out
+    assert "engine: {'name': 'cpu'" in out and "\npages: [{'text': 'Invoice 2026\\nTotal 42.50', 'blocks': [{" in out
+
+
+def test_second_article_snippet_doc_parser(tmp_path, monkeypatch, capsys):
+    """doc_parser is a HunyuanOCR task: against an engine that has it, the snippet prints the text."""
+    engine = FakeEngine()
+    jobs = Jobs(tmp_path / "data", lambda: engine)
+    live, stop = serve_in_thread(create_app({"DATA_DIR": str(tmp_path / "data"), "ENGINE": "cpu", "JOBS": jobs}))
+    try:
+        run_snippet(ARTICLE_BASE64, live.url, tmp_path, monkeypatch, text_image(["x"]), "drug_instruction.jpg")
+    finally:
+        stop()
+    assert capsys.readouterr().out == "识别结果:\nHELLO 900x260\n"
+
+
+def test_second_article_snippet_on_cpu_explains_what_is_needed(cpu_server, tmp_path, monkeypatch, capsys):
+    run_snippet(ARTICLE_BASE64, cpu_server.url, tmp_path, monkeypatch, text_image(["x"]), "drug_instruction.jpg")
+    out = capsys.readouterr().out
+    assert out.startswith("请求失败:")
+    body = json.loads(out.split(" ", 1)[1])
+    assert body["error"] == "task not available" and "NVIDIA GPU" in body["detail"]
+
+
+def test_plain_ocr_over_http_with_boxes(cpu_server):
+    image = text_image(["Hello Kiosk"], fmt="PNG")
+    response = requests.post(f"{cpu_server.url}/ocr", json={"image": base64.b64encode(image).decode(),
+                                                             "task_type": "plain_ocr"}, timeout=60)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["text"] == "Hello Kiosk" and result["engine"]["name"] == "cpu"
+    x1, y1, x2, y2 = result["pages"][0]["blocks"][0]["box"]
+    assert 20 <= x1 < x2 <= 900 and 20 <= y1 < y2 <= 140
+
+
+def test_async_job_over_http(cpu_server):
+    image = text_image(["Page one text"])
+    created = requests.post(f"{cpu_server.url}/jobs", files={"file": ("scan.jpg", image, "image/jpeg")},
+                            data={"task": "text"}, timeout=30)
+    assert created.status_code == 202
+    job_url = cpu_server.url + created.headers["Location"]
+    for _ in range(600):
+        status = requests.get(job_url, timeout=10).json()
+        if status["state"] in ("done", "failed", "cancelled"):
+            break
+        import time
+
+        time.sleep(0.1)
+    assert status["state"] == "done", status
+    txt = requests.get(f"{job_url}/result", params={"format": "txt", "download": 1}, timeout=10)
+    assert txt.text == "Page one text\n" and "scan.txt" in txt.headers["Content-Disposition"]
+    assert requests.delete(job_url, timeout=10).status_code == 204
+
+
+def test_errors_over_http(cpu_server):
+    too_big = requests.post(f"{cpu_server.url}/ocr", files={"file": ("x.bin", b"0" * (64 * 1024 * 1024 + 10))},
+                            timeout=60)
+    assert too_big.status_code == 413 and too_big.json()["error"] == "file too large"
+    health = requests.get(f"{cpu_server.url}/health", timeout=10).json()
+    assert health["web"]["ready"] and health["engine"]["ready"] and health["engine"]["info"]["name"] == "cpu"
+
+
+def test_serve_refuses_the_lan_without_a_token(tmp_path):
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0")
+    with pytest.raises(SystemExit, match="--lan-token"):
+        serve("0.0.0.0", 8000, engine="cpu", model_dir=None, data_dir=str(tmp_path))
+
+
+def test_appliance_serve_command_starts_and_stops_cleanly(tmp_path):
+    """`appliance serve` as the kiosk's service runs it: answers /health, exits 0 on SIGTERM (systemd's stop)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "appliance", "serve", "--port", str(port), "--engine", "cpu", "--data", str(tmp_path)],
+        cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                health = requests.get(f"http://127.0.0.1:{port}/health", timeout=2).json()
+                if health["engine"]["state"] != "loading":
+                    break
+            except requests.ConnectionError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else "slow"
+            time.sleep(0.3)
+        assert health["engine"]["ready"] and health["engine"]["info"]["name"] == "cpu"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    assert (tmp_path / "jobs.sqlite").exists()

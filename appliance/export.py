@@ -118,11 +118,20 @@ def write_outputs(result: OcrResult, source, folder: Path, stem: str, formats=FO
 
 def searchable_pdf(result: OcrResult, source) -> bytes:
     """The original pages with the recognised text as an invisible, selectable layer."""
+    from appliance.ocr.images import _PDFIUM_LOCK
+
+    with _PDFIUM_LOCK:  # PDFium is not thread-safe; the web UI exports while the jobs worker renders PDFs
+        return _searchable_pdf(result, source)
+
+
+def _searchable_pdf(result: OcrResult, source) -> bytes:
     from appliance.ocr.images import Document
 
     raw_bytes = source if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
     pdf = pdfium.PdfDocument.new()
-    font = _load_glyphless_font(pdf)
+    codes = [c for page in result.pages for text in [page.text, *(b.text for b in page.blocks)]
+             for c in _utf16_units(text or "")]
+    font = _load_glyphless_font(pdf, max(codes, default=0))
     try:
         if raw_bytes[:5] == b"%PDF-":
             src = pdfium.PdfDocument(bytes(raw_bytes))
@@ -248,10 +257,11 @@ def _utf16_units(text: str) -> list[int]:
     return [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
 
 
-def _load_glyphless_font(pdf):
+def _load_glyphless_font(pdf, max_code: int):
     font_data = glyphless_font()
     font_buffer = (ctypes.c_ubyte * len(font_data)).from_buffer_copy(font_data)
-    cid_to_gid = b"\x00\x01" * 65536  # every code -> glyph 1 (empty, 1 em); compressed to a few hundred bytes
+    # Every code used -> glyph 1. Only as long as the highest code: pdfium spends ~40 ms on a full 64 K map.
+    cid_to_gid = b"\x00\x01" * (max_code + 1)
     map_buffer = (ctypes.c_ubyte * len(cid_to_gid)).from_buffer_copy(cid_to_gid)
     font = pdfium_raw.FPDFText_LoadCidType2Font(
         pdf.raw, font_buffer, len(font_data), _IDENTITY_TO_UNICODE.encode("ascii"), map_buffer, len(cid_to_gid)

@@ -1,0 +1,919 @@
+"""Scan-to-folder: files dropped in ROOT/inbox (or a USB stick's OCR-INBOX) come out as txt/md/json/pdf in the outbox.
+
+    ROOT/inbox/[FOLDER/]scan.jpg  ->  ROOT/outbox/[FOLDER/]scan.{pdf,md,txt,json}   original -> ROOT/done/[FOLDER/]
+                                                                                 or -> ROOT/failed/ + .error.json
+The inbox subfolder picks the task (`FOLDERS`); an unknown subfolder is reported and left alone.
+
+Each file goes through one state machine, recorded in a SQLite ledger (ROOT/.state/ledger.sqlite) before each step:
+
+    claiming -> queued -> working -> publishing -> moving -> done          (failing -> failed on the way)
+
+- claiming: the file is moved (a stick's file: copied) into ROOT/.state/work, so the inbox can change freely and a
+  pulled stick loses nothing;
+- working: OCR, or the cached result of the same bytes + task + engine (the ledger is keyed by SHA-256);
+- publishing: outputs written under temporary names, fsynced, renamed into place; the output name (with a suffix on a
+  clash) is chosen once and recorded first, so a rerun rewrites its own files and never makes a second set;
+- moving: the original goes to done/.
+
+Every step can be repeated safely, so after kill -9 or a power cut the watcher reruns each unfinished file from
+the step it was in (`Watcher.advance` is both the normal path and the recovery). A file that crashes the watcher
+`MAX_ATTEMPTS` times goes to failed/ instead of looping forever.
+
+A file is ready when its size and mtime have not changed for `quiet` seconds and it opens as an image or PDF;
+one that still does not open after `give_up` quiet seconds goes to failed/. inotify only wakes the loop early;
+a full rescan runs every `rescan` seconds anyway (network and FAT file systems send no events).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import logging
+import os
+import select
+import shutil
+import signal
+import sqlite3
+import stat
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from appliance import export
+from appliance.ocr.errors import EngineUnavailable, OcrError
+from appliance.ocr.result import OcrResult
+from appliance.ocr.tasks import LANGUAGES, Request, Task
+
+log = logging.getLogger("appliance.watch")
+
+QUIET_SECONDS = 3.0  # unchanged this long before a file is looked at: scanners open and close files repeatedly
+GIVE_UP_SECONDS = 60.0  # unchanged this long and still not an image/PDF: it is broken, not half-written
+RESCAN_SECONDS = 30.0  # full rescan even without inotify events
+MAX_ATTEMPTS = 3  # a file whose processing kills the watcher this often is parked in failed/
+MEDIA_DIRS = ("/media", "/run/media", "/mnt")  # where USB sticks are mounted (depth 1 or 2)
+STICK_INBOX, STICK_OUTBOX, STICK_DONE, STICK_FAILED = "OCR-INBOX", "OCR-OUTBOX", "OCR-DONE", "OCR-FAILED"
+
+# Field sets for the extract folders (`inbox/extract-invoice/`).
+EXTRACT_PRESETS = {
+    "invoice": ("invoice number", "invoice date", "seller", "buyer", "total amount", "tax amount", "currency"),
+    "receipt": ("merchant", "date", "items", "total amount", "payment method"),
+    "id": ("name", "id number", "date of birth", "address", "expiry date"),
+}
+
+
+def folder_requests() -> dict[str, Request]:
+    """Inbox subfolder (lower case) -> what is asked of its files. "" is the inbox itself."""
+    table = {"": Request.make(Task.SPOTTING), "spotting": Request.make(Task.SPOTTING), "text": Request.make(Task.TEXT)}
+    for task in (Task.DOC, Task.TABLE, Task.FORMULA, Task.CHART, Task.SUBTITLES):
+        table[task.value] = Request.make(task)
+    for lang in LANGUAGES:
+        table[f"translate-{lang}"] = Request.make(Task.TRANSLATE, target_lang=lang)
+    for preset, fields in EXTRACT_PRESETS.items():
+        table[f"extract-{preset}"] = Request.make(Task.EXTRACT, fields=fields)
+    return table
+
+
+FOLDERS = folder_requests()
+
+# Names that are never input: partial downloads, editor locks, OS metadata. Hidden files are skipped too.
+IGNORED_SUFFIXES = (".part", ".tmp", ".crdownload", ".partial", ".swp", ".error.json")
+IGNORED_PREFIXES = (".", "~$", "._")
+IGNORED_NAMES = {"thumbs.db", "desktop.ini", "ehthumbs.db"}
+IGNORED_DIRS = {"@eadir", "$recycle.bin", "system volume information", "lost+found"}
+
+
+def ignored(name: str) -> bool:
+    lower = name.lower()
+    return name.startswith(IGNORED_PREFIXES) or lower.endswith(IGNORED_SUFFIXES) or lower in IGNORED_NAMES
+
+
+class WatchError(Exception):
+    """The folder cannot be watched (layout, lock): a message for a person."""
+
+
+# --- the trees: ROOT and each USB stick --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tree:
+    """An inbox with its outbox, done and failed folders: ROOT itself, or a USB stick (`stick=True`)."""
+
+    key: str  # "" for ROOT, the stick's mount folder otherwise
+    inbox: Path
+    outbox: Path
+    done: Path
+    failed: Path
+    label: str = ""
+    stick: bool = False
+
+    @classmethod
+    def local(cls, root: Path) -> "Tree":
+        return cls("", root / "inbox", root / "outbox", root / "done", root / "failed")
+
+    @classmethod
+    def usb(cls, mount: Path) -> "Tree":
+        return cls(str(mount), mount / STICK_INBOX, mount / STICK_OUTBOX, mount / STICK_DONE, mount / STICK_FAILED,
+                   label=mount.name, stick=True)
+
+    def present(self) -> bool:
+        return self.inbox.is_dir()
+
+
+def find_sticks(media_dirs) -> list[Tree]:
+    """Mounted media with an OCR-INBOX folder at their root (/media/STICK or /media/USER/STICK)."""
+    sticks = []
+    for base in map(Path, media_dirs):
+        for pattern in (f"*/{STICK_INBOX}", f"*/*/{STICK_INBOX}"):
+            for inbox in sorted(base.glob(pattern)):
+                if inbox.is_dir() and not inbox.is_symlink() and not inbox.parent.is_symlink():
+                    sticks.append(Tree.usb(inbox.parent))
+    return sticks
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+# --- recognition: one small seam ---------------------------------------------------------------------------------
+
+
+class EngineRecognizer:
+    """Runs OCR with an engine this process opens (lazily, on the first file). The seam for routing through jobs."""
+
+    def __init__(self, engine: str = "auto", model_dir=None):
+        self.engine_name, self.model_dir, self._engine = engine, model_dir, None
+
+    def describe(self) -> str:
+        if self._engine is None:
+            return self.engine_name
+        info = self._engine.info
+        return f"{info.name} ({info.model}{', ' + info.revision if info.revision else ''})"
+
+    def cache_key(self) -> str:
+        self._open()
+        info = self._engine.info
+        return f"{info.name}|{info.model}|{info.revision}"
+
+    def recognize(self, path: Path, request: Request, name: str) -> OcrResult:
+        from appliance.ocr.pipeline import recognize_file
+
+        self._open()
+        return recognize_file(self._engine, path, request, name=name)
+
+    def _open(self) -> None:
+        if self._engine is None:
+            from appliance.ocr.engines import open_engine
+
+            started = time.perf_counter()
+            self._engine = open_engine(self.engine_name, model_dir=self.model_dir)
+            log.info("engine %s ready in %.1f s", self.describe(), time.perf_counter() - started)
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+
+# --- the ledger --------------------------------------------------------------------------------------------------
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY,
+    tree TEXT NOT NULL,          -- '' = ROOT, else the stick's mount folder
+    rel TEXT NOT NULL,           -- path under the inbox, e.g. 'doc/scan 1.jpg'
+    folder TEXT NOT NULL,        -- the inbox subfolder that chose the task ('' = the inbox itself)
+    state TEXT NOT NULL,         -- claiming queued working publishing moving done failing failed lost
+    source TEXT NOT NULL,        -- where the file was found
+    work TEXT,                   -- our copy under .state/work (NULL for refused links and special files)
+    sha256 TEXT,
+    size INTEGER,
+    out_dir TEXT, out_stem TEXT, -- outputs: out_dir/out_stem.{pdf,md,txt,json}, chosen once
+    final TEXT,                  -- where the original goes (done/ or failed/), chosen once
+    error TEXT,
+    engine TEXT,                 -- the engine, in words
+    result_key TEXT,             -- results.engine of the result these outputs come from
+    reused INTEGER DEFAULT 0,    -- 1: the result came from the ledger, not from OCR
+    attempts INTEGER DEFAULT 0,
+    note TEXT,
+    created REAL, updated REAL
+);
+CREATE INDEX IF NOT EXISTS files_state ON files(state);
+CREATE TABLE IF NOT EXISTS results (
+    sha256 TEXT NOT NULL, request TEXT NOT NULL, engine TEXT NOT NULL, result TEXT NOT NULL,
+    PRIMARY KEY (sha256, request, engine)
+);
+"""
+ACTIVE = ("claiming", "queued", "working", "publishing", "moving", "failing")
+ACTIVE_SQL = "(" + ",".join(f"'{state}'" for state in ACTIVE) + ")"
+
+
+def open_ledger(state_dir: Path, readonly: bool = False) -> sqlite3.Connection:
+    path = state_dir / "ledger.sqlite"
+    if readonly:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    else:
+        db = sqlite3.connect(path, timeout=10, isolation_level=None)  # autocommit: every write is its own commit
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")  # a committed step survives a power cut
+        db.executescript(SCHEMA)
+    db.row_factory = sqlite3.Row
+    return db
+
+
+def request_key(request: Request) -> str:
+    return json.dumps([request.task.value, request.options()], sort_keys=True, ensure_ascii=False)
+
+
+# --- the watcher -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pending:
+    """A file seen in an inbox and not yet claimed: how long it has been unchanged, and why it is still waiting."""
+
+    size: int
+    mtime_ns: int
+    since: float
+    reason: str = "settling"
+
+
+@dataclass
+class Watcher:
+    root: Path
+    recognizer: object
+    quiet: float = QUIET_SECONDS
+    give_up: float = GIVE_UP_SECONDS
+    rescan: float = RESCAN_SECONDS
+    media_dirs: tuple = MEDIA_DIRS
+    pending: dict = field(default_factory=dict)  # (tree key, rel) -> Pending
+    unknown_folders: set = field(default_factory=set)
+    stopping: bool = False
+
+    def __post_init__(self):
+        self.root = Path(self.root).absolute()
+        self.local = Tree.local(self.root)
+        self.state_dir = self.root / ".state"
+        self.work_dir = self.state_dir / "work"
+        for folder in (self.local.inbox, self.local.outbox, self.local.done, self.local.failed, self.work_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        for name in ("outbox", "done", "failed", ".state"):
+            if _inside(self.root / name, self.local.inbox) or _inside(self.local.inbox, self.root / name):
+                raise WatchError(f"{self.root / name} and the inbox {self.local.inbox} overlap; outputs would be read "
+                                 "back as input. Make them separate folders.")
+        self._lock = open(self.state_dir / "lock", "a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise WatchError(f"another watcher is already running on {self.root}") from None
+        self.db = open_ledger(self.state_dir)
+        self.sticks: dict[str, Tree] = {}
+        self.pulled: list[dict] = []  # sticks that went away with files not finished, for the UI and the log
+        self.inotify = Inotify()
+
+    def close(self) -> None:
+        self.write_status(stopped=True)
+        self.db.close()
+        self.inotify.close()
+        self._lock.close()  # releases the flock
+
+    # -- the loop --
+
+    def run(self, once: bool = False) -> None:
+        self.recover()
+        while not self.stopping:
+            self.scan()
+            self.process_queue()
+            self.write_status()
+            if once and not self.pending and not self._active_rows():
+                return
+            # Settling files are polled; otherwise sleep until an event or the next full rescan.
+            wait = min(max(self.quiet / 4, 0.1), 1.0) if self.pending or self._active_rows() else self.rescan
+            self.inotify.wait(wait, lambda: self.stopping)
+
+    def recover(self) -> None:
+        """Finish what a previous run left half-done (after kill -9 or a power cut), from the step it was in."""
+        rows = self.db.execute(f"SELECT id FROM files WHERE state IN {ACTIVE_SQL} ORDER BY id").fetchall()
+        if rows:
+            log.info("resuming %d file(s) left unfinished by the previous run", len(rows))
+        for tmp in self.work_dir.glob(".*.tmp"):  # a copy off a stick cut short; its row is still 'claiming'
+            tmp.unlink()
+        for row in rows:
+            self.advance(row["id"], claim_only=True)
+
+    def process_queue(self) -> None:
+        """Every claimed file, oldest first, to the end of its state machine; rescanning between files.
+
+        A step that fails for a reason that is not the file's (disk full, outbox not writable) is logged and
+        tried again on the next pass; the other files go on meanwhile.
+        """
+        stuck: set[int] = set()
+        while not self.stopping:
+            rows = self.db.execute(f"SELECT id, rel, state FROM files WHERE state IN {ACTIVE_SQL} ORDER BY id")
+            row = next((r for r in rows if r["id"] not in stuck), None)
+            if row is None:
+                return
+            try:
+                self.advance(row["id"])
+            except (EngineUnavailable, WatchError):
+                raise
+            except Exception:
+                log.exception("%s: step '%s' failed; trying again on the next pass", row["rel"], row["state"])
+                stuck.add(row["id"])
+            self.write_status()
+            self.scan()  # claim what landed meanwhile (a stick's files are copied off as soon as they are ready)
+
+    def _active_rows(self) -> int:
+        return self.db.execute(f"SELECT count(*) FROM files WHERE state IN {ACTIVE_SQL}").fetchone()[0]
+
+    # -- scanning: readiness and claiming --
+
+    def trees(self) -> list[Tree]:
+        for base in map(Path, self.media_dirs):  # a stick being mounted creates a folder here: wake up for it
+            try:
+                children = [c for c in base.iterdir() if c.is_dir() and not c.is_symlink()]
+            except OSError:
+                continue
+            for folder in (base, *children):
+                self.inotify.add(folder)
+        found = {t.key: t for t in find_sticks(self.media_dirs)}
+        for key in set(self.sticks) - set(found):
+            self._stick_gone(self.sticks[key])
+        for key in set(found) - set(self.sticks):
+            log.info("USB stick %s: watching %s, results go to %s", found[key].label, found[key].inbox,
+                     found[key].outbox)
+        self.sticks = found
+        return [self.local, *found.values()]
+
+    def scan(self) -> None:
+        seen = set()
+        for tree in self.trees():
+            for path, rel, folder in self._walk(tree):
+                seen.add((tree.key, rel))
+                self._consider(tree, path, rel, folder)
+        for key in set(self.pending) - seen:  # gone before it was claimed (deleted, renamed, stick pulled)
+            del self.pending[key]
+
+    def _walk(self, tree: Tree):
+        """(path, rel, folder) of each candidate entry. Unknown top-level subfolders are reported, not entered."""
+        try:
+            top = list(os.scandir(tree.inbox))
+        except OSError:
+            return
+        self.inotify.add(tree.inbox)
+        for entry in top:
+            if ignored(entry.name):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                if entry.name.lower() in IGNORED_DIRS:
+                    continue
+                if entry.name.lower() not in FOLDERS:
+                    if (tree.key, entry.name) not in self.unknown_folders:
+                        log.warning("inbox folder %s is not a known task folder; its files are left alone "
+                                    "(known: %s)", entry.path, ", ".join(sorted(k for k in FOLDERS if k)))
+                        self.unknown_folders.add((tree.key, entry.name))
+                    continue
+                yield from self._walk_folder(tree, Path(entry.path), entry.name)
+            else:
+                yield Path(entry.path), entry.name, ""
+
+    def _walk_folder(self, tree: Tree, folder: Path, task_folder: str):
+        self.inotify.add(folder)
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            return
+        for entry in entries:
+            if ignored(entry.name) or entry.name.lower() in IGNORED_DIRS:
+                continue
+            path = Path(entry.path)
+            if entry.is_dir(follow_symlinks=False):
+                yield from self._walk_folder(tree, path, task_folder)
+            else:
+                yield path, str(path.relative_to(tree.inbox)), task_folder
+
+    def _consider(self, tree: Tree, path: Path, rel: str, folder: str) -> None:
+        key = (tree.key, rel)
+        if self.db.execute("SELECT 1 FROM files WHERE tree=? AND rel=? AND state IN " + ACTIVE_SQL,
+                           key).fetchone():
+            return  # a stick's file being worked on (it stays on the stick until its results are there)
+        try:
+            info = path.lstat()
+        except OSError:
+            return
+        if stat.S_ISLNK(info.st_mode) or not stat.S_ISREG(info.st_mode):
+            what = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "not a regular file (device, FIFO or socket)"
+            self._refuse(tree, path, rel, folder, f"refused: {what}; copy the file itself into the inbox")
+            return
+        now = time.monotonic()
+        seen = self.pending.get(key)
+        if seen is None or (seen.size, seen.mtime_ns) != (info.st_size, info.st_mtime_ns):
+            self.pending[key] = Pending(info.st_size, info.st_mtime_ns, now)
+            return
+        quiet_for = now - seen.since
+        if quiet_for < self.quiet:
+            return
+        reason = _open_problem(path, rel)
+        if reason is None:
+            del self.pending[key]
+            self._claim(tree, path, rel, folder, info.st_size)
+        elif quiet_for >= self.give_up:
+            del self.pending[key]
+            row_id = self._insert(tree, path, rel, folder, "claiming", size=info.st_size)
+            self.advance(row_id, claim_only=True)
+            self._fail(row_id, f"{reason} (unchanged for {quiet_for:.0f} s)")
+        else:
+            seen.reason = f"waiting: does not open yet ({reason})"
+
+    def _insert(self, tree: Tree, path: Path, rel: str, folder: str, state: str, size: int | None = None,
+                copy: bool = True) -> int:
+        """One commit: the row with its work path, so a crash never leaves a row without one."""
+        now = time.time()
+        work = self.work_dir / f"{time.time_ns()}-{path.name[-100:]}" if copy else None
+        cursor = self.db.execute(
+            "INSERT INTO files (tree, rel, folder, state, source, work, size, created, updated) "
+            "VALUES (?,?,?,?,?,?,?,?,?)",
+            (tree.key, rel, folder, state, str(path), work and str(work), size, now, now),
+        )
+        return cursor.lastrowid
+
+    def _claim(self, tree: Tree, path: Path, rel: str, folder: str, size: int) -> None:
+        row_id = self._insert(tree, path, rel, folder, "claiming", size=size)
+        log.info("claimed %s%s", f"[{tree.label}] " if tree.stick else "", rel)
+        self.advance(row_id, claim_only=True)
+
+    def _refuse(self, tree: Tree, path: Path, rel: str, folder: str, reason: str) -> None:
+        """Links and special files are never opened: the entry itself is moved to failed/ with the reason."""
+        row_id = self._insert(tree, path, rel, folder, "failing", copy=False)
+        log.warning("%s: %s", rel, reason)
+        self._fail(row_id, reason)
+
+    # -- the state machine --
+
+    def row(self, row_id: int) -> sqlite3.Row:
+        return self.db.execute("SELECT * FROM files WHERE id=?", (row_id,)).fetchone()
+
+    def set(self, row_id: int, **columns) -> None:
+        columns["updated"] = time.time()
+        names = ", ".join(f"{k}=?" for k in columns)
+        self.db.execute(f"UPDATE files SET {names} WHERE id=?", (*columns.values(), row_id))
+
+    def tree_of(self, row) -> Tree:
+        if not row["tree"]:
+            return self.local
+        return self.sticks.get(row["tree"]) or Tree.usb(Path(row["tree"]))
+
+    def advance(self, row_id: int, claim_only: bool = False) -> None:
+        """Run one file's state machine from wherever it stands. Each step is safe to repeat after a crash."""
+        first = True
+        while True:
+            row = self.row(row_id)
+            state = row["state"]
+            if state in ("done", "failed", "lost") or (claim_only and state not in ("claiming",)):
+                return
+            try:
+                if state == "working" and first:
+                    self._count_attempt(row)  # resuming work a previous run started (and maybe died of)
+                    row = self.row(row_id)
+                    if row["state"] != "working":
+                        continue
+                first = False
+                step = getattr(self, f"_step_{state}")
+                step(row)
+            except EngineUnavailable:
+                raise  # not the file's fault: stop, say why (systemd restarts the service)
+            except OcrError as error:
+                self._fail(row_id, str(error))
+            except OSError as error:
+                if state == "claiming":
+                    self._lost(row, f"could not be copied off: {error.strerror or error}")
+                    return
+                raise
+
+    def _step_claiming(self, row) -> None:
+        source, work, tree = Path(row["source"]), Path(row["work"]), self.tree_of(row)
+        if not work.exists():
+            if not source.exists() or source.is_symlink():
+                self._lost(row, "disappeared before it was copied off" if tree.stick else "disappeared from the inbox")
+                return
+            if tree.stick:
+                # Copy, never move, off a stick: the original stays there until its results are written.
+                tmp = work.with_name(f".{work.name}.tmp")
+                with open(source, "rb") as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                    dst.flush()
+                    os.fsync(dst.fileno())
+                os.rename(tmp, work)
+            else:
+                os.rename(source, work)
+                export.fsync_dir(source.parent)
+            export.fsync_dir(work.parent)
+        self.set(row["id"], state="queued", sha256=_sha256(work), size=work.stat().st_size)
+
+    def _step_queued(self, row) -> None:
+        # The attempt is counted in the same commit, BEFORE the work: a file that kills us is counted.
+        self.set(row["id"], state="working", attempts=row["attempts"] + 1)
+
+    def _count_attempt(self, row) -> None:
+        attempts = row["attempts"] + 1
+        self.set(row["id"], attempts=attempts)
+        if attempts > MAX_ATTEMPTS:
+            self._fail(row["id"], f"processing stopped the watcher {MAX_ATTEMPTS} times (crash or power loss); "
+                                  "parked here rather than tried again")
+
+    def _step_working(self, row) -> None:
+        row_id, name = row["id"], Path(row["rel"]).name
+        request = FOLDERS[row["folder"].lower()]
+        engine_key = self.recognizer.cache_key()  # loads the engine on first use
+        cached = self.db.execute("SELECT result FROM results WHERE sha256=? AND request=? AND engine=?",
+                                 (row["sha256"], request_key(request), engine_key)).fetchone()
+        if cached:
+            result, reused = OcrResult.from_dict(json.loads(cached["result"])), 1
+            result.source = name
+            log.info("%s: same bytes already recognised; reusing that result", row["rel"])
+        else:
+            started = time.perf_counter()
+            result, reused = self.recognizer.recognize(Path(row["work"]), request, name), 0
+            log.info("%s: recognised in %.1f s", row["rel"], time.perf_counter() - started)
+            self.db.execute("INSERT OR REPLACE INTO results VALUES (?,?,?,?)",
+                            (row["sha256"], request_key(request), engine_key, result.to_json()))
+        out_dir = self._output_dir(row)
+        stem = export.free_stem(out_dir, Path(name).stem)
+        self.set(row_id, state="publishing", out_dir=str(out_dir), out_stem=stem, reused=reused,
+                 engine=self.recognizer.describe(), result_key=engine_key)
+
+    def _step_publishing(self, row) -> None:
+        tree = self.tree_of(row)
+        if tree.stick and not tree.present():
+            self._fallback(row, "outbox")
+            row = self.row(row["id"])
+        request = FOLDERS[row["folder"].lower()]
+        cached = self.db.execute("SELECT result FROM results WHERE sha256=? AND request=? AND engine=?",
+                                 (row["sha256"], request_key(request), row["result_key"])).fetchone()
+        result = OcrResult.from_dict(json.loads(cached["result"]))
+        result.source = Path(row["rel"]).name
+        try:
+            export.write_outputs(result, Path(row["work"]), Path(row["out_dir"]), row["out_stem"])
+        except OSError:
+            if tree.stick and not tree.present():
+                return  # pulled while writing: the next pass writes to the local fallback
+            raise
+        final = self._original_home(row, "done")
+        self.set(row["id"], state="moving", final=str(final))
+
+    def _step_moving(self, row) -> None:
+        self._move_original(row)
+        self.set(row["id"], state="done")
+        log.info("done %s -> %s/%s.{%s}%s", row["rel"], row["out_dir"], row["out_stem"], ",".join(export.FORMATS),
+                 " (result reused)" if row["reused"] else "")
+
+    def _step_failing(self, row) -> None:
+        final = Path(row["final"])
+        final.parent.mkdir(parents=True, exist_ok=True)
+        report = {
+            "file": row["rel"],
+            "reason": row["error"],
+            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "engine": self.recognizer.describe(),
+            "task": FOLDERS[row["folder"].lower()].task.value if row["folder"].lower() in FOLDERS else None,
+            "sha256": row["sha256"],
+            "attempts": row["attempts"],
+        }
+        export.write_atomic(final.with_name(final.name + ".error.json"),
+                            (json.dumps(report, ensure_ascii=False, indent=2) + "\n").encode())
+        self._move_original(row)
+        self.set(row["id"], state="failed")
+        log.warning("failed %s -> %s: %s", row["rel"], final, row["error"])
+
+    # -- helpers of the steps --
+
+    def _fail(self, row_id: int, reason: str) -> None:
+        row = self.row(row_id)
+        if row["state"] in ("done", "failed", "lost"):
+            return
+        self.set(row_id, state="failing", error=reason, final=str(self._original_home(row, "failed")))
+        self._step_failing(self.row(row_id))
+
+    def _lost(self, row, why: str) -> None:
+        self.set(row["id"], state="lost", note=why)
+        log.warning("%s: %s", row["rel"], why)
+
+    def _output_dir(self, row) -> Path:
+        tree = self.tree_of(row)
+        if tree.stick and not tree.present():
+            return self._fallback(row, "outbox")
+        return tree.outbox / Path(row["rel"]).parent
+
+    def _fallback(self, row, kind: str) -> Path:
+        """Where a pulled stick's results and originals go: ROOT/outbox/<stick>/, ROOT/done/<stick>/ ..."""
+        tree = self.tree_of(row)
+        base = {"outbox": self.local.outbox, "done": self.local.done, "failed": self.local.failed}[kind]
+        folder = base / f"usb-{tree.label}" / Path(row["rel"]).parent
+        if kind == "outbox" and row["out_dir"] != str(folder):
+            note = f"USB stick {tree.label} was removed before its results were written; they are in {folder}"
+            log.warning("%s: %s", row["rel"], note)
+            stem = export.free_stem(folder, Path(row["rel"]).stem)
+            self.set(row["id"], out_dir=str(folder), out_stem=stem, note=note)
+        return folder
+
+    def _original_home(self, row, kind: str) -> Path:
+        """A free name in done/ or failed/ for the original (the stick's own folders while it is present)."""
+        tree = self.tree_of(row)
+        if tree.stick and tree.present() and Path(row["source"]).exists():
+            folder = (tree.done if kind == "done" else tree.failed) / Path(row["rel"]).parent
+        elif tree.stick:
+            folder = self._fallback(row, kind)
+        else:
+            folder = (self.local.done if kind == "done" else self.local.failed) / Path(row["rel"]).parent
+        name = Path(row["rel"]).name
+        stem, suffix = Path(name).stem, Path(name).suffix
+        candidate, n = folder / name, 0
+        while candidate.exists() or candidate.is_symlink() or Path(f"{candidate}.error.json").exists():
+            n += 1
+            candidate = folder / f"{stem}-{n}{suffix}"
+        return candidate
+
+    def _move_original(self, row) -> None:
+        """Move the original to row.final. A stick's original moves on the stick and our copy is dropped; a local
+        file (or a pulled stick's copy) moves from the work folder. Repeating after a crash is harmless."""
+        final, tree = Path(row["final"]), self.tree_of(row)
+        work = Path(row["work"]) if row["work"] else None
+        source = Path(row["source"])
+        on_stick = tree.stick and _inside_str(final, tree.key)
+        if on_stick and not _exists(source) and not _exists(final):
+            # The stick went away after the destination was chosen: keep our copy here instead.
+            final = self._original_home(row, "done" if row["state"] == "moving" else "failed")
+            self.set(row["id"], final=str(final))
+            on_stick = False
+        origin = source if on_stick or work is None else work
+        if _exists(origin):
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if _exists(final):
+                raise OSError(f"{final} appeared meanwhile; not overwriting it")
+            os.rename(origin, final)
+            export.fsync_dir(final.parent)
+        if work is not None and origin != work and _exists(final) and work.exists():
+            work.unlink()  # the original is safe on the stick; this was only our copy
+
+    def _stick_gone(self, tree: Tree) -> None:
+        waiting = sorted(rel for key, rel in self.pending if key == tree.key)
+        working = [r["rel"] for r in self.db.execute(
+            f"SELECT rel FROM files WHERE tree=? AND state IN {ACTIVE_SQL}", (tree.key,))]
+        if waiting or working:
+            log.warning("USB stick %s removed. Not copied off (still on the stick, not processed): %s. "
+                        "Being finished here, results in %s: %s", tree.label, ", ".join(waiting) or "none",
+                        self.local.outbox / f"usb-{tree.label}", ", ".join(working) or "none")
+            self.pulled.append({"stick": tree.label, "when": time.time(), "not_copied": waiting,
+                                "finished_locally": working})
+        else:
+            log.info("USB stick %s removed", tree.label)
+
+    # -- failed files back in --
+
+    def retry_failed(self) -> int:
+        """Move ROOT/failed/ files the ledger parked back into their inbox folders, to be tried once more."""
+        moved = 0
+        rows = self.db.execute("SELECT * FROM files WHERE state='failed' AND tree='' AND work IS NOT NULL").fetchall()
+        for row in rows:
+            final = Path(row["final"])
+            if not final.is_file():
+                continue
+            back = self.local.inbox / row["rel"]
+            back.parent.mkdir(parents=True, exist_ok=True)
+            stem, suffix, n = back.stem, back.suffix, 0
+            while back.exists():
+                n += 1
+                back = back.with_name(f"{stem}-{n}{suffix}")
+            os.rename(final, back)
+            Path(f"{final}.error.json").unlink(missing_ok=True)
+            self.set(row["id"], state="retried")
+            moved += 1
+        if moved:
+            log.info("moved %d failed file(s) back into the inbox", moved)
+        return moved
+
+    # -- the UI's view --
+
+    def write_status(self, stopped: bool = False) -> None:
+        """What only the running watcher knows (files still settling, sticks, unknown folders), for queue_state."""
+        waiting = [{"source": self.sticks[k].label if k in self.sticks else "inbox", "name": rel, "detail": p.reason}
+                   for (k, rel), p in sorted(self.pending.items())]
+        status = {
+            "pid": os.getpid(),
+            "stopped": stopped,
+            "heartbeat": time.time(),
+            "engine": self.recognizer.describe(),
+            "waiting": waiting,
+            "unknown_folders": sorted(f"{self.sticks[k].inbox if k in self.sticks else self.local.inbox}/{name}"
+                                      for k, name in self.unknown_folders),
+            "sticks": [{"label": t.label, "path": t.key} for t in self.sticks.values()],
+            "pulled": self.pulled[-20:],
+        }
+        # Advisory and rewritten every pass: a rename for atomicity, no fsync (it costs more than the rest).
+        tmp = self.state_dir / ".status.json.tmp"
+        tmp.write_text(json.dumps(status, ensure_ascii=False))
+        os.replace(tmp, self.state_dir / "status.json")
+
+
+def _exists(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def _inside_str(path: Path, folder: str) -> bool:
+    return bool(folder) and (str(path) + "/").startswith(folder.rstrip("/") + "/")
+
+
+def _open_problem(path: Path, name: str) -> str | None:
+    """None when the file opens as an image or PDF, else why not (InputError's reason).
+
+    Images are decoded in full (tens of ms): a half-written PNG or JPEG has a perfectly good header. A PDF is only
+    opened: PDFium needs the trailer at its very end, so a half-written PDF does not open.
+    """
+    from appliance.ocr.errors import InputError
+    from appliance.ocr.images import Document
+
+    try:
+        with Document.open(path, name=name) as document:
+            if document.kind != "pdf":
+                for _ in document.pages():
+                    pass
+            return None
+    except InputError as error:
+        return error.reason
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --- inotify: only to wake up early ------------------------------------------------------------------------------
+
+
+class Inotify:
+    """Linux inotify through ctypes: any event in a watched folder wakes `wait()`. Without it, `wait` just sleeps."""
+
+    MASK = 0x8 | 0x80 | 0x100 | 0x40 | 0x200 | 0x4  # close-write, moved-to, create, moved-from, delete, attrib
+
+    def __init__(self):
+        self.fd, self.watched = None, set()
+        try:
+            import ctypes
+
+            self.libc = ctypes.CDLL(None, use_errno=True)
+            fd = self.libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+            self.fd = fd if fd >= 0 else None
+        except (OSError, AttributeError):
+            self.fd = None
+
+    def add(self, folder: Path) -> None:
+        if self.fd is None or folder in self.watched or len(self.watched) > 4096:
+            return
+        if self.libc.inotify_add_watch(self.fd, os.fsencode(folder), self.MASK) >= 0:
+            self.watched.add(folder)
+
+    def wait(self, timeout: float, stop=lambda: False) -> None:
+        """Until an event, `timeout` seconds, or stop() (checked every second: a signal does not cut a poll short)."""
+        deadline = time.monotonic() + timeout
+        poller = None
+        if self.fd is not None:
+            poller = select.poll()
+            poller.register(self.fd, select.POLLIN)
+        while not stop():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if poller is None:
+                time.sleep(min(left, 1.0))
+            elif poller.poll(min(left, 1.0) * 1000):
+                time.sleep(0.05)  # let a burst of events arrive, then drain them all at once
+                try:
+                    while os.read(self.fd, 65536):
+                        pass
+                except BlockingIOError:
+                    pass
+                break
+        self.watched = {f for f in self.watched if f.exists()}  # re-added on the next scan if recreated
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+# --- entry points ------------------------------------------------------------------------------------------------
+
+
+def run(root, engine: str = "auto", model_dir=None, once: bool = False, retry_failed: bool = False,
+        quiet: float = QUIET_SECONDS, give_up: float = GIVE_UP_SECONDS, rescan: float = RESCAN_SECONDS,
+        media_dirs=MEDIA_DIRS, recognizer=None) -> int:
+    """`appliance watch ROOT`: watch until SIGTERM/SIGINT (or, with once=True, until the inbox is empty)."""
+    own_recognizer = recognizer is None
+    recognizer = recognizer or EngineRecognizer(engine, model_dir)
+    watcher = Watcher(Path(root), recognizer, quiet=quiet, give_up=give_up, rescan=rescan,
+                      media_dirs=tuple(media_dirs))
+
+    def stop(signum, frame):
+        log.info("stopping after the current file")
+        watcher.stopping = True
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        if retry_failed:
+            watcher.retry_failed()
+        log.info("watching %s (inbox folders: %s)", watcher.local.inbox, ", ".join(sorted(k for k in FOLDERS if k)))
+        watcher.run(once=once)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        watcher.close()
+        if own_recognizer:
+            recognizer.close()
+    return 0
+
+
+def queue_state(root, recent: int = 200) -> dict:
+    """The folder's queue for the UI: counts and per-file state (waiting, working, done, failed), newest first.
+
+    Reads the ledger and the running watcher's status file; works whether or not a watcher is running.
+    """
+    root = Path(root)
+    state_dir = root / ".state"
+    status = {}
+    try:
+        status = json.loads((state_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        pass
+    fresh = time.time() - status.get("heartbeat", 0) < RESCAN_SECONDS * 2 + 60
+    running = bool(status) and not status.get("stopped") and fresh
+    files = [{"name": w["name"], "source": w["source"], "state": "waiting", "detail": w["detail"]}
+             for w in status.get("waiting", [])] if running else []
+    counts = {"waiting": len(files), "working": 0, "done": 0, "failed": 0}
+    if (state_dir / "ledger.sqlite").exists():
+        db = open_ledger(state_dir, readonly=True)
+        try:
+            for row in db.execute("SELECT state, count(*) AS n FROM files GROUP BY state"):
+                bucket = _ui_state(row["state"])
+                if bucket:
+                    counts[bucket] += row["n"]
+            for row in db.execute("SELECT * FROM files ORDER BY updated DESC LIMIT ?", (recent,)):
+                bucket = _ui_state(row["state"])
+                if not bucket:
+                    continue
+                outputs = ([f"{row['out_dir']}/{row['out_stem']}.{ext}" for ext in export.FORMATS]
+                           if row["state"] == "done" else [])
+                files.append({
+                    "name": row["rel"], "source": Path(row["tree"]).name if row["tree"] else "inbox",
+                    "state": bucket, "step": row["state"], "detail": row["error"] or row["note"] or "",
+                    "task": FOLDERS[row["folder"].lower()].task.value if row["folder"].lower() in FOLDERS else None,
+                    "reused": bool(row["reused"]), "outputs": outputs, "original": row["final"],
+                    "updated": row["updated"],
+                })
+        finally:
+            db.close()
+    return {"root": str(root), "running": running, "engine": status.get("engine"), "counts": counts, "files": files,
+            "unknown_folders": status.get("unknown_folders", []), "sticks": status.get("sticks", []),
+            "pulled": status.get("pulled", [])}
+
+
+def _ui_state(step: str) -> str | None:
+    if step in ("claiming", "queued"):
+        return "waiting"
+    if step in ("working", "publishing", "moving", "failing"):
+        return "working"
+    if step in ("done", "failed"):
+        return step
+    return None  # lost (never started) and retried (a new row follows) are history, not queue
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m appliance.watch", description="Scan-to-folder watcher")
+    parser.add_argument("root", help="folder holding inbox/, outbox/, done/, failed/ (created if missing)")
+    parser.add_argument("--engine", default="auto")
+    parser.add_argument("--model", metavar="DIR")
+    parser.add_argument("--once", action="store_true", help="process what is in the inbox, then exit")
+    parser.add_argument("--retry-failed", action="store_true", help="move failed files back into the inbox first")
+    parser.add_argument("--quiet", type=float, default=QUIET_SECONDS, help="seconds a file must stay unchanged")
+    parser.add_argument("--give-up", type=float, default=GIVE_UP_SECONDS)
+    parser.add_argument("--media", action="append", help="where USB sticks are mounted (repeatable)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        return run(args.root, engine=args.engine, model_dir=args.model, once=args.once,
+                   retry_failed=args.retry_failed, quiet=args.quiet, give_up=args.give_up,
+                   media_dirs=args.media if args.media is not None else MEDIA_DIRS)
+    except (WatchError, OcrError) as error:
+        print(f"appliance watch: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -42,28 +42,30 @@ function setupUpload(form) {
 function setupUsb(onPick) {
   const dialog = $("#usb"), list = $("#usb-list"), where = $("#usb-where");
   let current = "";
-  const entry = (icon, label, extra, onClick) => {
+  const icons = $("#usb-icons").content;
+  const entry = (kind, label, extra, onClick) => {
     const li = document.createElement("li"), button = document.createElement("button");
     button.type = "button";
-    button.className = "usb-entry " + icon;
-    button.append(icon === "dir" ? "📁 " : icon === "up" ? "⬆ " : "📄 ", label);
+    button.className = "usb-entry " + kind;
+    button.append($(`[data-icon=${kind}] svg`, icons).cloneNode(true), label);
     if (extra) { const size = document.createElement("span"); size.className = "size"; size.textContent = extra; button.append(size); }
     button.addEventListener("click", onClick);
     li.append(button);
     list.append(li);
   };
+  const size = (bytes) => bytes >= 1048576 ? (bytes / 1048576).toFixed(1) + " MB" : Math.ceil(bytes / 1024) + " KB";
   const load = async (path) => {
     const response = await fetch(list.dataset.url + "?path=" + encodeURIComponent(path));
     const data = await response.json();
     list.replaceChildren();
     if (!response.ok) { entry("up", data.detail, "", () => load("")); return; }
     current = data.path;
-    where.textContent = data.root + (data.path ? "/" + data.path : "");
+    where.textContent = "/" + data.path;
     if (data.missing || (!data.path && !data.entries.length)) { list.append(Object.assign(document.createElement("li"), {className: "muted", textContent: messages.usb_none})); return; }
     if (data.parent !== null) entry("up", messages.usb_up, "", () => load(data.parent));
     data.entries.forEach((item) => {
       if (item.type === "dir") entry("dir", item.name, "", () => load(item.path));
-      else entry("file", item.name, (item.size / 1048576).toFixed(1) + " MB", () => { onPick(item.path, item.name); dialog.close(); });
+      else entry("file", item.name, size(item.size), () => { onPick(item.path, item.name); dialog.close(); });
     });
     if (!data.entries.length) list.append(Object.assign(document.createElement("li"), {className: "muted", textContent: messages.usb_empty}));
   };

@@ -1,0 +1,152 @@
+"""End to end in headless Debian Chromium (driven by Playwright over CDP; Playwright's own browsers are not used):
+the real server, the real CPU engine, a real image. Screenshots land in out/webui/ for people to look at."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import text_image
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra)")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+if not Path(CHROMIUM).exists():
+    pytest.skip("Debian chromium is not installed (make test installs it)", allow_module_level=True)
+
+SHOTS = Path(__file__).resolve().parents[2] / "out" / "webui"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    with playwright_api.sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, headless=True, args=FLAGS,
+            viewport={"width": 1280, "height": 800}, locale="en-US", accept_downloads=True)
+        yield context
+        context.close()
+
+
+@pytest.fixture
+def page(browser):
+    page = browser.new_page()
+    problems = []
+    page.on("console", lambda msg: msg.type == "error" and problems.append(msg.text))
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.on("request", lambda req: req.url.startswith(("http://127.0.0.1", "data:", "blob:"))
+            or problems.append(f"request outside the appliance: {req.url}"))
+    yield page
+    page.close()
+    assert problems == []  # no script errors, no CSP violations, nothing fetched from elsewhere
+
+
+def test_upload_result_boxes_download_language(page, cpu_server, tmp_path):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    image = tmp_path / "receipt.jpg"
+    image.write_bytes(text_image(["Invoice 2026", "Total 42.50"]))
+
+    page.goto(cpu_server.url + "/")
+    assert page.locator("nav").inner_text().startswith("New scan")
+    page.set_input_files("#file", str(image))
+    assert page.locator("#chosen-name").inner_text() == "receipt.jpg"
+    page.check("input[value=spotting]", force=True)
+    page.click("#start")
+    page.wait_for_url("**/job/*")
+    page.wait_for_selector("#out-text", timeout=120_000)  # the page polls the job, then shows the result
+
+    assert page.locator("#out-text").inner_text() == "Invoice 2026\nTotal 42.50"
+    boxes = page.locator("svg.overlay rect.box")
+    assert boxes.count() == 2
+    first = boxes.first.bounding_box()
+    assert first["width"] > 50 and first["height"] > 10  # drawn, over the picture, at a visible size
+    picture = page.locator(".page-frame img").bounding_box()
+    assert picture["x"] <= first["x"] and first["x"] + first["width"] <= picture["x"] + picture["width"]
+    assert page.evaluate("document.querySelector('.page-frame img').naturalWidth") > 0  # the page image loaded
+    boxes.first.click()
+    assert page.locator("#box-text").inner_text() == "Invoice 2026"
+    page.screenshot(path=SHOTS / "result-en.png", full_page=True)
+
+    with page.expect_download() as download:
+        page.click("a[data-format=json]")
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    assert saved.name == "receipt.json"
+    result = json.loads(saved.read_text())
+    assert result["text"] == "Invoice 2026\nTotal 42.50" and result["engine"]["name"] == "cpu"
+
+    page.click("a[data-lang=zh]")
+    page.wait_for_selector("text=新建识别")
+    assert page.locator("[data-tab=text]").inner_text() == "文本"
+    assert page.locator("#out-text").inner_text() == "Invoice 2026\nTotal 42.50"
+    page.screenshot(path=SHOTS / "result-zh.png", full_page=True)
+    page.goto(cpu_server.url + "/history")  # remembered across pages (cookie)
+    assert "历史记录" in page.locator("h1").inner_text()
+    page.click("a[data-lang=en]")
+    page.wait_for_selector("h1:has-text('History')")
+
+
+def test_pick_a_file_from_the_usb_stick(page, cpu_server):
+    stick = cpu_server.media / "SANDISK" / "scans"
+    stick.mkdir(parents=True)
+    (stick / "letter.png").write_bytes(text_image(["Dear Customer"], fmt="PNG"))
+
+    page.goto(cpu_server.url + "/")
+    page.screenshot(path=SHOTS / "home-en.png", full_page=True)
+    page.click("#usb-open")
+    page.click("#usb-list button:has-text('SANDISK')")
+    page.click("#usb-list button:has-text('scans')")
+    page.screenshot(path=SHOTS / "usb-browser.png")
+    page.click("#usb-list button:has-text('letter.png')")
+    assert not page.locator("#usb").is_visible()
+    assert page.locator("#chosen-name").inner_text() == "SANDISK/scans/letter.png"
+    page.check("input[value=text]", force=True)
+    page.click("#start")
+    page.wait_for_selector("#out-text", timeout=120_000)
+    assert page.locator("#out-text").inner_text() == "Dear Customer"
+    assert page.locator("h1.job-name").inner_text() == "letter.png"
+
+
+def test_cpu_engine_greys_out_the_model_only_tasks(page, cpu_server):
+    page.goto(cpu_server.url + "/")
+    extract = page.locator("label.task:has(input[value=extract])")
+    assert page.locator("input[value=extract]").is_disabled() and "needs the GPU model" in extract.inner_text()
+    assert page.locator("input[value=spotting]").is_enabled()
+    page.goto(cpu_server.url + "/status")
+    assert page.locator("#engine-name").inner_text() == "cpu"
+    page.screenshot(path=SHOTS / "status-en.png", full_page=True)
+
+
+@pytest.fixture(scope="module")
+def model_server(tmp_path_factory):
+    """The UI over an engine that has every task (a test double standing in for HunyuanOCR on a GPU)."""
+    from conftest import serve_in_thread
+    from fake_engine import FakeEngine
+
+    from appliance.jobs import Jobs
+    from webui import create_app
+
+    data = tmp_path_factory.mktemp("model-server")
+    jobs = Jobs(data, lambda: FakeEngine())
+    live, stop = serve_in_thread(create_app({"DATA_DIR": str(data), "ENGINE": "cpu", "JOBS": jobs}))
+    jobs.wait_engine(10)
+    yield live
+    stop()
+
+
+def test_extraction_preset_to_fields_table(page, model_server, tmp_path):
+    image = tmp_path / "invoice.png"
+    image.write_bytes(text_image(["x"], fmt="PNG"))
+    page.goto(model_server.url + "/")
+    assert not page.locator("#fields").is_visible()  # shown only for the extract task
+    page.locator("label.task:has(input[value=extract])").click()
+    page.click("button.preset:has-text('VAT invoice')")
+    assert page.locator("#fields").input_value().startswith("发票代码,发票号码,开票日期")
+    page.set_input_files("#file", str(image))
+    page.click("#start")
+    page.click("[data-tab=fields]")
+    rows = page.locator("#out-fields tbody tr")
+    assert rows.count() == 8 and rows.first.inner_text() == "发票代码\tvalue of 发票代码"
+    page.screenshot(path=SHOTS / "fields-en.png", full_page=True)

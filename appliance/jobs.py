@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from appliance.export import write_atomic
 from appliance.ocr.engines import Engine, check_task
 from appliance.ocr.errors import EngineUnavailable, OcrError
 from appliance.ocr.images import Document
@@ -130,15 +131,6 @@ def cache_key(sha256: str, request: Request, info) -> str:
     return hashlib.sha256(material.encode()).hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class Jobs:
     """The queue, the store and the worker. `open_engine` is called once, in the worker thread, which then owns it."""
 
@@ -205,7 +197,7 @@ class Jobs:
                     raise QueueFull(self.max_queue, self._retry_after(waiting))
             path = self.inputs / sha256
             if not path.exists():
-                _write_atomic(path, data)
+                write_atomic(path, data)
             job_id = uuid.uuid4().hex[:16]
             self._db.execute(
                 "INSERT INTO jobs (id, name, size, sha256, task, options, state, pages_total, created)"
@@ -378,7 +370,7 @@ class Jobs:
                 engine, self.inputs / job.sha256, request, name=job.name, progress=progress,
                 cancelled=lambda: job_id in self._cancel,
             )
-            _write_atomic(self.results / f"{key}.json", result.to_json().encode("utf-8"))
+            write_atomic(self.results / f"{key}.json", result.to_json().encode("utf-8"))
             outcome = {"state": DONE}
         except Cancelled:
             outcome = {"state": CANCELLED, "error": "cancelled while running"}

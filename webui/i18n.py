@@ -64,6 +64,11 @@ MESSAGES = {
     "usb_none": ("No USB stick found. Insert one and tap Refresh.", "未发现 U 盘。请插入后点击刷新。"),
     "usb_refresh": ("Refresh", "刷新"),
     "close": ("Close", "关闭"),
+    "save_here": ("Save here", "保存到这里"),
+    "save_to_usb": ("Save to USB", "保存到 U 盘"),
+    "saved_to": ("Saved to {folder}: {files}", "已保存到 {folder}：{files}"),
+    "save_failed": ("Could not save to {folder}: {error}. Is the stick write-protected or removed?",
+                    "无法保存到 {folder}：{error}。U 盘是否写保护或已拔出？"),
     # job
     "state_queued": ("Waiting", "排队中"),
     "state_running": ("Working", "识别中"),

@@ -10,9 +10,10 @@ import platform
 import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
-from flask import (Blueprint, abort, current_app, jsonify, redirect, render_template, request, session,
+from flask import (Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, session,
                    url_for)
 
 from appliance import __version__, export
@@ -136,6 +137,24 @@ def cancel(job_id):
 def delete(job_id):
     jobs().delete(job_id)
     return redirect(url_for("ui.history"), code=303)
+
+
+@bp.post("/job/<job_id>/save-usb")
+def save_to_usb(job_id):
+    """Write txt, md, json and the searchable PDF into a folder on the stick, never over an existing file."""
+    folder_rel = request.form.get("folder", "")
+    folder = usb.resolve(current_app.config["USB_ROOT"], folder_rel)
+    if not folder.is_dir() or folder == Path(current_app.config["USB_ROOT"]).resolve():
+        raise errors.BadRequest(f"'{folder_rel}' is not a folder on a USB stick")
+    job = jobs().get(job_id)
+    try:
+        stem = export.free_stem(folder, Path(job.name).stem or "result")
+        written = export.write_outputs(jobs().result(job_id), jobs().input_path(job_id), folder, stem)
+    except OSError as exc:
+        flash(i18n.gettext("save_failed", folder="/" + folder_rel, error=exc.strerror or exc), "error")
+    else:
+        flash(i18n.gettext("saved_to", folder="/" + folder_rel, files=", ".join(p.name for p in written)), "info")
+    return redirect(url_for("ui.job", job_id=job_id), code=303)
 
 
 @bp.get("/history")

@@ -108,6 +108,17 @@ def test_pick_a_file_from_the_usb_stick(page, cpu_server):
     assert page.locator("#out-text").inner_text() == "Dear Customer"
     assert page.locator("h1.job-name").inner_text() == "letter.png"
 
+    # Save the outputs back onto the stick, next to the scan.
+    page.click("#usb-open")
+    assert not page.locator("#usb-here").is_visible()  # the list of sticks is not a folder to save into
+    page.click("#usb-list button:has-text('SANDISK')")
+    page.click("#usb-list button:has-text('scans')")
+    assert page.locator("#usb-list button:has-text('letter.png')").count() == 0  # folders only in this mode
+    page.click("#usb-here")
+    assert "Saved to /SANDISK/scans" in page.locator("#flash").inner_text()
+    assert (stick / "letter.txt").read_text() == "Dear Customer\n"
+    assert {p.name for p in stick.iterdir()} == {"letter.png", "letter.txt", "letter.md", "letter.json", "letter.pdf"}
+
 
 def test_cpu_engine_greys_out_the_model_only_tasks(page, cpu_server):
     page.goto(cpu_server.url + "/")

@@ -202,3 +202,21 @@ def test_pages_load_nothing_from_outside(client):
 def test_static_assets_are_served(client):
     assert client.get("/static/app.js").status_code == 200
     assert client.get("/static/app.css").mimetype == "text/css"
+
+
+def test_save_to_usb_writes_every_format_without_overwriting(client, usb_stick):
+    location = upload(client, {"file": (io.BytesIO(image_bytes()), "scan.png")}).headers["Location"]
+    job_id = location.rsplit("/", 1)[1]
+    client.application.extensions["jobs"].wait(job_id, 10)
+    token = csrf(client)
+    for _ in range(2):
+        response = client.post(f"/job/{job_id}/save-usb", data={"csrf_token": token, "folder": "KINGSTON/scans"})
+        assert response.status_code == 303 and response.headers["Location"] == location
+    folder = usb_stick / "KINGSTON" / "scans"
+    assert sorted(p.name for p in folder.glob("scan*")) == [
+        "scan-1.json", "scan-1.md", "scan-1.pdf", "scan-1.txt", "scan.json", "scan.md", "scan.pdf", "scan.txt"]
+    assert (folder / "scan.txt").read_text() == "HELLO 120x60\n"
+    html = client.get(location, headers={"Accept-Language": "en"}).get_data(as_text=True)
+    assert "Saved to /KINGSTON/scans: scan-1.pdf, scan-1.md, scan-1.txt, scan-1.json" in html
+    for bad in ("", "../data", "KINGSTON/escape.png", "KINGSTON/photo.JPG"):
+        assert client.post(f"/job/{job_id}/save-usb", data={"csrf_token": token, "folder": bad}).status_code == 400

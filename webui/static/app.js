@@ -39,8 +39,9 @@ function setupUpload(form) {
   setupUsb((path, name) => { usbPath.value = path; fileInput.value = ""; show(path); });
 }
 
-function setupUsb(onPick) {
-  const dialog = $("#usb"), list = $("#usb-list"), where = $("#usb-where");
+// onPick(path, name) for a file; with onFolder(path) set, the dialog picks a folder instead ("Save here").
+function setupUsb(onPick, onFolder) {
+  const dialog = $("#usb"), list = $("#usb-list"), where = $("#usb-where"), here = $("#usb-here");
   let current = "";
   const icons = $("#usb-icons").content;
   const entry = (kind, label, extra, onClick) => {
@@ -60,17 +61,19 @@ function setupUsb(onPick) {
     list.replaceChildren();
     if (!response.ok) { entry("up", data.detail, "", () => load("")); return; }
     current = data.path;
+    here.hidden = !onFolder || !data.path;  // a folder on a stick, not the list of sticks
     where.textContent = "/" + data.path;
     if (data.missing || (!data.path && !data.entries.length)) { list.append(Object.assign(document.createElement("li"), {className: "muted", textContent: messages.usb_none})); return; }
     if (data.parent !== null) entry("up", messages.usb_up, "", () => load(data.parent));
     data.entries.forEach((item) => {
       if (item.type === "dir") entry("dir", item.name, "", () => load(item.path));
-      else entry("file", item.name, size(item.size), () => { onPick(item.path, item.name); dialog.close(); });
+      else if (!onFolder) entry("file", item.name, size(item.size), () => { onPick(item.path, item.name); dialog.close(); });
     });
     if (!data.entries.length) list.append(Object.assign(document.createElement("li"), {className: "muted", textContent: messages.usb_empty}));
   };
   $("#usb-open").addEventListener("click", () => { dialog.showModal(); load(current); });
   $("#usb-refresh").addEventListener("click", () => load(current));
+  if (onFolder) here.addEventListener("click", () => { dialog.close(); onFolder(current); });
   $("#usb-close").addEventListener("click", () => dialog.close());
 }
 
@@ -133,5 +136,7 @@ document.addEventListener("DOMContentLoaded", () => {
   const main = $("main[data-job]");
   if (main && ["queued", "running"].includes(main.dataset.state)) pollJob(main);
   setupResult();
+  const saveForm = $("#save-usb-form");
+  if (saveForm) setupUsb(null, (folder) => { $("#save-folder").value = folder; saveForm.submit(); });
   $$("form.confirm").forEach((f) => f.addEventListener("submit", (e) => { if (!confirm(messages.confirm_delete)) e.preventDefault(); }));
 });

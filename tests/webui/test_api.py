@@ -90,6 +90,12 @@ def test_not_an_image_is_415(client):
     assert "JPEG" in body["detail"]
 
 
+def test_image_broken_after_its_header_is_422_when_read(client):
+    jpeg = image_bytes("JPEG", size=(400, 300), color="red")
+    response = client.post("/ocr", data={"file": (io.BytesIO(jpeg[: len(jpeg) // 3]), "half.jpg")})
+    assert_error(response, 422, "half.jpg", "truncated")
+
+
 def test_corrupt_image_is_422(client, png_bytes):
     assert_error(client.post("/ocr", data={"file": (io.BytesIO(png_bytes[:50]), "cut.png")}), 422, "cut.png",
                  "corrupt or truncated")

@@ -140,9 +140,11 @@ def model_server(tmp_path_factory):
     from webui import create_app
 
     data = tmp_path_factory.mktemp("model-server")
-    jobs = Jobs(data, lambda: FakeEngine())
+    engine = FakeEngine()
+    jobs = Jobs(data, lambda: engine)
     live, stop = serve_in_thread(create_app({"DATA_DIR": str(data), "ENGINE": "cpu", "JOBS": jobs}))
     jobs.wait_engine(10)
+    live.engine = engine
     yield live
     stop()
 
@@ -161,3 +163,32 @@ def test_extraction_preset_to_fields_table(page, model_server, tmp_path):
     rows = page.locator("#out-fields tbody tr")
     assert rows.count() == 8 and rows.first.inner_text() == "发票代码\tvalue of 发票代码"
     page.screenshot(path=SHOTS / "fields-en.png", full_page=True)
+
+
+def test_progress_page_by_page_and_cancel(page, model_server, tmp_path):
+    import io
+    import threading
+
+    from PIL import Image
+
+    pages = [Image.new("RGB", (300, 400), "white") for _ in range(3)]
+    pdf = tmp_path / "long.pdf"
+    buf = io.BytesIO()
+    pages[0].save(buf, format="PDF", save_all=True, append_images=pages[1:])
+    pdf.write_bytes(buf.getvalue())
+    gate = model_server.engine.gate = threading.Event()  # hold the engine inside page 1
+    try:
+        page.goto(model_server.url + "/")
+        page.set_input_files("#file", str(pdf))
+        page.click("#start")
+        page.wait_for_selector("#progress-text:has-text('Page 1 of 3')")
+        assert page.locator("#job-state").inner_text() == "Working"
+        page.screenshot(path=SHOTS / "progress-en.png")
+        page.click("#cancel")
+        page.wait_for_selector("#progress-text:has-text('Page 1 of 3')")  # still on page 1: stops before page 2
+        gate.set()
+        page.wait_for_selector("#job-state:has-text('Cancelled')")
+        assert "cancelled" in page.locator("#job-error").inner_text()
+    finally:
+        gate.set()
+        model_server.engine.gate = None

@@ -93,7 +93,7 @@ function pollJob(main) {
     bar.value = job.pages_done;
     text.textContent = job.position
       ? format(messages.queue_position, {n: job.position})
-      : format(messages.page_progress, {done: job.pages_done, total: job.pages_total});
+      : format(messages.page_progress, {done: Math.min(job.pages_done + 1, job.pages_total), total: job.pages_total});  // the page being read
     setTimeout(tick, 700);
   };
   tick();

@@ -20,9 +20,9 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 from appliance.export import write_atomic
 from appliance.ocr.engines import Engine, check_task
@@ -104,7 +104,7 @@ class Job:
     finished: float | None
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> "Job":
+    def from_row(cls, row: sqlite3.Row) -> Job:
         data = {k: row[k] for k in row.keys() if k != "seq"}
         data["options"] = json.loads(data["options"])
         data["cached"] = bool(data["cached"])
@@ -167,7 +167,13 @@ class Jobs:
         with self._lock:
             self._db.execute(
                 "UPDATE jobs SET state=?, error=?, finished=? WHERE state=? AND retries>=?",
-                (FAILED, "interrupted by a restart too many times; not retried again", time.time(), RUNNING, MAX_RETRIES),
+                (
+                    FAILED,
+                    "interrupted by a restart too many times; not retried again",
+                    time.time(),
+                    RUNNING,
+                    MAX_RETRIES,
+                ),
             )
             self._db.execute(
                 "UPDATE jobs SET state=?, retries=retries+1, pages_done=0, started=NULL, error=? WHERE state=?",
@@ -202,8 +208,17 @@ class Jobs:
             self._db.execute(
                 "INSERT INTO jobs (id, name, size, sha256, task, options, state, pages_total, created)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job_id, name, len(data), sha256, request.task.value, json.dumps(request.options()), QUEUED, pages,
-                 time.time()),
+                (
+                    job_id,
+                    name,
+                    len(data),
+                    sha256,
+                    request.task.value,
+                    json.dumps(request.options()),
+                    QUEUED,
+                    pages,
+                    time.time(),
+                ),
             )
             if key is not None and (self.results / f"{key}.json").exists():
                 self._finish_cached(job_id, key)
@@ -222,7 +237,9 @@ class Jobs:
     def list(self, limit: int = 100, offset: int = 0) -> list[Job]:
         """Newest first, for the history page and GET /jobs."""
         with self._lock:
-            rows = self._db.execute("SELECT * FROM jobs ORDER BY seq DESC LIMIT ? OFFSET ?", (limit, offset)).fetchall()
+            rows = self._db.execute(
+                "SELECT * FROM jobs ORDER BY seq DESC LIMIT ? OFFSET ?", (limit, offset)
+            ).fetchall()
         return [Job.from_row(r) for r in rows]
 
     def position(self, job_id: str) -> int | None:
@@ -247,7 +264,9 @@ class Jobs:
     def result_path(self, job_id: str) -> Path:
         job = self.get(job_id)
         if job.state != DONE:
-            raise LookupError(f"job '{job_id}' has no result: it is {job.state}" + (f" ({job.error})" if job.error else ""))
+            raise LookupError(
+                f"job '{job_id}' has no result: it is {job.state}" + (f" ({job.error})" if job.error else "")
+            )
         return self.results / f"{job.cache_key}.json"
 
     def input_path(self, job_id: str) -> Path:
@@ -315,13 +334,18 @@ class Jobs:
     def _run(self) -> None:
         try:
             engine = self._open_engine()
-        except Exception as e:  # noqa: BLE001 - whatever stops the engine is reported on /health and the status page
+        except Exception as e:
             log.exception("engine failed to start")
             with self._lock:
                 self._engine_state, self._engine_error = "failed", str(e)
                 for job_id in self._pending:
-                    self._set(job_id, state=FAILED, finished=time.time(), error=f"the OCR engine did not start: {e}",
-                              error_kind="EngineUnavailable")
+                    self._set(
+                        job_id,
+                        state=FAILED,
+                        finished=time.time(),
+                        error=f"the OCR engine did not start: {e}",
+                        error_kind="EngineUnavailable",
+                    )
                 self._pending.clear()
                 self._changed.notify_all()
             return
@@ -354,8 +378,15 @@ class Jobs:
                 self._finish_cached(job_id, key)
                 self._changed.notify_all()
                 return
-            self._set(job_id, state=RUNNING, started=time.time(), engine=engine.info.name, cache_key=key, error=None,
-                      error_kind=None)
+            self._set(
+                job_id,
+                state=RUNNING,
+                started=time.time(),
+                engine=engine.info.name,
+                cache_key=key,
+                error=None,
+                error_kind=None,
+            )
             self._changed.notify_all()
 
         def progress(done: int, total: int) -> None:
@@ -367,7 +398,11 @@ class Jobs:
         outcome: dict
         try:
             result = recognize_file(
-                engine, self.inputs / job.sha256, request, name=job.name, progress=progress,
+                engine,
+                self.inputs / job.sha256,
+                request,
+                name=job.name,
+                progress=progress,
                 cancelled=lambda: job_id in self._cancel,
             )
             write_atomic(self.results / f"{key}.json", result.to_json().encode("utf-8"))
@@ -376,7 +411,7 @@ class Jobs:
             outcome = {"state": CANCELLED, "error": "cancelled while running"}
         except OcrError as e:
             outcome = {"state": FAILED, "error": str(e), "error_kind": type(e).__name__}
-        except Exception as e:  # noqa: BLE001 - one bad document must not stop the worker
+        except Exception as e:
             log.exception("job %s failed", job_id)
             outcome = {"state": FAILED, "error": f"internal error: {type(e).__name__}: {e}", "error_kind": "internal"}
         with self._lock:
@@ -400,8 +435,17 @@ class Jobs:
     def _finish_cached(self, job_id: str, key: str) -> None:
         cached = json.loads((self.results / f"{key}.json").read_text(encoding="utf-8"))
         now, pages = time.time(), len(cached["pages"])
-        self._set(job_id, state=DONE, cache_key=key, cached=1, pages_done=pages, pages_total=pages,
-                  engine=cached["engine"]["name"], started=now, finished=now)
+        self._set(
+            job_id,
+            state=DONE,
+            cache_key=key,
+            cached=1,
+            pages_done=pages,
+            pages_total=pages,
+            engine=cached["engine"]["name"],
+            started=now,
+            finished=now,
+        )
 
     def _collect(self, sha256: str, key: str | None) -> None:
         """Remove an input or result file that no remaining job refers to."""

@@ -24,7 +24,9 @@ class FakeEngine:
         if self.gate is not None:
             assert self.gate.wait(30), "test gate never opened"
         text = f"HELLO {image.width}x{image.height}"
-        page = Page(text=text, blocks=[Block(text=text, box=[2, 3, image.width // 2, image.height // 2], confidence=0.9)])
+        page = Page(
+            text=text, blocks=[Block(text=text, box=[2, 3, image.width // 2, image.height // 2], confidence=0.9)]
+        )
         if request.task is Task.DOC:
             page.markdown = f"# Title\n\n{text}\n\n<table><tr><td>a</td><td>b</td></tr></table>"
         if request.task is Task.EXTRACT:

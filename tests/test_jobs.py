@@ -10,7 +10,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -225,8 +224,9 @@ time.sleep(60)
 
 def crash_once(data_dir: Path, mode: str) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    proc = subprocess.Popen([sys.executable, "-c", CRASHING_SERVICE, str(data_dir), mode], stdout=subprocess.PIPE,
-                            text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_SERVICE, str(data_dir), mode], stdout=subprocess.PIPE, text=True, env=env
+    )
     try:
         assert proc.stdout.readline().strip() == "RUNNING"
     finally:
@@ -236,7 +236,9 @@ def crash_once(data_dir: Path, mode: str) -> None:
 
 def rows(data_dir: Path) -> dict:
     with sqlite3.connect(data_dir / "jobs.sqlite") as db:
-        return {name: (state, retries) for name, state, retries in db.execute("SELECT name, state, retries FROM jobs")}
+        return {
+            name: (state, retries) for name, state, retries in db.execute("SELECT name, state, retries FROM jobs")
+        }
 
 
 def test_restart_after_kill_resumes_queued_and_retries_interrupted(make_jobs, tmp_path):
@@ -245,7 +247,10 @@ def test_restart_after_kill_resumes_queued_and_retries_interrupted(make_jobs, tm
     assert rows(data) == {"red.png": ("running", 0), "blue.png": ("queued", 0)}
     jobs = make_jobs(FakeEngine(), data_dir=data)
     done = {job.name: jobs.wait(job.id, timeout=10) for job in jobs.list()}
-    assert {name: (j.state, j.retries) for name, j in done.items()} == {"red.png": ("done", 1), "blue.png": ("done", 0)}
+    assert {name: (j.state, j.retries) for name, j in done.items()} == {
+        "red.png": ("done", 1),
+        "blue.png": ("done", 0),
+    }
     assert jobs.result(done["red.png"].id).text == "HELLO 40x20"
 
 

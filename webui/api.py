@@ -33,8 +33,12 @@ def jobs() -> Jobs:
 @bp.before_request
 def require_token():
     if not security.trusted():
-        return error_response(401, "token required", "LAN access needs the header 'Authorization: Bearer <token>'",
-                              {"WWW-Authenticate": 'Bearer realm="ocr"'})
+        return error_response(
+            401,
+            "token required",
+            "LAN access needs the header 'Authorization: Bearer <token>'",
+            {"WWW-Authenticate": 'Bearer realm="ocr"'},
+        )
 
 
 @bp.errorhandler(Exception)
@@ -58,22 +62,22 @@ def read_submission() -> tuple[bytes, str, Request]:
     if request.is_json:
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
-            raise errors.BadRequest("the body is not a JSON object; send {\"image\": \"<base64>\", \"task\": \"text\"}")
+            raise errors.BadRequest('the body is not a JSON object; send {"image": "<base64>", "task": "text"}')
         encoded = body.get("image")
         if not isinstance(encoded, str) or not encoded:
-            raise errors.BadRequest("JSON requests need \"image\": the file's bytes as a base64 string")
+            raise errors.BadRequest('JSON requests need "image": the file\'s bytes as a base64 string')
         if encoded.startswith("data:") and "," in encoded:  # a data: URL from a browser's FileReader
             encoded = encoded.split(",", 1)[1]
         try:
             data = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
-            raise errors.BadRequest("\"image\" is not valid base64; encode the file's bytes with base64") from None
+            raise errors.BadRequest('"image" is not valid base64; encode the file\'s bytes with base64') from None
         name, options = str(body.get("filename") or "image"), body
     else:
         upload = request.files.get("file")
         if upload is None:
             raise errors.BadRequest(
-                "send the file as multipart form field 'file', or JSON {\"image\": \"<base64>\"} with "
+                'send the file as multipart form field \'file\', or JSON {"image": "<base64>"} with '
                 "Content-Type: application/json"
             )
         data, name, options = upload.read(), upload.filename or "upload", request.form
@@ -94,9 +98,7 @@ def job_json(job: Job) -> dict:
     body["position"] = jobs().position(job.id)
     body["links"] = {"self": url_for("api.job_status", job_id=job.id)}
     if job.state == DONE:
-        body["links"].update(
-            {fmt: url_for("api.job_result", job_id=job.id, format=fmt) for fmt in export.FORMATS}
-        )
+        body["links"].update({fmt: url_for("api.job_result", job_id=job.id, format=fmt) for fmt in export.FORMATS})
     return body
 
 
@@ -112,8 +114,12 @@ def ocr():
     if job.state == FAILED:
         return error_response(FAILED_STATUS.get(job.error_kind, 500), "OCR failed", job.error or "")
     if not job.finished_state:
-        return error_response(504, "still working", f"the job is still {job.state}; poll GET /jobs/{job.id}",
-                              {"Location": url_for("api.job_status", job_id=job.id)})
+        return error_response(
+            504,
+            "still working",
+            f"the job is still {job.state}; poll GET /jobs/{job.id}",
+            {"Location": url_for("api.job_status", job_id=job.id)},
+        )
     return error_response(409, job.state, job.error or f"the job was {job.state}")
 
 
@@ -145,7 +151,9 @@ def job_result(job_id):
         raise errors.BadRequest(f"unknown format '{fmt}'; choose one of: {', '.join(export.FORMATS)}")
     job = jobs().get(job_id)
     if job.state != DONE:
-        return error_response(409, f"job {job.state}", job.error or f"the job is {job.state}; poll GET /jobs/{job_id}")
+        return error_response(
+            409, f"job {job.state}", job.error or f"the job is {job.state}; poll GET /jobs/{job_id}"
+        )
     body = export.export(jobs().result(job_id), fmt, source=jobs().input_path(job_id))
     response = Response(body, content_type=export.MEDIA_TYPES[fmt])
     if request.args.get("download"):
@@ -184,8 +192,9 @@ def health():
     choice = current_app.extensions["engine_choice"]
     engine = jobs().engine_status() | {"choice": choice.engine, "reason": choice.reason, "gpu": choice.gpu}
     waiting = jobs().counts().get("queued", 0)
-    return jsonify({"web": {"ready": True}, "engine": engine, "queue": {"waiting": waiting,
-                                                                         "limit": jobs().max_queue}})
+    return jsonify(
+        {"web": {"ready": True}, "engine": engine, "queue": {"waiting": waiting, "limit": jobs().max_queue}}
+    )
 
 
 @bp.get("/openapi.json")

@@ -24,7 +24,12 @@ def describe(exc: BaseException, max_bytes: int | None = None) -> tuple[int, str
     """(status, error, detail, extra headers) for an exception; `detail` says what to do about it."""
     if isinstance(exc, RequestEntityTooLarge):
         limit = f" ({_size(max_bytes)})" if max_bytes else ""
-        return 413, "file too large", f"the upload is over the size limit{limit}; send a smaller file or fewer pages", {}
+        return (
+            413,
+            "file too large",
+            f"the upload is over the size limit{limit}; send a smaller file or fewer pages",
+            {},
+        )
     if isinstance(exc, Unsupported):
         return 415, "unsupported file type", str(exc), {}
     if isinstance(exc, InputError):
@@ -44,14 +49,20 @@ def describe(exc: BaseException, max_bytes: int | None = None) -> tuple[int, str
     return 500, "internal error", f"{type(exc).__name__}: {exc}; the log has the details", {}
 
 
-
 def check_type(data: bytes, name: str) -> None:
     """Refuse what is not an image or PDF at all (415) before decoding; a broken image or PDF is a 422 later."""
     kind, looks_like = images.sniff(data)
     if kind is None:
-        raise Unsupported(f"{name} is not {SUPPORTED}; it looks like: {looks_like}. Save or convert it as one of these")
+        raise Unsupported(
+            f"{name} is not {SUPPORTED}; it looks like: {looks_like}. Save or convert it as one of these"
+        )
 
 
 def _size(n: int) -> str:
-    return f"{n / 1024 / 1024:.0f} MB" if n >= 10 * 1024 * 1024 else f"{n / 1024 / 1024:.1f} MB" if n >= 1024 * 1024 \
+    return (
+        f"{n / 1024 / 1024:.0f} MB"
+        if n >= 10 * 1024 * 1024
+        else f"{n / 1024 / 1024:.1f} MB"
+        if n >= 1024 * 1024
         else f"{n / 1024:.0f} KB"
+    )

@@ -23,8 +23,10 @@ MESSAGES = {
     "drop_here": ("Drop an image or PDF here, or tap to pick one", "将图片或 PDF 拖到这里，或点击选择"),
     "browse_usb": ("Browse USB stick", "浏览 U 盘"),
     "chosen": ("Chosen:", "已选择："),
-    "choose_file_first": ("Choose a file first: drop one, pick one, or browse the USB stick.",
-                          "请先选择文件：拖入、点击选择，或从 U 盘中选取。"),
+    "choose_file_first": (
+        "Choose a file first: drop one, pick one, or browse the USB stick.",
+        "请先选择文件：拖入、点击选择，或从 U 盘中选取。",
+    ),
     "step_task": ("2. What do you need?", "2. 需要什么结果？"),
     "needs_gpu": ("needs the GPU model", "需要 GPU 模型"),
     "step_options": ("3. Options", "3. 选项"),
@@ -35,8 +37,10 @@ MESSAGES = {
     "preset_receipt": ("Receipt", "收据"),
     "target_lang": ("Translate into", "翻译为"),
     "start": ("Start", "开始识别"),
-    "engine_loading": ("The OCR engine is starting; your file will wait in the queue.",
-                       "识别引擎正在启动，文件会先排队等待。"),
+    "engine_loading": (
+        "The OCR engine is starting; your file will wait in the queue.",
+        "识别引擎正在启动，文件会先排队等待。",
+    ),
     "engine_failed": ("The OCR engine did not start: {error}", "识别引擎未能启动：{error}"),
     # tasks
     "task_spotting": ("Text with positions", "文字及位置"),
@@ -67,8 +71,10 @@ MESSAGES = {
     "save_here": ("Save here", "保存到这里"),
     "save_to_usb": ("Save to USB", "保存到 U 盘"),
     "saved_to": ("Saved to {folder}: {files}", "已保存到 {folder}：{files}"),
-    "save_failed": ("Could not save to {folder}: {error}. Is the stick write-protected or removed?",
-                    "无法保存到 {folder}：{error}。U 盘是否写保护或已拔出？"),
+    "save_failed": (
+        "Could not save to {folder}: {error}. Is the stick write-protected or removed?",
+        "无法保存到 {folder}：{error}。U 盘是否写保护或已拔出？",
+    ),
     # job
     "state_queued": ("Waiting", "排队中"),
     "state_running": ("Working", "识别中"),
@@ -78,8 +84,10 @@ MESSAGES = {
     "queue_position": ("Place in queue: {n}", "排队位置：{n}"),
     "page_progress": ("Page {done} of {total}", "第 {done} / {total} 页"),
     "cancel": ("Cancel", "取消"),
-    "cached_note": ("Same file and settings as before: the earlier result is shown.",
-                    "文件和设置与之前相同，直接显示之前的结果。"),
+    "cached_note": (
+        "Same file and settings as before: the earlier result is shown.",
+        "文件和设置与之前相同，直接显示之前的结果。",
+    ),
     "tab_text": ("Text", "文本"),
     "tab_markdown": ("Markdown", "Markdown"),
     "tab_fields": ("Fields", "字段"),
@@ -125,8 +133,10 @@ MESSAGES = {
     "free_space": ("Free space", "可用空间"),
     "free_of": ("{free} free of {total}", "共 {total}，可用 {free}"),
     "queue": ("Queue", "队列"),
-    "queue_counts": ("{queued} waiting (limit {limit}), {done} done, {failed} failed",
-                     "{queued} 个排队（上限 {limit}），{done} 个完成，{failed} 个失败"),
+    "queue_counts": (
+        "{queued} waiting (limit {limit}), {done} done, {failed} failed",
+        "{queued} 个排队（上限 {limit}），{done} 个完成，{failed} 个失败",
+    ),
     "lan_mode": ("LAN access", "局域网访问"),
     "lan_on": ("on (token required from other machines)", "已开启（其他电脑需要令牌）"),
     "lan_off": ("off (this machine only)", "关闭（仅本机）"),
@@ -134,8 +144,10 @@ MESSAGES = {
     "error_title": ("Something went wrong", "出错了"),
     "back_home": ("Back to the start", "返回首页"),
     "login_title": ("Access token", "访问令牌"),
-    "login_hint": ("This appliance is shared on the network. Enter the access token from its administrator.",
-                   "本设备已在网络上共享，请输入管理员提供的访问令牌。"),
+    "login_hint": (
+        "This appliance is shared on the network. Enter the access token from its administrator.",
+        "本设备已在网络上共享，请输入管理员提供的访问令牌。",
+    ),
     "login_failed": ("That token is not right.", "令牌不正确。"),
     "login": ("Continue", "继续"),
 }

@@ -9,7 +9,10 @@ from appliance.ocr.tasks import ALIASES, LANGUAGES, Task
 
 
 def _error(description: str) -> dict:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
 
 
 def _job_id() -> dict:
@@ -19,27 +22,56 @@ def _job_id() -> dict:
 def document(config) -> dict:
     tasks = [t.value for t in Task] + sorted(ALIASES)
     options = {
-        "task": {"type": "string", "enum": tasks, "default": "spotting",
-                 "description": "what to extract; `task_type` is accepted as another name for it"},
+        "task": {
+            "type": "string",
+            "enum": tasks,
+            "default": "spotting",
+            "description": "what to extract; `task_type` is accepted as another name for it",
+        },
         "task_type": {"type": "string", "enum": tasks, "description": "the reference articles' name for `task`"},
-        "fields": {"description": "field names for task `extract`: a list or a comma-separated string",
-                   "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
-        "target_lang": {"type": "string", "enum": list(LANGUAGES), "default": "en",
-                        "description": "target language for task `translate`"},
+        "fields": {
+            "description": "field names for task `extract`: a list or a comma-separated string",
+            "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+        },
+        "target_lang": {
+            "type": "string",
+            "enum": list(LANGUAGES),
+            "default": "en",
+            "description": "target language for task `translate`",
+        },
     }
     submission = {
         "required": True,
         "content": {
-            "multipart/form-data": {"schema": {
-                "type": "object", "required": ["file"],
-                "properties": {"file": {"type": "string", "format": "binary",
-                                        "description": f"an image or PDF ({SUPPORTED_TEXT})"},
-                               **options}}},
-            "application/json": {"schema": {
-                "type": "object", "required": ["image"],
-                "properties": {"image": {"type": "string", "contentEncoding": "base64",
-                                         "description": "the file's bytes, base64 (a data: URL is accepted too)"},
-                               "filename": {"type": "string"}, **options}}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": f"an image or PDF ({SUPPORTED_TEXT})",
+                        },
+                        **options,
+                    },
+                }
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {
+                        "image": {
+                            "type": "string",
+                            "contentEncoding": "base64",
+                            "description": "the file's bytes, base64 (a data: URL is accepted too)",
+                        },
+                        "filename": {"type": "string"},
+                        **options,
+                    },
+                }
+            },
         },
     }
     submit_errors = {
@@ -53,107 +85,235 @@ def document(config) -> dict:
     job_ref = {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}
     return {
         "openapi": "3.1.0",
-        "info": {"title": "OCR appliance API", "version": __version__,
-                 "description": "Offline OCR. Every request goes through one queue to the one engine. On loopback no "
-                                "authentication; in LAN mode other machines send `Authorization: Bearer <token>`."},
+        "info": {
+            "title": "OCR appliance API",
+            "version": __version__,
+            "description": "Offline OCR. Every request goes through one queue to the one engine. On loopback no "
+            "authentication; in LAN mode other machines send `Authorization: Bearer <token>`.",
+        },
         "components": {
             "securitySchemes": {"lanToken": {"type": "http", "scheme": "bearer"}},
             "schemas": {
-                "Error": {"type": "object", "required": ["error", "detail"],
-                          "properties": {"error": {"type": "string"}, "detail": {"type": "string",
-                                                                                   "description": "what to do"}}},
-                "Block": {"type": "object", "properties": {
-                    "text": {"type": "string"},
-                    "box": {"type": ["array", "null"], "items": {"type": "integer"}, "minItems": 4, "maxItems": 4,
-                            "description": "[x1, y1, x2, y2] in pixels of the page"},
-                    "confidence": {"type": ["number", "null"]}}},
-                "Page": {"type": "object", "properties": {
-                    "number": {"type": "integer"}, "width": {"type": "integer"}, "height": {"type": "integer"},
-                    "text": {"type": "string"}, "blocks": {"type": "array", "items": {"$ref": "#/components/schemas/Block"}},
-                    "markdown": {"type": ["string", "null"]}, "fields": {"type": ["object", "null"]},
-                    "translation": {"type": ["string", "null"]}, "warnings": {"type": "array", "items": {"type": "string"}},
-                    "seconds": {"type": "number"}}},
-                "Result": {"type": "object", "description": "schema appliance.ocr.result v1; ignore unknown fields",
-                           "properties": {
-                               "schema": {"type": "string"}, "schema_version": {"type": "integer"},
-                               "source": {"type": "string"}, "task": {"type": "string"}, "options": {"type": "object"},
-                               "engine": {"type": "object", "properties": {
-                                   "name": {"type": "string"}, "model": {"type": "string"},
-                                   "revision": {"type": "string"}, "device": {"type": "string"}}},
-                               "text": {"type": "string", "description": "all pages' plain text"},
-                               "markdown": {"type": ["string", "null"]}, "fields": {"type": ["object", "null"]},
-                               "translation": {"type": ["string", "null"]},
-                               "pages": {"type": "array", "items": {"$ref": "#/components/schemas/Page"}},
-                               "timings": {"type": "object"},
-                               "job_id": {"type": "string", "description": "POST /ocr only"},
-                               "cached": {"type": "boolean", "description": "POST /ocr only: an identical earlier "
-                                                                            "request's result"}}},
-                "Job": {"type": "object", "properties": {
-                    "id": {"type": "string"}, "name": {"type": "string"}, "size": {"type": "integer"},
-                    "sha256": {"type": "string"}, "task": {"type": "string"}, "options": {"type": "object"},
-                    "state": {"type": "string", "enum": ["queued", "running", "done", "failed", "cancelled"]},
-                    "pages_done": {"type": "integer"}, "pages_total": {"type": "integer"},
-                    "position": {"type": ["integer", "null"], "description": "place in the queue, 1 = next"},
-                    "error": {"type": ["string", "null"]}, "error_kind": {"type": ["string", "null"]},
-                    "cached": {"type": "boolean"}, "retries": {"type": "integer"}, "engine": {"type": ["string", "null"]},
-                    "created": {"type": "number"}, "started": {"type": ["number", "null"]},
-                    "finished": {"type": ["number", "null"]}, "links": {"type": "object"}}},
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "detail"],
+                    "properties": {
+                        "error": {"type": "string"},
+                        "detail": {"type": "string", "description": "what to do"},
+                    },
+                },
+                "Block": {
+                    "type": "object",
+                    "properties": {
+                        "text": {"type": "string"},
+                        "box": {
+                            "type": ["array", "null"],
+                            "items": {"type": "integer"},
+                            "minItems": 4,
+                            "maxItems": 4,
+                            "description": "[x1, y1, x2, y2] in pixels of the page",
+                        },
+                        "confidence": {"type": ["number", "null"]},
+                    },
+                },
+                "Page": {
+                    "type": "object",
+                    "properties": {
+                        "number": {"type": "integer"},
+                        "width": {"type": "integer"},
+                        "height": {"type": "integer"},
+                        "text": {"type": "string"},
+                        "blocks": {"type": "array", "items": {"$ref": "#/components/schemas/Block"}},
+                        "markdown": {"type": ["string", "null"]},
+                        "fields": {"type": ["object", "null"]},
+                        "translation": {"type": ["string", "null"]},
+                        "warnings": {"type": "array", "items": {"type": "string"}},
+                        "seconds": {"type": "number"},
+                    },
+                },
+                "Result": {
+                    "type": "object",
+                    "description": "schema appliance.ocr.result v1; ignore unknown fields",
+                    "properties": {
+                        "schema": {"type": "string"},
+                        "schema_version": {"type": "integer"},
+                        "source": {"type": "string"},
+                        "task": {"type": "string"},
+                        "options": {"type": "object"},
+                        "engine": {
+                            "type": "object",
+                            "properties": {
+                                "name": {"type": "string"},
+                                "model": {"type": "string"},
+                                "revision": {"type": "string"},
+                                "device": {"type": "string"},
+                            },
+                        },
+                        "text": {"type": "string", "description": "all pages' plain text"},
+                        "markdown": {"type": ["string", "null"]},
+                        "fields": {"type": ["object", "null"]},
+                        "translation": {"type": ["string", "null"]},
+                        "pages": {"type": "array", "items": {"$ref": "#/components/schemas/Page"}},
+                        "timings": {"type": "object"},
+                        "job_id": {"type": "string", "description": "POST /ocr only"},
+                        "cached": {
+                            "type": "boolean",
+                            "description": "POST /ocr only: an identical earlier request's result",
+                        },
+                    },
+                },
+                "Job": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "name": {"type": "string"},
+                        "size": {"type": "integer"},
+                        "sha256": {"type": "string"},
+                        "task": {"type": "string"},
+                        "options": {"type": "object"},
+                        "state": {"type": "string", "enum": ["queued", "running", "done", "failed", "cancelled"]},
+                        "pages_done": {"type": "integer"},
+                        "pages_total": {"type": "integer"},
+                        "position": {"type": ["integer", "null"], "description": "place in the queue, 1 = next"},
+                        "error": {"type": ["string", "null"]},
+                        "error_kind": {"type": ["string", "null"]},
+                        "cached": {"type": "boolean"},
+                        "retries": {"type": "integer"},
+                        "engine": {"type": ["string", "null"]},
+                        "created": {"type": "number"},
+                        "started": {"type": ["number", "null"]},
+                        "finished": {"type": ["number", "null"]},
+                        "links": {"type": "object"},
+                    },
+                },
             },
         },
         "security": [{}, {"lanToken": []}],
         "paths": {
-            "/ocr": {"post": {
-                "summary": "Recognise one file and wait for the result (the reference articles' API)",
-                "requestBody": submission,
-                "responses": {"200": {"description": "the result",
-                                      "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}},
-                              **submit_errors,
-                              "409": _error("the job was cancelled"),
-                              "500": _error("OCR failed"),
-                              "504": _error("still running after the wait limit; poll the `Location` job")}}},
+            "/ocr": {
+                "post": {
+                    "summary": "Recognise one file and wait for the result (the reference articles' API)",
+                    "requestBody": submission,
+                    "responses": {
+                        "200": {
+                            "description": "the result",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}},
+                        },
+                        **submit_errors,
+                        "409": _error("the job was cancelled"),
+                        "500": _error("OCR failed"),
+                        "504": _error("still running after the wait limit; poll the `Location` job"),
+                    },
+                }
+            },
             "/jobs": {
-                "post": {"summary": "Queue a file; poll the job for progress", "requestBody": submission,
-                         "responses": {"202": {"description": "queued (or already done from the cache)", "content": job_ref},
-                                       **submit_errors}},
-                "get": {"summary": "Past and current jobs, newest first",
-                        "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "default": 50}},
-                                       {"name": "offset", "in": "query", "schema": {"type": "integer", "default": 0}}],
-                        "responses": {"200": {"description": "`jobs` and `counts` per state"}}},
+                "post": {
+                    "summary": "Queue a file; poll the job for progress",
+                    "requestBody": submission,
+                    "responses": {
+                        "202": {"description": "queued (or already done from the cache)", "content": job_ref},
+                        **submit_errors,
+                    },
+                },
+                "get": {
+                    "summary": "Past and current jobs, newest first",
+                    "parameters": [
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "default": 50}},
+                        {"name": "offset", "in": "query", "schema": {"type": "integer", "default": 0}},
+                    ],
+                    "responses": {"200": {"description": "`jobs` and `counts` per state"}},
+                },
             },
             "/jobs/{job_id}": {
-                "get": {"summary": "State and page progress", "parameters": [_job_id()],
-                        "responses": {"200": {"description": "the job", "content": job_ref}, "404": _error("no such job")}},
-                "delete": {"summary": "Forget the job and delete its files (cancels it if running)",
-                           "parameters": [_job_id()],
-                           "responses": {"204": {"description": "deleted"}, "404": _error("no such job")}},
+                "get": {
+                    "summary": "State and page progress",
+                    "parameters": [_job_id()],
+                    "responses": {
+                        "200": {"description": "the job", "content": job_ref},
+                        "404": _error("no such job"),
+                    },
+                },
+                "delete": {
+                    "summary": "Forget the job and delete its files (cancels it if running)",
+                    "parameters": [_job_id()],
+                    "responses": {"204": {"description": "deleted"}, "404": _error("no such job")},
+                },
             },
-            "/jobs/{job_id}/cancel": {"post": {
-                "summary": "Cancel: at once when queued, before the next page when running",
-                "parameters": [_job_id()],
-                "responses": {"200": {"description": "the job", "content": job_ref}, "404": _error("no such job")}}},
-            "/jobs/{job_id}/result": {"get": {
-                "summary": "The result as JSON, plain text, Markdown or a searchable PDF (the pages with an invisible text layer)",
-                "parameters": [_job_id(),
-                               {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "txt", "md", "pdf"],
-                                                                             "default": "json"}},
-                               {"name": "download", "in": "query", "schema": {"type": "string"},
-                                "description": "any value: send as an attachment named after the input"}],
-                "responses": {"200": {"description": "the result", "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/Result"}},
-                    "text/plain": {"schema": {"type": "string"}}, "text/markdown": {"schema": {"type": "string"}},
-                    "application/pdf": {}}},
-                    "400": _error("unknown format"), "404": _error("no such job"),
-                    "409": _error("the job is not done (yet)")}}},
-            "/jobs/{job_id}/pages/{number}": {"get": {
-                "summary": "Page `number` (1-based) of the input as a JPEG preview (boxes scale to its size)",
-                "parameters": [_job_id(), {"name": "number", "in": "path", "required": True,
-                                           "schema": {"type": "integer", "minimum": 1}}],
-                "responses": {"200": {"description": "JPEG", "content": {"image/jpeg": {}}},
-                              "404": _error("no such job or page")}}},
-            "/health": {"get": {
-                "summary": "Readiness: `web.ready` (this app) and `engine.ready` / `engine.state` separately",
-                "responses": {"200": {"description": "`web`, `engine` (state loading|ready|failed|stopped, "
-                                                     "which engine and why), `queue`"}}}},
-            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+            "/jobs/{job_id}/cancel": {
+                "post": {
+                    "summary": "Cancel: at once when queued, before the next page when running",
+                    "parameters": [_job_id()],
+                    "responses": {
+                        "200": {"description": "the job", "content": job_ref},
+                        "404": _error("no such job"),
+                    },
+                }
+            },
+            "/jobs/{job_id}/result": {
+                "get": {
+                    "summary": "The result as JSON, plain text, Markdown or a searchable PDF "
+                    "(the pages with an invisible text layer)",
+                    "parameters": [
+                        _job_id(),
+                        {
+                            "name": "format",
+                            "in": "query",
+                            "schema": {"type": "string", "enum": ["json", "txt", "md", "pdf"], "default": "json"},
+                        },
+                        {
+                            "name": "download",
+                            "in": "query",
+                            "schema": {"type": "string"},
+                            "description": "any value: send as an attachment named after the input",
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "the result",
+                            "content": {
+                                "application/json": {"schema": {"$ref": "#/components/schemas/Result"}},
+                                "text/plain": {"schema": {"type": "string"}},
+                                "text/markdown": {"schema": {"type": "string"}},
+                                "application/pdf": {},
+                            },
+                        },
+                        "400": _error("unknown format"),
+                        "404": _error("no such job"),
+                        "409": _error("the job is not done (yet)"),
+                    },
+                }
+            },
+            "/jobs/{job_id}/pages/{number}": {
+                "get": {
+                    "summary": "Page `number` (1-based) of the input as a JPEG preview (boxes scale to its size)",
+                    "parameters": [
+                        _job_id(),
+                        {
+                            "name": "number",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "integer", "minimum": 1},
+                        },
+                    ],
+                    "responses": {
+                        "200": {"description": "JPEG", "content": {"image/jpeg": {}}},
+                        "404": _error("no such job or page"),
+                    },
+                }
+            },
+            "/health": {
+                "get": {
+                    "summary": "Readiness: `web.ready` (this app) and `engine.ready` / `engine.state` separately",
+                    "responses": {
+                        "200": {
+                            "description": "`web`, `engine` (state loading|ready|failed|stopped, "
+                            "which engine and why), `queue`"
+                        }
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}
+            },
         },
     }

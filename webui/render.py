@@ -34,14 +34,45 @@ def page_preview(path: Path, name: str, number: int) -> Image.Image | None:
     image.thumbnail((PREVIEW_PIXELS, PREVIEW_PIXELS))
     return image
 
+
 # ---- Markdown -> HTML ---------------------------------------------------------------------------------------------
 # The model writes Markdown with HTML tables in it, so raw HTML must pass; but the text comes from a document the
 # user did not write, so only table and text markup survives (CSP already stops scripts; this stops the rest).
 
 _md = MarkdownIt("commonmark", {"html": True}).enable("table")
 _ALLOWED = {
-    "p", "br", "hr", "h1", "h2", "h3", "h4", "h5", "h6", "strong", "em", "b", "i", "u", "s", "sub", "sup", "code",
-    "pre", "blockquote", "ul", "ol", "li", "table", "thead", "tbody", "tfoot", "tr", "th", "td", "caption", "span",
+    "p",
+    "br",
+    "hr",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "strong",
+    "em",
+    "b",
+    "i",
+    "u",
+    "s",
+    "sub",
+    "sup",
+    "code",
+    "pre",
+    "blockquote",
+    "ul",
+    "ol",
+    "li",
+    "table",
+    "thead",
+    "tbody",
+    "tfoot",
+    "tr",
+    "th",
+    "td",
+    "caption",
+    "span",
     "div",
 }
 _ALLOWED_ATTRS = {"colspan", "rowspan", "align"}

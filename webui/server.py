@@ -21,8 +21,14 @@ THREADS = 16  # each synchronous POST /ocr holds a thread while it waits for the
 
 def make_server(app, host: str = "127.0.0.1", port: int = 8000):
     """A waitress server bound now (port 0 = any free port: `server.effective_port`); call `.run()` to serve."""
-    return create_server(app, host=host, port=port, threads=THREADS, ident="ocr-appliance",
-                         max_request_body_size=app.config["MAX_CONTENT_LENGTH"] + 1024 * 1024)
+    return create_server(
+        app,
+        host=host,
+        port=port,
+        threads=THREADS,
+        ident="ocr-appliance",
+        max_request_body_size=app.config["MAX_CONTENT_LENGTH"] + 1024 * 1024,
+    )
 
 
 def stop(server) -> None:
@@ -50,13 +56,21 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(host: str, port: int, engine: str, model_dir: str | None, data_dir: str, lan_token: str | None = None,
-          vllm_url: str | None = None) -> None:
+def serve(
+    host: str,
+    port: int,
+    engine: str,
+    model_dir: str | None,
+    data_dir: str,
+    lan_token: str | None = None,
+    vllm_url: str | None = None,
+) -> None:
     if not is_loopback(host) and not lan_token:
         raise SystemExit(f"refusing to listen on {host}: serving beyond this machine needs --lan-token SECRET")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    app = create_app({"ENGINE": engine, "MODEL_DIR": model_dir, "VLLM_URL": vllm_url, "DATA_DIR": data_dir,
-                      "LAN_TOKEN": lan_token})
+    app = create_app(
+        {"ENGINE": engine, "MODEL_DIR": model_dir, "VLLM_URL": vllm_url, "DATA_DIR": data_dir, "LAN_TOKEN": lan_token}
+    )
     server = make_server(app, host, port)
     signal.signal(signal.SIGTERM, _terminate)  # systemd stops services with SIGTERM
     log.info("serving the UI and API on http://%s:%s/ (data in %s)", host, server.effective_port, data_dir)

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from flask import (Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, session,
-                   url_for)
+from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, session, url_for
 
 from appliance import __version__, export
 from appliance.jobs import Jobs
@@ -80,8 +79,16 @@ def handle(exc):
 def _home(**context):
     engine = jobs().engine_status()
     supported = set(engine["tasks"] or [t.value for t in Task])  # while loading, offer all; the job says if not
-    return render_template("home.html", tasks=TASKS, supported=supported, presets=PRESETS, languages=LANGUAGES,
-                           engine=engine, form=request.form, **context)
+    return render_template(
+        "home.html",
+        tasks=TASKS,
+        supported=supported,
+        presets=PRESETS,
+        languages=LANGUAGES,
+        engine=engine,
+        form=request.form,
+        **context,
+    )
 
 
 @bp.get("/")
@@ -94,8 +101,9 @@ def upload():
     """One form, two sources: a file picked or dropped in the browser, or a file on the USB media (`usb_path`)."""
     form = request.form
     try:
-        req = Request.make(form.get("task") or "spotting", fields=form.get("fields"),
-                           target_lang=form.get("target_lang"))
+        req = Request.make(
+            form.get("task") or "spotting", fields=form.get("fields"), target_lang=form.get("target_lang")
+        )
         upload_file = request.files.get("file")
         if upload_file and upload_file.filename:
             data, name = upload_file.read(), upload_file.filename
@@ -110,8 +118,8 @@ def upload():
         else:
             raise errors.BadRequest(i18n.gettext("choose_file_first"))
         job = submit(data, name, req)
-    except Exception as exc:  # noqa: BLE001 - every refusal is shown on the form, with the user's choices kept
-        status, error, detail, headers = errors.describe(exc, current_app.config.get("MAX_CONTENT_LENGTH"))
+    except Exception as exc:
+        status, _error, detail, headers = errors.describe(exc, current_app.config.get("MAX_CONTENT_LENGTH"))
         if status == 500:
             raise
         return _home(error=detail), status, headers
@@ -123,8 +131,14 @@ def job(job_id):
     job = jobs().get(job_id)
     result = jobs().result(job_id) if job.state == "done" else None
     markdown = render.markdown_html(result.markdown) if result else ""
-    return render_template("job.html", job=job, result=result, markdown=markdown, position=jobs().position(job_id),
-                           formats=export.FORMATS)
+    return render_template(
+        "job.html",
+        job=job,
+        result=result,
+        markdown=markdown,
+        position=jobs().position(job_id),
+        formats=export.FORMATS,
+    )
 
 
 @bp.post("/job/<job_id>/cancel")
@@ -172,10 +186,18 @@ def status():
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             pass
-    return render_template("status.html", choice=current_app.extensions["engine_choice"],
-                           engine=jobs().engine_status(), versions=versions, data_dir=data_dir, disk=disk,
-                           counts=jobs().counts(), max_queue=jobs().max_queue,
-                           model_dir=current_app.config["MODEL_DIR"], lan=bool(current_app.config["LAN_TOKEN"]))
+    return render_template(
+        "status.html",
+        choice=current_app.extensions["engine_choice"],
+        engine=jobs().engine_status(),
+        versions=versions,
+        data_dir=data_dir,
+        disk=disk,
+        counts=jobs().counts(),
+        max_queue=jobs().max_queue,
+        model_dir=current_app.config["MODEL_DIR"],
+        lan=bool(current_app.config["LAN_TOKEN"]),
+    )
 
 
 @bp.get("/usb/list")

@@ -12,7 +12,6 @@ from appliance.ocr.images import EXTENSIONS
 from webui.errors import BadRequest
 
 
-
 def resolve(root: str | Path, rel: str) -> Path:
     """USB_ROOT/rel, refusing anything that leaves USB_ROOT or passes through a symbolic link."""
     base = Path(root).resolve()
@@ -48,8 +47,14 @@ def listing(root: str | Path, rel: str = "") -> dict:
             continue
         kind = "dir" if child.is_dir() else "file" if child.suffix.lower() in EXTENSIONS and child.is_file() else None
         if kind:
-            entries.append({"name": child.name, "type": kind, "path": str(child.relative_to(base)),
-                            "size": child.stat().st_size if kind == "file" else None})
+            entries.append(
+                {
+                    "name": child.name,
+                    "type": kind,
+                    "path": str(child.relative_to(base)),
+                    "size": child.stat().st_size if kind == "file" else None,
+                }
+            )
     here = folder.relative_to(base)
     parent = None if folder == base else str(here.parent) if str(here.parent) != "." else ""
     return {"root": str(root), "path": "" if str(here) == "." else str(here), "parent": parent, "entries": entries}

@@ -30,8 +30,9 @@ def app_config(tmp_path):
 def app(tmp_path, engine, app_config):
     jobs = Jobs(tmp_path / "data", lambda: engine, max_queue=app_config.pop("MAX_QUEUE", 32))
     assert jobs.wait_engine(10)["ready"]
-    app = create_app({"DATA_DIR": str(tmp_path / "data"), "ENGINE": "cpu", "JOBS": jobs, "TESTING": True,
-                      **app_config})
+    app = create_app(
+        {"DATA_DIR": str(tmp_path / "data"), "ENGINE": "cpu", "JOBS": jobs, "TESTING": True, **app_config}
+    )
     yield app
     jobs.close(timeout=5)
 
@@ -88,7 +89,8 @@ def serve_in_thread(app):
     """Start waitress on a free loopback port; returns (LiveServer, stop)."""
     import threading
 
-    from webui.server import make_server, stop as stop_server
+    from webui.server import make_server
+    from webui.server import stop as stop_server
 
     server = make_server(app, "127.0.0.1", 0)
     thread = threading.Thread(target=server.run, daemon=True)

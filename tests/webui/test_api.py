@@ -57,8 +57,9 @@ def test_ocr_base64_json_as_in_the_second_article(client, png_bytes):
 
 
 def test_ocr_own_fields_extract_and_translate(client, png_bytes):
-    extract = client.post("/ocr", data={"file": (io.BytesIO(png_bytes), "card.png"), "task": "extract",
-                                        "fields": "姓名, 出生"}).get_json()
+    extract = client.post(
+        "/ocr", data={"file": (io.BytesIO(png_bytes), "card.png"), "task": "extract", "fields": "姓名, 出生"}
+    ).get_json()
     assert extract["fields"] == {"姓名": "value of 姓名", "出生": "value of 出生"}
     data_url = "data:image/png;base64," + base64.b64encode(png_bytes).decode()
     translate = client.post("/ocr", json={"image": data_url, "task": "translate", "target_lang": "de"}).get_json()
@@ -85,8 +86,13 @@ def test_bad_requests_are_400_with_a_reason(client, kwargs, words):
 
 
 def test_not_an_image_is_415(client):
-    body = assert_error(client.post("/ocr", data={"file": (io.BytesIO(b"hello, plain text\n"), "notes.txt")}), 415,
-                        "notes.txt", "text file", "PDF")
+    body = assert_error(
+        client.post("/ocr", data={"file": (io.BytesIO(b"hello, plain text\n"), "notes.txt")}),
+        415,
+        "notes.txt",
+        "text file",
+        "PDF",
+    )
     assert "JPEG" in body["detail"]
 
 
@@ -97,8 +103,12 @@ def test_image_broken_after_its_header_is_422_when_read(client):
 
 
 def test_corrupt_image_is_422(client, png_bytes):
-    assert_error(client.post("/ocr", data={"file": (io.BytesIO(png_bytes[:50]), "cut.png")}), 422, "cut.png",
-                 "corrupt or truncated")
+    assert_error(
+        client.post("/ocr", data={"file": (io.BytesIO(png_bytes[:50]), "cut.png")}),
+        422,
+        "cut.png",
+        "corrupt or truncated",
+    )
     assert_error(client.post("/jobs", data={"file": (io.BytesIO(b"%PDF-1.4 garbage"), "x.pdf")}), 422, "PDF")
 
 
@@ -169,8 +179,11 @@ def test_cancel_and_result_of_an_unfinished_job(client, engine, gate):
 
 @pytest.mark.parametrize("engine", [FakeEngine(tasks={Task.SPOTTING, Task.TEXT})])
 def test_task_the_engine_cannot_do_is_400(client, png_bytes):
-    body = assert_error(client.post("/ocr", json={"image": base64.b64encode(png_bytes).decode(),
-                                                  "task_type": "doc_parser"}), 400, "GPU")
+    body = assert_error(
+        client.post("/ocr", json={"image": base64.b64encode(png_bytes).decode(), "task_type": "doc_parser"}),
+        400,
+        "GPU",
+    )
     assert "spotting, text" in body["detail"]
 
 

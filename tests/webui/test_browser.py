@@ -16,16 +16,28 @@ if not Path(CHROMIUM).exists():
     pytest.skip("Debian chromium is not installed (make test installs it)", allow_module_level=True)
 
 SHOTS = Path(__file__).resolve().parents[2] / "out" / "webui"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     with playwright_api.sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, headless=True, args=FLAGS,
-            viewport={"width": 1280, "height": 800}, locale="en-US", accept_downloads=True)
+            str(tmp_path_factory.mktemp("chromium-profile")),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=FLAGS,
+            viewport={"width": 1280, "height": 800},
+            locale="en-US",
+            accept_downloads=True,
+        )
         yield context
         context.close()
 
@@ -36,8 +48,13 @@ def page(browser):
     problems = []
     page.on("console", lambda msg: msg.type == "error" and problems.append(msg.text))
     page.on("pageerror", lambda exc: problems.append(str(exc)))
-    page.on("request", lambda req: req.url.startswith(("http://127.0.0.1", "data:", "blob:"))
-            or problems.append(f"request outside the appliance: {req.url}"))
+    page.on(
+        "request",
+        lambda req: (
+            req.url.startswith(("http://127.0.0.1", "data:", "blob:"))
+            or problems.append(f"request outside the appliance: {req.url}")
+        ),
+    )
     yield page
     page.close()
     assert problems == []  # no script errors, no CSP violations, nothing fetched from elsewhere

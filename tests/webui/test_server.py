@@ -102,8 +102,11 @@ def test_second_article_snippet_on_cpu_explains_what_is_needed(cpu_server, tmp_p
 
 def test_plain_ocr_over_http_with_boxes(cpu_server):
     image = text_image(["Hello Kiosk"], fmt="PNG")
-    response = requests.post(f"{cpu_server.url}/ocr", json={"image": base64.b64encode(image).decode(),
-                                                             "task_type": "plain_ocr"}, timeout=60)
+    response = requests.post(
+        f"{cpu_server.url}/ocr",
+        json={"image": base64.b64encode(image).decode(), "task_type": "plain_ocr"},
+        timeout=60,
+    )
     assert response.status_code == 200, response.text
     result = response.json()
     assert result["text"] == "Hello Kiosk" and result["engine"]["name"] == "cpu"
@@ -113,8 +116,9 @@ def test_plain_ocr_over_http_with_boxes(cpu_server):
 
 def test_async_job_over_http(cpu_server):
     image = text_image(["Page one text"])
-    created = requests.post(f"{cpu_server.url}/jobs", files={"file": ("scan.jpg", image, "image/jpeg")},
-                            data={"task": "text"}, timeout=30)
+    created = requests.post(
+        f"{cpu_server.url}/jobs", files={"file": ("scan.jpg", image, "image/jpeg")}, data={"task": "text"}, timeout=30
+    )
     assert created.status_code == 202
     job_url = cpu_server.url + created.headers["Location"]
     for _ in range(600):
@@ -131,8 +135,9 @@ def test_async_job_over_http(cpu_server):
 
 
 def test_errors_over_http(cpu_server):
-    too_big = requests.post(f"{cpu_server.url}/ocr", files={"file": ("x.bin", b"0" * (64 * 1024 * 1024 + 10))},
-                            timeout=60)
+    too_big = requests.post(
+        f"{cpu_server.url}/ocr", files={"file": ("x.bin", b"0" * (64 * 1024 * 1024 + 10))}, timeout=60
+    )
     assert too_big.status_code == 413 and too_big.json()["error"] == "file too large"
     health = requests.get(f"{cpu_server.url}/health", timeout=10).json()
     assert health["web"]["ready"] and health["engine"]["ready"] and health["engine"]["info"]["name"] == "cpu"
@@ -161,8 +166,12 @@ def test_appliance_serve_command_starts_and_stops_cleanly(tmp_path):
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.Popen(
         [sys.executable, "-m", "appliance", "serve", "--port", str(port), "--engine", "cpu", "--data", str(tmp_path)],
-        cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True)
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:

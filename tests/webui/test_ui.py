@@ -15,14 +15,24 @@ WEBUI = Path(__file__).resolve().parents[2] / "webui"
 
 
 def upload(client, data: dict, token: str | None = None):
-    return client.post("/upload", data={"csrf_token": token or csrf(client), **data},
-                       content_type="multipart/form-data")
+    return client.post(
+        "/upload", data={"csrf_token": token or csrf(client), **data}, content_type="multipart/form-data"
+    )
 
 
 def test_home_offers_tasks_presets_and_usb(client):
     html = client.get("/", headers={"Accept-Language": "en"}).get_data(as_text=True)
-    for text in ("Text with positions", "Extract fields", "Translate", "Browse USB stick", "ID card", "VAT invoice",
-                 "Receipt", 'name="target_lang"', 'data-fields="姓名,性别'):
+    for text in (
+        "Text with positions",
+        "Extract fields",
+        "Translate",
+        "Browse USB stick",
+        "ID card",
+        "VAT invoice",
+        "Receipt",
+        'name="target_lang"',
+        'data-fields="姓名,性别',
+    ):
         assert text in html
 
 
@@ -55,10 +65,12 @@ def test_upload_shows_result_with_boxes_and_downloads(client, engine):
 
 def test_result_tabs_for_markdown_fields_translation(client):
     doc = upload(client, {"file": (io.BytesIO(image_bytes()), "d.png"), "task": "doc"}).headers["Location"]
-    extract = upload(client, {"file": (io.BytesIO(image_bytes()), "e.png"), "task": "extract",
-                              "fields": "name,date"}).headers["Location"]
-    translate = upload(client, {"file": (io.BytesIO(image_bytes()), "t.png"), "task": "translate",
-                                "target_lang": "ja"}).headers["Location"]
+    extract = upload(
+        client, {"file": (io.BytesIO(image_bytes()), "e.png"), "task": "extract", "fields": "name,date"}
+    ).headers["Location"]
+    translate = upload(
+        client, {"file": (io.BytesIO(image_bytes()), "t.png"), "task": "translate", "target_lang": "ja"}
+    ).headers["Location"]
     jobs = client.application.extensions["jobs"]
     for url in (doc, extract, translate):
         jobs.wait(url.rsplit("/", 1)[1], 10)
@@ -71,15 +83,18 @@ def test_result_tabs_for_markdown_fields_translation(client):
 def test_markdown_from_a_document_cannot_inject_markup():
     from webui.render import markdown_html
 
-    html = markdown_html('# T\n\n<script>alert(1)</script><img src=x onerror=alert(1)><td onclick="x" colspan="2">'
-                         'c</td>\n\n[link](javascript:alert(1))')
+    html = markdown_html(
+        '# T\n\n<script>alert(1)</script><img src=x onerror=alert(1)><td onclick="x" colspan="2">'
+        "c</td>\n\n[link](javascript:alert(1))"
+    )
     assert "<script" not in html and "alert(1)</" not in html and "<img" not in html and "onclick" not in html
     assert '<td colspan="2">c</td>' in html and "<a" not in html
 
 
 def test_upload_needs_the_csrf_token(client):
-    response = client.post("/upload", data={"file": (io.BytesIO(image_bytes()), "a.png")},
-                           content_type="multipart/form-data")
+    response = client.post(
+        "/upload", data={"file": (io.BytesIO(image_bytes()), "a.png")}, content_type="multipart/form-data"
+    )
     assert response.status_code == 400 and "expired" in response.get_data(as_text=True)
     assert client.application.extensions["jobs"].list() == []
 
@@ -214,7 +229,15 @@ def test_save_to_usb_writes_every_format_without_overwriting(client, usb_stick):
         assert response.status_code == 303 and response.headers["Location"] == location
     folder = usb_stick / "KINGSTON" / "scans"
     assert sorted(p.name for p in folder.glob("scan*")) == [
-        "scan-1.json", "scan-1.md", "scan-1.pdf", "scan-1.txt", "scan.json", "scan.md", "scan.pdf", "scan.txt"]
+        "scan-1.json",
+        "scan-1.md",
+        "scan-1.pdf",
+        "scan-1.txt",
+        "scan.json",
+        "scan.md",
+        "scan.pdf",
+        "scan.txt",
+    ]
     assert (folder / "scan.txt").read_text() == "HELLO 120x60\n"
     html = client.get(location, headers={"Accept-Language": "en"}).get_data(as_text=True)
     assert "Saved to /KINGSTON/scans: scan-1.pdf, scan-1.md, scan-1.txt, scan-1.json" in html

@@ -884,6 +884,15 @@ def queue_state(root, recent: int = 200) -> dict:
             "pulled": status.get("pulled", [])}
 
 
+def ledger_rows(root) -> list[dict]:
+    """Every ledger row, oldest first (for scripts, benchmarks and support)."""
+    db = open_ledger(Path(root) / ".state", readonly=True)
+    try:
+        return [dict(row) for row in db.execute("SELECT * FROM files ORDER BY id")]
+    finally:
+        db.close()
+
+
 def _ui_state(step: str) -> str | None:
     if step in ("claiming", "queued"):
         return "waiting"

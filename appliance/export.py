@@ -61,7 +61,9 @@ def to_markdown(result: OcrResult) -> str:
         parts.append(body.strip())
     fields = result.fields
     if fields and not any(p.markdown for p in result.pages):
-        parts = ["| field | value |\n| --- | --- |\n" + "\n".join(f"| {k} | {_md_cell(v)} |" for k, v in fields.items())]
+        parts = [
+            "| field | value |\n| --- | --- |\n" + "\n".join(f"| {k} | {_md_cell(v)} |" for k, v in fields.items())
+        ]
     return "\n\n---\n\n".join(parts).strip() + "\n"
 
 
@@ -129,8 +131,12 @@ def _searchable_pdf(result: OcrResult, source) -> bytes:
 
     raw_bytes = source if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
     pdf = pdfium.PdfDocument.new()
-    codes = [c for page in result.pages for text in [page.text, *(b.text for b in page.blocks)]
-             for c in _utf16_units(text or "")]
+    codes = [
+        c
+        for page in result.pages
+        for text in [page.text, *(b.text for b in page.blocks)]
+        for c in _utf16_units(text or "")
+    ]
     font = _load_glyphless_font(pdf, max(codes, default=0))
     try:
         if raw_bytes[:5] == b"%PDF-":
@@ -180,10 +186,13 @@ def _is_upright_jpeg(raw_bytes: bytes, size) -> bool:
         return False
     try:
         with Image.open(io.BytesIO(raw_bytes)) as im:
-            return im.format == "JPEG" and im.size == tuple(size) and im.mode in ("L", "RGB") and (
-                im.getexif().get(0x0112, 1) == 1
+            return (
+                im.format == "JPEG"
+                and im.size == tuple(size)
+                and im.mode in ("L", "RGB")
+                and (im.getexif().get(0x0112, 1) == 1)
             )
-    except Exception:
+    except (OSError, ValueError):  # not a JPEG Pillow can read: re-encode instead
         return False
 
 
@@ -275,7 +284,7 @@ def _identity_to_unicode_cmap() -> str:
     """ToUnicode CMap: code U (a UTF-16 unit) -> U. Ranges stay within one high byte, as the PDF spec asks."""
     ranges = [f"<{hi:02X}00> <{hi:02X}FF> <{hi:02X}00>" for hi in range(256)]
     blocks = [
-        f"{len(ranges[i:i + 100])} beginbfrange\n" + "\n".join(ranges[i : i + 100]) + "\nendbfrange"
+        f"{len(ranges[i : i + 100])} beginbfrange\n" + "\n".join(ranges[i : i + 100]) + "\nendbfrange"
         for i in range(0, len(ranges), 100)
     ]
     return (
@@ -302,16 +311,21 @@ def glyphless_font() -> bytes:
     tables = {
         # version, revision, checksum adjustment, magic, flags, units/em, created, modified, bbox, style,
         # smallest readable size, direction hint, short loca, glyph data format
-        b"head": struct.pack(">LLLLHHqqhhhhHHhhh", 0x10000, 0x10000, 0, 0x5F0F3CF5, 0, upm, 0, 0, 0, 0, upm, upm, 0, 3, 2, 0, 0),
+        b"head": struct.pack(
+            ">LLLLHHqqhhhhHHhhh", 0x10000, 0x10000, 0, 0x5F0F3CF5, 0, upm, 0, 0, 0, 0, upm, upm, 0, 3, 2, 0, 0
+        ),
         # version, ascender, descender, line gap, max advance, min lsb, min rsb, max extent, caret (rise, run,
         # offset), 4 reserved, metric format, number of metrics
-        b"hhea": struct.pack(">LhhhHhhhhhhhhhhhH", 0x10000, upm, 0, 0, upm, 0, 0, upm, 1, 0, 0, 0, 0, 0, 0, 0, glyphs),
+        b"hhea": struct.pack(
+            ">LhhhHhhhhhhhhhhhH", 0x10000, upm, 0, 0, upm, 0, 0, upm, 1, 0, 0, 0, 0, 0, 0, 0, glyphs
+        ),
         b"maxp": struct.pack(">LHHHHHHHHHHHHHH", 0x10000, glyphs, 4, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0),
         b"hmtx": struct.pack(">HhHh", upm, 0, upm, 0),
         b"loca": struct.pack(">HHH", 0, 0, len(square) // 2),  # short offsets count 2-byte words
         b"glyf": square,
         # cmap: one Windows Unicode subtable (format 4) that maps nothing; the PDF's CIDToGIDMap does the mapping
-        b"cmap": struct.pack(">HHHHL", 0, 1, 3, 1, 12) + struct.pack(">12H", 4, 24, 0, 2, 2, 0, 0, 0xFFFF, 0, 0xFFFF, 1, 0),
+        b"cmap": struct.pack(">HHHHL", 0, 1, 3, 1, 12)
+        + struct.pack(">12H", 4, 24, 0, 2, 2, 0, 0, 0xFFFF, 0, 0xFFFF, 1, 0),
         b"post": struct.pack(">LLhhLLLLL", 0x30000, 0, 0, 0, 1, 0, 0, 0, 0),
         b"name": _name_table("GlyphLessFont"),
         b"OS/2": struct.pack(">HhHHH11h", 1, upm, 400, 5, 0, *[0] * 11)

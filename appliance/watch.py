@@ -27,6 +27,7 @@ a full rescan runs every `rescan` seconds anyway (network and FAT file systems s
 from __future__ import annotations
 
 import argparse
+import errno
 import fcntl
 import json
 import logging
@@ -65,7 +66,11 @@ EXTRACT_PRESETS = {
 
 def folder_requests() -> dict[str, Request]:
     """Inbox subfolder (lower case) -> what is asked of its files. "" is the inbox itself."""
-    table = {"": Request.make(Task.SPOTTING), "spotting": Request.make(Task.SPOTTING), "text": Request.make(Task.TEXT)}
+    table = {
+        "": Request.make(Task.SPOTTING),
+        "spotting": Request.make(Task.SPOTTING),
+        "text": Request.make(Task.TEXT),
+    }
     for task in (Task.DOC, Task.TABLE, Task.FORMULA, Task.CHART, Task.SUBTITLES):
         table[task.value] = Request.make(task)
     for lang in LANGUAGES:
@@ -109,13 +114,20 @@ class Tree:
     stick: bool = False
 
     @classmethod
-    def local(cls, root: Path) -> "Tree":
+    def local(cls, root: Path) -> Tree:
         return cls("", root / "inbox", root / "outbox", root / "done", root / "failed")
 
     @classmethod
-    def usb(cls, mount: Path) -> "Tree":
-        return cls(str(mount), mount / STICK_INBOX, mount / STICK_OUTBOX, mount / STICK_DONE, mount / STICK_FAILED,
-                   label=mount.name, stick=True)
+    def usb(cls, mount: Path) -> Tree:
+        return cls(
+            str(mount),
+            mount / STICK_INBOX,
+            mount / STICK_OUTBOX,
+            mount / STICK_DONE,
+            mount / STICK_FAILED,
+            label=mount.name,
+            stick=True,
+        )
 
     def present(self) -> bool:
         return self.inbox.is_dir()
@@ -261,9 +273,11 @@ class Watcher:
             folder.mkdir(parents=True, exist_ok=True)
         for name in ("outbox", "done", "failed", ".state"):
             if _inside(self.root / name, self.local.inbox) or _inside(self.local.inbox, self.root / name):
-                raise WatchError(f"{self.root / name} and the inbox {self.local.inbox} overlap; outputs would be read "
-                                 "back as input. Make them separate folders.")
-        self._lock = open(self.state_dir / "lock", "a+")
+                raise WatchError(
+                    f"{self.root / name} and the inbox {self.local.inbox} overlap; outputs would be read "
+                    "back as input. Make them separate folders."
+                )
+        self._lock = open(self.state_dir / "lock", "a+")  # noqa: SIM115 - held open for the watcher's lifetime
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -343,8 +357,9 @@ class Watcher:
         for key in set(self.sticks) - set(found):
             self._stick_gone(self.sticks[key])
         for key in set(found) - set(self.sticks):
-            log.info("USB stick %s: watching %s, results go to %s", found[key].label, found[key].inbox,
-                     found[key].outbox)
+            log.info(
+                "USB stick %s: watching %s, results go to %s", found[key].label, found[key].inbox, found[key].outbox
+            )
         self.sticks = found
         return [self.local, *found.values()]
 
@@ -372,8 +387,11 @@ class Watcher:
                     continue
                 if entry.name.lower() not in FOLDERS:
                     if (tree.key, entry.name) not in self.unknown_folders:
-                        log.warning("inbox folder %s is not a known task folder; its files are left alone "
-                                    "(known: %s)", entry.path, ", ".join(sorted(k for k in FOLDERS if k)))
+                        log.warning(
+                            "inbox folder %s is not a known task folder; its files are left alone (known: %s)",
+                            entry.path,
+                            ", ".join(sorted(k for k in FOLDERS if k)),
+                        )
                         self.unknown_folders.add((tree.key, entry.name))
                     continue
                 yield from self._walk_folder(tree, Path(entry.path), entry.name)
@@ -397,8 +415,7 @@ class Watcher:
 
     def _consider(self, tree: Tree, path: Path, rel: str, folder: str) -> None:
         key = (tree.key, rel)
-        if self.db.execute("SELECT 1 FROM files WHERE tree=? AND rel=? AND state IN " + ACTIVE_SQL,
-                           key).fetchone():
+        if self.db.execute("SELECT 1 FROM files WHERE tree=? AND rel=? AND state IN " + ACTIVE_SQL, key).fetchone():
             return  # a stick's file being worked on (it stays on the stick until its results are there)
         try:
             info = path.lstat()
@@ -428,8 +445,9 @@ class Watcher:
         else:
             seen.reason = f"waiting: does not open yet ({reason})"
 
-    def _insert(self, tree: Tree, path: Path, rel: str, folder: str, state: str, size: int | None = None,
-                copy: bool = True) -> int:
+    def _insert(
+        self, tree: Tree, path: Path, rel: str, folder: str, state: str, size: int | None = None, copy: bool = True
+    ) -> int:
         """One commit: the row with its work path, so a crash never leaves a row without one."""
         now = time.time()
         work = self.work_dir / f"{time.time_ns()}-{path.name[-100:]}" if copy else None
@@ -497,20 +515,24 @@ class Watcher:
         source, work, tree = Path(row["source"]), Path(row["work"]), self.tree_of(row)
         if not work.exists():
             if not source.exists() or source.is_symlink():
-                self._lost(row, "disappeared before it was copied off" if tree.stick else "disappeared from the inbox")
+                self._lost(
+                    row, "disappeared before it was copied off" if tree.stick else "disappeared from the inbox"
+                )
                 return
             if tree.stick:
-                # Copy, never move, off a stick: the original stays there until its results are written.
-                tmp = work.with_name(f".{work.name}.tmp")
-                with open(source, "rb") as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-                    dst.flush()
-                    os.fsync(dst.fileno())
-                os.rename(tmp, work)
+                _copy_durably(source, work)  # copy, never move: the original stays on the stick until results exist
             else:
-                os.rename(source, work)
+                try:
+                    os.rename(source, work)
+                except OSError as error:
+                    if error.errno != errno.EXDEV:
+                        raise
+                    _copy_durably(source, work)  # the inbox is another file system (a mounted share)
+                    source.unlink()
                 export.fsync_dir(source.parent)
             export.fsync_dir(work.parent)
+        elif not tree.stick and source.is_file() and _sha256(source) == _sha256(work):
+            source.unlink()  # a cross-device move cut short between the copy and the delete: finish it
         self.set(row["id"], state="queued", sha256=_sha256(work), size=work.stat().st_size)
 
     def _step_queued(self, row) -> None:
@@ -521,15 +543,20 @@ class Watcher:
         attempts = row["attempts"] + 1
         self.set(row["id"], attempts=attempts)
         if attempts > MAX_ATTEMPTS:
-            self._fail(row["id"], f"processing stopped the watcher {MAX_ATTEMPTS} times (crash or power loss); "
-                                  "parked here rather than tried again")
+            self._fail(
+                row["id"],
+                f"processing stopped the watcher {MAX_ATTEMPTS} times (crash or power loss); "
+                "parked here rather than tried again",
+            )
 
     def _step_working(self, row) -> None:
         row_id, name = row["id"], Path(row["rel"]).name
         request = FOLDERS[row["folder"].lower()]
         engine_key = self.recognizer.cache_key()  # loads the engine on first use
-        cached = self.db.execute("SELECT result FROM results WHERE sha256=? AND request=? AND engine=?",
-                                 (row["sha256"], request_key(request), engine_key)).fetchone()
+        cached = self.db.execute(
+            "SELECT result FROM results WHERE sha256=? AND request=? AND engine=?",
+            (row["sha256"], request_key(request), engine_key),
+        ).fetchone()
         if cached:
             result, reused = OcrResult.from_dict(json.loads(cached["result"])), 1
             result.source = name
@@ -538,12 +565,21 @@ class Watcher:
             started = time.perf_counter()
             result, reused = self.recognizer.recognize(Path(row["work"]), request, name), 0
             log.info("%s: recognised in %.1f s", row["rel"], time.perf_counter() - started)
-            self.db.execute("INSERT OR REPLACE INTO results VALUES (?,?,?,?)",
-                            (row["sha256"], request_key(request), engine_key, result.to_json()))
+            self.db.execute(
+                "INSERT OR REPLACE INTO results VALUES (?,?,?,?)",
+                (row["sha256"], request_key(request), engine_key, result.to_json()),
+            )
         out_dir = self._output_dir(row)
         stem = export.free_stem(out_dir, Path(name).stem)
-        self.set(row_id, state="publishing", out_dir=str(out_dir), out_stem=stem, reused=reused,
-                 engine=self.recognizer.describe(), result_key=engine_key)
+        self.set(
+            row_id,
+            state="publishing",
+            out_dir=str(out_dir),
+            out_stem=stem,
+            reused=reused,
+            engine=self.recognizer.describe(),
+            result_key=engine_key,
+        )
 
     def _step_publishing(self, row) -> None:
         tree = self.tree_of(row)
@@ -551,8 +587,10 @@ class Watcher:
             self._fallback(row, "outbox")
             row = self.row(row["id"])
         request = FOLDERS[row["folder"].lower()]
-        cached = self.db.execute("SELECT result FROM results WHERE sha256=? AND request=? AND engine=?",
-                                 (row["sha256"], request_key(request), row["result_key"])).fetchone()
+        cached = self.db.execute(
+            "SELECT result FROM results WHERE sha256=? AND request=? AND engine=?",
+            (row["sha256"], request_key(request), row["result_key"]),
+        ).fetchone()
         result = OcrResult.from_dict(json.loads(cached["result"]))
         result.source = Path(row["rel"]).name
         try:
@@ -567,8 +605,14 @@ class Watcher:
     def _step_moving(self, row) -> None:
         self._move_original(row)
         self.set(row["id"], state="done")
-        log.info("done %s -> %s/%s.{%s}%s", row["rel"], row["out_dir"], row["out_stem"], ",".join(export.FORMATS),
-                 " (result reused)" if row["reused"] else "")
+        log.info(
+            "done %s -> %s/%s.{%s}%s",
+            row["rel"],
+            row["out_dir"],
+            row["out_stem"],
+            ",".join(export.FORMATS),
+            " (result reused)" if row["reused"] else "",
+        )
 
     def _step_failing(self, row) -> None:
         final = Path(row["final"])
@@ -582,8 +626,10 @@ class Watcher:
             "sha256": row["sha256"],
             "attempts": row["attempts"],
         }
-        export.write_atomic(final.with_name(final.name + ".error.json"),
-                            (json.dumps(report, ensure_ascii=False, indent=2) + "\n").encode())
+        export.write_atomic(
+            final.with_name(final.name + ".error.json"),
+            (json.dumps(report, ensure_ascii=False, indent=2) + "\n").encode(),
+        )
         self._move_original(row)
         self.set(row["id"], state="failed")
         log.warning("failed %s -> %s: %s", row["rel"], final, row["error"])
@@ -660,14 +706,22 @@ class Watcher:
 
     def _stick_gone(self, tree: Tree) -> None:
         waiting = sorted(rel for key, rel in self.pending if key == tree.key)
-        working = [r["rel"] for r in self.db.execute(
-            f"SELECT rel FROM files WHERE tree=? AND state IN {ACTIVE_SQL}", (tree.key,))]
+        working = [
+            r["rel"]
+            for r in self.db.execute(f"SELECT rel FROM files WHERE tree=? AND state IN {ACTIVE_SQL}", (tree.key,))
+        ]
         if waiting or working:
-            log.warning("USB stick %s removed. Not copied off (still on the stick, not processed): %s. "
-                        "Being finished here, results in %s: %s", tree.label, ", ".join(waiting) or "none",
-                        self.local.outbox / f"usb-{tree.label}", ", ".join(working) or "none")
-            self.pulled.append({"stick": tree.label, "when": time.time(), "not_copied": waiting,
-                                "finished_locally": working})
+            log.warning(
+                "USB stick %s removed. Not copied off (still on the stick, not processed): %s. "
+                "Being finished here, results in %s: %s",
+                tree.label,
+                ", ".join(waiting) or "none",
+                self.local.outbox / f"usb-{tree.label}",
+                ", ".join(working) or "none",
+            )
+            self.pulled.append(
+                {"stick": tree.label, "when": time.time(), "not_copied": waiting, "finished_locally": working}
+            )
         else:
             log.info("USB stick %s removed", tree.label)
 
@@ -699,16 +753,20 @@ class Watcher:
 
     def write_status(self, stopped: bool = False) -> None:
         """What only the running watcher knows (files still settling, sticks, unknown folders), for queue_state."""
-        waiting = [{"source": self.sticks[k].label if k in self.sticks else "inbox", "name": rel, "detail": p.reason}
-                   for (k, rel), p in sorted(self.pending.items())]
+        waiting = [
+            {"source": self.sticks[k].label if k in self.sticks else "inbox", "name": rel, "detail": p.reason}
+            for (k, rel), p in sorted(self.pending.items())
+        ]
         status = {
             "pid": os.getpid(),
             "stopped": stopped,
             "heartbeat": time.time(),
             "engine": self.recognizer.describe(),
             "waiting": waiting,
-            "unknown_folders": sorted(f"{self.sticks[k].inbox if k in self.sticks else self.local.inbox}/{name}"
-                                      for k, name in self.unknown_folders),
+            "unknown_folders": sorted(
+                f"{self.sticks[k].inbox if k in self.sticks else self.local.inbox}/{name}"
+                for k, name in self.unknown_folders
+            ),
             "sticks": [{"label": t.label, "path": t.key} for t in self.sticks.values()],
             "pulled": self.pulled[-20:],
         }
@@ -743,6 +801,16 @@ def _open_problem(path: Path, name: str) -> str | None:
             return None
     except InputError as error:
         return error.reason
+
+
+def _copy_durably(source: Path, target: Path) -> None:
+    """Copy to a hidden temporary name, fsync, rename: `target` exists only when complete."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    with open(source, "rb") as src, open(tmp, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+        dst.flush()
+        os.fsync(dst.fileno())
+    os.rename(tmp, target)
 
 
 def _sha256(path: Path) -> str:
@@ -812,14 +880,24 @@ class Inotify:
 # --- entry points ------------------------------------------------------------------------------------------------
 
 
-def run(root, engine: str = "auto", model_dir=None, once: bool = False, retry_failed: bool = False,
-        quiet: float = QUIET_SECONDS, give_up: float = GIVE_UP_SECONDS, rescan: float = RESCAN_SECONDS,
-        media_dirs=MEDIA_DIRS, recognizer=None) -> int:
+def run(
+    root,
+    engine: str = "auto",
+    model_dir=None,
+    once: bool = False,
+    retry_failed: bool = False,
+    quiet: float = QUIET_SECONDS,
+    give_up: float = GIVE_UP_SECONDS,
+    rescan: float = RESCAN_SECONDS,
+    media_dirs=MEDIA_DIRS,
+    recognizer=None,
+) -> int:
     """`appliance watch ROOT`: watch until SIGTERM/SIGINT (or, with once=True, until the inbox is empty)."""
     own_recognizer = recognizer is None
     recognizer = recognizer or EngineRecognizer(engine, model_dir)
-    watcher = Watcher(Path(root), recognizer, quiet=quiet, give_up=give_up, rescan=rescan,
-                      media_dirs=tuple(media_dirs))
+    watcher = Watcher(
+        Path(root), recognizer, quiet=quiet, give_up=give_up, rescan=rescan, media_dirs=tuple(media_dirs)
+    )
 
     def stop(signum, frame):
         log.info("stopping after the current file")
@@ -854,8 +932,14 @@ def queue_state(root, recent: int = 200) -> dict:
         pass
     fresh = time.time() - status.get("heartbeat", 0) < RESCAN_SECONDS * 2 + 60
     running = bool(status) and not status.get("stopped") and fresh
-    files = [{"name": w["name"], "source": w["source"], "state": "waiting", "detail": w["detail"]}
-             for w in status.get("waiting", [])] if running else []
+    files = (
+        [
+            {"name": w["name"], "source": w["source"], "state": "waiting", "detail": w["detail"]}
+            for w in status.get("waiting", [])
+        ]
+        if running
+        else []
+    )
     counts = {"waiting": len(files), "working": 0, "done": 0, "failed": 0}
     if (state_dir / "ledger.sqlite").exists():
         db = open_ledger(state_dir, readonly=True)
@@ -868,20 +952,39 @@ def queue_state(root, recent: int = 200) -> dict:
                 bucket = _ui_state(row["state"])
                 if not bucket:
                     continue
-                outputs = ([f"{row['out_dir']}/{row['out_stem']}.{ext}" for ext in export.FORMATS]
-                           if row["state"] == "done" else [])
-                files.append({
-                    "name": row["rel"], "source": Path(row["tree"]).name if row["tree"] else "inbox",
-                    "state": bucket, "step": row["state"], "detail": row["error"] or row["note"] or "",
-                    "task": FOLDERS[row["folder"].lower()].task.value if row["folder"].lower() in FOLDERS else None,
-                    "reused": bool(row["reused"]), "outputs": outputs, "original": row["final"],
-                    "updated": row["updated"],
-                })
+                outputs = (
+                    [f"{row['out_dir']}/{row['out_stem']}.{ext}" for ext in export.FORMATS]
+                    if row["state"] == "done"
+                    else []
+                )
+                files.append(
+                    {
+                        "name": row["rel"],
+                        "source": Path(row["tree"]).name if row["tree"] else "inbox",
+                        "state": bucket,
+                        "step": row["state"],
+                        "detail": row["error"] or row["note"] or "",
+                        "task": FOLDERS[row["folder"].lower()].task.value
+                        if row["folder"].lower() in FOLDERS
+                        else None,
+                        "reused": bool(row["reused"]),
+                        "outputs": outputs,
+                        "original": row["final"],
+                        "updated": row["updated"],
+                    }
+                )
         finally:
             db.close()
-    return {"root": str(root), "running": running, "engine": status.get("engine"), "counts": counts, "files": files,
-            "unknown_folders": status.get("unknown_folders", []), "sticks": status.get("sticks", []),
-            "pulled": status.get("pulled", [])}
+    return {
+        "root": str(root),
+        "running": running,
+        "engine": status.get("engine"),
+        "counts": counts,
+        "files": files,
+        "unknown_folders": status.get("unknown_folders", []),
+        "sticks": status.get("sticks", []),
+        "pulled": status.get("pulled", []),
+    }
 
 
 def ledger_rows(root) -> list[dict]:
@@ -916,9 +1019,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
-        return run(args.root, engine=args.engine, model_dir=args.model, once=args.once,
-                   retry_failed=args.retry_failed, quiet=args.quiet, give_up=args.give_up,
-                   media_dirs=args.media if args.media is not None else MEDIA_DIRS)
+        return run(
+            args.root,
+            engine=args.engine,
+            model_dir=args.model,
+            once=args.once,
+            retry_failed=args.retry_failed,
+            quiet=args.quiet,
+            give_up=args.give_up,
+            media_dirs=args.media if args.media is not None else MEDIA_DIRS,
+        )
     except (WatchError, OcrError) as error:
         print(f"appliance watch: {error}", file=sys.stderr)
         return 1

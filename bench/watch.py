@@ -143,18 +143,25 @@ def main(argv=None) -> int:
 
         n = len(files)
         direct_s = (direct_before + direct_after) / 2
-        print(f"direct engine:       {direct_s:7.1f} s  {60 * n / direct_s:6.1f} files/min  "
-              f"(mean of {direct_before:.1f} s before and {direct_after:.1f} s after the watcher runs)")
-        print(f"watcher:             {work_s:7.1f} s  {60 * n / work_s:6.1f} files/min  "
-              f"(first claim to last output)")
-        print(f"watcher overhead:    {100 * (work_s / direct_s - 1):+6.1f} % against the direct runs (noisy on a busy "
-              f"machine); its own work outside the engine: {work_s - engine_s:.2f} s = "
-              f"{1000 * (work_s - engine_s) / n:.0f} ms/file = {100 * (work_s - engine_s) / engine_s:.1f} % of the "
-              f"engine time in the same run")
-        print(f"watcher, with wait:  {batch_s:7.1f} s  {60 * n / batch_s:6.1f} files/min  "
-              f"(drop to last output: + one quiet period of {args.quiet:g} s and the readiness check)")
-        print(f"latency, one file:   median {statistics.median(latencies):.1f} s  "
-              f"({', '.join(f'{x:.1f}' for x in latencies)} s; quiet period {args.quiet:g} s + OCR + outputs)")
+        print(
+            f"direct engine:       {direct_s:7.1f} s  {60 * n / direct_s:6.1f} files/min  "
+            f"(mean of {direct_before:.1f} s before and {direct_after:.1f} s after the watcher runs)"
+        )
+        print(f"watcher:             {work_s:7.1f} s  {60 * n / work_s:6.1f} files/min  (first claim to last output)")
+        print(
+            f"watcher overhead:    {100 * (work_s / direct_s - 1):+6.1f} % against the direct runs (noisy on a busy "
+            f"machine); its own work outside the engine: {work_s - engine_s:.2f} s = "
+            f"{1000 * (work_s - engine_s) / n:.0f} ms/file = {100 * (work_s - engine_s) / engine_s:.1f} % of the "
+            f"engine time in the same run"
+        )
+        print(
+            f"watcher, with wait:  {batch_s:7.1f} s  {60 * n / batch_s:6.1f} files/min  "
+            f"(drop to last output: + one quiet period of {args.quiet:g} s and the readiness check)"
+        )
+        print(
+            f"latency, one file:   median {statistics.median(latencies):.1f} s  "
+            f"({', '.join(f'{x:.1f}' for x in latencies)} s; quiet period {args.quiet:g} s + OCR + outputs)"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

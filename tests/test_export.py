@@ -67,8 +67,9 @@ def test_text_layer_sits_on_the_boxes(scan):
     scale = width / page_result.width
     for block in page_result.blocks:
         x1, y1, x2, y2 = block.box
-        found = textpage.get_text_bounded(left=x1 * scale - 1, bottom=height - y2 * scale - 1,
-                                          right=x2 * scale + 1, top=height - y1 * scale + 1)
+        found = textpage.get_text_bounded(
+            left=x1 * scale - 1, bottom=height - y2 * scale - 1, right=x2 * scale + 1, top=height - y1 * scale + 1
+        )
         assert squash(found) == squash(block.text)
 
 
@@ -80,8 +81,9 @@ def test_text_layer_is_invisible_and_jpeg_kept_as_is(scan):
     assert len(images) == 1 and images[0].get_filters() == ["DCTDecode"]
     assert bytes(images[0].get_data()) == path.read_bytes()  # the scanner's bytes, not re-encoded
     texts = [obj for obj in page.get_objects() if obj.type == pdfium.raw.FPDF_PAGEOBJ_TEXT]
-    assert texts and all(pdfium.raw.FPDFTextObj_GetTextRenderMode(t.raw) == pdfium.raw.FPDF_TEXTRENDERMODE_INVISIBLE
-                         for t in texts)
+    assert texts and all(
+        pdfium.raw.FPDFTextObj_GetTextRenderMode(t.raw) == pdfium.raw.FPDF_TEXTRENDERMODE_INVISIBLE for t in texts
+    )
     # Rendered, the page is the picture alone: nothing of the text layer shows.
     rendered = page.render(scale=result.pages[0].width / page.get_width()).to_pil().convert("L")
     original = Image.open(path).convert("L")
@@ -94,10 +96,18 @@ def test_pdf_input_keeps_its_pages_and_gets_a_text_layer(tmp_path):
     source = tmp_path / "two.pdf"
     pages[0].save(source, save_all=True, append_images=pages[1:], resolution=100)
     # Boxes in pixels of the page as the pipeline rasterised it (200 dpi): 400 px at 100 dpi -> 800 px.
-    result = result_of([
-        Page(text="first page", blocks=[Block("first page", [100, 100, 500, 160])], number=1, width=800, height=1132),
-        Page(text="第二页", blocks=[Block("第二页", [100, 900, 400, 980])], number=2, width=800, height=1132),
-    ])
+    result = result_of(
+        [
+            Page(
+                text="first page",
+                blocks=[Block("first page", [100, 100, 500, 160])],
+                number=1,
+                width=800,
+                height=1132,
+            ),
+            Page(text="第二页", blocks=[Block("第二页", [100, 900, 400, 980])], number=2, width=800, height=1132),
+        ]
+    )
     data = export.export(result, "pdf", source.read_bytes())
     pdf = pdfium.PdfDocument(data)
     assert len(pdf) == 2 and pytest.approx(pdf[0].get_size(), abs=0.5) == (288, 407.5)
@@ -114,10 +124,12 @@ def test_page_without_boxes_is_still_searchable(tmp_path):
 
 
 def test_txt_md_json():
-    result = result_of([
-        Page(text="TOTAL 12.50", blocks=[Block("TOTAL 12.50", [1, 2, 3, 4], 0.9)], number=1, width=10, height=10),
-        Page(text="", markdown="# Title\n\n<table></table>", number=2, width=10, height=10),
-    ])
+    result = result_of(
+        [
+            Page(text="TOTAL 12.50", blocks=[Block("TOTAL 12.50", [1, 2, 3, 4], 0.9)], number=1, width=10, height=10),
+            Page(text="", markdown="# Title\n\n<table></table>", number=2, width=10, height=10),
+        ]
+    )
     assert export.export(result, "txt") == b"TOTAL 12.50\n"
     md = export.export(result, "md").decode()
     assert md.startswith("<!-- page 1 -->\n\nTOTAL 12.50") and "# Title" in md

@@ -26,7 +26,7 @@ from appliance.ocr.result import Block, EngineInfo, OcrResult, Page
 SANS = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 CJK = "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc"
 REPO = Path(__file__).resolve().parents[1]
-FAST = dict(quiet=0.3, give_up=1.5, rescan=1.0)
+FAST = {"quiet": 0.3, "give_up": 1.5, "rescan": 1.0}
 
 
 def text_image(lines, font=SANS, size=34, width=720) -> Image.Image:
@@ -83,8 +83,13 @@ class FakeRecognizer:
         time.sleep(self.delay)
         with Image.open(path) as image:
             width, height = image.size
-        page = Page(text=f"text of {name}", blocks=[Block(f"text of {name}", [2, 2, width - 2, height - 2], 0.9)],
-                    number=1, width=width, height=height)
+        page = Page(
+            text=f"text of {name}",
+            blocks=[Block(f"text of {name}", [2, 2, width - 2, height - 2], 0.9)],
+            number=1,
+            width=width,
+            height=height,
+        )
         return OcrResult(name, request.task.value, request.options(), EngineInfo("fake", "test"), [page])
 
 
@@ -122,8 +127,11 @@ def ledger(root) -> list[dict]:
 
 def assert_no_leftovers(root):
     """No temporary or half-written files anywhere, nothing left in the work folder or the inbox."""
-    leftovers = [p for p in root.rglob("*") if p.is_file() and (p.name.endswith(".tmp") or p.name.startswith("."))
-                 and p.parent.name != ".state"]
+    leftovers = [
+        p
+        for p in root.rglob("*")
+        if p.is_file() and (p.name.endswith(".tmp") or p.name.startswith(".")) and p.parent.name != ".state"
+    ]
     assert leftovers == []
     assert list((root / ".state" / "work").iterdir()) == []
 
@@ -143,8 +151,9 @@ def test_mixed_batch(root, cpu):
 
     run_once(root, cpu)
 
-    assert outputs(root) == sorted(f"{stem}.{ext}" for stem in ("invoice", "fapiao", "two pages")
-                                   for ext in ("txt", "md", "json", "pdf"))
+    assert outputs(root) == sorted(
+        f"{stem}.{ext}" for stem in ("invoice", "fapiao", "two pages") for ext in ("txt", "md", "json", "pdf")
+    )
     assert outputs(root, "text") == ["letter.json", "letter.md", "letter.pdf", "letter.txt"]
     out = root / "outbox"
     assert "invoicenumber4711" in squash((out / "invoice.txt").read_text())
@@ -154,7 +163,11 @@ def test_mixed_batch(root, cpu):
     assert json.loads((out / "text" / "letter.json").read_text())["task"] == "text"
     assert "berlin" in (out / "text" / "letter.txt").read_text().lower()
     assert sorted(p.name for p in (root / "done").rglob("*") if p.is_file()) == [
-        "fapiao.jpg", "invoice.png", "letter.pdf", "two pages.tif"]
+        "fapiao.jpg",
+        "invoice.png",
+        "letter.pdf",
+        "two pages.tif",
+    ]
     assert (inbox / "notes.txt.part").exists()  # ignored, untouched
     assert_no_leftovers(root)
     state = watch.queue_state(root)
@@ -222,8 +235,13 @@ def test_corrupt_and_non_image_go_to_failed_with_reason(root, cpu):
 
     failed = root / "failed"
     assert sorted(p.name for p in failed.rglob("*") if p.is_file()) == [
-        "broken.png", "broken.png.error.json", "minutes.jpg", "minutes.jpg.error.json",
-        "report.png", "report.png.error.json"]
+        "broken.png",
+        "broken.png.error.json",
+        "minutes.jpg",
+        "minutes.jpg.error.json",
+        "report.png",
+        "report.png.error.json",
+    ]
     broken = json.loads((failed / "broken.png.error.json").read_text())
     assert "truncated" in broken["reason"] or "corrupt" in broken["reason"]
     assert broken["when"] and broken["engine"].startswith("cpu") and broken["file"] == "broken.png"
@@ -238,7 +256,10 @@ def test_corrupt_and_non_image_go_to_failed_with_reason(root, cpu):
     assert len(ledger(root)) == 3
     run_once(root, cpu, retry_failed=True)
     assert len(ledger(root)) == 6 and sorted(p.name for p in failed.rglob("*.error.json")) == [
-        "broken.png.error.json", "minutes.jpg.error.json", "report.png.error.json"]
+        "broken.png.error.json",
+        "minutes.jpg.error.json",
+        "report.png.error.json",
+    ]
 
 
 def test_symlink_and_unknown_folder_are_refused(root, tmp_path):
@@ -292,7 +313,9 @@ def test_kill_9_mid_batch_then_restart(root):
     assert first.returncode == -signal.SIGKILL
     assert len(list((root / "done").iterdir())) < len(names)  # killed mid-batch
 
-    second = subprocess.run(command + ["--once"], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    second = subprocess.run(
+        command + ["--once"], check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=180
+    )
     assert second.returncode == 0, second.stderr
 
     assert outputs(root) == sorted(f"{n}.{ext}" for n in names for ext in ("txt", "md", "json", "pdf"))
@@ -394,7 +417,11 @@ def test_usb_stick(root, tmp_path):
     fake = FakeRecognizer()
     run_once(root, fake, media_dirs=[media])
     assert sorted(p.name for p in (stick / "OCR-OUTBOX").iterdir() if p.is_file()) == [
-        "a.json", "a.md", "a.pdf", "a.txt"]
+        "a.json",
+        "a.md",
+        "a.pdf",
+        "a.txt",
+    ]
     assert (stick / "OCR-DONE" / "a.png").exists() and not (stick / "OCR-INBOX" / "a.png").exists()
     assert (stick / "OCR-OUTBOX" / "doc" / "b.txt").exists()
     assert outputs(root) == []

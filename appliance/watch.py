@@ -728,26 +728,7 @@ class Watcher:
     # -- failed files back in --
 
     def retry_failed(self) -> int:
-        """Move ROOT/failed/ files the ledger parked back into their inbox folders, to be tried once more."""
-        moved = 0
-        rows = self.db.execute("SELECT * FROM files WHERE state='failed' AND tree='' AND work IS NOT NULL").fetchall()
-        for row in rows:
-            final = Path(row["final"])
-            if not final.is_file():
-                continue
-            back = self.local.inbox / row["rel"]
-            back.parent.mkdir(parents=True, exist_ok=True)
-            stem, suffix, n = back.stem, back.suffix, 0
-            while back.exists():
-                n += 1
-                back = back.with_name(f"{stem}-{n}{suffix}")
-            os.rename(final, back)
-            Path(f"{final}.error.json").unlink(missing_ok=True)
-            self.set(row["id"], state="retried")
-            moved += 1
-        if moved:
-            log.info("moved %d failed file(s) back into the inbox", moved)
-        return moved
+        return retry_failed(self.root, db=self.db)
 
     # -- the UI's view --
 
@@ -985,6 +966,37 @@ def queue_state(root, recent: int = 200) -> dict:
         "sticks": status.get("sticks", []),
         "pulled": status.get("pulled", []),
     }
+
+
+def retry_failed(root, ids=None, db: sqlite3.Connection | None = None) -> int:
+    """Move files parked in ROOT/failed/ back into their inbox folders, to be tried once more; all of them, or the
+    ledger rows `ids` (the UI's retry button). Safe while a watcher runs: it never touches failed rows."""
+    root = Path(root).absolute()
+    own = db is None
+    db = db or open_ledger(root / ".state")
+    moved = 0
+    try:
+        rows = db.execute("SELECT * FROM files WHERE state='failed' AND tree='' AND work IS NOT NULL").fetchall()
+        for row in rows:
+            final = Path(row["final"])
+            if (ids is not None and row["id"] not in ids) or not final.is_file():
+                continue
+            back = root / "inbox" / row["rel"]
+            back.parent.mkdir(parents=True, exist_ok=True)
+            stem, suffix, n = back.stem, back.suffix, 0
+            while back.exists():
+                n += 1
+                back = back.with_name(f"{stem}-{n}{suffix}")
+            os.rename(final, back)  # a crash right after this only means the file is tried again: the point
+            Path(f"{final}.error.json").unlink(missing_ok=True)
+            db.execute("UPDATE files SET state='retried', updated=? WHERE id=?", (time.time(), row["id"]))
+            moved += 1
+    finally:
+        if own:
+            db.close()
+    if moved:
+        log.info("moved %d failed file(s) back into the inbox", moved)
+    return moved
 
 
 def ledger_rows(root) -> list[dict]:

@@ -254,7 +254,10 @@ def test_corrupt_and_non_image_go_to_failed_with_reason(root, cpu):
     # Not retried by itself; --retry-failed puts them back, and they are tried (and fail) once more.
     run_once(root, cpu)
     assert len(ledger(root)) == 3
-    run_once(root, cpu, retry_failed=True)
+    broken_id = next(r["id"] for r in ledger(root) if r["rel"] == "broken.png")
+    assert watch.retry_failed(root, ids=[broken_id]) == 1  # the UI's retry of one file
+    assert (inbox / "broken.png").exists() and not (failed / "broken.png").exists()
+    run_once(root, cpu, retry_failed=True)  # and the rest
     assert len(ledger(root)) == 6 and sorted(p.name for p in failed.rglob("*.error.json")) == [
         "broken.png.error.json",
         "minutes.jpg.error.json",

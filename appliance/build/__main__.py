@@ -1,0 +1,4 @@
+import sys
+from appliance.build import main
+
+sys.exit(main())

@@ -1,0 +1,183 @@
+"""One build's context: settings, paths, the layers made so far, and the helpers every stage shares."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from appliance.settings import REPO, Config
+
+
+class BuildError(RuntimeError):
+    """A stage failed for a reason worth one sentence to the user."""
+
+
+@dataclass
+class Layer:
+    """One squashfs layer: live-boot stacks them in `order` (lowest first)."""
+
+    name: str  # base | python | model | app
+    order: int
+    key: str  # hash of every input; same key -> the cached squashfs is reused
+    path: Path  # the .squashfs in the cache
+    epoch: int  # SOURCE_DATE_EPOCH for this layer's files
+    cached: bool = False
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def filename(self) -> str:
+        return f"{self.order:02d}-{self.name}.squashfs"
+
+
+@dataclass
+class Context:
+    config: Config
+    repo: Path
+    out_dir: Path
+    cache_dir: Path
+    work: Path  # this build's scratch directory; removed at the end, whatever happens
+    epoch: int  # SOURCE_DATE_EPOCH for every timestamp we control
+    layers: list[Layer] = field(default_factory=list)
+    files: dict[str, Path] = field(default_factory=dict)  # named artefacts: kernel, initrd, bios_img, efi_img, iso...
+    info: dict = field(default_factory=dict)  # facts gathered for the manifest: debs, wheels, kernel version...
+
+    @property
+    def stem(self) -> str:
+        c = self.config
+        return f"{c.name}-{c.version}-{c.profile}"
+
+    def layer_dir(self) -> Path:
+        d = self.cache_dir / "layers"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def env(self) -> dict:
+        return {**os.environ, "SOURCE_DATE_EPOCH": str(self.epoch), "LC_ALL": "C.UTF-8", "TZ": "UTC"}
+
+
+def run(cmd: list, ctx: Context | None = None, quiet: bool = True, **kw) -> subprocess.CompletedProcess:
+    """Run a tool; on failure raise BuildError with the command and the tail of its output."""
+    cmd = [str(c) for c in cmd]
+    env = kw.pop("env", None) or (ctx.env() if ctx else None)
+    proc = subprocess.run(cmd, env=env, text=True, capture_output=quiet, **kw)
+    if proc.returncode != 0:
+        tail = "\n".join(((proc.stdout or "") + (proc.stderr or "")).strip().splitlines()[-25:])
+        raise BuildError(f"{shlex.join(cmd[:6])}{' ...' if len(cmd) > 6 else ''} exited {proc.returncode}\n{tail}")
+    return proc
+
+
+def hash_inputs(*parts) -> str:
+    """A stable hash of strings, dicts/lists (as canonical JSON) and files/trees (relative path, mode, bytes)."""
+    h = hashlib.sha256()
+
+    def add_path(p: Path, rel: str) -> None:
+        if p.is_symlink():
+            h.update(f"L {rel} {os.readlink(p)}\n".encode())
+        elif p.is_dir():
+            h.update(f"D {rel}\n".encode())
+            for child in sorted(p.iterdir()):
+                if child.name in ("__pycache__",) or child.suffix == ".pyc":
+                    continue
+                add_path(child, f"{rel}/{child.name}")
+        elif p.exists():
+            h.update(f"F {rel} {p.stat().st_mode & 0o7777:o} {p.stat().st_size}\n".encode())
+            h.update(p.read_bytes())
+        else:
+            h.update(f"- {rel}\n".encode())
+
+    for part in parts:
+        if isinstance(part, Path):
+            add_path(part, part.name)
+        elif isinstance(part, (dict, list, tuple)):
+            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+        else:
+            h.update(str(part).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def git_commit(repo: Path = REPO) -> dict:
+    """The commit the build came from and whether the tree had uncommitted changes."""
+    try:
+        commit = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True).stdout.strip())
+        epoch = int(subprocess.run(["git", "-C", repo, "log", "-1", "--format=%ct"], capture_output=True,
+                                   text=True).stdout.strip() or 0)
+        return {"commit": commit, "dirty": dirty, "epoch": epoch}
+    except (subprocess.CalledProcessError, FileNotFoundError, ValueError):
+        return {"commit": None, "dirty": None, "epoch": 0}
+
+
+FALLBACK_EPOCH = 1700000000  # inputs with no commit yet (a working tree edit): a constant, not "now"
+
+
+def explicit_epoch(config: Config) -> int | None:
+    """SOURCE_DATE_EPOCH as the source_date_epoch setting or the environment variable, if given."""
+    if config.source_date_epoch is not None:
+        return int(config.source_date_epoch)
+    if os.environ.get("SOURCE_DATE_EPOCH"):
+        return int(os.environ["SOURCE_DATE_EPOCH"])
+    return None
+
+
+def source_date_epoch(config: Config) -> int:
+    """The explicit epoch, else the time of the last commit: the ISO's own dates."""
+    explicit = explicit_epoch(config)
+    return explicit if explicit is not None else (git_commit()["epoch"] or FALLBACK_EPOCH)
+
+
+def inputs_epoch(ctx: "Context", *paths: str) -> int:
+    """A layer's timestamp: the explicit epoch, else the last commit that touched the layer's inputs.
+
+    Not the repository's HEAD time: every unrelated commit would then change every layer's bytes and key.
+    """
+    explicit = explicit_epoch(ctx.config)
+    if explicit is not None:
+        return explicit
+    out = subprocess.run(["git", "-C", ctx.repo, "log", "-1", "--format=%ct", "--", *paths], capture_output=True,
+                         text=True).stdout.strip()
+    return int(out) if out.isdigit() else FALLBACK_EPOCH
+
+
+def make_context(config: Config, repo: Path = REPO) -> Context:
+    out_dir = Path(config.out_dir)
+    cache_dir = Path(config.cache_dir)
+    if not out_dir.is_absolute():
+        out_dir = repo / out_dir
+    if not cache_dir.is_absolute():
+        cache_dir = repo / cache_dir
+    work_root = cache_dir / "work"
+    work_root.mkdir(parents=True, exist_ok=True)
+    # Work next to the cache (same filesystem as out/ by default) so publishing is a rename, not a copy.
+    work = work_root / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    work.mkdir()
+    return Context(config=config, repo=repo, out_dir=out_dir, cache_dir=cache_dir, work=work,
+                   epoch=source_date_epoch(config))
+
+
+def remove_tree(path: Path) -> None:
+    """rm -rf that also copes with a chroot left with mounts (it refuses rather than deleting through them)."""
+    if not path.exists():
+        return
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    inside = [m for m in mounts if m == str(path) or m.startswith(str(path) + "/")]
+    for m in sorted(inside, reverse=True):
+        subprocess.run(["umount", "-l", m], check=False)
+    shutil.rmtree(path, ignore_errors=True)

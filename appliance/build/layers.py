@@ -1,0 +1,62 @@
+"""Squashfs layers: each keyed by a hash of its inputs and kept in cache/layers/<name>-<key>/ for reuse.
+
+live-boot mounts every image named in live/filesystem.module, in that order, lowest first, and stacks them with
+overlayfs; so a layer holds only the files it adds. Changing app code changes only the app layer's key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from appliance.build.context import BuildError, Context, Layer, remove_tree, run, sha256_file
+
+ISO_FILE_LIMIT = 4 * 2**30  # ISO9660 level 3 handles more, but FAT32 copy-mode writers (Rufus, Ventoy) do not
+
+
+def cached_layer(ctx: Context, name: str, order: int, key: str, epoch: int) -> Layer:
+    """The layer for `key`: `cached` says whether a finished squashfs is already there."""
+    d = ctx.layer_dir() / f"{name}-{key}"
+    layer = Layer(name=name, order=order, key=key, path=d / "layer.squashfs", epoch=epoch)
+    meta = d / "meta.json"
+    if layer.path.exists() and meta.exists():
+        layer.cached = True
+        layer.meta = json.loads(meta.read_text())
+    return layer
+
+
+def finish_layer(ctx: Context, layer: Layer, tree: Path, meta: dict, excludes: list[str] = ()) -> Layer:
+    """Squash `tree` into the layer's cache dir (written under a temporary name, renamed when complete)."""
+    d = layer.path.parent
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / "layer.squashfs.partial"
+    tmp.unlink(missing_ok=True)
+    cmd = ["mksquashfs", tree, tmp, "-noappend", "-no-progress", "-quiet", "-comp", ctx.config.compression,
+           "-b", "1M", "-processors", str(os.cpu_count() or 1)]
+    if excludes:
+        cmd += ["-wildcards", "-e", *excludes]
+    # mksquashfs takes SOURCE_DATE_EPOCH for the filesystem's and every file's time
+    run(cmd, env={**ctx.env(), "SOURCE_DATE_EPOCH": str(layer.epoch)})
+    size = tmp.stat().st_size
+    if size >= ISO_FILE_LIMIT:
+        raise BuildError(f"layer {layer.name} is {size / 2**30:.1f} GiB: no file on the ISO may reach 4 GiB "
+                         "(FAT32 writers break); split it into more layers")
+    meta = {**meta, "key": layer.key, "epoch": layer.epoch, "size": size, "sha256": sha256_file(tmp)}
+    (d / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+    os.replace(tmp, layer.path)
+    layer.meta = meta
+    prune(ctx, layer)
+    return layer
+
+
+def prune(ctx: Context, keep: Layer, versions: int = 2) -> None:
+    """Keep the newest few versions of each layer so the cache does not grow without bound."""
+    olds = sorted((p for p in ctx.layer_dir().glob(f"{keep.name}-*") if p != keep.path.parent),
+                  key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in olds[versions - 1:]:
+        remove_tree(old)
+
+
+def describe(layer: Layer) -> str:
+    return f"{layer.filename} {layer.meta.get('size', 0) / 2**20:.1f} MiB key={layer.key}"

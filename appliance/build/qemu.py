@@ -1,0 +1,308 @@
+"""Boot-test harness: boot an ISO in QEMU (BIOS/UEFI x CD/USB stick) and check what the appliance reports.
+
+Every wait is bounded and every QEMU started here is ended by its own PID. Per boot we keep the serial log, a
+screenshot (HMP screendump), a pcap of the guest's network (-object filter-dump) and a JSON verdict.
+The image reports its state on the serial console (rootfs/usr/local/lib/appliance/selftest):
+    APPLIANCE-SELFTEST state=running failed=[] web=active kiosk=active browser=5 health=200 listen=[...] boots=N
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+MODES = {"bios-cd": ("bios", "cd"), "uefi-cd": ("uefi", "cd"), "bios-usb": ("bios", "usb"),
+         "uefi-usb": ("uefi", "usb")}
+MARKER = re.compile(r"APPLIANCE-SELFTEST (.*)")
+GUEST_MAC = "52:54:00:12:34:56"
+
+
+def accel() -> list[str]:
+    """KVM only where it really is hardware KVM: KVM-PVM (a software nested hypervisor) hangs firmware and GRUB."""
+    forced = os.environ.get("APPLIANCE_QEMU_ACCEL")
+    if forced == "tcg":
+        return ["-accel", "tcg,thread=multi", "-cpu", "max"]
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    hardware = bool(re.search(r"^flags\s*:.*\b(vmx|svm)\b", flags, re.M))
+    usable = os.access("/dev/kvm", os.R_OK | os.W_OK) and not Path("/sys/module/kvm_pvm").exists()
+    if forced == "kvm" or (usable and hardware):
+        return ["-enable-kvm", "-cpu", "host"]
+    return ["-accel", "tcg,thread=multi", "-cpu", "max"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Vm:
+    disk: Path
+    mode: str
+    dir: Path
+    memory_mb: int = 3072
+    port: int = field(default_factory=free_port)
+    pid: int | None = None
+    started: float = 0.0
+
+    @property
+    def serial_log(self) -> Path:
+        return self.dir / "serial.log"
+
+    def command(self) -> list[str]:
+        firmware, medium = MODES[self.mode]
+        d = self.dir
+        cmd = ["qemu-system-x86_64", "-machine", "q35", *accel(), "-smp", "2", "-m", str(self.memory_mb),
+               "-vga", "std", "-display", "none", "-no-reboot",
+               "-serial", f"file:{self.serial_log}",
+               "-monitor", f"unix:{d / 'monitor.sock'},server,nowait",
+               "-daemonize", "-pidfile", str(d / "qemu.pid"),
+               # restrict=on: the guest cannot reach anything, yet the pcap still shows every attempt it makes.
+               "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{self.port}-:8000",
+               "-device", "virtio-net-pci,netdev=net0",
+               "-object", f"filter-dump,id=dump0,netdev=net0,file={d / 'guest.pcap'}"]
+        if firmware == "uefi":
+            vars_copy = d / "OVMF_VARS.fd"
+            shutil.copyfile(OVMF_VARS, vars_copy)
+            cmd += ["-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+                    "-drive", f"if=pflash,format=raw,file={vars_copy}"]
+        if medium == "cd":
+            cmd += ["-drive", f"file={self.disk},media=cdrom,readonly=on,if=none,id=cd0",
+                    "-device", "ide-cd,drive=cd0,bootindex=0"]
+        else:
+            cmd += ["-device", "qemu-xhci,id=xhci",
+                    "-drive", f"file={self.disk},format=raw,if=none,id=stick0",
+                    "-device", "usb-storage,bus=xhci.0,drive=stick0,removable=on,bootindex=0"]
+        return cmd
+
+    def start(self) -> None:
+        import subprocess
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for name in ("serial.log", "qemu.pid", "monitor.sock", "guest.pcap"):
+            (self.dir / name).unlink(missing_ok=True)
+        cmd = self.command()
+        (self.dir / "qemu-cmd.txt").write_text(" ".join(cmd) + "\n")
+        self.started = time.monotonic()
+        subprocess.run(cmd, check=True, timeout=60)
+        self.pid = int((self.dir / "qemu.pid").read_text().strip())
+
+    def alive(self) -> bool:
+        if self.pid is None:
+            return False
+        try:
+            os.kill(self.pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+    def wait_serial(self, pattern: re.Pattern, timeout: float) -> re.Match | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.alive():
+            if self.serial_log.exists():
+                m = pattern.search(self.serial_log.read_text(errors="replace"))
+                if m:
+                    return m
+            time.sleep(2)
+        return None
+
+    def monitor(self, command: str, timeout: float = 20) -> str:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(timeout)
+            s.connect(str(self.dir / "monitor.sock"))
+            s.recv(4096)  # banner
+            s.sendall(command.encode() + b"\n")
+            time.sleep(1)
+            try:
+                return s.recv(65536).decode(errors="replace")
+            except socket.timeout:
+                return ""
+
+    def screenshot(self, png: Path) -> bool:
+        ppm = self.dir / "screen.ppm"
+        ppm.unlink(missing_ok=True)
+        try:
+            self.monitor(f"screendump {ppm}")
+            for _ in range(20):
+                if ppm.exists() and ppm.stat().st_size > 0:
+                    break
+                time.sleep(0.5)
+            from PIL import Image
+
+            Image.open(ppm).save(png)
+            ppm.unlink()
+            return True
+        except Exception:
+            return False
+
+    def http(self, path: str, token: str | None = None, timeout: float = 5) -> int:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}")
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except OSError:
+            return 0
+
+    def stop(self, grace: float = 30) -> None:
+        """Power off politely, then end our QEMU by its PID."""
+        if not self.alive():
+            return
+        try:
+            self.monitor("system_powerdown", timeout=5)
+        except OSError:
+            pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and self.alive():
+            time.sleep(1)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if not self.alive():
+                break
+            os.kill(self.pid, sig)
+            time.sleep(2)
+
+
+def parse_marker(text: str) -> dict:
+    """'state=running failed=[a b] ...' -> {'state': 'running', 'failed': ['a', 'b'], ...}"""
+    out = {}
+    for key, bracket, plain in re.findall(r"(\w+)=(?:\[([^\]]*)\]|(\S*))", text):
+        out[key] = bracket.split() if bracket or f"{key}=[" in text else plain
+    return out
+
+
+def guest_traffic(pcap: Path, allow_dhcp: bool) -> list[str]:
+    """Frames the guest sent on its own: anything but ARP, DHCP (LAN mode) and replies from its port 8000."""
+    if not pcap.exists():
+        return []
+    data = pcap.read_bytes()
+    if len(data) < 24:
+        return []
+    endian = "<" if data[:4] == b"\xd4\xc3\xb2\xa1" else ">"
+    mac = bytes(int(x, 16) for x in GUEST_MAC.split(":"))
+    seen, pos = [], 24
+    while pos + 16 <= len(data):
+        _, _, incl, _ = struct.unpack(endian + "IIII", data[pos:pos + 16])
+        frame = data[pos + 16:pos + 16 + incl]
+        pos += 16 + incl
+        if frame[6:12] != mac:
+            continue
+        etype = struct.unpack("!H", frame[12:14])[0]
+        if etype == 0x0806:
+            continue
+        if etype == 0x0800:
+            ihl = (frame[14] & 0xF) * 4
+            proto = frame[23]
+            dst = ".".join(str(b) for b in frame[30:34])
+            sport, dport = struct.unpack("!HH", frame[14 + ihl:14 + ihl + 4]) if proto in (6, 17) else (0, 0)
+            if proto == 17 and sport == 68 and dport == 67 and allow_dhcp:
+                continue
+            if proto == 6 and sport == 8000:
+                continue
+            seen.append(f"ipv4 proto={proto} {dst}:{dport}")
+        else:
+            seen.append(f"ethertype=0x{etype:04x}")
+    return seen
+
+
+def boot_once(disk: Path, mode: str, out: Path, timeout: float, token: str | None, lan: bool) -> dict:
+    vm = Vm(disk=disk, mode=mode, dir=out)
+    result = {"mode": mode, "ok": False}
+    try:
+        vm.start()
+        m = vm.wait_serial(MARKER, timeout)
+        result["seconds_to_selftest"] = round(time.monotonic() - vm.started, 1)
+        if not m:
+            result["error"] = "no APPLIANCE-SELFTEST line on the serial console within the timeout"
+            return result
+        report = parse_marker(m.group(1))
+        result["selftest"] = report
+        health = 0
+        if lan:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and health != 200:
+                health = vm.http("/health", token)
+                if health != 200:
+                    time.sleep(2)
+            result["health_via_forward"] = health
+            result["seconds_to_health"] = round(time.monotonic() - vm.started, 1)
+        result["screenshot"] = vm.screenshot(out / "screen.png")
+        problems = []
+        if report.get("state") != "running":
+            problems.append(f"systemd state {report.get('state')}")
+        if report.get("failed"):
+            problems.append(f"failed units {report['failed']}")
+        if report.get("kiosk") != "active" or report.get("browser", "0") in ("0", ""):
+            problems.append("kiosk browser not running")
+        if report.get("health") != "200":
+            problems.append(f"/health inside the guest: {report.get('health')}")
+        if lan and health != 200:
+            problems.append(f"/health through the port forward: {health}")
+        if not lan and any(not a.startswith("127.0.0.1:") and not a.startswith("[::1]:")
+                           for a in report.get("listen", [])):
+            problems.append(f"listening beyond loopback: {report['listen']}")
+        result["problems"] = problems
+        result["ok"] = not problems
+        return result
+    finally:
+        vm.stop()
+        result["outbound"] = guest_traffic(out / "guest.pcap", allow_dhcp=lan)
+        if result["outbound"]:
+            result["ok"] = False
+            result.setdefault("problems", []).append(f"guest sent {len(result['outbound'])} unexpected frames")
+        (out / "result.json").write_text(json.dumps(result, indent=1))
+
+
+def usb_copy(iso: Path, dest: Path, persistence_mb: int = 256) -> Path:
+    """A raw stick image: the ISO as dd writes it, plus a `persistence` partition."""
+    from appliance.build.usb import add_persistence
+
+    shutil.copyfile(iso, dest)
+    add_persistence(dest, persistence_mb, dest.parent)
+    return dest
+
+
+def boot_test(iso: Path, modes: list[str], artifacts: Path, timeout: int = 420, lan_token: str | None = None,
+              persistence: bool = False) -> int:
+    """Boot `iso` in each mode; print one line per boot; 0 if every boot passed."""
+    artifacts.mkdir(parents=True, exist_ok=True)
+    lan = bool(lan_token)
+    results = []
+    stick = None
+    for mode in modes:
+        if mode not in MODES:
+            raise SystemExit(f"unknown mode {mode}; choose from {', '.join(MODES)}")
+        disk = iso
+        if MODES[mode][1] == "usb":
+            stick = stick or usb_copy(iso, artifacts / "stick.img")
+            disk = stick
+        print(f"boot {mode} ({' '.join(accel())}) ...", flush=True)
+        r = boot_once(disk, mode, artifacts / mode, timeout, lan_token, lan)
+        results.append(r)
+        print(f"  {mode}: {'PASS' if r['ok'] else 'FAIL'} selftest after {r.get('seconds_to_selftest')}s"
+              + (f", health after {r.get('seconds_to_health')}s" if lan else "")
+              + (f"; {'; '.join(r.get('problems', []))}" if r.get("problems") else "")
+              + (f"; {r['error']}" if r.get("error") else ""), flush=True)
+    if persistence and stick:
+        # Every USB boot above appended to /srv/ocr/.boot-log on the stick's persistence partition.
+        usb_boots = [r for r in results if MODES[r["mode"]][1] == "usb" and r.get("selftest")]
+        counts = [int(r["selftest"].get("boots") or 0) for r in usb_boots]
+        ok = len(counts) >= 2 and counts == list(range(1, len(counts) + 1))
+        print(f"  persistence: {'PASS' if ok else 'FAIL'} boot counts on the stick {counts}", flush=True)
+        results.append({"mode": "persistence", "ok": ok, "boots": counts})
+    (artifacts / "summary.json").write_text(json.dumps(results, indent=1))
+    return 0 if results and all(r["ok"] for r in results) else 1

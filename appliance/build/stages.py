@@ -1,0 +1,54 @@
+"""The build, as a flat ordered list of small named stages run on one Context (after mkosi's build_image())."""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Callable
+
+from appliance.build import app, boot, host, iso, manifest, pyenv, rootfs, usb
+from appliance.build.context import BuildError, Context
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[Context], str | None]  # returns a one-line summary
+    when: Callable[[Context], bool] = lambda ctx: True
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("check-host", host.require_host),
+    Stage("base-layer", rootfs.build_base_layer),  # mmdebstrap: Debian, kernel, live-boot, Xorg, Chromium
+    Stage("python-layer", pyenv.build_python_layer),  # wheels for the image's Python
+    # (gpu profile: a model-layer stage slots in here, between the Python runtime and the app)
+    Stage("app-layer", app.build_app_layer),  # appliance + webui + rootfs/ overlay + runtime config
+    Stage("bootloader", boot.make_bootloader),
+    Stage("iso-tree", iso.populate_tree),
+    Stage("iso", iso.make_iso),
+    Stage("usb-image", usb.make_usb_image, when=lambda ctx: ctx.config.usb_image),
+    Stage("manifest", manifest.write_manifest),
+    Stage("publish", manifest.publish),
+)
+
+
+def run_stages(ctx: Context, stages=STAGES, log=print) -> dict[str, float]:
+    """Run each stage in order, printing progress and time; the first failure names its stage and stops."""
+    timings: dict[str, float] = {}
+    todo = [s for s in stages if s.when(ctx)]
+    for i, stage in enumerate(todo, 1):
+        log(f"[{i}/{len(todo)}] {stage.name} ...", flush=True)
+        started = time.monotonic()
+        try:
+            summary = stage.run(ctx)
+        except BuildError as e:
+            raise BuildError(f"stage '{stage.name}' failed: {e}") from None
+        except Exception as e:  # a bug, not a tool failure: keep the traceback for the report
+            traceback.print_exc(file=sys.stderr)
+            raise BuildError(f"stage '{stage.name}' failed: {type(e).__name__}: {e}") from None
+        timings[stage.name] = time.monotonic() - started
+        log(f"[{i}/{len(todo)}] {stage.name} done in {timings[stage.name]:.1f}s"
+            + (f": {summary}" if summary else ""), flush=True)
+    return timings

@@ -1,0 +1,41 @@
+"""A ready USB stick image: the hybrid ISO plus a third partition labelled `persistence` (ext4).
+
+live-boot finds the partition by its label and reads persistence.conf from it: `/srv/ocr union` keeps jobs,
+results and scan folders across reboots and nothing else. Made without loop mounts: mke2fs -d fills the
+filesystem from a directory, and the filesystem is written at an offset inside the image file.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from appliance.build.context import Context, run
+
+PERSISTENCE_CONF = "/srv/ocr union\n"
+ALIGN = 1 << 20
+
+
+def add_persistence(image: Path, size_mb: int, work: Path, epoch: int | None = None) -> None:
+    """Append a `persistence` ext4 partition of size_mb to a copy of the hybrid ISO (in place on `image`)."""
+    start = -(-image.stat().st_size // ALIGN) * ALIGN  # next MiB boundary after the ISO and its ESP
+    size = size_mb * 2**20
+    with open(image, "r+b") as f:
+        f.truncate(start + size)
+    run(["sfdisk", "--no-reread", "--no-tell-kernel", "--append", image],
+        input=f"start={start // 512}, size={size // 512}, type=83\n")
+    content = work / "persistence-root"
+    content.mkdir(parents=True, exist_ok=True)
+    (content / "persistence.conf").write_text(PERSISTENCE_CONF)
+    env = {"E2FSPROGS_FAKE_TIME": str(epoch)} if epoch else None
+    run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "persistence", "-d", content, "-E", f"offset={start}",
+         image, f"{size // 1024}k"], env=env)
+    shutil.rmtree(content)
+
+
+def make_usb_image(ctx: Context) -> str:
+    img = ctx.work / f"{ctx.stem}.img"
+    shutil.copyfile(ctx.files["iso"], img)
+    add_persistence(img, ctx.config.persistence_size_mb, ctx.work, ctx.epoch)
+    ctx.files["usb_img"] = img
+    return f"{img.name} {img.stat().st_size / 2**20:.0f} MiB (persistence {ctx.config.persistence_size_mb} MiB)"

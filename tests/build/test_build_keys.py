@@ -1,0 +1,167 @@
+"""Layer cache keys, the boot menu, the stage list and the manifest helpers: fast, no root, no network."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from appliance.build import app, boot, iso, pyenv, qemu, rootfs, stages
+from appliance.build.context import BuildError, Context, hash_inputs, source_date_epoch
+from appliance.settings import REPO, resolve
+
+
+def ctx_for(tmp_path, *overrides, repo=REPO):
+    config = resolve("cpu", list(overrides), out_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"))
+    c = Context(config=config, repo=repo, out_dir=tmp_path / "out", cache_dir=tmp_path / "cache",
+                work=tmp_path / "work", epoch=1700000000)
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0::/root:/bin/sh\nocr:x:999:999::/srv/ocr:/usr/sbin/nologin\n")
+    c.files["passwd"] = passwd
+    return c
+
+
+def test_hash_inputs_stable_and_sensitive(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "a.py").write_text("x = 1\n")
+    k1 = hash_inputs("x", d, {"b": 1, "a": 2})
+    assert k1 == hash_inputs("x", d, {"a": 2, "b": 1})
+    (d / "__pycache__").mkdir()
+    (d / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"junk")
+    assert k1 == hash_inputs("x", d, {"a": 2, "b": 1}), "pycache must not change keys"
+    (d / "a.py").write_text("x = 2\n")
+    assert k1 != hash_inputs("x", d, {"a": 2, "b": 1})
+    (d / "a.py").write_text("x = 1\n")
+    (d / "a.py").chmod(0o755)
+    assert k1 != hash_inputs("x", d, {"a": 2, "b": 1}), "mode is an input"
+
+
+def test_app_change_touches_only_app_key(tmp_path):
+    """The point of layers: an app-only change must keep the base and python keys."""
+    repo = tmp_path / "repo"
+    for part in ("appliance", "webui", "rootfs", "build"):
+        (repo / part).mkdir(parents=True)
+    (repo / "build" / "packages").mkdir()
+    for name in ("base", "kiosk"):
+        (repo / "build" / "packages" / f"{name}.list").write_text((REPO / "build/packages" / f"{name}.list").read_text())
+    (repo / "pyproject.toml").write_text((REPO / "pyproject.toml").read_text())
+    (repo / "appliance" / "x.py").write_text("a = 1\n")
+    c = ctx_for(tmp_path, repo=repo)
+    before = (rootfs.base_key(c), pyenv.python_key(c), app.app_key(c))
+    (repo / "appliance" / "x.py").write_text("a = 2\n")
+    after = (rootfs.base_key(c), pyenv.python_key(c), app.app_key(c))
+    assert before[:2] == after[:2] and before[2] != after[2]
+
+
+def test_settings_change_the_right_layers(tmp_path):
+    c1, c2 = ctx_for(tmp_path), ctx_for(tmp_path, "lan=on", "lan_token=abcdefgh1")
+    assert rootfs.base_key(c1) == rootfs.base_key(c2)
+    assert pyenv.python_key(c1) == pyenv.python_key(c2)
+    assert app.app_key(c1) != app.app_key(c2)
+    c3 = ctx_for(tmp_path, "packages=htop")
+    assert rootfs.base_key(c1) != rootfs.base_key(c3)
+    c4 = ctx_for(tmp_path, "python_extras=")
+    assert pyenv.python_key(c1) != pyenv.python_key(c4)
+
+
+def test_explicit_epoch_is_an_input_but_unrelated_commits_are_not(tmp_path):
+    c1, c2 = ctx_for(tmp_path), ctx_for(tmp_path, "source_date_epoch=1234")
+    assert app.app_key(c1) != app.app_key(c2)
+    c3 = ctx_for(tmp_path)
+    c3.epoch += 1  # HEAD moved (someone committed elsewhere): no layer may change
+    assert (rootfs.base_key(c1), pyenv.python_key(c1), app.app_key(c1)) == \
+        (rootfs.base_key(c3), pyenv.python_key(c3), app.app_key(c3))
+
+
+def test_source_date_epoch_order(monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1234")
+    assert source_date_epoch(resolve("cpu")) == 1234
+    assert source_date_epoch(resolve("cpu", ["source_date_epoch=99"])) == 99
+
+
+def test_package_lists(tmp_path):
+    c = ctx_for(tmp_path, "packages=htop,python3")
+    pkgs = rootfs.package_list(c)
+    assert "live-boot" in pkgs and "chromium" in pkgs and pkgs.count("python3") == 1 and pkgs[-1] == "htop"
+    with pytest.raises(BuildError, match="no such list"):
+        rootfs.package_list(ctx_for(tmp_path, "package_lists=base,nope"))
+
+
+def test_requirements_follow_pyproject_and_extras(tmp_path):
+    c = ctx_for(tmp_path)
+    reqs = pyenv.requirements(c)
+    assert any(r.startswith("flask") for r in reqs) and any(r.startswith("rapidocr") for r in reqs)
+    assert "--python-version" in pyenv.target_args(c) and "3.13" in pyenv.target_args(c)
+    with pytest.raises(BuildError, match="not an extra"):
+        pyenv.requirements(ctx_for(tmp_path, "python_extras=nope"))
+
+
+def test_boot_menu_has_the_four_entries(tmp_path):
+    cfg = boot.grub_cfg(ctx_for(tmp_path))
+    assert cfg.count("menuentry") == 4
+    assert " toram" in cfg and " nomodeset" in cfg and " verify-checksums" in cfg
+    assert "boot=live" in cfg and "persistence" in cfg
+    # the integrity check must not write to the medium
+    check = [line for line in cfg.splitlines() if "verify-checksums" in line][0]
+    assert "persistence" not in check
+    assert boot.marker(ctx_for(tmp_path)) in boot.early_cfg(ctx_for(tmp_path))
+
+
+def test_units_and_generated_files(tmp_path):
+    c = ctx_for(tmp_path)
+    links = app.units(c)
+    assert links["etc/systemd/system/getty@.service"] == "/dev/null"
+    assert any("appliance-kiosk" in k for k in links)
+    assert not any("networkd" in k for k in links), "no network unless LAN mode"
+    files = app.generated(c)
+    assert "etc/appliance/lan.env" not in files
+    assert json.loads(files["etc/appliance/config.json"][0])["lan"] is False
+    lan = ctx_for(tmp_path, "lan=on", "lan_token=abcdefgh1")
+    files = app.generated(lan)
+    assert files["etc/appliance/lan.env"][1] == 0o600
+    assert "0.0.0.0" in files["etc/systemd/system/appliance-web.service.d/lan.conf"][0]
+    assert "abcdefgh1" not in files["etc/appliance/config.json"][0]
+    assert any("networkd" in k for k in app.units(lan))
+
+
+def test_unit_files_in_overlay_match_links(tmp_path):
+    for link, target in app.units(ctx_for(tmp_path, "lan=on", "lan_token=abcdefgh1")).items():
+        if target.startswith("/etc/systemd/system/appliance-"):
+            assert (REPO / "rootfs" / target.lstrip("/")).is_file(), target
+
+
+def test_volume_id(tmp_path):
+    v = iso.volume_id(ctx_for(tmp_path))
+    assert len(v) <= 32 and v == v.upper() and " " not in v
+
+
+def test_stage_names_unique_and_ordered():
+    names = [s.name for s in stages.STAGES]
+    assert len(names) == len(set(names))
+    assert names.index("base-layer") < names.index("python-layer") < names.index("app-layer") < names.index("iso")
+    assert names[-1] == "publish"
+
+
+def test_failed_stage_names_itself(tmp_path):
+    c = ctx_for(tmp_path)
+
+    def boom(ctx):
+        raise BuildError("no disk")
+
+    with pytest.raises(BuildError, match="stage 'two' failed: no disk"):
+        stages.run_stages(c, [stages.Stage("one", lambda ctx: "ok"), stages.Stage("two", boom)], log=lambda *a, **k: None)
+
+
+def test_qemu_accel_falls_back_to_tcg(monkeypatch):
+    monkeypatch.setenv("APPLIANCE_QEMU_ACCEL", "tcg")
+    assert "tcg,thread=multi" in qemu.accel()
+    if Path("/sys/module/kvm_pvm").exists():
+        monkeypatch.delenv("APPLIANCE_QEMU_ACCEL")
+        assert "tcg,thread=multi" in qemu.accel()
+
+
+def test_parse_marker():
+    r = qemu.parse_marker("state=running failed=[] web=active browser=3 health=200 listen=[127.0.0.1:8000] boots=2")
+    assert r["state"] == "running" and r["failed"] == [] and r["listen"] == ["127.0.0.1:8000"] and r["boots"] == "2"
+    r = qemu.parse_marker("state=degraded failed=[a.service b.service] listen=[]")
+    assert r["failed"] == ["a.service", "b.service"] and r["listen"] == []

@@ -43,6 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--lan-token", metavar="SECRET", help="require 'Authorization: Bearer SECRET' on API calls")
     _engine_args(serve)
 
+    watch = sub.add_parser("watch", help="scan-to-folder: OCR every file dropped into ROOT/inbox (see docs/scan-folder.md)")
+    watch.add_argument("root", help="folder holding inbox/, outbox/, done/, failed/ (created if missing)")
+    watch.add_argument("--once", action="store_true", help="process what is in the inbox, then exit")
+    watch.add_argument("--retry-failed", action="store_true", help="move failed files back into the inbox first")
+    watch.add_argument("--quiet", type=float, help="seconds a file must stay unchanged before it is read (default 3)")
+    watch.add_argument("--give-up", type=float, help="seconds an unreadable, unchanged file waits before failing (60)")
+    watch.add_argument("--media", action="append", help="where USB sticks are mounted (repeatable)")
+    _engine_args(watch)
+
     vllm = sub.add_parser("vllm-server", help="start vLLM serving the model on loopback (GPU machines)")
     vllm.add_argument("--model", metavar="DIR", required=True)
     vllm.add_argument("--port", type=int, default=8001)
@@ -62,8 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from webui.server import serve
 
-        serve(args.host, args.port, engine=args.engine, model_dir=args.model, data_dir=args.data, lan_token=args.lan_token)
+        serve(args.host, args.port, engine=args.engine, model_dir=args.model, data_dir=args.data,
+              lan_token=args.lan_token, vllm_url=args.vllm_url)
         return 0
+    if args.command == "watch":
+        return cmd_watch(args)
     if args.command == "vllm-server":
         from appliance.ocr.engines.vllm import start_server
 
@@ -129,6 +141,22 @@ def cmd_ocr(args) -> int:
     finally:
         engine.close()
     return 1 if failed else 0
+
+
+def cmd_watch(args) -> int:
+    import logging
+
+    from appliance import watch
+    from appliance.ocr.errors import OcrError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    options = {k: v for k, v in (("quiet", args.quiet), ("give_up", args.give_up), ("media_dirs", args.media)) if v is not None}
+    try:
+        return watch.run(args.root, engine=args.engine, model_dir=args.model, once=args.once,
+                         retry_failed=args.retry_failed, **options)
+    except (watch.WatchError, OcrError) as error:
+        _fail(f"watch: {error}")
+        return 1
 
 
 def _render(result, fmt: str, header: str | None) -> str:

@@ -26,7 +26,6 @@ a full rescan runs every `rescan` seconds anyway (network and FAT file systems s
 
 from __future__ import annotations
 
-import argparse
 import errno
 import fcntl
 import json
@@ -1018,33 +1017,7 @@ def _ui_state(step: str) -> str | None:
     return None  # lost (never started) and retried (a new row follows) are history, not queue
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m appliance.watch", description="Scan-to-folder watcher")
-    parser.add_argument("root", help="folder holding inbox/, outbox/, done/, failed/ (created if missing)")
-    parser.add_argument("--engine", default="auto")
-    parser.add_argument("--model", metavar="DIR")
-    parser.add_argument("--once", action="store_true", help="process what is in the inbox, then exit")
-    parser.add_argument("--retry-failed", action="store_true", help="move failed files back into the inbox first")
-    parser.add_argument("--quiet", type=float, default=QUIET_SECONDS, help="seconds a file must stay unchanged")
-    parser.add_argument("--give-up", type=float, default=GIVE_UP_SECONDS)
-    parser.add_argument("--media", action="append", help="where USB sticks are mounted (repeatable)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    try:
-        return run(
-            args.root,
-            engine=args.engine,
-            model_dir=args.model,
-            once=args.once,
-            retry_failed=args.retry_failed,
-            quiet=args.quiet,
-            give_up=args.give_up,
-            media_dirs=args.media if args.media is not None else MEDIA_DIRS,
-        )
-    except (WatchError, OcrError) as error:
-        print(f"appliance watch: {error}", file=sys.stderr)
-        return 1
+if __name__ == "__main__":  # `python3 -m appliance.watch ROOT ...` is `appliance watch ROOT ...`
+    from appliance.cli import main
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["watch", *sys.argv[1:]]))

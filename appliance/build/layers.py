@@ -33,11 +33,14 @@ def finish_layer(ctx: Context, layer: Layer, tree: Path, meta: dict, excludes: l
     tmp = d / "layer.squashfs.partial"
     tmp.unlink(missing_ok=True)
     cmd = ["mksquashfs", tree, tmp, "-noappend", "-no-progress", "-quiet", "-comp", ctx.config.compression,
-           "-b", "1M", "-processors", str(os.cpu_count() or 1)]
+           "-b", "1M", "-processors", str(os.cpu_count() or 1),
+           # SOURCE_DATE_EPOCH for the filesystem and every file (the variable alone only clamps newer files)
+           "-mkfs-time", str(layer.epoch), "-all-time", str(layer.epoch)]
     if excludes:
         cmd += ["-wildcards", "-e", *excludes]
-    # mksquashfs takes SOURCE_DATE_EPOCH for the filesystem's and every file's time
-    run(cmd, env={**ctx.env(), "SOURCE_DATE_EPOCH": str(layer.epoch)})
+    env = ctx.env()
+    env.pop("SOURCE_DATE_EPOCH")  # mksquashfs refuses the variable together with the options above
+    run(cmd, env=env)
     size = tmp.stat().st_size
     if size >= ISO_FILE_LIMIT:
         raise BuildError(f"layer {layer.name} is {size / 2**30:.1f} GiB: no file on the ISO may reach 4 GiB "

@@ -147,6 +147,20 @@ class Vm:
         except Exception:
             return False
 
+    def wait_rendered(self, png: Path, timeout: float) -> bool:
+        """Screenshots until the screen shows more than a plain background (the page drew), bounded."""
+        from PIL import Image
+
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.screenshot(png):
+                colors = Image.open(png).convert("RGB").getcolors(maxcolors=4096)
+                if colors is None or len(colors) > 32:  # None: more than 4096 colours
+                    return True
+            if time.monotonic() > deadline or not self.alive():
+                return False
+            time.sleep(5)
+
     def http(self, path: str, token: str | None = None, timeout: float = 5) -> int:
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}")
         if token:
@@ -240,7 +254,8 @@ def boot_once(disk: Path, mode: str, out: Path, timeout: float, token: str | Non
                     time.sleep(2)
             result["health_via_forward"] = health
             result["seconds_to_health"] = round(time.monotonic() - vm.started, 1)
-        result["screenshot"] = vm.screenshot(out / "screen.png")
+        result["kiosk_rendered"] = vm.wait_rendered(out / "screen.png", timeout=180)
+        result["seconds_to_render"] = round(time.monotonic() - vm.started, 1)
         problems = []
         if report.get("state") != "running":
             problems.append(f"systemd state {report.get('state')}")
@@ -248,6 +263,8 @@ def boot_once(disk: Path, mode: str, out: Path, timeout: float, token: str | Non
             problems.append(f"failed units {report['failed']}")
         if report.get("kiosk") != "active" or report.get("browser", "0") in ("0", ""):
             problems.append("kiosk browser not running")
+        if not result["kiosk_rendered"]:
+            problems.append("the kiosk screen stayed blank (see screen.png)")
         if report.get("health") != "200":
             problems.append(f"/health inside the guest: {report.get('health')}")
         if lan and health != 200:

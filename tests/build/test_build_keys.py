@@ -11,6 +11,7 @@ from appliance.settings import REPO, resolve
 
 
 def ctx_for(tmp_path, *overrides, repo=REPO):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     config = resolve("cpu", list(overrides), out_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"))
     c = Context(config=config, repo=repo, out_dir=tmp_path / "out", cache_dir=tmp_path / "cache",
                 work=tmp_path / "work", epoch=1700000000)
@@ -165,3 +166,23 @@ def test_parse_marker():
     assert r["state"] == "running" and r["failed"] == [] and r["listen"] == ["127.0.0.1:8000"] and r["boots"] == "2"
     r = qemu.parse_marker("state=degraded failed=[a.service b.service] listen=[]")
     assert r["failed"] == ["a.service", "b.service"] and r["listen"] == []
+
+
+@pytest.mark.skipif(not __import__("shutil").which("mksquashfs"), reason="needs squashfs-tools")
+def test_same_inputs_same_layer_bytes(tmp_path):
+    """SOURCE_DATE_EPOCH: the files' own mtimes must not leak into the layer."""
+    import os
+
+    from appliance.build import layers
+
+    digests = []
+    for i in range(2):
+        c = ctx_for(tmp_path / str(i))
+        tree = tmp_path / f"tree{i}"
+        (tree / "etc").mkdir(parents=True)
+        (tree / "etc" / "f").write_text("same")
+        os.utime(tree / "etc" / "f", (1000 + i, 1000 + i))
+        layer = layers.cached_layer(c, "app", 30, "k", 1700000000)
+        layers.finish_layer(c, layer, tree, {})
+        digests.append(layer.meta["sha256"])
+    assert digests[0] == digests[1]

@@ -1,0 +1,153 @@
+"""CPU engine benchmark: seconds per page and character error rate, ours next to a plain rapidocr call.
+
+    python3 -m bench.cpu_engine                 # `make bench`
+    python3 -m bench.cpu_engine --pages 1       # pages per kind (default 2)
+    python3 -m bench.cpu_engine --set Det.limit_side_len=960 --set Global.use_cls=false   # try a setting
+
+Both run on the same pages (bench/dataset.py) in the same process, each warmed up first, so model loading is not
+timed. "raw" is `RapidOCR()` with its defaults (log level aside) called on the page image, its lines joined in its
+own order; "ours" is `CpuEngine().recognize(page, text)`. CER is edit distance / length of the true text, both with
+every run of white space made one space, so it counts misread characters and lines read out of order, not layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from bench.dataset import KINDS, make_set
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance, one numpy row at a time (pages have thousands of characters)."""
+    if not a or not b:
+        return len(a) or len(b)
+    codes_b = np.array([ord(c) for c in b])
+    positions = np.arange(len(b) + 1)
+    previous = positions.copy()
+    for i, char in enumerate(a, start=1):
+        # Deletion or substitution from the row above; insertions (moving right in this row) via a running minimum.
+        candidate = np.empty_like(previous)
+        candidate[0] = i
+        candidate[1:] = np.minimum(previous[1:] + 1, previous[:-1] + (codes_b != ord(char)))
+        previous = np.minimum.accumulate(candidate - positions) + positions
+    return int(previous[-1])
+
+
+def normalise(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def cer(truth: str, guess: str) -> float:
+    truth, guess = normalise(truth), normalise(guess)
+    return edit_distance(truth, guess) / max(len(truth), 1)
+
+
+def parse_setting(text: str):
+    key, _, value = text.partition("=")
+    lowered = value.strip().lower()
+    if lowered in ("true", "false"):
+        return key, lowered == "true"
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m bench.cpu_engine", description=__doc__.splitlines()[0])
+    parser.add_argument("--pages", type=int, default=2, help="pages per kind of document (default 2)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one of the engine's rapidocr settings, e.g. Det.limit_side_len=960",
+    )
+    parser.add_argument("--show", action="store_true", help="print each page's text as ours read it")
+    args = parser.parse_args(argv)
+
+    from rapidocr import RapidOCR
+
+    from appliance.ocr.engines.cpu import SETTINGS, CpuEngine
+    from appliance.ocr.tasks import Request
+
+    overrides = dict(parse_setting(s) for s in args.set)
+    samples = make_set(args.pages, args.seed)
+    print(f"{len(samples)} pages, {args.pages} per kind; our settings: {SETTINGS | overrides}", file=sys.stderr)
+
+    raw = RapidOCR(params={"Global.log_level": "error"})
+    ours = CpuEngine(overrides)
+    request = Request.make("text")
+    warm = samples[0].image
+    raw(warm)
+    ours.recognize(warm, request)
+
+    load_before = os.getloadavg()[0]
+    rows = []  # kind, raw seconds, our seconds, raw CER, our CER, raw CPU seconds, our CPU seconds
+    for sample in samples:
+        wall, cpu = time.perf_counter(), time.process_time()
+        raw_result = raw(sample.image)
+        raw_seconds, raw_cpu = time.perf_counter() - wall, time.process_time() - cpu
+        raw_text = "\n".join(raw_result.txts or ())
+
+        wall, cpu = time.perf_counter(), time.process_time()
+        page = ours.recognize(sample.image, request)
+        our_seconds, our_cpu = time.perf_counter() - wall, time.process_time() - cpu
+
+        rows.append(
+            (
+                sample.kind,
+                raw_seconds,
+                our_seconds,
+                cer(sample.text, raw_text),
+                cer(sample.text, page.text),
+                raw_cpu,
+                our_cpu,
+            )
+        )
+        print(
+            f"  {sample.name:<10} raw {raw_seconds:5.2f}s CER {rows[-1][3]:.3f}   "
+            f"ours {our_seconds:5.2f}s CER {rows[-1][4]:.3f}",
+            file=sys.stderr,
+        )
+        if args.show:
+            print(page.text, file=sys.stderr)
+
+    print()
+    print(
+        f"{'set':<10} {'pages':>5} {'raw s/page':>10} {'ours s/page':>11} {'ratio':>6} {'cpu ratio':>9} "
+        f"{'raw CER':>8} {'ours CER':>8}"
+    )
+    for kind in [*KINDS, "overall"]:
+        chosen = [r for r in rows if kind == "overall" or r[0] == kind]
+        if not chosen:
+            continue
+        raw_s = statistics.mean(r[1] for r in chosen)
+        our_s = statistics.mean(r[2] for r in chosen)
+        raw_cer = statistics.mean(r[3] for r in chosen)
+        our_cer = statistics.mean(r[4] for r in chosen)
+        cpu_ratio = sum(r[6] for r in chosen) / sum(r[5] for r in chosen)
+        print(
+            f"{kind:<10} {len(chosen):>5} {raw_s:>10.2f} {our_s:>11.2f} {our_s / raw_s:>6.2f} {cpu_ratio:>9.2f} "
+            f"{raw_cer:>8.3f} {our_cer:>8.3f}"
+        )
+    print(
+        f"\nratio = ours / raw wall seconds, cpu ratio = the same for CPU seconds (steadier on a busy host); below 1"
+        f" is faster. CER = edit distance / true length, mean over pages. {os.cpu_count()} CPUs, load average"
+        f" {load_before:.1f} before, {os.getloadavg()[0]:.1f} after."
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

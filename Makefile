@@ -29,6 +29,7 @@ test: $(STAMP)/deps $(STAMP)/test-apt
 
 bench: $(STAMP)/deps $(STAMP)/test-apt
 	$(PY) -m bench.cpu_engine
+	$(PY) -m bench.watch
 
 # The live ISO (default: CPU profile). Installs the missing host tools with apt first (Debian host, root).
 # Extra builder arguments: make iso ISO_ARGS="--set lan=on --set lan_token=SECRET"

@@ -1,0 +1,84 @@
+"""The `appliance` command as a user runs it: a real process, the real CPU engine, real images."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+
+
+def appliance(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "appliance", *args], capture_output=True, text=True, timeout=300, **kw)
+
+
+def draw_lines(lines, size=(900, 260), font_size=40):
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.truetype(FONT, font_size)
+    for i, line in enumerate(lines):
+        draw.text((40, 40 + i * 80), line, fill="black", font=font)
+    return image
+
+
+@pytest.fixture(scope="module")
+def receipt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "receipt.jpg"
+    draw_lines(["RECEIPT 2026-11-21", "TOTAL 12.50"]).save(path, quality=92)
+    return path
+
+
+def test_spotting_json_gives_lines_with_pixel_boxes(receipt):
+    run = appliance("ocr", str(receipt), "--task", "spotting", "--format", "json", "--engine", "cpu")
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    texts = [b["text"] for b in doc["pages"][0]["blocks"]]
+    assert texts == ["RECEIPT 2026-11-21", "TOTAL 12.50"]
+    x1, y1, x2, y2 = doc["pages"][0]["blocks"][1]["box"]
+    assert 20 <= x1 <= 50 and 100 <= y1 <= 135 and 250 <= x2 <= 400 and 150 <= y2 <= 185
+    assert doc["text"] == "RECEIPT 2026-11-21\nTOTAL 12.50"
+    assert doc["engine"]["name"] == "cpu" and "load" in doc["timings"]
+
+
+def test_several_files_one_json_line_each_and_a_bad_file_does_not_stop_the_others(receipt, tmp_path):
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    second = tmp_path / "second.png"
+    draw_lines(["Second file"]).save(second)
+    run = appliance("ocr", str(receipt), str(empty), str(second), "--format", "json", "--engine", "cpu")
+    assert run.returncode == 1
+    docs = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [d["source"] for d in docs] == [str(receipt), str(second)]
+    assert docs[1]["text"] == "Second file"
+    assert "load" in docs[0]["timings"] and "load" not in docs[1]["timings"]  # the engine loaded once
+    assert f"{empty}: empty file" in run.stderr
+
+
+def test_txt_output_and_multi_page_progress_on_stderr(tmp_path):
+    pdf = tmp_path / "two.pdf"
+    pages = [draw_lines(["First page"]), draw_lines(["Second page"])]
+    pages[0].save(pdf, save_all=True, append_images=pages[1:], resolution=100)
+    run = appliance("ocr", str(pdf), "--engine", "cpu")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["First", "page", "Second", "page"]
+    assert "page 2/2" in run.stderr
+
+
+def test_task_the_cpu_engine_cannot_do_names_the_task_and_the_need(receipt):
+    run = appliance("ocr", str(receipt), "--task", "doc_parser", "--engine", "cpu")
+    assert run.returncode == 1
+    assert "task 'doc'" in run.stderr and "GPU" in run.stderr
+    assert run.stdout == ""
+
+
+def test_usage_errors_exit_2():
+    assert appliance("ocr", "x.png", "--task", "nonsense").returncode == 2
+    assert "needs field names" in appliance("ocr", "x.png", "--task", "extract").stderr
+
+
+def test_doctor_says_which_engine_and_why():
+    run = appliance("doctor")
+    assert run.returncode == 0
+    assert "engine:   cpu (no NVIDIA kernel driver loaded" in run.stdout

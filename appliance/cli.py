@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--data", metavar="DIR", default="/srv/ocr", help="jobs, results and history (default: /srv/ocr)")
+    serve.add_argument("--scan", metavar="ROOT", help="also run the scan folder on ROOT, through the same queue")
     serve.add_argument("--lan-token", metavar="SECRET", help="require 'Authorization: Bearer SECRET' on API calls")
     _engine_args(serve)
 
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         from webui.server import serve
 
         serve(args.host, args.port, engine=args.engine, model_dir=args.model, data_dir=args.data,
-              lan_token=args.lan_token, vllm_url=args.vllm_url)
+              lan_token=args.lan_token, vllm_url=args.vllm_url, scan_dir=args.scan)
         return 0
     if args.command == "watch":
         return cmd_watch(args)

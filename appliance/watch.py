@@ -37,6 +37,7 @@ import signal
 import sqlite3
 import stat
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +187,79 @@ class EngineRecognizer:
         if self._engine is not None:
             self._engine.close()
             self._engine = None
+
+
+class JobsRecognizer:
+    """Runs OCR through the web app's job queue, so the scan folder and the UI share one engine (`appliance serve
+    --scan ROOT`). The scan-folder jobs then also show in the UI's history."""
+
+    def __init__(self, jobs):
+        self.jobs = jobs
+
+    def _info(self) -> dict:
+        status = self.jobs.wait_engine()
+        if not status["ready"]:
+            raise EngineUnavailable("the configured engine", status["error"] or status["state"])
+        return status["info"]
+
+    def describe(self) -> str:
+        status = self.jobs.engine_status()
+        info = status["info"]
+        return f"{info['name']} ({info['model']})" if info else f"engine {status['state']}"
+
+    def cache_key(self) -> str:
+        info = self._info()
+        return f"{info['name']}|{info['model']}|{info['revision']}"
+
+    def recognize(self, path: Path, request: Request, name: str) -> OcrResult:
+        from appliance.jobs import DONE, QueueFull
+
+        while True:
+            try:
+                job = self.jobs.submit(path, name, request)
+                break
+            except QueueFull as full:  # the UI's users filled the queue: the scan folder waits its turn
+                time.sleep(min(full.retry_after, 30))
+        job = self.jobs.wait(job.id)
+        if job.state != DONE:
+            raise OcrError(f"{name}: {job.error or job.state}")
+        return self.jobs.result(job.id)
+
+    def close(self) -> None:
+        pass  # the web app owns the queue and closes it
+
+
+class WatcherThread:
+    """A watcher on its own thread, inside a process that does other work (the web app, the benchmark).
+    The ledger's SQLite connection is made on that thread, which is the only one that uses it."""
+
+    def __init__(self, root, recognizer, **options):
+        self.watcher = None
+        self.error: Exception | None = None
+        ready = threading.Event()
+
+        def run():
+            try:
+                self.watcher = Watcher(Path(root), recognizer, **options)
+            except Exception as error:  # noqa: BLE001 - reported to the starter through self.error
+                self.error = error
+                return
+            finally:
+                ready.set()
+            try:
+                self.watcher.run()
+            finally:
+                self.watcher.close()
+
+        self.thread = threading.Thread(target=run, name="scan-folder", daemon=True)
+        self.thread.start()
+        ready.wait()
+        if self.error:
+            raise self.error
+
+    def stop(self, timeout: float | None = 60) -> None:
+        self.watcher.stopping = True
+        self.thread.join(timeout)
 
 
 # --- the ledger --------------------------------------------------------------------------------------------------

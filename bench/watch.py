@@ -18,7 +18,6 @@ import argparse
 import shutil
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -64,28 +63,6 @@ class Timed:
             self.seconds += time.perf_counter() - started
 
 
-class Running:
-    """A watcher on its own thread (the ledger connection must live on the thread that uses it)."""
-
-    def __init__(self, root: Path, recognizer, quiet: float):
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(root, recognizer, quiet), daemon=True)
-        self.thread.start()
-        self.ready.wait()
-
-    def _run(self, root, recognizer, quiet):
-        self.watcher = watch.Watcher(root, recognizer, quiet=quiet, rescan=5.0, media_dirs=())
-        self.ready.set()
-        try:
-            self.watcher.run()
-        finally:
-            self.watcher.close()
-
-    def stop(self):
-        self.watcher.stopping = True
-        self.thread.join()
-
-
 def wait_for(paths: list[Path], timeout: float = 1800) -> dict[Path, float]:
     """When each path appeared (perf_counter), polling every 10 ms."""
     seen: dict[Path, float] = {}
@@ -119,7 +96,7 @@ def main(argv=None) -> int:
 
         root = work / "root"
         timed = Timed(recognizer)
-        running = Running(root, timed, args.quiet)
+        running = watch.WatcherThread(root, timed, quiet=args.quiet, rescan=5.0, media_dirs=())
         try:
             dropped = time.time()
             for path in files:  # all at once, as a scanner's batch or a copied folder

@@ -465,3 +465,41 @@ def _png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+# --- the scan folder inside `appliance serve`: the same job queue as the UI ---------------------------------------
+
+
+def wait_for_file(path: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.1)
+
+
+def test_scan_folder_runs_through_the_shared_job_queue(tmp_path):
+    from appliance.jobs import Jobs
+    from appliance.ocr.engines.cpu import CpuEngine
+
+    jobs = Jobs(tmp_path / "data", CpuEngine)
+    scanner = watch.WatcherThread(tmp_path / "scans", watch.JobsRecognizer(jobs), media_dirs=(), **FAST)
+    try:
+        save(text_image(["Queue shared 42"]), tmp_path / "scans" / "inbox" / "shared.png")
+        wait_for_file(tmp_path / "scans" / "outbox" / "shared.json")
+        assert [(j.name, j.state) for j in jobs.list()] == [("shared.png", "done")]  # the UI's history shows it
+    finally:
+        scanner.stop()
+        jobs.close()
+    assert squash((tmp_path / "scans" / "outbox" / "shared.txt").read_text()) == "queueshared42"
+
+
+def test_serve_starts_the_scan_folder_when_asked(tmp_path):
+    from webui import create_app
+
+    app = create_app({"DATA_DIR": str(tmp_path / "data"), "ENGINE": "cpu", "SCAN_DIR": str(tmp_path / "scans")})
+    try:
+        assert app.extensions["scan"].thread.is_alive()
+        assert (tmp_path / "scans" / "inbox").is_dir()
+    finally:
+        app.extensions["scan"].stop()
+        app.extensions["jobs"].close()

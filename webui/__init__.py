@@ -20,6 +20,7 @@ DEFAULTS = {
     "MAX_QUEUE": 32,
     "MAX_CONTENT_LENGTH": 64 * 1024 * 1024,  # bytes of request body (413 above)
     "SYNC_TIMEOUT": 600,  # seconds POST /ocr waits for its job
+    "SCAN_DIR": None,  # set: run the scan-to-folder watcher on this folder, through the same job queue
     "USB_ROOT": "/media",  # where removable media are mounted; the in-app file browser shows only this tree
     "JOBS": None,  # a ready `Jobs` (tests); otherwise one is made from ENGINE/MODEL_DIR/DATA_DIR
 }
@@ -46,6 +47,10 @@ def create_app(config: dict | None = None) -> Flask:
         data_dir, lambda: open_engine(engine, model_dir=model_dir, vllm_url=vllm_url), app.config["MAX_QUEUE"]
     )
     app.extensions["jobs"] = jobs
+    if app.config["SCAN_DIR"]:
+        from appliance.watch import JobsRecognizer, WatcherThread
+
+        app.extensions["scan"] = WatcherThread(app.config["SCAN_DIR"], JobsRecognizer(jobs))
 
     security.init_app(app)
     i18n.init_app(app)

@@ -64,12 +64,14 @@ def serve(
     data_dir: str,
     lan_token: str | None = None,
     vllm_url: str | None = None,
+    scan_dir: str | None = None,
 ) -> None:
     if not is_loopback(host) and not lan_token:
         raise SystemExit(f"refusing to listen on {host}: serving beyond this machine needs --lan-token SECRET")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = create_app(
-        {"ENGINE": engine, "MODEL_DIR": model_dir, "VLLM_URL": vllm_url, "DATA_DIR": data_dir, "LAN_TOKEN": lan_token}
+        {"ENGINE": engine, "MODEL_DIR": model_dir, "VLLM_URL": vllm_url, "DATA_DIR": data_dir, "LAN_TOKEN": lan_token,
+         "SCAN_DIR": scan_dir}
     )
     server = make_server(app, host, port)
     signal.signal(signal.SIGTERM, _terminate)  # systemd stops services with SIGTERM
@@ -80,4 +82,6 @@ def serve(
         pass
     finally:
         server.close()
+        if "scan" in app.extensions:
+            app.extensions["scan"].stop()  # finishes its current file first
         app.extensions["jobs"].close()

@@ -1013,6 +1013,7 @@ def queue_state(root, recent: int = 200) -> dict:
                 )
                 files.append(
                     {
+                        "id": row["id"],  # for retry_failed(root, ids=[...])
                         "name": row["rel"],
                         "source": Path(row["tree"]).name if row["tree"] else "inbox",
                         "state": bucket,

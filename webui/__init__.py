@@ -21,6 +21,7 @@ DEFAULTS = {
     "MAX_CONTENT_LENGTH": 64 * 1024 * 1024,  # bytes of request body (413 above)
     "SYNC_TIMEOUT": 600,  # seconds POST /ocr waits for its job
     "SCAN_DIR": None,  # set: run the scan-to-folder watcher on this folder, through the same job queue
+    "SCAN_OPTIONS": {},  # keyword arguments for the watcher (quiet, give_up, rescan, media_dirs); tests shorten them
     "USB_ROOT": "/media",  # where removable media are mounted; the in-app file browser shows only this tree
     "JOBS": None,  # a ready `Jobs` (tests); otherwise one is made from ENGINE/MODEL_DIR/DATA_DIR
 }
@@ -50,7 +51,9 @@ def create_app(config: dict | None = None) -> Flask:
     if app.config["SCAN_DIR"]:
         from appliance.watch import JobsRecognizer, WatcherThread
 
-        app.extensions["scan"] = WatcherThread(app.config["SCAN_DIR"], JobsRecognizer(jobs))
+        app.extensions["scan"] = WatcherThread(
+            app.config["SCAN_DIR"], JobsRecognizer(jobs), **app.config["SCAN_OPTIONS"]
+        )
 
     security.init_app(app)
     i18n.init_app(app)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+from pathlib import Path
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
@@ -195,6 +196,54 @@ def health():
     return jsonify(
         {"web": {"ready": True}, "engine": engine, "queue": {"waiting": waiting, "limit": jobs().max_queue}}
     )
+
+
+def scan_state(recent: int = 100) -> dict:
+    """The scan folder's queue (`appliance.watch.queue_state`) plus the inbox folder -> task table; or, when the app
+    runs without `--scan`, `enabled: false` and how to turn it on. The kiosk's scan page renders and polls this."""
+    from appliance import watch
+
+    root = current_app.config["SCAN_DIR"]
+    if not root:
+        return {
+            "enabled": False,
+            "detail": "the scan folder is off; start the app with `appliance serve --scan ROOT`",
+        }
+    state = watch.queue_state(root, recent=recent)
+    scanner = current_app.extensions.get("scan")
+    # The status file's heartbeat says whether a watcher is alive; the thread says whether it is ours and running.
+    state["running"] = bool(state["running"] and scanner is not None and scanner.thread.is_alive())
+    state["inbox"] = str(Path(root) / "inbox")
+    for item in state[
+        "files"
+    ]:  # where the outputs went, said once, then their names (for people; `outputs` is whole)
+        folders = {str(Path(p).parent) for p in item.get("outputs", [])}
+        item["output_dir"] = _shorter(folders.pop(), root) if len(folders) == 1 else None
+        item["output_names"] = [Path(p).name for p in item.get("outputs", [])]
+    supported = jobs().engine_status()["tasks"]
+    state["folders"] = [
+        {
+            "folder": name,
+            "task": req.task.value,
+            "options": req.options(),
+            "available": supported is None or req.task.value in supported,  # None: the engine is still starting
+        }
+        for name, req in watch.FOLDERS.items()
+    ]
+    return {"enabled": True, **state}
+
+
+def _shorter(path: str, root: str) -> str:
+    """`outbox/doc` for a folder under ROOT; other places (a USB stick's OCR-OUTBOX) as they are."""
+    try:
+        return str(Path(path).relative_to(Path(root).absolute()))
+    except ValueError:
+        return path
+
+
+@bp.get("/scan")
+def scan():
+    return jsonify(scan_state())
 
 
 @bp.get("/openapi.json")

@@ -17,6 +17,7 @@ MESSAGES = {
     "nav_home": ("New scan", "新建识别"),
     "nav_history": ("History", "历史记录"),
     "nav_status": ("Status", "系统状态"),
+    "nav_scan": ("Scan folder", "扫描文件夹"),
     "offline_note": ("Works offline. Nothing leaves this machine.", "完全离线运行，文件不会离开本机。"),
     # home
     "step_file": ("1. Choose a file", "1. 选择文件"),
@@ -140,6 +141,61 @@ MESSAGES = {
     "lan_mode": ("LAN access", "局域网访问"),
     "lan_on": ("on (token required from other machines)", "已开启（其他电脑需要令牌）"),
     "lan_off": ("off (this machine only)", "关闭（仅本机）"),
+    # scan folder
+    "scan_off": ("The scan folder is off.", "扫描文件夹未开启。"),
+    "scan_off_how": (
+        (
+            "To turn it on, start the appliance with {command}. Scans dropped into ROOT/inbox then come out as "
+            "text, Markdown, JSON and searchable PDF in ROOT/outbox, without using this screen."
+        ),
+        (
+            "如需开启，请用 {command} 启动本设备。之后放入 ROOT/inbox 的扫描件会自动在 ROOT/outbox 中生成文本、"
+            "Markdown、JSON 和可搜索 PDF，无需操作本界面。"
+        ),
+    ),
+    "scan_inbox": ("Drop scans into", "把扫描件放入"),
+    "scan_running": ("Watching: new files are picked up automatically.", "正在监视：新文件会被自动处理。"),
+    "scan_stopped": (
+        "The folder watcher is not running; files wait in the inbox until it starts again.",
+        "文件夹监视未在运行；文件会留在收件箱中，直到监视重新启动。",
+    ),
+    "scan_waiting": ("Waiting", "等待中"),
+    "scan_working": ("Working", "识别中"),
+    "scan_recent": ("Recent files", "最近的文件"),
+    "scan_empty": ("No files yet. Drop scans into the inbox folder.", "暂无文件。请把扫描件放入收件箱文件夹。"),
+    "col_source": ("From", "来源"),
+    "col_result": ("Result", "结果"),
+    "scan_source_inbox": ("inbox", "收件箱"),
+    "scan_reused": ("same file as before: result reused", "与之前的文件相同，已复用结果"),
+    "scan_retry_all": ("Retry failed files", "重试失败的文件"),
+    "scan_retried": (
+        "Moved {n} file(s) back into the inbox; they will be tried again.",
+        "已将 {n} 个文件移回收件箱，将重新识别。",
+    ),
+    "scan_unknown": ("Unknown folders: their files are left alone", "无法识别的文件夹：其中的文件不会被处理"),
+    "scan_unknown_hint": (
+        "Rename each one to a folder name from the table below, or move its files into one of those folders.",
+        "请把它们改名为下表中的文件夹名，或把文件移到这些文件夹中。",
+    ),
+    "scan_folders_help": ("Which inbox folder does what", "收件箱子文件夹与任务"),
+    "scan_folder_col": ("Folder", "文件夹"),
+    "scan_inbox_itself": ("(the inbox itself)", "（收件箱本身）"),
+    "scan_sticks": ("USB sticks", "U 盘"),
+    "scan_sticks_hint": (
+        "A stick with an OCR-INBOX folder is processed when inserted; results go to its OCR-OUTBOX folder.",
+        "插入含 OCR-INBOX 文件夹的 U 盘即自动处理，结果写入 U 盘上的 OCR-OUTBOX 文件夹。",
+    ),
+    "scan_sticks_none": ("No stick with an OCR-INBOX folder is inserted.", "未插入含 OCR-INBOX 文件夹的 U 盘。"),
+    "scan_pulled": ("Sticks removed before their files were finished", "文件未处理完就被拔出的 U 盘"),
+    "scan_pulled_when": ("{stick}, removed {when}", "{stick}，拔出于 {when}"),
+    "scan_not_copied": (
+        "Not copied off (still on the stick; insert it again to process them): {files}",
+        "未复制（仍在 U 盘上，重新插入即可处理）：{files}",
+    ),
+    "scan_finished_here": (
+        "Finished on this machine, results in outbox/usb-{stick}: {files}",
+        "已在本机完成，结果在 outbox/usb-{stick}：{files}",
+    ),
     # errors, login
     "error_title": ("Something went wrong", "出错了"),
     "back_home": ("Back to the start", "返回首页"),

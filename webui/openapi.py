@@ -162,6 +162,42 @@ def document(config) -> dict:
                         },
                     },
                 },
+                "ScanState": {
+                    "type": "object",
+                    "required": ["enabled"],
+                    "properties": {
+                        "enabled": {"type": "boolean"},
+                        "detail": {"type": "string", "description": "when not enabled: how to turn it on"},
+                        "root": {"type": "string"},
+                        "inbox": {"type": "string"},
+                        "running": {"type": "boolean"},
+                        "engine": {"type": ["string", "null"]},
+                        "counts": {
+                            "type": "object",
+                            "properties": {s: {"type": "integer"} for s in ("waiting", "working", "done", "failed")},
+                        },
+                        "files": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "id": {"type": "integer", "description": "ledger row; absent while settling"},
+                                    "name": {"type": "string", "description": "path under the inbox"},
+                                    "source": {"type": "string", "description": "`inbox` or the USB stick's name"},
+                                    "state": {"type": "string", "enum": ["waiting", "working", "done", "failed"]},
+                                    "task": {"type": ["string", "null"]},
+                                    "detail": {"type": "string"},
+                                    "outputs": {"type": "array", "items": {"type": "string"}},
+                                    "updated": {"type": "number"},
+                                },
+                            },
+                        },
+                        "unknown_folders": {"type": "array", "items": {"type": "string"}},
+                        "sticks": {"type": "array", "items": {"type": "object"}},
+                        "pulled": {"type": "array", "items": {"type": "object"}},
+                        "folders": {"type": "array", "items": {"type": "object"}},
+                    },
+                },
                 "Job": {
                     "type": "object",
                     "properties": {
@@ -308,6 +344,22 @@ def document(config) -> dict:
                         "200": {
                             "description": "`web`, `engine` (state loading|ready|failed|stopped, "
                             "which engine and why), `queue`"
+                        }
+                    },
+                }
+            },
+            "/scan": {
+                "get": {
+                    "summary": "The scan folder's queue (`appliance serve --scan ROOT`): counts and recent files",
+                    "responses": {
+                        "200": {
+                            "description": "`enabled` false (and `detail`) when the app runs without a scan folder; "
+                            "else `running`, `engine`, `counts` (waiting, working, done, failed), `files` (newest "
+                            "first: `id`, `name`, `source`, `state`, `step`, `task`, `detail`, `outputs`, "
+                            "`original`, `updated`), `unknown_folders`, `sticks`, `pulled` (sticks removed with "
+                            "files unfinished: `not_copied`, `finished_locally`) and `folders` (inbox subfolder -> "
+                            "task, options, `available` on the running engine)",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ScanState"}}},
                         }
                     },
                 }

@@ -19,7 +19,7 @@ from appliance import __version__, export
 from appliance.jobs import Jobs
 from appliance.ocr.tasks import LANGUAGES, Request, Task
 from webui import errors, i18n, render, security, usb
-from webui.api import submit
+from webui.api import scan_state, submit
 
 bp = Blueprint("ui", __name__)
 
@@ -198,6 +198,27 @@ def status():
         model_dir=current_app.config["MODEL_DIR"],
         lan=bool(current_app.config["LAN_TOKEN"]),
     )
+
+
+@bp.get("/scan-folder")
+def scan_folder():
+    """The scan folder's queue; the page polls GET /scan (the same data) to stay current without reloading."""
+    tasks = {t.value: i18n.gettext(f"task_{t.value}") for t in Task}
+    return render_template("scan.html", scan=scan_state(), tasks=tasks)
+
+
+@bp.post("/scan-folder/retry")
+def scan_retry():
+    """Failed files back into their inbox folder: all of them, or the one whose ledger id is posted as `id`."""
+    from appliance import watch
+
+    root = current_app.config["SCAN_DIR"]
+    if not root:
+        raise errors.BadRequest(i18n.gettext("scan_off"))
+    ids = [int(i) for i in request.form.getlist("id") if i.isdigit()] or None
+    moved = watch.retry_failed(root, ids=ids)
+    flash(i18n.gettext("scan_retried", n=moved), "info")
+    return redirect(url_for("ui.scan_folder"), code=303)
 
 
 @bp.get("/usb/list")

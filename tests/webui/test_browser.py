@@ -209,3 +209,62 @@ def test_progress_page_by_page_and_cancel(page, model_server, tmp_path):
     finally:
         gate.set()
         model_server.engine.gate = None
+
+
+@pytest.fixture(scope="module")
+def scan_server(tmp_path_factory):
+    """The UI with a scan folder (`appliance serve --scan ROOT`) over the fake engine, with short quiet periods."""
+    from conftest import serve_in_thread
+    from fake_engine import FakeEngine
+
+    from appliance.jobs import Jobs
+    from webui import create_app
+
+    base = tmp_path_factory.mktemp("scan-server")
+    (base / "media").mkdir()
+    jobs = Jobs(base / "data", FakeEngine)
+    options = {"quiet": 0.2, "give_up": 0.6, "rescan": 0.3, "media_dirs": (str(base / "media"),)}
+    app = create_app(
+        {
+            "DATA_DIR": str(base / "data"),
+            "ENGINE": "cpu",
+            "JOBS": jobs,
+            "SCAN_DIR": str(base / "scan"),
+            "SCAN_OPTIONS": options,
+            "USB_ROOT": str(base / "media"),
+        }
+    )
+    live, stop = serve_in_thread(app)
+    jobs.wait_engine(10)
+    live.root = base / "scan"
+    yield live
+    app.extensions["scan"].stop(10)
+    stop()
+
+
+def test_scan_folder_page_follows_the_queue_without_reloading(page, scan_server):
+    inbox = scan_server.root / "inbox"
+    page.goto(scan_server.url + "/")
+    page.click("nav a:has-text('Scan folder')")
+    page.wait_for_selector("#scan-empty:visible")
+    page.evaluate("window.stillThisPage = true")  # gone if the page reloads
+    (inbox / "doc").mkdir(exist_ok=True)
+    (inbox / "doc" / "late arrival.png").write_bytes(text_image(["Late"], fmt="PNG"))
+    (inbox / "cut.png").write_bytes(text_image(["Cut"], fmt="PNG")[:60])
+    page.wait_for_selector("#scan-files tr:has-text('late arrival.png') .state-done", timeout=30_000)
+    page.wait_for_selector("#scan-files tr:has-text('cut.png') .state-failed", timeout=30_000)
+    row = page.locator("#scan-files tr:has-text('late arrival.png')")
+    assert "Document to Markdown" in row.inner_text() and "outbox/doc/" in row.inner_text()
+    assert page.locator("[data-count=done]").inner_text() == "1"
+    assert page.locator("[data-count=failed]").inner_text() == "1"
+    assert page.evaluate("window.stillThisPage") is True
+    assert page.locator("#scan-retry-all").is_visible()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SHOTS / "scan-en.png", full_page=True)
+
+    page.click("#scan-retry-all")
+    page.wait_for_selector("#flash:has-text('Moved 1 file(s) back into the inbox')")
+    page.click("a[data-lang=zh]")
+    page.wait_for_selector("h1:has-text('扫描文件夹')")
+    page.screenshot(path=SHOTS / "scan-zh.png", full_page=True)
+    page.click("a[data-lang=en]")

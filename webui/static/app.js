@@ -130,11 +130,82 @@ function setupResult() {
   }));
 }
 
+// ---- scan folder: poll GET /scan and update the counts, the file table and the lists in place (no reload) -------
+const clock = (epoch) => {
+  if (!epoch) return "";
+  const d = new Date(epoch * 1000), two = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())} ${two(d.getHours())}:${two(d.getMinutes())}`;
+};
+const element = (tag, className, text) => Object.assign(document.createElement(tag), className ? {className} : {}, text === undefined ? {} : {textContent: text});
+
+function scanRow(template, f, words) {
+  const row = template.content.firstElementChild.cloneNode(true);
+  const slot = (name) => $(`[data-slot=${name}]`, row);
+  slot("name").textContent = f.name;
+  slot("source").textContent = f.source === "inbox" ? words.inbox : f.source;
+  slot("state").className = "badge state-" + f.state;
+  slot("state").textContent = words.states[f.state] || f.state;
+  slot("task").textContent = f.task ? (words.tasks[f.task] || f.task) : "";
+  const result = slot("result");
+  result.replaceChildren();
+  if (f.state === "done") {
+    if (f.output_dir) result.append(element("span", "muted", f.output_dir + "/"), " ");
+    result.append((f.output_names || []).join(" · "));
+    if (f.reused) result.append(" ", element("small", "muted", `(${words.reused})`));
+  } else {
+    result.append(element("span", f.state === "failed" ? "danger" : "muted", f.detail || ""));
+  }
+  slot("when").replaceChildren(f.updated ? element("time", "", clock(f.updated)) : "");
+  slot("action").replaceChildren();
+  if (f.state === "failed" && f.source === "inbox" && f.id) {
+    slot("action").append(Object.assign(element("button", "secondary", words.try_again), {type: "submit", name: "id", value: String(f.id)}));
+  }
+  return row;
+}
+
+function pollScan(main) {
+  const words = JSON.parse($("#scan-messages").textContent), template = $("#scan-row");
+  let last = "";
+  const list = (ul, items, make) => ul.replaceChildren(...items.map(make));
+  const render = (scan) => {
+    $("#scan-running").hidden = !scan.running;
+    $("#scan-stopped").hidden = scan.running;
+    for (const [state, n] of Object.entries(scan.counts)) { const el = $(`[data-count=${state}]`); if (el) el.textContent = n; }
+    $("#scan-files").replaceChildren(...scan.files.map((f) => scanRow(template, f, words)));
+    $(".scan-files").hidden = !scan.files.length;
+    $("#scan-empty").hidden = Boolean(scan.files.length);
+    $("#scan-retry-all").hidden = !scan.files.some((f) => f.state === "failed" && f.source === "inbox");
+    $("#scan-unknown").hidden = !scan.unknown_folders.length;
+    list($("#scan-unknown-list"), scan.unknown_folders, (folder) => { const li = element("li"); li.append(element("code", "", folder)); return li; });
+    $("#scan-sticks-none").hidden = Boolean(scan.sticks.length);
+    list($("#scan-sticks"), scan.sticks, (s) => { const li = element("li"); li.append(element("strong", "", s.label), " ", element("span", "muted", s.path)); return li; });
+    $("#scan-pulled").hidden = !scan.pulled.length;
+    list($("#scan-pulled-list"), scan.pulled.slice().reverse(), (p) => {
+      const li = element("li");
+      li.append(element("strong", "", format(words.pulled_when, {stick: p.stick, when: clock(p.when)})));
+      if (p.not_copied.length) li.append(element("br"), format(words.not_copied, {files: p.not_copied.join(", ")}));
+      if (p.finished_locally.length) li.append(element("br"), format(words.finished_here, {stick: p.stick, files: p.finished_locally.join(", ")}));
+      return li;
+    });
+  };
+  const tick = async () => {
+    try {
+      const response = await fetch(main.dataset.scanUrl, {headers: {Accept: "application/json"}});
+      const text = await response.text();
+      if (response.ok && text !== last) { last = text; render(JSON.parse(text)); }  // unchanged: touch nothing
+    } catch (err) { /* server restarting: keep the last view and try again */ }
+    setTimeout(tick, 2000);
+  };
+  setTimeout(tick, 2000);
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   const form = $("#upload-form");
   if (form) setupUpload(form);
   const main = $("main[data-job]");
   if (main && ["queued", "running"].includes(main.dataset.state)) pollJob(main);
+  const scanMain = $("main[data-scan-url]");
+  if (scanMain) pollScan(scanMain);
   setupResult();
   const saveForm = $("#save-usb-form");
   if (saveForm) setupUsb(null, (folder) => { $("#save-folder").value = folder; saveForm.submit(); });

@@ -61,6 +61,11 @@ class Vm:
     def serial_log(self) -> Path:
         return self.dir / "serial.log"
 
+    def __post_init__(self) -> None:
+        # Absolute paths: a daemonized QEMU runs in /, so a relative screendump path would land there.
+        self.dir = self.dir.resolve()
+        self.disk = self.disk.resolve()
+
     def command(self) -> list[str]:
         firmware, medium = MODES[self.mode]
         d = self.dir

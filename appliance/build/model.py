@@ -69,12 +69,16 @@ LICENSE_TERMS = (
 def require_license(accepted: bool) -> None:
     """Refuse unless the user accepted the licence explicitly (--accept-model-license)."""
     if not accepted:
-        raise ModelError(f"{LICENSE_TERMS} Read the licence (the LICENSE file in the model directory), and if you "
-                         "accept it and your site is outside those territories, run the build again with "
-                         "--accept-model-license.")
+        raise ModelError(
+            f"{LICENSE_TERMS} Read the licence (the LICENSE file in the model directory), and if you "
+            "accept it and your site is outside those territories, run the build again with "
+            "--accept-model-license."
+        )
 
 
-def find_license_files(model_dir: str | os.PathLike, snapshot_dir: str | os.PathLike | None = None) -> dict[str, Path]:
+def find_license_files(
+    model_dir: str | os.PathLike, snapshot_dir: str | os.PathLike | None = None
+) -> dict[str, Path]:
     """{"LICENSE": path, "NOTICE": path}, looked up in the version's directory, then in the snapshot's root."""
     places = [Path(model_dir)] + ([Path(snapshot_dir)] if snapshot_dir else [])
     found: dict[str, Path] = {}
@@ -86,11 +90,13 @@ def find_license_files(model_dir: str | os.PathLike, snapshot_dir: str | os.Path
                 break
     missing = [k for k in ("LICENSE", "NOTICE") if k not in found]
     if missing:
-        raise ModelError(f"{' and '.join(missing)} not found in {places[0]}"
-                         + (f" or {places[1]}" if len(places) > 1 else "")
-                         + f": the {LICENSE_TITLE} requires a redistribution (an image with the weights) to ship the "
-                           "licence text and the Notice file. Copy LICENSE and NOTICE from the model's Hugging Face "
-                           "repository into the model directory.")
+        raise ModelError(
+            f"{' and '.join(missing)} not found in {places[0]}"
+            + (f" or {places[1]}" if len(places) > 1 else "")
+            + f": the {LICENSE_TITLE} requires a redistribution (an image with the weights) to ship the "
+            "licence text and the Notice file. Copy LICENSE and NOTICE from the model's Hugging Face "
+            "repository into the model directory."
+        )
     return found
 
 
@@ -128,13 +134,17 @@ def select_version(snapshot_dir: str | os.PathLike, version: str | None = None) 
             return root, "1.5"
         if named_v10:
             return root, "1.0"
-        raise ModelError(f"{root} has no v1.0/ subdirectory, so it may hold HunyuanOCR 1.0 (snapshots from before "
-                         "2026-07) or 1.5: say which with --model-version 1.0 or --model-version 1.5")
+        raise ModelError(
+            f"{root} has no v1.0/ subdirectory, so it may hold HunyuanOCR 1.0 (snapshots from before "
+            "2026-07) or 1.5: say which with --model-version 1.0 or --model-version 1.5"
+        )
     if version == "1.0":
         return (sub if sub.is_dir() else root), "1.0"
     if named_v10:
-        raise ModelError(f"{root} is the repository's v1.0/ directory (HunyuanOCR 1.0), not 1.5: give the "
-                         "snapshot's root for 1.5, or --model-version 1.0")
+        raise ModelError(
+            f"{root} is the repository's v1.0/ directory (HunyuanOCR 1.0), not 1.5: give the "
+            "snapshot's root for 1.5, or --model-version 1.0"
+        )
     return root, "1.5"
 
 
@@ -144,8 +154,11 @@ def model_files(model_dir: Path) -> list[str]:
     files = []
     for dirpath, dirnames, filenames in os.walk(model_dir, followlinks=True):
         rel_dir = Path(dirpath).relative_to(model_dir)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                             and not (rel_dir == Path(".") and d in VERSION_SUBDIRS.values()))
+        dirnames[:] = sorted(
+            d
+            for d in dirnames
+            if not d.startswith(".") and not (rel_dir == Path(".") and d in VERSION_SUBDIRS.values())
+        )
         for name in filenames:
             rel = (rel_dir / name).as_posix()
             if not name.startswith(".") and rel != MANIFEST:
@@ -196,7 +209,8 @@ def check_file_sizes(model_dir: Path, files: list[str], limit: int = ISO_FILE_LI
                 f"{model_dir / rel} is {size / 2**30:.1f} GiB: no file in the image may reach 4 GiB (FAT32 USB "
                 "writers such as Rufus, Ventoy and UltraISO's file mode cannot copy it). Re-shard the weights into "
                 "smaller files: load the model with transformers and save it again with "
-                "model.save_pretrained(OUT_DIR, max_shard_size=\"2GB\"), then build from OUT_DIR.")
+                'model.save_pretrained(OUT_DIR, max_shard_size="2GB"), then build from OUT_DIR.'
+            )
 
 
 # --- identity and manifest ------------------------------------------------------------------------------------
@@ -222,7 +236,7 @@ def hub_identity(snapshot_dir: Path, model_dir: Path) -> tuple[str | None, str |
     parts = snapshot_dir.resolve().parts
     for i in range(len(parts) - 2, 0, -1):
         if parts[i] == "snapshots" and parts[i - 1].startswith("models--") and _COMMIT.fullmatch(parts[i + 1]):
-            return parts[i - 1][len("models--"):].replace("--", "/"), parts[i + 1]
+            return parts[i - 1][len("models--") :].replace("--", "/"), parts[i + 1]
     rel_config = (model_dir / "config.json").relative_to(snapshot_dir).as_posix()
     meta = snapshot_dir / ".cache" / "huggingface" / "download" / f"{rel_config}.metadata"
     try:
@@ -233,8 +247,10 @@ def hub_identity(snapshot_dir: Path, model_dir: Path) -> tuple[str | None, str |
 
 
 def file_entries(model_dir: Path, files: list[str]) -> list[dict]:
-    return [{"path": rel, "size": (model_dir / rel).stat().st_size, "sha256": sha256_file(model_dir / rel)}
-            for rel in files]
+    return [
+        {"path": rel, "size": (model_dir / rel).stat().st_size, "sha256": sha256_file(model_dir / rel)}
+        for rel in files
+    ]
 
 
 def files_digest(entries: list[dict]) -> str:
@@ -243,12 +259,14 @@ def files_digest(entries: list[dict]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def make_manifest(model_dir: Path, version: str, files: list[str], snapshot_dir: Path | None = None,
-                  model_id: str | None = None) -> dict:
+def make_manifest(
+    model_dir: Path, version: str, files: list[str], snapshot_dir: Path | None = None, model_id: str | None = None
+) -> dict:
     entries = file_entries(model_dir, files)
     hub_id, commit = hub_identity(snapshot_dir or model_dir, model_dir)
     return {
-        "schema": "appliance.model", "schema_version": 1,
+        "schema": "appliance.model",
+        "schema_version": 1,
         "model_id": model_id or hub_id or DEFAULT_MODEL_ID,
         "version": version,
         # The hub commit when the snapshot shows it; otherwise the file list's own hash, marked as such.
@@ -287,22 +305,29 @@ def verify(model_dir: str | os.PathLike, manifest: dict) -> None:
     for entry in manifest["files"]:
         path = model_dir / entry["path"]
         if not path.is_file():
-            raise ModelError(f"{path} is missing (listed in the model manifest with sha256 {entry['sha256'][:12]}...)")
+            raise ModelError(
+                f"{path} is missing (listed in the model manifest with sha256 {entry['sha256'][:12]}...)"
+            )
         size = path.stat().st_size
         if size != entry["size"]:
-            raise ModelError(f"{path} is {size} bytes, the model manifest says {entry['size']}: the file is "
-                             "incomplete or a different one; download it again")
+            raise ModelError(
+                f"{path} is {size} bytes, the model manifest says {entry['size']}: the file is "
+                "incomplete or a different one; download it again"
+            )
         digest = sha256_file(path)
         if digest != entry["sha256"]:
-            raise ModelError(f"{path} does not match the model manifest (sha256 {digest[:12]}..., expected "
-                             f"{entry['sha256'][:12]}...): the file is corrupt or changed; download it again")
+            raise ModelError(
+                f"{path} does not match the model manifest (sha256 {digest[:12]}..., expected "
+                f"{entry['sha256'][:12]}...): the file is corrupt or changed; download it again"
+            )
 
 
 # --- the two steps the builder calls --------------------------------------------------------------------------
 
 
-def prepare_model(snapshot_dir: str | os.PathLike, version: str | None = None, accepted: bool = False,
-                  model_id: str | None = None) -> PreparedModel:
+def prepare_model(
+    snapshot_dir: str | os.PathLike, version: str | None = None, accepted: bool = False, model_id: str | None = None
+) -> PreparedModel:
     """Every check on the model directory, before anything is built (see the module docstring)."""
     require_license(accepted)
     snapshot = Path(snapshot_dir).expanduser()
@@ -317,8 +342,7 @@ def prepare_model(snapshot_dir: str | os.PathLike, version: str | None = None, a
             raise ModelError(f"{model_dir / MANIFEST} says version {pinned['version']}, but {version} was chosen")
         check_required_files(model_dir, [e["path"] for e in pinned["files"]])  # only its files get copied
         verify(model_dir, pinned)
-        manifest = {**pinned, "version": version,
-                    "model_id": model_id or pinned.get("model_id") or DEFAULT_MODEL_ID}
+        manifest = {**pinned, "version": version, "model_id": model_id or pinned.get("model_id") or DEFAULT_MODEL_ID}
     else:
         manifest = make_manifest(model_dir, version, files, snapshot, model_id)
     return PreparedModel(path=model_dir, manifest=manifest, license_files=license_files)

@@ -113,8 +113,11 @@ class Driver:
         return version_tuple(self.version)[0]
 
     def describe(self) -> str:
-        where = {"debian": "Debian's archive has", "deb-dir": f"the driver in {self.path} is",
-                 "run": f"the installer {self.path} is"}[self.source]
+        where = {
+            "debian": "Debian's archive has",
+            "deb-dir": f"the driver in {self.path} is",
+            "run": f"the installer {self.path} is",
+        }[self.source]
         return f"{where} {self.version}"
 
 
@@ -132,35 +135,56 @@ def driver_from_source(source: str | None, version: str | None = None) -> Driver
     source = (source or "debian").strip()
     if source == "debian":
         if version and version_tuple(version) != version_tuple(DEBIAN_DRIVER["version"]):
-            raise StackError("driver", f"NVIDIA driver {version} is not in Debian's archive (it has "
-                             f"{DEBIAN_DRIVER['version']} only). Give that driver's packages with {SET_DRIVER}, "
-                             "or drop nvidia_driver_version to use Debian's.")
+            raise StackError(
+                "driver",
+                f"NVIDIA driver {version} is not in Debian's archive (it has "
+                f"{DEBIAN_DRIVER['version']} only). Give that driver's packages with {SET_DRIVER}, "
+                "or drop nvidia_driver_version to use Debian's.",
+            )
         return Driver("debian", DEBIAN_DRIVER["version"], DEBIAN_DRIVER["flavours"])
     path = Path(source).expanduser()
     if path.is_dir():
         found = _driver_debs(path)
         if not found:
-            raise StackError("driver", f"nvidia_driver_source {path} holds no NVIDIA kernel module package "
-                             f"({' or '.join(DKMS_PACKAGES)}_<version>_amd64.deb); put NVIDIA's .deb packages there.")
+            raise StackError(
+                "driver",
+                f"nvidia_driver_source {path} holds no NVIDIA kernel module package "
+                f"({' or '.join(DKMS_PACKAGES)}_<version>_amd64.deb); put NVIDIA's .deb packages there.",
+            )
         versions = sorted({v for v, _ in found.values()}, key=version_tuple)
         if len(versions) > 1:
-            raise StackError("driver", f"nvidia_driver_source {path} mixes NVIDIA driver versions "
-                             f"{', '.join(versions)}; keep the packages of one version only.")
+            raise StackError(
+                "driver",
+                f"nvidia_driver_source {path} mixes NVIDIA driver versions "
+                f"{', '.join(versions)}; keep the packages of one version only.",
+            )
         driver = Driver("deb-dir", versions[0], tuple(sorted({f for _, f in found.values()})), path)
     elif path.is_file() and _RUN_NAME.fullmatch(path.name):
         found_version = _RUN_NAME.fullmatch(path.name).group(1)
-        flavours = ("open", "proprietary") if version_tuple(found_version)[0] >= OPEN_MODULES_IN_RUN_FROM \
+        flavours = (
+            ("open", "proprietary")
+            if version_tuple(found_version)[0] >= OPEN_MODULES_IN_RUN_FROM
             else ("proprietary",)
+        )
         driver = Driver("run", found_version, flavours, path)
     elif path.is_file():
-        raise StackError("driver", f"nvidia_driver_source {path} is not NVIDIA's installer "
-                         "(expected NVIDIA-Linux-x86_64-<version>.run) nor a directory of .deb packages.")
+        raise StackError(
+            "driver",
+            f"nvidia_driver_source {path} is not NVIDIA's installer "
+            "(expected NVIDIA-Linux-x86_64-<version>.run) nor a directory of .deb packages.",
+        )
     else:
-        raise StackError("driver", f"nvidia_driver_source {path} does not exist: give 'debian', a directory of "
-                         "NVIDIA's .deb packages, or NVIDIA-Linux-x86_64-<version>.run.")
+        raise StackError(
+            "driver",
+            f"nvidia_driver_source {path} does not exist: give 'debian', a directory of "
+            "NVIDIA's .deb packages, or NVIDIA-Linux-x86_64-<version>.run.",
+        )
     if version and version_tuple(version) != version_tuple(driver.version):
-        raise StackError("driver", f"nvidia_driver_version is {version} but {driver.describe()}; "
-                         "make them agree (or leave nvidia_driver_version unset).")
+        raise StackError(
+            "driver",
+            f"nvidia_driver_version is {version} but {driver.describe()}; "
+            "make them agree (or leave nvidia_driver_version unset).",
+        )
     return driver
 
 
@@ -186,8 +210,9 @@ def load_lock(name: str, locks_dir: Path = LOCKS_DIR) -> dict:
     """A lock by name (build/locks/<name>.yaml) or path."""
     path = Path(name) if name.endswith((".yaml", ".yml")) or "/" in name else Path(locks_dir) / f"{name}.yaml"
     if not path.is_file():
-        raise StackError("lock", f"GPU stack lock '{name}' not found ({path}); known locks: "
-                         f"{', '.join(lock_names(locks_dir))}")
+        raise StackError(
+            "lock", f"GPU stack lock '{name}' not found ({path}); known locks: {', '.join(lock_names(locks_dir))}"
+        )
     data = yaml.safe_load(path.read_text()) or {}
     packages = data.get("packages") or {}
     missing = [k for k in ("vllm", "torch", "transformers") if not packages.get(k)]
@@ -223,11 +248,19 @@ class Stack:
         """For manifest.json ("gpu_stack") and the image's /etc/appliance/gpu-stack.json (appliance.gpu reads it)."""
         return {
             "name": self.name,
-            "driver": {"source": self.driver.source, "version": self.driver.version,
-                       "flavours": list(self.driver.flavours),
-                       "path": str(self.driver.path) if self.driver.path else None},
-            "cuda": self.cuda, "vllm": self.vllm, "torch": self.torch, "transformers": self.transformers,
-            "hunyuan_vl": self.hunyuan_vl, "engines": list(self.engines), "blackwell": self.blackwell,
+            "driver": {
+                "source": self.driver.source,
+                "version": self.driver.version,
+                "flavours": list(self.driver.flavours),
+                "path": str(self.driver.path) if self.driver.path else None,
+            },
+            "cuda": self.cuda,
+            "vllm": self.vllm,
+            "torch": self.torch,
+            "transformers": self.transformers,
+            "hunyuan_vl": self.hunyuan_vl,
+            "engines": list(self.engines),
+            "blackwell": self.blackwell,
             "warnings": list(self.warnings),
         }
 
@@ -236,14 +269,24 @@ def torch_cuda(torch: str) -> str:
     for lowest, below, cuda in TORCH_CUDA:
         if in_range(torch, lowest, below):
             return cuda
-    raise StackError("torch", f"torch {torch} is outside the checked range (torch {TORCH_CUDA[0][0]} and newer, "
-                     f"the oldest any HunYuanVL-capable vLLM pins); use the {CUDA12_LOCK} lock.")
+    raise StackError(
+        "torch",
+        f"torch {torch} is outside the checked range (torch {TORCH_CUDA[0][0]} and newer, "
+        f"the oldest any HunYuanVL-capable vLLM pins); use the {CUDA12_LOCK} lock.",
+    )
 
 
-def resolve_stack(driver_source: str | None = "debian", driver_version: str | None = None, lock: str | None = None,
-                  torch: str | None = None, vllm: str | None = None, transformers: str | None = None,
-                  python_version: str = "3.13", need_blackwell: bool = False,
-                  locks_dir: Path = LOCKS_DIR) -> Stack:
+def resolve_stack(
+    driver_source: str | None = "debian",
+    driver_version: str | None = None,
+    lock: str | None = None,
+    torch: str | None = None,
+    vllm: str | None = None,
+    transformers: str | None = None,
+    python_version: str = "3.13",
+    need_blackwell: bool = False,
+    locks_dir: Path = LOCKS_DIR,
+) -> Stack:
     """The profile's choices -> a checked Stack, or StackError naming the incompatible piece and what to do.
 
     `lock` defaults to cuda12-debian-driver when no explicit versions are given; explicit versions override the
@@ -255,8 +298,11 @@ def resolve_stack(driver_source: str | None = "debian", driver_version: str | No
     pins = {**(data.get("packages") or {}), **{k: v for k, v in explicit.items() if v}}
     missing = [k for k in ("vllm", "torch", "transformers") if not pins.get(k)]
     if missing:
-        raise StackError("lock", f"no version for {', '.join(missing)}: give a lock (--set gpu_stack=NAME, known: "
-                         f"{', '.join(lock_names(locks_dir))}) or all of torch, vllm and transformers versions.")
+        raise StackError(
+            "lock",
+            f"no version for {', '.join(missing)}: give a lock (--set gpu_stack=NAME, known: "
+            f"{', '.join(lock_names(locks_dir))}) or all of torch, vllm and transformers versions.",
+        )
     vllm, torch, transformers = str(pins["vllm"]), str(pins["torch"]), str(pins["transformers"])
     name = data.get("name") or "custom"
     if data and any(v and str(v) != str(data["packages"][k]) for k, v in explicit.items()):
@@ -266,20 +312,27 @@ def resolve_stack(driver_source: str | None = "debian", driver_version: str | No
 
     # vLLM: a checked release that can serve HunYuanVL at all.
     if not at_least(vllm, VLLM_FIRST_HUNYUAN):
-        raise StackError("vllm", f"vLLM {vllm} predates HunYuanVL support (native from {VLLM_FIRST_HUNYUAN}.0); "
-                         f"use the {CUDA12_LOCK} lock (vLLM {VLLM_BY_LOCK[CUDA12_LOCK]}).")
+        raise StackError(
+            "vllm",
+            f"vLLM {vllm} predates HunYuanVL support (native from {VLLM_FIRST_HUNYUAN}.0); "
+            f"use the {CUDA12_LOCK} lock (vLLM {VLLM_BY_LOCK[CUDA12_LOCK]}).",
+        )
     pins_of = VLLM.get(str(vllm))
     if pins_of is None:
-        raise StackError("vllm", f"vLLM {vllm} is not in the checked table ({', '.join(VLLM)}); pick one of those "
-                         "or add its METADATA pins to appliance/build/stack.py VLLM after checking them.")
+        raise StackError(
+            "vllm",
+            f"vLLM {vllm} is not in the checked table ({', '.join(VLLM)}); pick one of those "
+            "or add its METADATA pins to appliance/build/stack.py VLLM after checking them.",
+        )
     hunyuan_vl = "transformers-backend" if at_least(vllm, VLLM_FIRST_TRANSFORMERS_BACKEND) else "native"
 
     # torch: exactly vLLM's pin.
     if version_tuple(torch) != version_tuple(pins_of.torch):
         others = [v for v, p in VLLM.items() if version_tuple(p.torch) == version_tuple(torch)]
         hint = f", or a vLLM that pins torch {torch} ({', '.join(others)})" if others else ""
-        raise StackError("torch", f"vLLM {vllm} pins torch=={pins_of.torch}, not torch {torch}: "
-                         f"use torch {pins_of.torch}{hint}.")
+        raise StackError(
+            "torch", f"vLLM {vllm} pins torch=={pins_of.torch}, not torch {torch}: use torch {pins_of.torch}{hint}."
+        )
 
     # torch -> CUDA -> driver.
     cuda = torch_cuda(torch)
@@ -290,53 +343,84 @@ def resolve_stack(driver_source: str | None = "debian", driver_version: str | No
             todo = f"Use the {CUDA12_LOCK} lock, or give a driver >= {min_driver} with {SET_DRIVER}"
         else:
             todo = f"Give a driver >= {min_driver}, or use the {CUDA12_LOCK} lock (CUDA 12 runs on >= 525)"
-        raise StackError("driver", f"torch {torch} needs CUDA {cuda_major}, which needs NVIDIA driver >= "
-                         f"{min_driver}; {driver.describe()}. {todo}.")
+        raise StackError(
+            "driver",
+            f"torch {torch} needs CUDA {cuda_major}, which needs NVIDIA driver >= "
+            f"{min_driver}; {driver.describe()}. {todo}.",
+        )
 
     # transformers: inside vLLM's range; with the Transformers backend it must also know hunyuan_vl.
     lowest, below = pins_of.transformers
     if not in_range(transformers, lowest, below):
         why = ""
         if below and not in_range(TRANSFORMERS_HUNYUAN_VL, lowest, below):
-            why = (f" The in-process transformers engine needs transformers >= {TRANSFORMERS_HUNYUAN_VL}, so it "
-                   f"cannot share a venv with vLLM {vllm}: this stack offers the vLLM engine only.")
-        raise StackError("transformers", f"vLLM {vllm} requires transformers {range_text(lowest, below)}, not "
-                         f"{transformers}.{why}")
+            why = (
+                f" The in-process transformers engine needs transformers >= {TRANSFORMERS_HUNYUAN_VL}, so it "
+                f"cannot share a venv with vLLM {vllm}: this stack offers the vLLM engine only."
+            )
+        raise StackError(
+            "transformers", f"vLLM {vllm} requires transformers {range_text(lowest, below)}, not {transformers}.{why}"
+        )
     if hunyuan_vl == "transformers-backend" and not at_least(transformers, TRANSFORMERS_HUNYUAN_VL):
-        raise StackError("transformers", f"vLLM {vllm} runs HunYuanVL through its Transformers backend, which "
-                         f"needs transformers >= {TRANSFORMERS_HUNYUAN_VL} (the first with hunyuan_vl), not "
-                         f"{transformers}.")
+        raise StackError(
+            "transformers",
+            f"vLLM {vllm} runs HunYuanVL through its Transformers backend, which "
+            f"needs transformers >= {TRANSFORMERS_HUNYUAN_VL} (the first with hunyuan_vl), not "
+            f"{transformers}.",
+        )
     engines = ("hunyuan-vllm",)
     warnings: list[str] = []
     if at_least(transformers, TRANSFORMERS_HUNYUAN_VL):
         engines += ("hunyuan-transformers",)
     else:
-        warnings.append(f"transformers {transformers} (vLLM {vllm}'s range) has no hunyuan_vl: the GPU engine is "
-                        "vLLM only; hunyuan-transformers is not offered in this image.")
+        warnings.append(
+            f"transformers {transformers} (vLLM {vllm}'s range) has no hunyuan_vl: the GPU engine is "
+            "vLLM only; hunyuan-transformers is not offered in this image."
+        )
 
     # The image's Python must be one vLLM's wheel accepts.
     if at_least(python_version, pins_of.python_below):
-        raise StackError("python", f"vLLM {vllm} supports Python < {pins_of.python_below}, and the image's Python "
-                         f"is {python_version}; pick a newer vLLM or an older python_version.")
+        raise StackError(
+            "python",
+            f"vLLM {vllm} supports Python < {pins_of.python_below}, and the image's Python "
+            f"is {python_version}; pick a newer vLLM or an older python_version.",
+        )
 
     # Blackwell: open modules from a driver >= 570 (CUDA 12.8+, which every torch in TORCH_CUDA is built for).
     blackwell_gap = None
     if driver.major < BLACKWELL_MIN_DRIVER:
-        blackwell_gap = (f"Blackwell GPUs (RTX 50xx, B200) need NVIDIA driver >= {BLACKWELL_MIN_DRIVER} with the "
-                         f"open kernel modules; {driver.describe()}")
+        blackwell_gap = (
+            f"Blackwell GPUs (RTX 50xx, B200) need NVIDIA driver >= {BLACKWELL_MIN_DRIVER} with the "
+            f"open kernel modules; {driver.describe()}"
+        )
     elif "open" not in driver.flavours:
-        blackwell_gap = (f"Blackwell GPUs (RTX 50xx, B200) need the open kernel modules, and the driver source has "
-                         f"only {', '.join(driver.flavours)} ones (add nvidia-open-kernel-dkms / "
-                         "nvidia-kernel-open-dkms)")
+        blackwell_gap = (
+            f"Blackwell GPUs (RTX 50xx, B200) need the open kernel modules, and the driver source has "
+            f"only {', '.join(driver.flavours)} ones (add nvidia-open-kernel-dkms / "
+            "nvidia-kernel-open-dkms)"
+        )
     if blackwell_gap and need_blackwell:
-        raise StackError("driver", f"{blackwell_gap}. Give a driver >= {BLACKWELL_MIN_DRIVER} with its open modules "
-                         f"with {SET_DRIVER} (the {CUDA13_LOCK} lock needs >= 580).")
+        raise StackError(
+            "driver",
+            f"{blackwell_gap}. Give a driver >= {BLACKWELL_MIN_DRIVER} with its open modules "
+            f"with {SET_DRIVER} (the {CUDA13_LOCK} lock needs >= 580).",
+        )
     if blackwell_gap:
         warnings.append(f"{blackwell_gap}: such a card will boot into the CPU fallback.")
 
-    stack = Stack(name=name, driver=driver, cuda=cuda, vllm=vllm, torch=torch, transformers=transformers,
-                 hunyuan_vl=hunyuan_vl, engines=engines, blackwell=blackwell_gap is None, warnings=warnings,
-                  wheel_sha256=dict(data.get("wheel_sha256") or {}) if name == data.get("name") else {})
+    stack = Stack(
+        name=name,
+        driver=driver,
+        cuda=cuda,
+        vllm=vllm,
+        torch=torch,
+        transformers=transformers,
+        hunyuan_vl=hunyuan_vl,
+        engines=engines,
+        blackwell=blackwell_gap is None,
+        warnings=warnings,
+        wheel_sha256=dict(data.get("wheel_sha256") or {}) if name == data.get("name") else {},
+    )
     _check_lock_claims(data, stack)
     return stack
 
@@ -346,11 +430,17 @@ def _check_lock_claims(data: dict, stack: Stack) -> None:
     if not data or stack.name != data.get("name"):
         return
     if data.get("cuda") and str(data["cuda"]) != stack.cuda:
-        raise StackError("lock", f"{data['path']}: says cuda {data['cuda']} but torch {stack.torch} is built for "
-                         f"CUDA {stack.cuda}; fix the lock.")
+        raise StackError(
+            "lock",
+            f"{data['path']}: says cuda {data['cuda']} but torch {stack.torch} is built for "
+            f"CUDA {stack.cuda}; fix the lock.",
+        )
     if data.get("engines") and tuple(data["engines"]) != stack.engines:
-        raise StackError("lock", f"{data['path']}: says engines {', '.join(data['engines'])} but its pins give "
-                         f"{', '.join(stack.engines)}; fix the lock.")
+        raise StackError(
+            "lock",
+            f"{data['path']}: says engines {', '.join(data['engines'])} but its pins give "
+            f"{', '.join(stack.engines)}; fix the lock.",
+        )
 
 
 # Named in messages: the vLLM each shipped lock pins (kept in step with build/locks/ by a test).

@@ -39,7 +39,11 @@ def test_manifest_written_and_verified(snapshot, tmp_path):
     m = prepared.manifest
     assert prepared.path == snapshot
     assert (m["model_id"], m["version"], m["revision"], m["revision_source"]) == (
-        "tencent/HunyuanOCR", "1.5", COMMIT, "hub")
+        "tencent/HunyuanOCR",
+        "1.5",
+        COMMIT,
+        "hub",
+    )
     paths = [f["path"] for f in m["files"]]
     assert "model.safetensors" in paths and "config.json" in paths
     assert not any(p.startswith("v1.0/") for p in paths)  # 1.0's files are not 1.5's
@@ -95,13 +99,16 @@ def test_missing_file_against_manifest(snapshot, tmp_path):
     assert f"{dest / 'processor_config.json'} is missing" in str(e.value)
 
 
-@pytest.mark.parametrize("name, phrase", [
-    ("config.json", "config.json is missing"),
-    ("model.safetensors", "has no weights (*.safetensors)"),
-    ("tokenizer.json", "has no tokenizer vocabulary"),
-    ("tokenizer_config.json", "tokenizer_config.json is missing"),
-    ("processor_config.json", "has no image processor config"),
-])
+@pytest.mark.parametrize(
+    "name, phrase",
+    [
+        ("config.json", "config.json is missing"),
+        ("model.safetensors", "has no weights (*.safetensors)"),
+        ("tokenizer.json", "has no tokenizer vocabulary"),
+        ("tokenizer_config.json", "tokenizer_config.json is missing"),
+        ("processor_config.json", "has no image processor config"),
+    ],
+)
 def test_required_files(plain_dir, name, phrase):
     (plain_dir / name).unlink()
     with pytest.raises(ModelError, match=phrase.replace("(", r"\(").replace(")", r"\)").replace("*", r"\*")):
@@ -118,8 +125,10 @@ def test_not_a_hunyuan_model(plain_dir):
 
 def test_sharded_weights_need_every_shard(plain_dir):
     (plain_dir / "model.safetensors").rename(plain_dir / "model-00001-of-00002.safetensors")
-    index = {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors",
-                                            "b": "model-00002-of-00002.safetensors"}}
+    index = {
+        "metadata": {},
+        "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"},
+    }
     (plain_dir / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(ModelError) as e:
         model.prepare_model(plain_dir, version="1.5", accepted=True)
@@ -161,7 +170,7 @@ def test_plain_dir_revision_is_a_files_hash(plain_dir):
 def test_local_dir_download_metadata_gives_the_commit(plain_dir):
     meta = plain_dir / ".cache" / "huggingface" / "download" / "config.json.metadata"
     meta.parent.mkdir(parents=True)
-    meta.write_text(f"{COMMIT}\n\"etag\"\n1700000000.0\n")
+    meta.write_text(f'{COMMIT}\n"etag"\n1700000000.0\n')
     m = model.prepare_model(plain_dir, version="1.5", accepted=True).manifest
     assert m["revision"] == COMMIT
     assert not any(f["path"].startswith(".cache") for f in m["files"])

@@ -33,8 +33,13 @@ def error(**kw) -> StackError:
 
 def test_cuda12_lock_resolves_on_debian_driver():
     s = resolve_stack(driver_source="debian", lock="cuda12-debian-driver")
-    assert (s.name, s.cuda, s.vllm, s.torch, s.transformers) == ("cuda12-debian-driver", "12.8", "0.18.1", "2.10.0",
-                                                                  "4.57.6")
+    assert (s.name, s.cuda, s.vllm, s.torch, s.transformers) == (
+        "cuda12-debian-driver",
+        "12.8",
+        "0.18.1",
+        "2.10.0",
+        "4.57.6",
+    )
     assert s.driver.version == "550.163.01" and s.driver.flavours == ("proprietary",)
     assert s.engines == ("hunyuan-vllm",)  # transformers < 5: no in-process engine in this venv
     assert s.hunyuan_vl == "native"
@@ -60,8 +65,9 @@ def test_cuda13_lock_resolves_with_user_debs(tmp_path):
 
 
 def test_cuda13_lock_resolves_with_run_installer(tmp_path):
-    s = resolve_stack(driver_source=str(run_file(tmp_path, "590.44.01")), lock="cuda13-user-driver",
-                      need_blackwell=True)
+    s = resolve_stack(
+        driver_source=str(run_file(tmp_path, "590.44.01")), lock="cuda13-user-driver", need_blackwell=True
+    )
     assert s.driver.source == "run" and s.driver.version == "590.44.01"
     assert s.driver.flavours == ("open", "proprietary")
 
@@ -85,9 +91,11 @@ def test_locks_match_the_table():
 def test_cuda13_torch_on_debian_driver():
     e = error(driver_source="debian", lock="cuda13-user-driver")
     assert e.piece == "driver"
-    assert str(e) == ("torch 2.11.0 needs CUDA 13, which needs NVIDIA driver >= 580; Debian's archive has "
-                      "550.163.01. Use the cuda12-debian-driver lock, or give a driver >= 580 with "
-                      "--set nvidia_driver_source=DIR.")
+    assert str(e) == (
+        "torch 2.11.0 needs CUDA 13, which needs NVIDIA driver >= 580; Debian's archive has "
+        "550.163.01. Use the cuda12-debian-driver lock, or give a driver >= 580 with "
+        "--set nvidia_driver_source=DIR."
+    )
 
 
 def test_cuda13_torch_on_old_user_driver(tmp_path):

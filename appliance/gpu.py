@@ -1,0 +1,318 @@
+"""The GPU on the booted appliance: what card is there, which NVIDIA modules to load, how to size vLLM, and why not.
+
+Runs inside the image at boot, before any NVIDIA tool works (the driver may not even be loaded), so everything comes
+from sysfs and efivars; the sysfs root is a parameter so tests use a fake tree. What the image was built with (driver
+version, module flavours, whether the modules are signed) comes from /etc/appliance/gpu-stack.json, written by the
+builder from appliance.build.stack.Stack.as_dict() plus "modules_signed".
+
+    python3 -m appliance.gpu flavour   # prints open|proprietary for the first NVIDIA GPU (exit 1: none usable)
+    python3 -m appliance.gpu status    # JSON: cards, flavour, Secure Boot, fallback reason (the UI's sentence)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+SYSFS = Path("/sys")
+STACK_INFO = Path("/etc/appliance/gpu-stack.json")
+NVIDIA_VENDOR = 0x10DE
+DISPLAY_CLASS = (
+    0x03  # PCI base class "display controller" (VGA 0x0300, 3D 0x0302); skips the card's audio/USB functions
+)
+GIB = 2**30
+FLAVOURS = ("open", "proprietary")
+
+# PCI device ID -> generation, the module flavour it needs or prefers, and whether vLLM can run on it.
+# Source of the ranges: NVIDIA's open-gpu-kernel-modules README (550.40.82) lists every GPU the open modules
+# support, all Turing or later, from 0x1E02 (TITAN RTX) up to 0x28F8 (Ada); Blackwell parts come after that
+# (B200 0x2901, RTX 50xx 0x2B80-0x2DFF); Volta (GV100) is 0x1D80-0x1DFF and Pascal/Maxwell lie below it, per the
+# PCI ID database. NVIDIA allocates device IDs in order of generation, so ranges are enough; not checked on hardware.
+# Open modules: required on Blackwell, unsupported before Turing, NVIDIA's recommendation from Turing on (since R560);
+# an image whose driver has only the proprietary flavour (Debian's 550) still drives Turing..Hopper with it.
+# vLLM needs compute capability >= 7.0 (Volta); CUDA 13 drops Volta, so Volta runs only on a CUDA 12 stack.
+GENERATIONS = (  # (first id, first id past the range, generation, flavour, runs vLLM)
+    (0x0000, 0x1D80, "Maxwell/Pascal or older", "proprietary", False),
+    (0x1D80, 0x1E00, "Volta", "proprietary", True),
+    (0x1E00, 0x2900, "Turing/Ampere/Ada/Hopper", "open", True),
+    (0x2900, 0x10000, "Blackwell", "open", True),
+)
+OPEN_REQUIRED = {"Blackwell"}
+BLACKWELL_MIN_DRIVER = 570
+CUDA13_DROPS = {"Volta"}
+
+# vLLM sizing. The vendor's figures (1.0: ~20 GB, 1.5: >= 24 GB) are vLLM's default reservation of 90% of a 24 GB
+# card, mostly KV cache; the model itself is ~1B parameters (~2 GiB of bf16 weights) and an appliance serves one
+# page at a time, so far less fits. The minimum keeps weights + CUDA context + vision activations at the pixel cap
+# + a KV cache for one full-length request, with room; 1.5 asks ~1.2x more than 1.0 in the vendor's docs, so
+# its minimum is scaled the same way. Below the minimum the CPU engine serves (a reason, not a crash at load).
+MIN_GPU_MEMORY = {"1.0": 8 * GIB, "1.5": 10 * GIB}
+# The display (Xorg + the kiosk browser) may share the card; keep this much out of vLLM's reach.
+HEADROOM = int(1.5 * GIB)
+MAX_UTILIZATION = 0.90  # vLLM's default; more leaves nothing for the desktop
+# (card memory at least, max model length, image pixel cap). Image tokens = pixels / 32**2 (patch 16, merge 2):
+# 2048*2048 -> 4096 tokens + up to ~12k answer tokens in 16384; 1280*1280 -> 1600 + ~6k in 8192. The cap is what
+# the engines pass to images.cap_pixels(); an uncapped 300-dpi page ran out of memory even on 141 GB.
+TIERS = (
+    (16 * GIB, 16384, 2048 * 2048),
+    (12 * GIB, 12288, 1792 * 1792),
+    (0, 8192, 1280 * 1280),
+)
+
+CPU_TAIL = "OCR runs on the CPU meanwhile: text spotting and plain text only; the other tasks need the GPU model."
+SECURE_BOOT_VAR = "SecureBoot-8be4df61-93ca-11d2-aa0d-e0b9ac8e1d6c"
+
+
+@dataclass(frozen=True)
+class Gpu:
+    address: str  # PCI address, 0000:01:00.0
+    device_id: int
+    pci_class: int
+    driver: str | None  # the kernel driver bound to it now: nvidia, nouveau, or None
+
+    @property
+    def pci_id(self) -> str:
+        return f"10de:{self.device_id:04x}"
+
+    @property
+    def generation(self) -> str:
+        return _generation(self.device_id)[2]
+
+
+def _read_hex(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip(), 16)
+    except (OSError, ValueError):
+        return None
+
+
+def detect(sysfs: str | Path = SYSFS) -> list[Gpu]:
+    """NVIDIA display controllers on the PCI bus, in address order; no tool or driver needed."""
+    gpus = []
+    for dev in sorted((Path(sysfs) / "bus" / "pci" / "devices").glob("*")):
+        vendor, device, pci_class = (_read_hex(dev / n) for n in ("vendor", "device", "class"))
+        if vendor != NVIDIA_VENDOR or device is None or pci_class is None or pci_class >> 16 != DISPLAY_CLASS:
+            continue
+        driver_link = dev / "driver"
+        driver = Path(str(driver_link.readlink())).name if driver_link.is_symlink() else None
+        gpus.append(Gpu(dev.name, device, pci_class, driver))
+    return gpus
+
+
+def _generation(device_id: int) -> tuple:
+    return next(row for row in GENERATIONS if row[0] <= device_id < row[1])
+
+
+def module_flavour(pci_device_id: int, available: tuple[str, ...] = FLAVOURS) -> str | None:
+    """The NVIDIA kernel module flavour to load for this GPU, or None when none of `available` drives it."""
+    _, _, generation, preferred, _ = _generation(pci_device_id)
+    if preferred in available:
+        return preferred
+    if generation in OPEN_REQUIRED or preferred == "proprietary":
+        return None  # Blackwell without open modules; pre-Turing without proprietary ones
+    return "proprietary" if "proprietary" in available else None
+
+
+def vllm_settings(gpu_memory_bytes: int, model_version: str = "1.5") -> dict:
+    """vLLM server settings for a card with this much memory; NotEnoughGpuMemory (the UI's sentence) below minimum."""
+    minimum = MIN_GPU_MEMORY.get(model_version, max(MIN_GPU_MEMORY.values()))
+    if gpu_memory_bytes < minimum:
+        raise NotEnoughGpuMemory(
+            f"This NVIDIA card has {gpu_memory_bytes / GIB:.1f} GiB of memory and HunyuanOCR {model_version} needs at "
+            f"least {minimum / GIB:.0f} GiB on the GPU. {CPU_TAIL}"
+        )
+    utilization = min(MAX_UTILIZATION, (gpu_memory_bytes - HEADROOM) / gpu_memory_bytes)
+    _, max_model_len, max_pixels = next(t for t in TIERS if gpu_memory_bytes >= t[0])
+    return {
+        # Rounded down: vLLM takes the fraction of the whole card, and must never eat the display's share.
+        "gpu_memory_utilization": int(utilization * 100) / 100,
+        "max_model_len": max_model_len,
+        "max_pixels": max_pixels,
+    }
+
+
+class NotEnoughGpuMemory(ValueError):
+    """The card is too small for the model: the message is the UI's sentence."""
+
+
+def secure_boot_state(sysfs: str | Path = SYSFS) -> str:
+    """'on', 'off', 'not-uefi' (legacy BIOS boot: no Secure Boot) or 'unknown' (UEFI, variable unreadable)."""
+    efi = Path(sysfs) / "firmware" / "efi"
+    if not efi.is_dir():
+        return "not-uefi"
+    try:
+        data = (efi / "efivars" / SECURE_BOOT_VAR).read_bytes()
+    except OSError:
+        return "unknown"
+    # efivarfs: 4 bytes of attributes, then the value: one byte, 1 = enforcing.
+    if len(data) < 5:
+        return "unknown"
+    return "on" if data[4] == 1 else "off"
+
+
+def secure_boot_message(state: str, modules_signed: bool) -> str | None:
+    """The UI's sentence when Secure Boot stops the NVIDIA modules from loading; None when it does not."""
+    if state != "on":
+        return None
+    if modules_signed:
+        return (
+            "Secure Boot is on and the NVIDIA driver did not load: this image's modules are signed with a site "
+            "key that this PC has not enrolled yet; enrol it with MOK (mokutil --import) or turn Secure Boot "
+            f"off in the firmware setup. {CPU_TAIL}"
+        )
+    return (
+        "Secure Boot is on and this image's NVIDIA driver modules are not signed with a key this PC trusts, so "
+        "the GPU driver cannot load: turn Secure Boot off in the firmware setup, or rebuild the image with "
+        f"module signing and enrol the key with MOK. {CPU_TAIL}"
+    )
+
+
+def load_stack_info(path: str | Path = STACK_INFO) -> dict:
+    """What the image's GPU stack is (the builder's gpu-stack.json); {} on an image without one (cpu profile)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def driver_loaded(gpu: Gpu, sysfs: str | Path = SYSFS) -> bool:
+    return gpu.driver == "nvidia" and (Path(sysfs) / "module" / "nvidia").is_dir()
+
+
+def _driver_major(stack: dict) -> int | None:
+    try:
+        return int(str(stack["driver"]["version"]).split(".")[0])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def unsupported_reason(gpu: Gpu, stack: dict) -> str | None:
+    """Why this image cannot drive this card at all (whatever happens at boot), or None."""
+    _, _, generation, _, runs_vllm = _generation(gpu.device_id)
+    card = f"This NVIDIA card ({gpu.pci_id}, {generation})"
+    if not runs_vllm:
+        return f"{card} is too old for the model server, which needs a Volta or newer GPU. {CPU_TAIL}"
+    flavours = tuple(stack.get("driver", {}).get("flavours") or FLAVOURS)
+    major = _driver_major(stack)
+    version = stack.get("driver", {}).get("version", "unknown")
+    if generation in OPEN_REQUIRED and (
+        module_flavour(gpu.device_id, flavours) is None or (major is not None and major < BLACKWELL_MIN_DRIVER)
+    ):
+        return (
+            f"{card} needs the open kernel modules of NVIDIA driver {BLACKWELL_MIN_DRIVER} or newer, and this "
+            f"image has driver {version} with {'/'.join(flavours)} modules: rebuild it with the "
+            f"cuda13-user-driver stack. {CPU_TAIL}"
+        )
+    if module_flavour(gpu.device_id, flavours) is None:
+        return f"{card} needs the proprietary kernel modules, which this image does not have. {CPU_TAIL}"
+    if generation in CUDA13_DROPS and str(stack.get("cuda", "")).startswith("13"):
+        return (
+            f"{card} is not supported by CUDA 13, which this image's stack uses: rebuild it with the "
+            f"cuda12-debian-driver stack. {CPU_TAIL}"
+        )
+    return None
+
+
+def fallback_reason(
+    sysfs: str | Path = SYSFS,
+    stack: dict | None = None,
+    gpu_memory_bytes: int | None = None,
+    model_version: str = "1.5",
+) -> str | None:
+    """One sentence for the UI saying why OCR runs on the CPU, or None when the GPU can serve the model.
+
+    Checked in the order a person would fix things: no card, a card this image cannot drive, Secure Boot refusing
+    the modules, the driver not loaded, too little memory (only when the memory is known: nvidia-smi needs the
+    driver).
+    """
+    stack = load_stack_info() if stack is None else stack
+    gpus = detect(sysfs)
+    if not gpus:
+        return f"No NVIDIA graphics card was found. {CPU_TAIL}"
+    if not stack:
+        return f"This image has no GPU stack (it was built with the cpu profile). {CPU_TAIL}"
+    gpu = gpus[0]
+    reason = unsupported_reason(gpu, stack)
+    if reason:
+        return reason
+    if not driver_loaded(gpu, sysfs):
+        blocked = secure_boot_message(secure_boot_state(sysfs), bool(stack.get("modules_signed")))
+        if blocked:
+            return blocked
+        if gpu.driver == "nouveau":
+            return (
+                f"The nouveau driver took the NVIDIA card ({gpu.pci_id}) instead of NVIDIA's, which this image "
+                f"should have blacklisted. {CPU_TAIL}"
+            )
+        return (
+            f"The NVIDIA driver did not load for the card ({gpu.pci_id}); the system log says why "
+            f"(journalctl -k). {CPU_TAIL}"
+        )
+    if gpu_memory_bytes is not None:
+        try:
+            vllm_settings(gpu_memory_bytes, model_version)
+        except NotEnoughGpuMemory as e:
+            return str(e)
+    return None
+
+
+def gpu_memory_bytes() -> int | None:
+    """The first GPU's memory from nvidia-smi (only once the driver is loaded), or None."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return None
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
+        return int(out.splitlines()[0].strip()) * 2**20  # MiB
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def status(sysfs: str | Path = SYSFS, stack: dict | None = None, model_version: str = "1.5") -> dict:
+    stack = load_stack_info() if stack is None else stack
+    gpus = detect(sysfs)
+    flavours = tuple(stack.get("driver", {}).get("flavours") or FLAVOURS)
+    memory = gpu_memory_bytes() if gpus and driver_loaded(gpus[0], sysfs) else None
+    reason = fallback_reason(sysfs, stack, memory, model_version)
+    return {
+        "gpus": [
+            {"address": g.address, "pci_id": g.pci_id, "generation": g.generation, "driver": g.driver} for g in gpus
+        ],
+        "flavour": module_flavour(gpus[0].device_id, flavours) if gpus else None,
+        "secure_boot": secure_boot_state(sysfs),
+        "memory_bytes": memory,
+        "vllm": vllm_settings(memory, model_version) if memory and reason is None else None,
+        "fallback_reason": reason,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    command = args[0] if args else "status"
+    if command == "flavour":
+        gpus = detect()
+        flavours = tuple(load_stack_info().get("driver", {}).get("flavours") or FLAVOURS)
+        flavour = module_flavour(gpus[0].device_id, flavours) if gpus else None
+        if flavour:
+            print(flavour)
+        return 0 if flavour else 1
+    if command == "status":
+        print(json.dumps(status(), indent=1))
+        return 0
+    print("usage: python3 -m appliance.gpu [flavour|status]", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,6 +13,7 @@ Files are written to a temporary name and renamed, so a crash never leaves a hal
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -132,7 +133,11 @@ def cache_key(sha256: str, request: Request, info) -> str:
 
 
 class Jobs:
-    """The queue, the store and the worker. `open_engine` is called once, in the worker thread, which then owns it."""
+    """The queue, the store and the worker. `open_engine` is called once, in the worker thread, which then owns it.
+
+    An `open_engine` with a parameter named `progress` is called as `open_engine(progress=report)`: `report(words,
+    **extra)` sets what `engine_status()` says while the engine loads (`progress`, and any extra keys such as
+    `percent`), so the kiosk can show what is happening instead of a frozen page."""
 
     def __init__(self, data_dir: str | os.PathLike, open_engine: Callable[[], Engine], max_queue: int = 32):
         self.data_dir = Path(data_dir)
@@ -145,6 +150,8 @@ class Jobs:
         self._engine: Engine | None = None
         self._engine_state = "loading"  # loading | ready | failed | stopped
         self._engine_error: str | None = None
+        self._engine_progress: dict = {"progress": "starting the OCR engine"}  # words (+ extras) while loading
+        self._engine_since = time.time()  # when the current engine state began
         self._lock = threading.RLock()  # guards the connection and the in-memory state below
         self._changed = threading.Condition(self._lock)  # notified on every job state/progress change
         self._pending: list[str] = []  # queued job ids in order; the DB is the truth, this is the worker's to-do list
@@ -296,15 +303,29 @@ class Jobs:
             self._changed.notify_all()
 
     def engine_status(self) -> dict:
+        """state (loading | ready | failed | stopped), ready, error, info, tasks, since (epoch of the current state),
+        and while loading the opener's `progress` words (plus whatever extra keys it reported). Callers must ignore
+        keys they do not know: engines may report more."""
         with self._lock:
             engine = self._engine
-            return {
+            status = {
                 "state": self._engine_state,
                 "ready": self._engine_state == "ready",
                 "error": self._engine_error,
                 "info": asdict(engine.info) if engine else None,
                 "tasks": sorted(t.value for t in engine.tasks) if engine else None,
+                "since": self._engine_since,
+                "progress": None,
             }
+            if self._engine_state == "loading":
+                status.update(self._engine_progress)
+            return status
+
+    def report_engine_progress(self, progress: str, **extra) -> None:
+        """What the engine is doing while it loads, in words for a person (e.g. "loading the model: 3 of 8 files")."""
+        with self._lock:
+            self._engine_progress = {**extra, "progress": progress}
+            self._changed.notify_all()
 
     def wait_engine(self, timeout: float | None = None) -> dict:
         """Block until the engine has loaded or failed (or `timeout` passed); returns `engine_status()`."""
@@ -333,11 +354,11 @@ class Jobs:
 
     def _run(self) -> None:
         try:
-            engine = self._open_engine()
+            engine = self._call_opener()
         except Exception as e:
             log.exception("engine failed to start")
             with self._lock:
-                self._engine_state, self._engine_error = "failed", str(e)
+                self._engine_state, self._engine_error, self._engine_since = "failed", str(e), time.time()
                 for job_id in self._pending:
                     self._set(
                         job_id,
@@ -350,7 +371,7 @@ class Jobs:
                 self._changed.notify_all()
             return
         with self._lock:
-            self._engine, self._engine_state = engine, "ready"
+            self._engine, self._engine_state, self._engine_since = engine, "ready", time.time()
             self._changed.notify_all()
         try:
             while True:
@@ -365,6 +386,13 @@ class Jobs:
             with self._lock:
                 self._engine_state = "stopped"
             engine.close()
+
+    def _call_opener(self) -> Engine:
+        try:
+            takes_progress = "progress" in inspect.signature(self._open_engine).parameters
+        except (TypeError, ValueError):  # some callables have no signature to read
+            takes_progress = False
+        return self._open_engine(progress=self.report_engine_progress) if takes_progress else self._open_engine()
 
     def _process(self, engine: Engine, job_id: str) -> None:
         with self._lock:

@@ -186,6 +186,30 @@ def test_engine_that_cannot_start_fails_jobs_with_its_reason(tmp_path):
         jobs.close()
 
 
+def test_engine_loading_reports_progress_words(tmp_path):
+    """An opener that takes `progress` tells what it is doing; engine_status() carries it (and extras) while loading."""
+    gate, reported = threading.Event(), threading.Event()
+
+    def slow(progress):
+        progress("loading the model: 3 of 8 files", percent=37)
+        reported.set()
+        assert gate.wait(10)
+        return FakeEngine()
+
+    jobs = Jobs(tmp_path / "data", slow)
+    try:
+        assert reported.wait(10)
+        status = jobs.engine_status()
+        assert status["state"] == "loading" and status["progress"] == "loading the model: 3 of 8 files"
+        assert status["percent"] == 37 and status["since"] > 0
+        gate.set()
+        status = jobs.wait_engine(10)
+        assert status["state"] == "ready" and status["progress"] is None and "percent" not in status
+    finally:
+        gate.set()
+        jobs.close()
+
+
 def test_close_keeps_queued_jobs_for_the_next_start(make_jobs, tmp_path):
     gate = threading.Event()
     engine = FakeEngine(gate=gate)

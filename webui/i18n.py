@@ -38,11 +38,29 @@ MESSAGES = {
     "preset_receipt": ("Receipt", "收据"),
     "target_lang": ("Translate into", "翻译为"),
     "start": ("Start", "开始识别"),
-    "engine_loading": (
-        "The OCR engine is starting; your file will wait in the queue.",
-        "识别引擎正在启动，文件会先排队等待。",
+    "engine_starting_title": ("The OCR engine is starting", "识别引擎正在启动"),
+    "engine_starting_hint": (
+        "This takes a moment after power-on. This page switches to the upload form by itself when it is ready.",
+        "开机后需要稍等片刻。引擎就绪后，本页会自动切换到上传界面。",
     ),
+    "engine_starting_for": ("{n} s so far", "已等待 {n} 秒"),
+    "engine_failed_title": ("The OCR engine did not start", "识别引擎未能启动"),
     "engine_failed": ("The OCR engine did not start: {error}", "识别引擎未能启动：{error}"),
+    "engine_failed_none": (
+        (
+            "Nothing can be recognised until it starts. Restarting the appliance usually helps; the Status page "
+            "has the details."
+        ),
+        "引擎启动前无法识别任何文件。通常重启本设备即可解决；详情请见“系统状态”页面。",
+    ),
+    "engine_still_works": (
+        "These tasks still work with the {engine} engine: {tasks}.",
+        "以下任务仍可使用 {engine} 引擎完成：{tasks}。",
+    ),
+    "engine_fallback": (
+        "The {wanted} engine is not running ({reason}); the {engine} engine runs instead. These tasks work: {tasks}.",
+        "{wanted} 引擎未运行（{reason}），改用 {engine} 引擎。可用的任务：{tasks}。",
+    ),
     # tasks
     "task_spotting": ("Text with positions", "文字及位置"),
     "task_spotting_hint": ("Every line and where it is", "每行文字及其在图中的位置"),

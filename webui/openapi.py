@@ -342,7 +342,8 @@ def document(config) -> dict:
                     "summary": "Readiness: `web.ready` (this app) and `engine.ready` / `engine.state` separately",
                     "responses": {
                         "200": {
-                            "description": "`web`, `engine` (state loading|ready|failed|stopped, "
+                            "description": "`web`, `engine` (state loading|ready|failed|stopped, `since`, "
+                            "while loading the engine's `progress` words and any extra keys it reports, "
                             "which engine and why), `queue`"
                         }
                     },

@@ -76,9 +76,34 @@ def handle(exc):
     return render_template("error.html", status=status, error=error, detail=detail), status, headers
 
 
+def one_sentence(text: str | None, limit: int = 240) -> str:
+    """An engine's error for a person: its first line, cut to a readable length (the log keeps the whole)."""
+    line = next((part.strip() for part in (text or "").splitlines() if part.strip()), "")
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
+
+
+def engine_notes(engine: dict) -> dict:
+    """What the pages say about the engine beyond its state: the failure in one sentence, the tasks that still work
+    when some engine runs anyway, and the fallback (a GPU engine was chosen but the CPU engine is what runs)."""
+    choice = current_app.extensions["engine_choice"]
+    info = engine.get("info") or {}
+    labels = ", ".join(i18n.gettext(f"task_{t}") for t in engine.get("tasks") or [])
+    fallback = engine.get("fallback") or (
+        choice.engine.startswith("hunyuan") and info.get("name") == "cpu" and (engine.get("error") or choice.reason)
+    )
+    reason = one_sentence(engine.get("error")) or engine.get("state", "")
+    return {
+        "reason": reason if reason.endswith((".", "!", "?", "。", "…")) else reason + ".",
+        "running": info.get("name"),
+        "working_tasks": labels,
+        "fallback": one_sentence(fallback) if isinstance(fallback, str) else None,
+        "wanted": choice.engine,
+    }
+
+
 def _home(**context):
     engine = jobs().engine_status()
-    supported = set(engine["tasks"] or [t.value for t in Task])  # while loading, offer all; the job says if not
+    supported = set(engine["tasks"] or [t.value for t in Task])  # no engine (yet): offer all; the job says if not
     return render_template(
         "home.html",
         tasks=TASKS,
@@ -86,6 +111,8 @@ def _home(**context):
         presets=PRESETS,
         languages=LANGUAGES,
         engine=engine,
+        notes=engine_notes(engine),
+        elapsed=max(0, int(time.time() - (engine.get("since") or time.time()))),
         form=request.form,
         **context,
     )

@@ -268,3 +268,42 @@ def test_scan_folder_page_follows_the_queue_without_reloading(page, scan_server)
     page.wait_for_selector("h1:has-text('扫描文件夹')")
     page.screenshot(path=SHOTS / "scan-zh.png", full_page=True)
     page.click("a[data-lang=en]")
+
+
+def test_start_screen_switches_to_the_form_when_the_engine_is_ready(page, tmp_path):
+    """Power-on: the kiosk opens before the engine has loaded. It shows the engine's words, then the form by itself."""
+    import threading
+
+    from conftest import serve_in_thread
+    from fake_engine import FakeEngine
+
+    from appliance.jobs import Jobs
+    from webui import create_app
+
+    gate, step = threading.Event(), threading.Event()
+
+    def opener(progress):
+        progress("loading the model weights (1 of 4)")
+        assert step.wait(30)
+        progress("loading the model weights (3 of 4)", percent=75)
+        assert gate.wait(30)
+        return FakeEngine()
+
+    jobs = Jobs(tmp_path / "data", opener)
+    live, stop = serve_in_thread(create_app({"DATA_DIR": str(tmp_path / "data"), "ENGINE": "cpu", "JOBS": jobs}))
+    try:
+        page.goto(live.url + "/")
+        assert page.locator("#engine-progress").text_content() == "loading the model weights (1 of 4)"
+        assert page.locator("#upload-form").count() == 0 and not page.locator("#engine-percent").is_visible()
+        step.set()
+        page.wait_for_selector("#engine-progress:has-text('3 of 4')")  # followed without reloading
+        assert page.locator("#engine-percent").get_attribute("value") == "75"
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=SHOTS / "starting-en.png")
+        gate.set()
+        page.wait_for_selector("#upload-form", timeout=10_000)
+        assert page.locator("#engine-splash").count() == 0
+    finally:
+        step.set()
+        gate.set()
+        stop()

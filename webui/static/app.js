@@ -130,6 +130,27 @@ function setupResult() {
   }));
 }
 
+// ---- home while the engine starts: follow GET /health, show its words, switch to the form when it is up ----------
+function followEngine(main) {
+  const words = $("#engine-progress"), percent = $("#engine-percent"), elapsed = $("#engine-elapsed");
+  const started = Date.now() - Number(elapsed.dataset.elapsed) * 1000;  // the server's count: no clock skew
+  setInterval(() => {
+    elapsed.textContent = format(elapsed.dataset.text, {n: Math.round((Date.now() - started) / 1000)});
+  }, 1000);
+  const tick = async () => {
+    try {
+      const response = await fetch(main.dataset.healthUrl, {headers: {Accept: "application/json"}});
+      const engine = (await response.json()).engine;
+      if (engine.state !== "loading") { location.reload(); return; }  // ready or failed: the server renders it
+      if (engine.progress) words.textContent = engine.progress;
+      percent.hidden = typeof engine.percent !== "number";
+      if (!percent.hidden) percent.value = engine.percent;
+    } catch (err) { /* the web app is restarting: keep waiting */ }
+    setTimeout(tick, 1000);
+  };
+  setTimeout(tick, 1000);
+}
+
 // ---- scan folder: poll GET /scan and update the counts, the file table and the lists in place (no reload) -------
 const clock = (epoch) => {
   if (!epoch) return "";
@@ -204,6 +225,8 @@ document.addEventListener("DOMContentLoaded", () => {
   if (form) setupUpload(form);
   const main = $("main[data-job]");
   if (main && ["queued", "running"].includes(main.dataset.state)) pollJob(main);
+  const starting = $("main[data-engine-state=loading]");
+  if (starting) followEngine(starting);
   const scanMain = $("main[data-scan-url]");
   if (scanMain) pollScan(scanMain);
   setupResult();

@@ -1,0 +1,91 @@
+"""The home page while the engine starts (a start screen with the engine's own progress words, no upload form),
+when it failed (the reason in one sentence), and when a GPU engine was chosen but the CPU engine runs instead."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from fake_engine import FakeEngine
+
+from appliance.jobs import Jobs
+from appliance.ocr.engines import Choice
+from appliance.ocr.errors import EngineUnavailable
+from webui import create_app
+
+EN = {"Accept-Language": "en"}
+
+
+@pytest.fixture
+def starting(tmp_path):
+    """An app whose engine is still loading until `gate` opens; it has said what it is doing."""
+    gate, reported = threading.Event(), threading.Event()
+
+    def opener(progress):
+        progress("loading the model weights (2 of 4)")
+        reported.set()
+        assert gate.wait(20)
+        return FakeEngine()
+
+    jobs = Jobs(tmp_path / "data", opener)
+    assert reported.wait(10)
+    app = create_app({"DATA_DIR": str(tmp_path / "data"), "ENGINE": "cpu", "JOBS": jobs, "TESTING": True})
+    yield app, gate
+    gate.set()
+    jobs.close(timeout=5)
+
+
+def test_start_screen_while_loading_then_the_form(starting):
+    app, gate = starting
+    client = app.test_client()
+    html = client.get("/", headers=EN).get_data(as_text=True)
+    assert 'id="engine-splash"' in html and "The OCR engine is starting" in html
+    assert '<p class="splash-progress" id="engine-progress">loading the model weights (2 of 4)</p>' in html
+    assert 'data-engine-state="loading" data-health-url="/health"' in html and "s so far" in html
+    assert 'id="upload-form"' not in html  # nothing to upload into yet
+    health = client.get("/health").get_json()["engine"]
+    assert health["state"] == "loading" and health["progress"] == "loading the model weights (2 of 4)"
+    assert "识别引擎正在启动" in client.get("/", headers={"Accept-Language": "zh"}).get_data(as_text=True)
+    gate.set()
+    assert app.extensions["jobs"].wait_engine(10)["ready"]
+    html = client.get("/", headers=EN).get_data(as_text=True)
+    assert 'id="upload-form"' in html and "engine-splash" not in html and "data-engine-state" not in html
+
+
+def test_failed_engine_says_why_in_one_sentence(tmp_path):
+    def broken():
+        raise EngineUnavailable("hunyuan-vllm", "no NVIDIA GPU was found\nTraceback (most recent call last): ...")
+
+    jobs = Jobs(tmp_path / "data", broken)
+    jobs.wait_engine(10)
+    app = create_app({"DATA_DIR": str(tmp_path / "data"), "ENGINE": "cpu", "JOBS": jobs, "TESTING": True})
+    try:
+        html = app.test_client().get("/", headers=EN).get_data(as_text=True)
+        assert 'id="engine-failed"' in html and "The OCR engine did not start" in html
+        reason = html.split('id="engine-reason">', 1)[1].split("</p>", 1)[0]
+        assert "no NVIDIA GPU was found" in reason and "Traceback" not in reason
+        assert 'id="upload-form"' not in html and 'href="/status"' in html
+    finally:
+        jobs.close(timeout=5)
+
+
+def test_cpu_fallback_says_which_tasks_still_work(app, client, monkeypatch):
+    """The GPU engine was chosen, the CPU engine is what runs (the GPU module reports this): say so on the home
+    page and list the tasks that work; the form stays usable."""
+    app.extensions["engine_choice"] = Choice("hunyuan-vllm", "NVIDIA GPU found", "H100")
+    jobs = app.extensions["jobs"]
+    real = jobs.engine_status()
+    cpu = {**real, "info": {**real["info"], "name": "cpu"}, "tasks": ["spotting", "text"]}
+    monkeypatch.setattr(jobs, "engine_status", lambda: {**cpu, "fallback": "the vLLM server did not answer"})
+    html = client.get("/", headers=EN).get_data(as_text=True)
+    note = html.split('id="engine-fallback">', 1)[1].split("</div>", 1)[0]
+    assert note == (
+        "The hunyuan-vllm engine is not running (the vLLM server did not answer); the cpu engine runs instead. "
+        "These tasks work: Text with positions, Plain text."
+    )
+    assert 'id="upload-form"' in html
+    # A failed state with some engine still running (the same report, as 'failed'): the reason, then what works.
+    monkeypatch.setattr(jobs, "engine_status", lambda: {**cpu, "state": "failed", "error": "CUDA out of memory"})
+    html = client.get("/", headers=EN).get_data(as_text=True)
+    assert "The OCR engine did not start: CUDA out of memory. These tasks still work with the cpu engine: " in html
+    assert 'id="upload-form"' in html

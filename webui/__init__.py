@@ -24,6 +24,8 @@ DEFAULTS = {
     "SCAN_DIR": None,  # set: run the scan-to-folder watcher on this folder, through the same job queue
     "SCAN_OPTIONS": {},  # keyword arguments for the watcher (quiet, give_up, rescan, media_dirs); tests shorten them
     "USB_ROOT": "/media",  # where removable media are mounted; the in-app file browser shows only this tree
+    "MOUNTS_FILE": "/proc/mounts",  # read to tell a persistent data partition from RAM (appliance.storage)
+    "MEDIUM_MARKER": "/run/appliance/medium-verified",  # written by the image after a medium check; see storage.py
     "JOBS": None,  # a ready `Jobs` (tests); otherwise one is made from ENGINE/MODEL_DIR/DATA_DIR
 }
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, session, url_for
 
-from appliance import __version__, export
+from appliance import __version__, export, storage
 from appliance.jobs import Jobs
 from appliance.ocr.tasks import LANGUAGES, Request, Task
 from webui import errors, i18n, render, security, usb
@@ -112,6 +111,7 @@ def _home(**context):
         languages=LANGUAGES,
         engine=engine,
         notes=engine_notes(engine),
+        in_ram=data_storage().in_ram,
         elapsed=max(0, int(time.time() - (engine.get("since") or time.time()))),
         form=request.form,
         **context,
@@ -203,10 +203,15 @@ def history():
     return render_template("history.html", jobs=jobs().list(limit=200), counts=jobs().counts())
 
 
+def data_storage() -> storage.Storage:
+    config = current_app.config
+    return storage.storage(config["DATA_DIR"], config["MOUNTS_FILE"], Path(config["MEDIUM_MARKER"]))
+
+
 @bp.get("/status")
 def status():
     data_dir = current_app.config["DATA_DIR"]
-    disk = shutil.disk_usage(data_dir)
+    engine = jobs().engine_status()
     versions = {"appliance": __version__, "python": platform.python_version()}
     for package in PACKAGES:
         try:
@@ -216,10 +221,11 @@ def status():
     return render_template(
         "status.html",
         choice=current_app.extensions["engine_choice"],
-        engine=jobs().engine_status(),
+        engine=engine,
+        notes=engine_notes(engine),
         versions=versions,
         data_dir=data_dir,
-        disk=disk,
+        disk=data_storage(),
         counts=jobs().counts(),
         max_queue=jobs().max_queue,
         model_dir=current_app.config["MODEL_DIR"],

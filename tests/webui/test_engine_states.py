@@ -89,3 +89,51 @@ def test_cpu_fallback_says_which_tasks_still_work(app, client, monkeypatch):
     html = client.get("/", headers=EN).get_data(as_text=True)
     assert "The OCR engine did not start: CUDA out of memory. These tasks still work with the cpu engine: " in html
     assert 'id="upload-form"' in html
+
+
+def mounts_file(tmp_path, data_dir: str, fstype: str) -> str:
+    path = tmp_path / "mounts"
+    device = "tmpfs" if fstype == "tmpfs" else "/dev/sdb3"
+    path.write_text(f"overlay / overlay rw,upperdir=/run/live/overlay/rw 0 0\n{device} {data_dir} {fstype} rw 0 0\n")
+    return str(path)
+
+
+def test_status_says_when_data_is_in_ram_and_the_home_page_warns(app, client, tmp_path):
+    app.config["MOUNTS_FILE"] = mounts_file(tmp_path, app.config["DATA_DIR"], "tmpfs")
+    app.config["MEDIUM_MARKER"] = str(tmp_path / "no-marker")
+    html = client.get("/status", headers=EN).get_data(as_text=True)
+    persistence = html.split('id="data-persistence">', 1)[1].split("</dd>", 1)[0]
+    assert "Running from RAM: results are lost at power-off." in persistence
+    assert f"{app.config['DATA_DIR']} (tmpfs on tmpfs)" in persistence
+    medium = html.split('id="medium-state">', 1)[1].split("</dd>", 1)[0]
+    assert "not checked on this boot" in medium and "check medium integrity" in medium
+    assert 'id="ram-warning"' in client.get("/", headers=EN).get_data(as_text=True)
+    assert "正在内存中运行：断电后结果会丢失" in client.get("/status", headers={"Accept-Language": "zh"}).get_data(
+        as_text=True
+    )
+
+
+def test_status_on_a_data_partition_with_a_verified_medium(app, client, tmp_path):
+    app.config["MOUNTS_FILE"] = mounts_file(tmp_path, app.config["DATA_DIR"], "ext4")
+    marker = tmp_path / "medium-verified"
+    marker.write_text("ok: sha256 of 812 files\n")
+    app.config["MEDIUM_MARKER"] = str(marker)
+    html = client.get("/status", headers=EN).get_data(as_text=True)
+    assert "Yes: stored on a disk, not in RAM" in html and "(ext4 on /dev/sdb3)" in html
+    assert '<span class="badge medium-verified">verified</span> sha256 of 812 files' in html
+    assert 'id="ram-warning"' not in client.get("/", headers=EN).get_data(as_text=True)
+    marker.write_text("failed: live/filesystem.squashfs does not match\n")
+    html = client.get("/status", headers=EN).get_data(as_text=True)
+    assert "check failed</span> live/filesystem.squashfs does not match" in html
+
+
+def test_status_shows_the_fallback_sentence(app, client, monkeypatch):
+    app.extensions["engine_choice"] = Choice("hunyuan-vllm", "NVIDIA H100 found; vLLM server answers", "H100")
+    jobs = app.extensions["jobs"]
+    real = jobs.engine_status()
+    cpu = {**real, "info": {**real["info"], "name": "cpu"}, "tasks": ["spotting", "text"], "error": "CUDA error"}
+    monkeypatch.setattr(jobs, "engine_status", lambda: cpu)
+    html = client.get("/status", headers=EN).get_data(as_text=True)
+    why = html.split('id="engine-why">', 1)[1].split("</dd>", 1)[0]
+    assert why.startswith("NVIDIA H100 found; vLLM server answers")
+    assert "The hunyuan-vllm engine is not running (CUDA error); the cpu engine runs instead." in why

@@ -307,3 +307,49 @@ def test_start_screen_switches_to_the_form_when_the_engine_is_ready(page, tmp_pa
         step.set()
         gate.set()
         stop()
+
+
+# Everything a finger presses: at least this tall (WCAG 2.5.5 / platform guidance, ~44 CSS px), on either screen.
+TOUCH_PX = 44
+TOUCH_TARGETS = "button, a.button, .top nav a, .langs a, .task-card, details.card > summary"
+LAYOUT_JS = """([selector, minimum]) => ({
+  scrollWidth: document.documentElement.scrollWidth,
+  innerWidth: window.innerWidth,
+  small: Array.from(document.querySelectorAll(selector))
+    .filter((el) => el.offsetParent !== null && !el.closest("dialog:not([open]), template"))
+    .map((el) => [el.id || el.className || el.tagName, el.textContent.trim().slice(0, 30), el.getBoundingClientRect().height])
+    .filter(([, , height]) => height < minimum - 0.5),
+})"""
+
+
+@pytest.mark.parametrize("width,height", [(1920, 1080), (1280, 800)])
+def test_touch_layout_fits_the_screen(page, model_server, scan_server, tmp_path, width, height):
+    """Kiosk screens: no sideways scrolling and finger-sized controls on the home, result and scan-folder pages."""
+    import requests
+
+    image = text_image(["Invoice 2026", "Total 42.50"], fmt="PNG")
+    job = requests.post(
+        model_server.url + "/jobs", files={"file": ("invoice.png", image)}, data={"task": "doc"}, timeout=30
+    ).json()
+    model_server.jobs.wait(job["id"], 30)
+    (scan_server.root / "inbox" / "layout check.png").write_bytes(image)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.set_viewport_size({"width": width, "height": height})
+    pages = {
+        "home": model_server.url + "/",
+        "result": f"{model_server.url}/job/{job['id']}",
+        "scan": scan_server.url + "/scan-folder",
+        "status": model_server.url + "/status",
+        "history": model_server.url + "/history",
+    }
+    problems = []
+    for name, url in pages.items():
+        page.goto(url)
+        if name == "scan":
+            page.wait_for_selector("#scan-files tr:has-text('layout check.png') .state-done", timeout=30_000)
+        page.screenshot(path=SHOTS / f"layout-{name}-{width}x{height}.png", full_page=True)
+        layout = page.evaluate(LAYOUT_JS, [TOUCH_TARGETS, TOUCH_PX])
+        if layout["scrollWidth"] > layout["innerWidth"]:
+            problems.append(f"{name}: {layout['scrollWidth']} px wide in a {layout['innerWidth']} px window")
+        problems += [f"{name}: {what!r} '{text}' is {h:.0f} px tall" for what, text, h in layout["small"]]
+    assert problems == [], "\n".join(problems)

@@ -191,7 +191,10 @@ function pollScan(main) {
   const render = (scan) => {
     $("#scan-running").hidden = !scan.running;
     $("#scan-stopped").hidden = scan.running;
-    for (const [state, n] of Object.entries(scan.counts)) { const el = $(`[data-count=${state}]`); if (el) el.textContent = n; }
+    for (const [state, n] of Object.entries(scan.counts)) {
+      const el = $(`[data-count=${state}]`);
+      if (el) { el.textContent = n; el.parentElement.classList.toggle("zero", !n); }
+    }
     $("#scan-files").replaceChildren(...scan.files.map((f) => scanRow(template, f, words)));
     $(".scan-files").hidden = !scan.files.length;
     $("#scan-empty").hidden = Boolean(scan.files.length);

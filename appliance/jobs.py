@@ -13,7 +13,6 @@ Files are written to a temporary name and renamed, so a crash never leaves a hal
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -135,11 +134,11 @@ def cache_key(sha256: str, request: Request, info) -> str:
 class Jobs:
     """The queue, the store and the worker. `open_engine` is called once, in the worker thread, which then owns it.
 
-    An `open_engine` with a parameter named `progress` is called as `open_engine(progress=report)`: `report(words,
-    **extra)` sets what `engine_status()` says while the engine loads (`progress`, and any extra keys such as
-    `percent`), so the kiosk can show what is happening instead of a frozen page."""
+    `open_engine(report)` gets `report(words, **extra)`, which sets what `engine_status()` says while the engine
+    loads (`progress`, and any extra keys such as `percent`), so the kiosk shows what is happening, not a frozen
+    page."""
 
-    def __init__(self, data_dir: str | os.PathLike, open_engine: Callable[[], Engine], max_queue: int = 32):
+    def __init__(self, data_dir: str | os.PathLike, open_engine: Callable[..., Engine], max_queue: int = 32):
         self.data_dir = Path(data_dir)
         self.inputs = self.data_dir / "inputs"
         self.results = self.data_dir / "results"
@@ -354,7 +353,7 @@ class Jobs:
 
     def _run(self) -> None:
         try:
-            engine = self._call_opener()
+            engine = self._open_engine(self.report_engine_progress)
         except Exception as e:
             log.exception("engine failed to start")
             with self._lock:
@@ -386,13 +385,6 @@ class Jobs:
             with self._lock:
                 self._engine_state = "stopped"
             engine.close()
-
-    def _call_opener(self) -> Engine:
-        try:
-            takes_progress = "progress" in inspect.signature(self._open_engine).parameters
-        except (TypeError, ValueError):  # some callables have no signature to read
-            takes_progress = False
-        return self._open_engine(progress=self.report_engine_progress) if takes_progress else self._open_engine()
 
     def _process(self, engine: Engine, job_id: str) -> None:
         with self._lock:

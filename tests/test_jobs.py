@@ -43,7 +43,7 @@ def make_jobs(tmp_path):
 
     def make(engine=None, data_dir=None, **kwargs):
         engine = engine or FakeEngine()
-        jobs = Jobs(data_dir or tmp_path / "data", lambda: engine, **kwargs)
+        jobs = Jobs(data_dir or tmp_path / "data", lambda report: engine, **kwargs)
         opened.append(jobs)
         assert jobs.wait_engine(10)["ready"]
         return jobs
@@ -173,7 +173,7 @@ def test_list_is_newest_first_with_counts(make_jobs):
 
 
 def test_engine_that_cannot_start_fails_jobs_with_its_reason(tmp_path):
-    def broken():
+    def broken(report):
         raise EngineUnavailable("hunyuan-vllm", "no NVIDIA GPU")
 
     jobs = Jobs(tmp_path / "data", broken)
@@ -234,7 +234,7 @@ from appliance.jobs import Jobs
 from appliance.ocr.tasks import Request
 
 engine = FakeEngine(gate=threading.Event())  # never opened: the job is running when we are killed
-jobs = Jobs(sys.argv[1], lambda: engine)
+jobs = Jobs(sys.argv[1], lambda report: engine)
 jobs.wait_engine(10)
 if sys.argv[2] == "submit":
     for color in ("red", "blue"):

@@ -481,7 +481,7 @@ def test_scan_folder_runs_through_the_shared_job_queue(tmp_path):
     from appliance.jobs import Jobs
     from appliance.ocr.engines.cpu import CpuEngine
 
-    jobs = Jobs(tmp_path / "data", CpuEngine)
+    jobs = Jobs(tmp_path / "data", lambda report: CpuEngine())
     scanner = watch.WatcherThread(tmp_path / "scans", watch.JobsRecognizer(jobs), media_dirs=(), **FAST)
     try:
         save(text_image(["Queue shared 42"]), tmp_path / "scans" / "inbox" / "shared.png")

@@ -5,7 +5,6 @@ Both submit through the same `appliance.jobs.Jobs` (one queue, one engine owner)
 
 from __future__ import annotations
 
-import inspect
 import os
 import secrets
 from pathlib import Path
@@ -47,15 +46,10 @@ def create_app(config: dict | None = None) -> Flask:
     engine, model_dir, vllm_url = app.config["ENGINE"], app.config["MODEL_DIR"], app.config["VLLM_URL"]
     # Asked once: the status page shows which engine `auto` picks and why (GPU found or not, model given or not).
     app.extensions["engine_choice"] = choose(engine, model_dir, vllm_url)
-    choice = app.extensions["engine_choice"]
 
     def opener(progress):
-        """Runs in the queue's worker. The words show on the kiosk's start screen while the engine loads; an
-        `open_engine` that takes `progress` itself reports finer steps (model files, warm-up) the same way."""
-        progress(f"loading the {choice.engine} engine")
-        if "progress" in inspect.signature(open_engine).parameters:
-            return open_engine(engine, model_dir=model_dir, vllm_url=vllm_url, progress=progress)
-        return open_engine(engine, model_dir=model_dir, vllm_url=vllm_url)
+        """Runs in the queue's worker; the words show on the kiosk's start screen while the engine loads."""
+        return open_engine(engine, model_dir=model_dir, vllm_url=vllm_url, progress=progress)
 
     jobs = app.config["JOBS"] or Jobs(data_dir, opener, app.config["MAX_QUEUE"])
     app.extensions["jobs"] = jobs

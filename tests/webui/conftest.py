@@ -28,7 +28,7 @@ def app_config(tmp_path):
 
 @pytest.fixture
 def app(tmp_path, engine, app_config):
-    jobs = Jobs(tmp_path / "data", lambda: engine, max_queue=app_config.pop("MAX_QUEUE", 32))
+    jobs = Jobs(tmp_path / "data", lambda report: engine, max_queue=app_config.pop("MAX_QUEUE", 32))
     assert jobs.wait_engine(10)["ready"]
     app = create_app(
         {"DATA_DIR": str(tmp_path / "data"), "ENGINE": "cpu", "JOBS": jobs, "TESTING": True, **app_config}

@@ -158,7 +158,7 @@ def model_server(tmp_path_factory):
 
     data = tmp_path_factory.mktemp("model-server")
     engine = FakeEngine()
-    jobs = Jobs(data, lambda: engine)
+    jobs = Jobs(data, lambda report: engine)
     live, stop = serve_in_thread(create_app({"DATA_DIR": str(data), "ENGINE": "cpu", "JOBS": jobs}))
     jobs.wait_engine(10)
     live.engine = engine
@@ -222,7 +222,7 @@ def scan_server(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("scan-server")
     (base / "media").mkdir()
-    jobs = Jobs(base / "data", FakeEngine)
+    jobs = Jobs(base / "data", lambda report: FakeEngine())
     options = {"quiet": 0.2, "give_up": 0.6, "rescan": 0.3, "media_dirs": (str(base / "media"),)}
     app = create_app(
         {

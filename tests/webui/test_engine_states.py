@@ -53,7 +53,7 @@ def test_start_screen_while_loading_then_the_form(starting):
 
 
 def test_failed_engine_says_why_in_one_sentence(tmp_path):
-    def broken():
+    def broken(report):
         raise EngineUnavailable("hunyuan-vllm", "no NVIDIA GPU was found\nTraceback (most recent call last): ...")
 
     jobs = Jobs(tmp_path / "data", broken)

@@ -83,7 +83,7 @@ def test_first_article_snippet_against_the_cpu_engine(cpu_server, tmp_path, monk
 def test_second_article_snippet_doc_parser(tmp_path, monkeypatch, capsys):
     """doc_parser is a HunyuanOCR task: against an engine that has it, the snippet prints the text."""
     engine = FakeEngine()
-    jobs = Jobs(tmp_path / "data", lambda: engine)
+    jobs = Jobs(tmp_path / "data", lambda report: engine)
     live, stop = serve_in_thread(create_app({"DATA_DIR": str(tmp_path / "data"), "ENGINE": "cpu", "JOBS": jobs}))
     try:
         run_snippet(ARTICLE_BASE64, live.url, tmp_path, monkeypatch, text_image(["x"]), "drug_instruction.jpg")

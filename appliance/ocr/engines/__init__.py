@@ -86,9 +86,14 @@ def choose(name: str = "auto", model_dir: str | os.PathLike | None = None, vllm_
     return Choice("hunyuan-transformers", f"{gpu_why}; no vLLM server running, using transformers in-process", gpu)
 
 
-def open_engine(name: str = "auto", model_dir=None, vllm_url: str | None = None, device: str | None = None) -> Engine:
-    """Start the named engine (resolving `auto` first). Raises EngineUnavailable with the reason if it cannot run."""
+def open_engine(
+    name: str = "auto", model_dir=None, vllm_url: str | None = None, device: str | None = None, progress=None
+) -> Engine:
+    """Start the named engine (resolving `auto` first). Raises EngineUnavailable with the reason if it cannot run.
+    `progress(words)` hears what is being loaded, for a start screen."""
     choice = choose(name, model_dir, vllm_url)
+    if progress:
+        progress(f"loading the {choice.engine} engine ({choice.reason})")
     if choice.engine == "cpu":
         from appliance.ocr.engines.cpu import CpuEngine
 

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("iso")
     t.add_argument("--modes", default="bios-cd,uefi-cd,bios-usb,uefi-usb")
     t.add_argument("--artifacts", default="out/boot-test")
-    t.add_argument("--timeout", type=int, default=420, help="seconds per boot")
+    t.add_argument("--timeout", type=int, default=600, help="seconds per boot")
     t.add_argument("--lan-token", help="the token the image was built with (to call the API)")
     t.add_argument("--persistence", action="store_true", help="also check that data survives a reboot (USB)")
     args = p.parse_args(argv)

@@ -247,6 +247,7 @@ def boot_once(disk: Path, mode: str, out: Path, timeout: float, token: str | Non
         result["seconds_to_selftest"] = round(time.monotonic() - vm.started, 1)
         if not m:
             result["error"] = "no APPLIANCE-SELFTEST line on the serial console within the timeout"
+            result["screenshot"] = vm.screenshot(out / "screen.png")  # what the screen showed, for the CI artifacts
             return result
         report = parse_marker(m.group(1))
         result["selftest"] = report

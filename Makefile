@@ -35,22 +35,22 @@ bench: $(STAMP)/deps $(STAMP)/test-apt
 # Extra builder arguments: make iso ISO_ARGS="--set lan=on --set lan_token=SECRET"
 ISO_PROFILE ?= cpu
 ISO_ARGS ?=
-BUILD = $(PY) -m appliance.build
+APPLIANCE = $(PY) -m appliance
 iso: $(STAMP)/deps
-	@pkgs="$$($(BUILD) doctor --missing-packages)"; if [ -n "$$pkgs" ]; then \
+	@pkgs="$$($(APPLIANCE) doctor --missing-packages)"; if [ -n "$$pkgs" ]; then \
 	  echo "installing host tools: $$pkgs"; apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$pkgs >/dev/null; fi
-	$(BUILD) build --profile $(ISO_PROFILE) $(ISO_ARGS)
+	$(APPLIANCE) build --profile $(ISO_PROFILE) $(ISO_ARGS)
 
 # Slow (about 15-25 minutes under TCG): boots a LAN-mode copy of the image (only its app layer differs) in the
 # four ways plus a reboot from the same stick, then the default image once (loopback only, silent network).
 # Artifacts (serial logs, screenshots, pcaps, result.json) land in out/boot-test/.
 BOOT_TEST_TOKEN ?= boot-test-token-not-secret
 boot-test: iso
-	$(BUILD) build --profile $(ISO_PROFILE) $(ISO_ARGS) --set lan=on --set lan_token=$(BOOT_TEST_TOKEN) --out out/boot-test-image
-	$(BUILD) boot-test out/boot-test-image/*-$(ISO_PROFILE).iso --lan-token $(BOOT_TEST_TOKEN) --persistence \
+	$(APPLIANCE) build --profile $(ISO_PROFILE) $(ISO_ARGS) --set lan=on --set lan_token=$(BOOT_TEST_TOKEN) --out out/boot-test-image
+	$(APPLIANCE) boot-test out/boot-test-image/*-$(ISO_PROFILE).iso --lan-token $(BOOT_TEST_TOKEN) --persistence \
 	  --modes bios-cd,uefi-cd,bios-usb,uefi-usb --artifacts out/boot-test/lan
-	$(BUILD) boot-test out/*-$(ISO_PROFILE).iso --modes bios-cd --artifacts out/boot-test/default
+	$(APPLIANCE) boot-test out/*-$(ISO_PROFILE).iso --modes bios-cd --artifacts out/boot-test/default
 
 clean:
 	rm -rf $(STAMP) out .pytest_cache

@@ -33,8 +33,26 @@ def build_parser() -> argparse.ArgumentParser:
     ocr.add_argument("--format", default="txt", choices=("json", "txt", "md"), help="json: one document per line")
     _engine_args(ocr)
 
-    doctor = sub.add_parser("doctor", help="show what this machine has and which engine would run")
+    doctor = sub.add_parser("doctor", help="show which engine would run and why, and what the build host lacks")
     _engine_args(doctor)
+    doctor.add_argument("--missing-packages", action="store_true", help="only print the Debian packages to install")
+
+    build = sub.add_parser("build", help="build the live ISO (out/<name>-<version>-<profile>.iso)")
+    build.add_argument("--profile", default="cpu", help="a name in build/profiles/ or a YAML file (default: cpu)")
+    build.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a profile setting, e.g. --set lan=on --set lan_token=SECRET (repeatable)")
+    build.add_argument("--model", metavar="DIR", help="local HunyuanOCR model directory (gpu profile)")
+    build.add_argument("--out", metavar="DIR", help="output folder (default: out)")
+    build.add_argument("--cache", metavar="DIR", help="downloaded packages and built layers (default: cache)")
+    build.add_argument("--dump-config", action="store_true", help="print the effective settings first")
+
+    boot = sub.add_parser("boot-test", help="boot an ISO in QEMU and check kiosk, units, health, OCR and network")
+    boot.add_argument("iso")
+    boot.add_argument("--modes", default="bios-cd,uefi-cd,bios-usb,uefi-usb")
+    boot.add_argument("--artifacts", default="out/boot-test", help="serial logs, screenshots, pcaps, result.json")
+    boot.add_argument("--timeout", type=int, default=600, help="seconds per boot (TCG is slow)")
+    boot.add_argument("--lan-token", help="the token the image was built with (to call its API)")
+    boot.add_argument("--persistence", action="store_true", help="also check that data survives a reboot (USB)")
 
     serve = sub.add_parser("serve", help="serve the web UI and the HTTP API (loopback by default)")
     serve.add_argument("--host", default="127.0.0.1")
@@ -65,10 +83,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "ocr":
         return cmd_ocr(args)
     if args.command == "doctor":
-        from appliance.doctor import report
+        return cmd_doctor(args)
+    if args.command == "build":
+        from appliance.build import BuildError, SettingsError, run_build
 
-        print(report(engine=args.engine, model_dir=args.model, vllm_url=args.vllm_url))
+        try:
+            run_build(args.profile, args.overrides, args.model, args.out, args.cache, args.dump_config)
+        except (SettingsError, BuildError) as error:
+            _fail(str(error))
+            return 2
         return 0
+    if args.command == "boot-test":
+        from appliance.build.qemu import boot_test
+
+        return boot_test(Path(args.iso), args.modes.split(","), Path(args.artifacts), args.timeout,
+                         lan_token=args.lan_token, persistence=args.persistence)
     if args.command == "serve":
         from webui.server import serve
 
@@ -142,6 +171,20 @@ def cmd_ocr(args) -> int:
     finally:
         engine.close()
     return 1 if failed else 0
+
+
+def cmd_doctor(args) -> int:
+    from appliance.build.host import check_host, missing_packages
+    from appliance.doctor import report
+
+    if args.missing_packages:  # for `make iso`: what apt must install on this build host
+        print(" ".join(missing_packages()))
+        return 0
+    print(report(engine=args.engine, model_dir=args.model, vllm_url=args.vllm_url))
+    print("\nbuild host (for `appliance build`):")
+    for name, ok, detail in check_host():
+        print(f"  {'ok  ' if ok else 'FAIL'} {name:<20} {detail}")
+    return 0
 
 
 def cmd_watch(args) -> int:

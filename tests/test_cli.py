@@ -82,3 +82,16 @@ def test_doctor_says_which_engine_and_why():
     run = appliance("doctor")
     assert run.returncode == 0
     assert "engine:   cpu (no NVIDIA kernel driver loaded" in run.stdout
+
+
+def test_build_refuses_bad_profiles_and_settings_before_doing_anything(tmp_path):
+    run = appliance("build", "--profile", "nosuch", "--out", str(tmp_path / "out"))
+    assert run.returncode == 2 and "profile 'nosuch' not found" in run.stderr
+    run = appliance("build", "--set", "colour=blue", "--out", str(tmp_path / "out"))
+    assert run.returncode == 2 and "colour" in run.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_doctor_lists_the_build_host_checks():
+    run = appliance("doctor")
+    assert "build host" in run.stdout and "mmdebstrap" in run.stdout

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -38,50 +37,3 @@ def run_build(profile: str = "cpu", overrides: list[str] | tuple[str, ...] = (),
     log("layers: " + ", ".join(f"{layer.filename} {layer.meta['size'] / 2**20:.1f} MiB"
                                + (" (reused)" if layer.cached else "") for layer in ctx.layers))
     return ctx.out_dir / f"{ctx.stem}.iso"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m appliance.build` until the `appliance build` subcommand lands in the CLI."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m appliance.build")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="build the live ISO")
-    b.add_argument("--profile", default="cpu")
-    b.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    b.add_argument("--model", metavar="DIR")
-    b.add_argument("--out", metavar="DIR")
-    b.add_argument("--cache", metavar="DIR")
-    b.add_argument("--dump-config", action="store_true", help="print the effective settings first")
-    d = sub.add_parser("doctor", help="check the build host")
-    d.add_argument("--missing-packages", action="store_true", help="print the Debian packages to install")
-    t = sub.add_parser("boot-test", help="boot an ISO in QEMU and check it")
-    t.add_argument("iso")
-    t.add_argument("--modes", default="bios-cd,uefi-cd,bios-usb,uefi-usb")
-    t.add_argument("--artifacts", default="out/boot-test")
-    t.add_argument("--timeout", type=int, default=600, help="seconds per boot")
-    t.add_argument("--lan-token", help="the token the image was built with (to call the API)")
-    t.add_argument("--persistence", action="store_true", help="also check that data survives a reboot (USB)")
-    args = p.parse_args(argv)
-    try:
-        if args.cmd == "build":
-            run_build(args.profile, args.overrides, args.model, args.out, args.cache, args.dump_config)
-        elif args.cmd == "doctor":
-            from appliance.build.host import check_host, missing_packages
-
-            if args.missing_packages:
-                print(" ".join(missing_packages()))
-                return 0
-            checks = check_host()
-            for name, ok, detail in checks:
-                print(f"{'ok  ' if ok else 'FAIL'} {name:<20} {detail}")
-            return 0 if all(ok for _, ok, _ in checks) else 1
-        elif args.cmd == "boot-test":
-            from appliance.build.qemu import boot_test
-
-            return boot_test(Path(args.iso), args.modes.split(","), Path(args.artifacts), args.timeout,
-                             lan_token=args.lan_token, persistence=args.persistence)
-    except (SettingsError, BuildError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0

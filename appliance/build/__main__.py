@@ -1,4 +1,0 @@
-import sys
-from appliance.build import main
-
-sys.exit(main())

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import io
-import os
 import struct
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_raw
 from PIL import Image
 
+from appliance.files import fsync_dir, write_atomic
 from appliance.ocr.result import OcrResult
 
 FORMATS = ("txt", "md", "json", "pdf")
@@ -78,25 +78,6 @@ def free_stem(folder: Path, stem: str, exts=FORMATS) -> str:
         n += 1
         candidate = f"{stem}-{n}"
     return candidate
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a hidden temporary name beside `path`, fsync, rename into place: readers see all of it or nothing."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make renames in `folder` survive a power loss."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_outputs(result: OcrResult, source, folder: Path, stem: str, formats=FORMATS) -> list[Path]:

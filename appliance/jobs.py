@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from appliance.export import write_atomic
+from appliance.files import write_atomic
 from appliance.ocr.engines import Engine, check_task
 from appliance.ocr.errors import EngineUnavailable, OcrError
 from appliance.ocr.images import Document

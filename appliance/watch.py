@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import select
-import shutil
 import signal
 import sqlite3
 import stat
@@ -43,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance import export
+from appliance.files import copy_atomic, fsync_dir, sha256_file, write_atomic
 from appliance.ocr.errors import EngineUnavailable, OcrError
 from appliance.ocr.result import OcrResult
 from appliance.ocr.tasks import LANGUAGES, Request, Task
@@ -593,20 +593,20 @@ class Watcher:
                 )
                 return
             if tree.stick:
-                _copy_durably(source, work)  # copy, never move: the original stays on the stick until results exist
+                copy_atomic(source, work)  # copy, never move: the original stays on the stick until results exist
             else:
                 try:
                     os.rename(source, work)
                 except OSError as error:
                     if error.errno != errno.EXDEV:
                         raise
-                    _copy_durably(source, work)  # the inbox is another file system (a mounted share)
+                    copy_atomic(source, work)  # the inbox is another file system (a mounted share)
                     source.unlink()
-                export.fsync_dir(source.parent)
-            export.fsync_dir(work.parent)
-        elif not tree.stick and source.is_file() and _sha256(source) == _sha256(work):
+                fsync_dir(source.parent)
+            fsync_dir(work.parent)
+        elif not tree.stick and source.is_file() and sha256_file(source) == sha256_file(work):
             source.unlink()  # a cross-device move cut short between the copy and the delete: finish it
-        self.set(row["id"], state="queued", sha256=_sha256(work), size=work.stat().st_size)
+        self.set(row["id"], state="queued", sha256=sha256_file(work), size=work.stat().st_size)
 
     def _step_queued(self, row) -> None:
         # The attempt is counted in the same commit, BEFORE the work: a file that kills us is counted.
@@ -699,7 +699,7 @@ class Watcher:
             "sha256": row["sha256"],
             "attempts": row["attempts"],
         }
-        export.write_atomic(
+        write_atomic(
             final.with_name(final.name + ".error.json"),
             (json.dumps(report, ensure_ascii=False, indent=2) + "\n").encode(),
         )
@@ -773,7 +773,7 @@ class Watcher:
             if _exists(final):
                 raise OSError(f"{final} appeared meanwhile; not overwriting it")
             os.rename(origin, final)
-            export.fsync_dir(final.parent)
+            fsync_dir(final.parent)
         if work is not None and origin != work and _exists(final) and work.exists():
             work.unlink()  # the original is safe on the stick; this was only our copy
 
@@ -855,26 +855,6 @@ def _open_problem(path: Path, name: str) -> str | None:
             return None
     except InputError as error:
         return error.reason
-
-
-def _copy_durably(source: Path, target: Path) -> None:
-    """Copy to a hidden temporary name, fsync, rename: `target` exists only when complete."""
-    tmp = target.with_name(f".{target.name}.tmp")
-    with open(source, "rb") as src, open(tmp, "wb") as dst:
-        shutil.copyfileobj(src, dst, 1 << 20)
-        dst.flush()
-        os.fsync(dst.fileno())
-    os.rename(tmp, target)
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- inotify: only to wake up early ------------------------------------------------------------------------------

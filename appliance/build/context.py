@@ -103,14 +103,6 @@ def hash_inputs(*parts) -> str:
     return h.hexdigest()[:16]
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def git_commit(repo: Path = REPO) -> dict:
     """The commit the build came from and whether the tree had uncommitted changes."""
     try:

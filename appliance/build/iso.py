@@ -13,8 +13,9 @@ import shutil
 import time
 from pathlib import Path
 
-from appliance.build.context import BuildError, Context, run, sha256_file
+from appliance.build.context import BuildError, Context, run
 from appliance.build.layers import ISO_FILE_LIMIT
+from appliance.files import sha256_file
 
 GRUB_MBR = Path("/usr/lib/grub/i386-pc/boot_hybrid.img")
 

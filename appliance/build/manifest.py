@@ -6,7 +6,8 @@ import json
 import os
 import shutil
 
-from appliance.build.context import Context, git_commit, hash_inputs, sha256_file
+from appliance.build.context import Context, git_commit, hash_inputs
+from appliance.files import sha256_file
 
 
 def write_manifest(ctx: Context) -> str:

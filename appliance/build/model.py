@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.build.layers import ISO_FILE_LIMIT
+from appliance.files import sha256_file
 
 MANIFEST = "appliance-model.json"  # the name appliance.ocr.engines.hunyuan reads
 MODEL_TYPE = "hunyuan_vl"
@@ -35,7 +36,6 @@ LICENSE_STEMS = ("license", "licence", "license_agreement")
 NOTICE_STEMS = ("notice",)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")  # or a *.tiktoken file
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
-READ_CHUNK = 1 << 20
 
 
 class ModelError(ValueError):
@@ -214,14 +214,6 @@ def check_file_sizes(model_dir: Path, files: list[str], limit: int = ISO_FILE_LI
 
 
 # --- identity and manifest ------------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(READ_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")

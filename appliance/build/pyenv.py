@@ -14,7 +14,8 @@ import tomllib
 from pathlib import Path
 
 from appliance.build import layers
-from appliance.build.context import BuildError, Context, hash_inputs, inputs_epoch, remove_tree, run, sha256_file
+from appliance.build.context import BuildError, Context, hash_inputs, inputs_epoch, remove_tree, run
+from appliance.files import sha256_file
 
 ORDER = 10
 # glibc 2.41 in trixie: every manylinux tag up to 2_39 is loadable.

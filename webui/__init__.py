@@ -5,6 +5,8 @@ Both submit through the same `appliance.jobs.Jobs` (one queue, one engine owner)
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -26,7 +28,12 @@ DEFAULTS = {
     "MOUNTS_FILE": "/proc/mounts",  # read to tell a persistent data partition from RAM (appliance.storage)
     "MEDIUM_MARKER": "/run/appliance/medium-verified",  # written by the image after a medium check; see storage.py
     "JOBS": None,  # a ready `Jobs` (tests); otherwise one is made from ENGINE/MODEL_DIR/DATA_DIR
+    "APPLIANCE_CONFIG": "/etc/appliance/config.json",  # written by the image builder (appliance/build/app.py)
 }
+
+# What the UI takes from the image's config.json; a missing file or key keeps these.
+# language None: the browser's choice (Accept-Language), as on any host without an image config.
+CONFIG_DEFAULTS = {"language": None, "default_task": "spotting"}
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -42,6 +49,7 @@ def create_app(config: dict | None = None) -> Flask:
     data_dir.mkdir(parents=True, exist_ok=True)
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = _secret_key(data_dir)
+    app.extensions["appliance_config"] = load_appliance_config(app.config["APPLIANCE_CONFIG"])
 
     engine, model_dir, vllm_url = app.config["ENGINE"], app.config["MODEL_DIR"], app.config["VLLM_URL"]
     # Asked once: the status page shows which engine `auto` picks and why (GPU found or not, model given or not).
@@ -65,6 +73,21 @@ def create_app(config: dict | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(ui.bp)
     return app
+
+
+def load_appliance_config(path: str | os.PathLike | None) -> dict:
+    """The image's site settings for the UI, over CONFIG_DEFAULTS. A broken file must not keep the kiosk from
+    starting: it is logged and the defaults apply."""
+    config = dict(CONFIG_DEFAULTS)
+    if not path or not Path(path).exists():
+        return config
+    try:
+        loaded = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        logging.getLogger(__name__).warning("ignoring %s: %s", path, e)
+        return config
+    config.update({k: loaded[k] for k in CONFIG_DEFAULTS if isinstance(loaded, dict) and loaded.get(k)})
+    return config
 
 
 def _secret_key(data_dir: Path) -> str:

@@ -1,4 +1,5 @@
-"""The UI's one message catalogue, English and Chinese, and the language choice (cookie, else the browser's).
+"""The UI's one message catalogue, English and Chinese, and the language choice (cookie, else the image's configured
+language, else the browser's).
 
 `_("key", name=...)` in templates; a missing key is a KeyError, so a typo fails the page tests instead of showing
 a raw key to a user. API error texts stay English: programs read them, not the kiosk.
@@ -6,7 +7,7 @@ a raw key to a user. API error texts stay English: programs read them, not the k
 
 from __future__ import annotations
 
-from flask import Flask, request
+from flask import Flask, current_app, request
 
 LANGS = {"en": "English", "zh": "中文"}
 COOKIE = "lang"
@@ -247,6 +248,10 @@ def current_lang() -> str:
     chosen = request.cookies.get(COOKIE)
     if chosen in LANGS:
         return chosen
+    # The site's language (image config) beats the kiosk browser's built-in locale.
+    configured = current_app.extensions["appliance_config"]["language"]
+    if configured in LANGS:
+        return configured
     return request.accept_languages.best_match(list(LANGS)) or "en"
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import signal
 
 from waitress.server import create_server
@@ -16,6 +17,7 @@ from webui import create_app
 
 log = logging.getLogger(__name__)
 
+TOKEN_ENV = "APPLIANCE_LAN_TOKEN"
 THREADS = 16  # each synchronous POST /ocr holds a thread while it waits for the queue
 
 
@@ -66,8 +68,11 @@ def serve(
     vllm_url: str | None = None,
     scan_dir: str | None = None,
 ) -> None:
+    # The image passes the token in the environment: a command-line argument shows in `ps` to every user.
+    lan_token = lan_token or os.environ.get(TOKEN_ENV) or None
     if not is_loopback(host) and not lan_token:
-        raise SystemExit(f"refusing to listen on {host}: serving beyond this machine needs --lan-token SECRET")
+        raise SystemExit(f"refusing to listen on {host}: serving beyond this machine needs --lan-token SECRET "
+                         f"or {TOKEN_ENV}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = create_app(
         {"ENGINE": engine, "MODEL_DIR": model_dir, "VLLM_URL": vllm_url, "DATA_DIR": data_dir, "LAN_TOKEN": lan_token,

@@ -114,6 +114,7 @@ def _home(**context):
         in_ram=data_storage().in_ram,
         elapsed=max(0, int(time.time() - (engine.get("since") or time.time()))),
         form=request.form,
+        default_task=current_app.extensions["appliance_config"]["default_task"],
         **context,
     )
 
@@ -129,7 +130,7 @@ def upload():
     form = request.form
     try:
         req = Request.make(
-            form.get("task") or "spotting", fields=form.get("fields"), target_lang=form.get("target_lang")
+            form.get("task") or current_app.extensions["appliance_config"]["default_task"], fields=form.get("fields"), target_lang=form.get("target_lang")
         )
         upload_file = request.files.get("file")
         if upload_file and upload_file.filename:

@@ -17,6 +17,7 @@ ORDER = 30
 PACKAGES = ("appliance", "webui")
 SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", "build")  # appliance.build (this builder) stays out
 DATA_DIR = "srv/ocr"  # jobs, results, scan folders: the persistence union target, so it must exist in the image
+SCAN_DIR = f"{DATA_DIR}/scan"  # `serve --scan` (the watcher makes inbox/outbox/... itself, on the persistent side)
 LAUNCHER = """#!/usr/bin/python3
 # The `appliance` command inside the image (the package is installed as plain files, without pip's launcher).
 import sys
@@ -66,18 +67,15 @@ def generated(ctx: Context) -> dict[str, tuple[str, int]]:
         "usr/local/bin/appliance": (LAUNCHER, 0o755),
     }
     if c.lan:
-        # The token reaches the app through a root-only environment file, not through a world-readable config.
+        # The token reaches the app through a root-only environment file, not a world-readable config or argv.
         files["etc/appliance/lan.env"] = (f"APPLIANCE_LAN_TOKEN={c.lan_token}\n", 0o600)
-        files["etc/systemd/system/appliance-web.service.d/lan.conf"] = (
-            "[Service]\n# LAN mode: listen on every interface and demand the bearer token.\n"
-            "EnvironmentFile=/etc/appliance/lan.env\nExecStart=\n"
-            "ExecStart=/usr/local/bin/appliance serve --host 0.0.0.0 --port 8000 --data /srv/ocr "
-            "--engine ${APPLIANCE_ENGINE} --lan-token ${APPLIANCE_LAN_TOKEN}\n", 0o644)
         files["etc/systemd/network/80-appliance-lan.network"] = (
             "# LAN mode: DHCP on wired ports, IPv4 only, no IPv6 autoconfiguration chatter.\n"
             "[Match]\nType=ether\n\n[Network]\nDHCP=ipv4\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n"
             "LLMNR=no\nMulticastDNS=no\n", 0o644)
-    files["etc/appliance/appliance.env"] = (f"APPLIANCE_ENGINE={c.engine}\n", 0o644)
+    # The web unit's one command line takes these (rootfs/etc/systemd/system/appliance-web.service).
+    host = "0.0.0.0" if c.lan else "127.0.0.1"
+    files["etc/appliance/appliance.env"] = (f"APPLIANCE_ENGINE={c.engine}\nAPPLIANCE_HOST={host}\n", 0o644)
     return files
 
 
@@ -124,13 +122,14 @@ def populate(ctx: Context, tree: Path) -> None:
         p.unlink(missing_ok=True)
         p.symlink_to(target)
     uid, gid = account(ctx, "ocr")
-    data = tree / DATA_DIR
-    data.mkdir(parents=True, exist_ok=True)
-    os.chown(data, uid, gid)
-    data.chmod(0o750)
+    owned = [tree / DATA_DIR, tree / SCAN_DIR]
+    for d in owned:
+        d.mkdir(parents=True, exist_ok=True)
+        os.chown(d, uid, gid)
+        d.chmod(0o750)
     # Directories on the squashfs must not override the base layer's modes (overlayfs takes the top one).
     for d in [tree, *[p for p in tree.rglob("*") if p.is_dir() and not p.is_symlink()]]:
-        if d != data:
+        if d not in owned:
             d.chmod(0o755)
 
 

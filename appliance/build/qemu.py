@@ -8,6 +8,8 @@ The image reports its state on the serial console (rootfs/usr/local/lib/applianc
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import re
@@ -15,6 +17,7 @@ import shutil
 import signal
 import socket
 import struct
+import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -26,6 +29,12 @@ MODES = {"bios-cd": ("bios", "cd"), "uefi-cd": ("uefi", "cd"), "bios-usb": ("bio
          "uefi-usb": ("uefi", "usb")}
 MARKER = re.compile(r"APPLIANCE-SELFTEST (.*)")
 GUEST_MAC = "52:54:00:12:34:56"
+# Every boot also gets a FAT data stick (label STICK_LABEL) holding a picture of OCR_TEXT: the image must mount it
+# on /media/STICK_LABEL, show it in the in-app USB browser, and read OCR_TEXT back through POST /ocr.
+OCR_TEXT = "Boot Test 2026"
+STICK_LABEL = "OCRTEST"
+STICK_FILE = "boot-test.png"
+FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 
 
 def accel() -> list[str]:
@@ -41,6 +50,27 @@ def accel() -> list[str]:
     return ["-accel", "tcg,thread=multi", "-cpu", "max"]
 
 
+def text_png(text: str) -> bytes:
+    """Black DejaVu Sans on white, large and clean: what the CPU engine must read back exactly."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    image = Image.new("RGB", (900, 160), "white")
+    ImageDraw.Draw(image).text((40, 40), text, fill="black", font=ImageFont.truetype(FONT, 56))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def data_stick(path: Path) -> Path:
+    """A 16 MiB FAT stick image with STICK_FILE at its root (mkfs.vfat and mcopy: no loop mount, no root)."""
+    path.unlink(missing_ok=True)
+    subprocess.run(["mkfs.vfat", "-C", "-n", STICK_LABEL, str(path), "16384"], check=True, capture_output=True)
+    png = path.with_suffix(".png")
+    png.write_bytes(text_png(OCR_TEXT))
+    subprocess.run(["mcopy", "-i", str(path), str(png), f"::/{STICK_FILE}"], check=True)
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -52,6 +82,7 @@ class Vm:
     disk: Path
     mode: str
     dir: Path
+    stick: Path | None = None  # a second USB disk (not bootable): the data stick
     memory_mb: int = 3072
     port: int = field(default_factory=free_port)
     pid: int | None = None
@@ -65,6 +96,7 @@ class Vm:
         # Absolute paths: a daemonized QEMU runs in /, so a relative screendump path would land there.
         self.dir = self.dir.resolve()
         self.disk = self.disk.resolve()
+        self.stick = self.stick.resolve() if self.stick else None
 
     def command(self) -> list[str]:
         firmware, medium = MODES[self.mode]
@@ -83,13 +115,19 @@ class Vm:
             shutil.copyfile(OVMF_VARS, vars_copy)
             cmd += ["-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
                     "-drive", f"if=pflash,format=raw,file={vars_copy}"]
+        usb = []  # (drive id, image, extra device options)
         if medium == "cd":
             cmd += ["-drive", f"file={self.disk},media=cdrom,readonly=on,if=none,id=cd0",
                     "-device", "ide-cd,drive=cd0,bootindex=0"]
         else:
-            cmd += ["-device", "qemu-xhci,id=xhci",
-                    "-drive", f"file={self.disk},format=raw,if=none,id=stick0",
-                    "-device", "usb-storage,bus=xhci.0,drive=stick0,removable=on,bootindex=0"]
+            usb.append(("stick0", self.disk, ",bootindex=0"))
+        if self.stick:
+            usb.append(("data0", self.stick, ""))
+        if usb:
+            cmd += ["-device", "qemu-xhci,id=xhci"]
+        for drive, image, extra in usb:
+            cmd += ["-drive", f"file={image},format=raw,if=none,id={drive}",
+                    "-device", f"usb-storage,bus=xhci.0,drive={drive},removable=on{extra}"]
         return cmd
 
     def start(self) -> None:
@@ -166,17 +204,22 @@ class Vm:
                 return False
             time.sleep(5)
 
-    def http(self, path: str, token: str | None = None, timeout: float = 5) -> int:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}")
+    def http(self, path: str, token: str | None = None, timeout: float = 5, body: dict | None = None
+             ) -> tuple[int, bytes]:
+        """(status, body) of a GET, or a JSON POST when `body` is given; status 0 when nothing answered."""
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
         if token:
             req.add_header("Authorization", f"Bearer {token}")
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status
+                return r.status, r.read()
         except urllib.error.HTTPError as e:
-            return e.code
+            return e.code, e.read()
         except OSError:
-            return 0
+            return 0, b""
 
     def stop(self, grace: float = 30) -> None:
         """Power off politely, then end our QEMU by its PID."""
@@ -238,8 +281,35 @@ def guest_traffic(pcap: Path, allow_dhcp: bool) -> list[str]:
     return seen
 
 
-def boot_once(disk: Path, mode: str, out: Path, timeout: float, token: str | None, lan: bool) -> dict:
-    vm = Vm(disk=disk, mode=mode, dir=out)
+def check_ocr(vm: Vm, token: str, result: dict) -> list[str]:
+    """Through the port forward: OCR a picture of OCR_TEXT (CPU engine) and find the data stick in the USB browser."""
+    problems = []
+    sent = time.monotonic()
+    status, body = vm.http("/ocr", token, timeout=420, body={
+        "image": base64.b64encode(text_png(OCR_TEXT)).decode(), "task_type": "plain_ocr"})
+    result["ocr_request_seconds"] = round(time.monotonic() - sent, 1)
+    result["seconds_to_first_ocr"] = round(time.monotonic() - vm.started, 1)
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = {}
+    result["ocr"] = {"status": status, "text": answer.get("text"), "engine": (answer.get("engine") or {}).get("name")}
+    if status != 200 or (answer.get("text") or "").strip() != OCR_TEXT:
+        problems.append(f"POST /ocr: {status} {answer.get('text') or body[:200]!r}, expected {OCR_TEXT!r}")
+    status, body = vm.http(f"/usb/list?path={STICK_LABEL}", token, timeout=30)
+    try:
+        names = [e["name"] for e in json.loads(body)["entries"]]
+    except (ValueError, KeyError, TypeError):
+        names = []
+    result["usb_listing"] = names
+    if STICK_FILE not in names:
+        problems.append(f"the data stick is not in the USB browser: /usb/list?path={STICK_LABEL} -> {status} {names}")
+    return problems
+
+
+def boot_once(disk: Path, mode: str, out: Path, timeout: float, token: str | None, lan: bool,
+              stick: Path | None = None) -> dict:
+    vm = Vm(disk=disk, mode=mode, dir=out, stick=stick)
     result = {"mode": mode, "ok": False}
     try:
         vm.start()
@@ -255,14 +325,17 @@ def boot_once(disk: Path, mode: str, out: Path, timeout: float, token: str | Non
         if lan:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and health != 200:
-                health = vm.http("/health", token)
+                health = vm.http("/health", token)[0]
                 if health != 200:
                     time.sleep(2)
             result["health_via_forward"] = health
             result["seconds_to_health"] = round(time.monotonic() - vm.started, 1)
+        ocr_problems = check_ocr(vm, token, result) if lan and health == 200 else []
         result["kiosk_rendered"] = vm.wait_rendered(out / "screen.png", timeout=180)
         result["seconds_to_render"] = round(time.monotonic() - vm.started, 1)
-        problems = []
+        problems = ocr_problems
+        if stick and report.get("media") != [STICK_LABEL]:
+            problems.append(f"/media holds {report.get('media')}, expected only the data stick [{STICK_LABEL}]")
         if report.get("state") != "running":
             problems.append(f"systemd state {report.get('state')}")
         if report.get("failed"):
@@ -306,6 +379,7 @@ def boot_test(iso: Path, modes: list[str], artifacts: Path, timeout: int = 420, 
     lan = bool(lan_token)
     results = []
     stick = None
+    data = data_stick(artifacts / "data-stick.img")
     for mode in modes:
         if mode not in MODES:
             raise SystemExit(f"unknown mode {mode}; choose from {', '.join(MODES)}")
@@ -314,10 +388,11 @@ def boot_test(iso: Path, modes: list[str], artifacts: Path, timeout: int = 420, 
             stick = stick or usb_copy(iso, artifacts / "stick.img")
             disk = stick
         print(f"boot {mode} ({' '.join(accel())}) ...", flush=True)
-        r = boot_once(disk, mode, artifacts / mode, timeout, lan_token, lan)
+        r = boot_once(disk, mode, artifacts / mode, timeout, lan_token, lan, stick=data)
         results.append(r)
         print(f"  {mode}: {'PASS' if r['ok'] else 'FAIL'} selftest after {r.get('seconds_to_selftest')}s"
               + (f", health after {r.get('seconds_to_health')}s" if lan else "")
+              + (f", first OCR after {r.get('seconds_to_first_ocr')}s" if r.get("seconds_to_first_ocr") else "")
               + (f"; {'; '.join(r.get('problems', []))}" if r.get("problems") else "")
               + (f"; {r['error']}" if r.get("error") else ""), flush=True)
     if persistence and stick:

@@ -19,3 +19,13 @@ def test_rule_unit_and_script_fit_together():
     subprocess.run(["sh", "-n", str(script)], check=True)
     # Only the filesystems sticks carry; never our own ISO9660 medium or ext4 persistence partition.
     assert 'ENV{ID_FS_TYPE}=="vfat|exfat|ntfs"' in rule and 'ENV{ID_BUS}=="usb"' in rule
+
+
+def test_boot_test_data_stick_holds_the_picture(tmp_path):
+    from appliance.build import qemu
+
+    stick = qemu.data_stick(tmp_path / "stick.img")
+    listing = subprocess.run(["mdir", "-b", "-i", str(stick), "::/"], capture_output=True, text=True, check=True)
+    assert qemu.STICK_FILE in listing.stdout.lower()
+    label = subprocess.run(["mlabel", "-s", "-i", str(stick), "::"], capture_output=True, text=True, check=True)
+    assert qemu.STICK_LABEL in label.stdout

@@ -34,6 +34,7 @@ GUEST_MAC = "52:54:00:12:34:56"
 OCR_TEXT = "Boot Test 2026"
 STICK_LABEL = "OCRTEST"
 STICK_FILE = "boot-test.png"
+STICK_DEVICE = "datastick"  # its QEMU device id, to pull it with device_del
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 
 
@@ -122,7 +123,7 @@ class Vm:
         else:
             usb.append(("stick0", self.disk, ",bootindex=0"))
         if self.stick:
-            usb.append(("data0", self.stick, ""))
+            usb.append(("data0", self.stick, f",id={STICK_DEVICE}"))
         if usb:
             cmd += ["-device", "qemu-xhci,id=xhci"]
         for drive, image, extra in usb:
@@ -282,7 +283,7 @@ def guest_traffic(pcap: Path, allow_dhcp: bool) -> list[str]:
 
 
 def check_ocr(vm: Vm, token: str, result: dict) -> list[str]:
-    """Through the port forward: OCR a picture of OCR_TEXT (CPU engine) and find the data stick in the USB browser."""
+    """Through the port forward: a picture of OCR_TEXT must come back as OCR_TEXT (CPU engine)."""
     problems = []
     sent = time.monotonic()
     status, body = vm.http("/ocr", token, timeout=420, body={
@@ -296,6 +297,12 @@ def check_ocr(vm: Vm, token: str, result: dict) -> list[str]:
     result["ocr"] = {"status": status, "text": answer.get("text"), "engine": (answer.get("engine") or {}).get("name")}
     if status != 200 or (answer.get("text") or "").strip() != OCR_TEXT:
         problems.append(f"POST /ocr: {status} {answer.get('text') or body[:200]!r}, expected {OCR_TEXT!r}")
+    return problems
+
+
+def check_usb(vm: Vm, token: str, result: dict) -> list[str]:
+    """The data stick shows in the in-app USB browser; pulled, it goes (unmounted, its folder removed)."""
+    problems = []
     status, body = vm.http(f"/usb/list?path={STICK_LABEL}", token, timeout=30)
     try:
         names = [e["name"] for e in json.loads(body)["entries"]]
@@ -304,6 +311,23 @@ def check_ocr(vm: Vm, token: str, result: dict) -> list[str]:
     result["usb_listing"] = names
     if STICK_FILE not in names:
         problems.append(f"the data stick is not in the USB browser: /usb/list?path={STICK_LABEL} -> {status} {names}")
+        return problems
+    # Pull the stick: the image must unmount it and drop /media/STICK_LABEL (a stale mount point would stay listed).
+    vm.monitor(f"device_del {STICK_DEVICE}")
+    deadline = time.monotonic() + 60
+    while True:
+        status, body = vm.http("/usb/list", token, timeout=30)
+        try:
+            left = [e["name"] for e in json.loads(body)["entries"]]
+        except (ValueError, KeyError, TypeError):
+            left = None
+        if left is not None and STICK_LABEL not in left:
+            break
+        if time.monotonic() > deadline:
+            problems.append(f"/media/{STICK_LABEL} still there after the stick was pulled: {status} {left}")
+            break
+        time.sleep(2)
+    result["usb_removed_cleanly"] = not problems
     return problems
 
 
@@ -330,10 +354,10 @@ def boot_once(disk: Path, mode: str, out: Path, timeout: float, token: str | Non
                     time.sleep(2)
             result["health_via_forward"] = health
             result["seconds_to_health"] = round(time.monotonic() - vm.started, 1)
-        ocr_problems = check_ocr(vm, token, result) if lan and health == 200 else []
+        api_problems = check_ocr(vm, token, result) + check_usb(vm, token, result) if lan and health == 200 else []
         result["kiosk_rendered"] = vm.wait_rendered(out / "screen.png", timeout=180)
         result["seconds_to_render"] = round(time.monotonic() - vm.started, 1)
-        problems = ocr_problems
+        problems = api_problems
         if stick and report.get("media") != [STICK_LABEL]:
             problems.append(f"/media holds {report.get('media')}, expected only the data stick [{STICK_LABEL}]")
         if report.get("state") != "running":

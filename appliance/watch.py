@@ -45,7 +45,7 @@ from appliance import export
 from appliance.files import copy_atomic, fsync_dir, sha256_file, write_atomic
 from appliance.ocr.errors import EngineUnavailable, OcrError
 from appliance.ocr.result import OcrResult
-from appliance.ocr.tasks import LANGUAGES, Request, Task
+from appliance.ocr.tasks import EXTRACT_PRESETS, LANGUAGES, Request, Task
 
 log = logging.getLogger("appliance.watch")
 
@@ -55,14 +55,6 @@ RESCAN_SECONDS = 30.0  # full rescan even without inotify events
 MAX_ATTEMPTS = 3  # a file whose processing kills the watcher this often is parked in failed/
 MEDIA_DIRS = ("/media", "/run/media", "/mnt")  # where USB sticks are mounted (depth 1 or 2)
 STICK_INBOX, STICK_OUTBOX, STICK_DONE, STICK_FAILED = "OCR-INBOX", "OCR-OUTBOX", "OCR-DONE", "OCR-FAILED"
-
-# Field sets for the extract folders (`inbox/extract-invoice/`).
-EXTRACT_PRESETS = {
-    "invoice": ("invoice number", "invoice date", "seller", "buyer", "total amount", "tax amount", "currency"),
-    "receipt": ("merchant", "date", "items", "total amount", "payment method"),
-    "id": ("name", "id number", "date of birth", "address", "expiry date"),
-}
-
 
 def folder_requests() -> dict[str, Request]:
     """Inbox subfolder (lower case) -> what is asked of its files. "" is the inbox itself."""

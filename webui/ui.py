@@ -16,7 +16,7 @@ from flask import Blueprint, abort, current_app, flash, jsonify, redirect, rende
 
 from appliance import __version__, export, storage
 from appliance.jobs import Jobs
-from appliance.ocr.tasks import LANGUAGES, Request, Task
+from appliance.ocr.tasks import EXTRACT_PRESETS, LANGUAGES, Request, Task
 from webui import errors, i18n, render, security, usb
 from webui.api import scan_state, submit
 
@@ -41,13 +41,6 @@ TASKS = [
     TaskChoice(Task.CHART, "chart"),
     TaskChoice(Task.SUBTITLES, "subtitles"),
 ]
-
-# Field presets for extraction; the names are what the model is asked for, in the document's own language.
-PRESETS = {
-    "id_card": ["姓名", "性别", "民族", "出生", "住址", "公民身份号码"],
-    "vat_invoice": ["发票代码", "发票号码", "开票日期", "购买方名称", "销售方名称", "金额", "税额", "价税合计"],
-    "receipt": ["merchant", "date", "items", "total", "payment method"],
-}
 
 PACKAGES = ("flask", "waitress", "rapidocr", "onnxruntime", "torch", "transformers", "vllm", "pypdfium2", "pillow")
 
@@ -107,7 +100,7 @@ def _home(**context):
         "home.html",
         tasks=TASKS,
         supported=supported,
-        presets=PRESETS,
+        presets=EXTRACT_PRESETS,
         languages=LANGUAGES,
         engine=engine,
         notes=engine_notes(engine),

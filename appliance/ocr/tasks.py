@@ -65,6 +65,14 @@ PROMPTS = {
     Task.CHART: "解析图中的图表，对于流程图使用Mermaid格式表示，其他图表使用Markdown格式表示。",
     Task.SUBTITLES: "提取图片中的字幕。",
 }
+# Field sets for common documents: the UI's preset buttons and the scan folder's `inbox/extract-<name>/`. Chinese
+# documents get the labels printed on them; the model answers best when asked for what it sees on the page.
+EXTRACT_PRESETS = {
+    "id": ("姓名", "性别", "民族", "出生", "住址", "公民身份号码"),
+    "invoice": ("发票代码", "发票号码", "开票日期", "购买方名称", "销售方名称", "金额", "税额", "价税合计"),
+    "receipt": ("merchant", "date", "items", "total", "payment method"),
+}
+
 _TRANSLATE_PROMPT = "先提取文字，再将文字内容翻译为{lang}。若是文档，则其中页眉、页脚忽略。公式用latex格式表示，表格用html格式表示。"
 
 

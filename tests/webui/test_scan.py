@@ -73,7 +73,7 @@ def test_scan_json_has_counts_files_unknown_folders_and_sticks(scanning, client,
     assert [s["label"] for s in scan["sticks"]] == ["KINGSTON"]
     folders = {f["folder"]: f for f in scan["folders"]}
     assert folders[""]["task"] == "spotting" and folders["translate-en"]["options"] == {"target_lang": "en"}
-    assert folders["extract-invoice"]["options"]["fields"][0] == "invoice number"
+    assert folders["extract-invoice"]["options"]["fields"][0] == "发票代码"
     assert all(f["available"] for f in scan["folders"])  # the fake engine has every task
 
 
@@ -87,7 +87,7 @@ def test_scan_page_shows_the_queue_and_the_folder_help(scanning, client, scan_ro
     assert 'id="scan-retry-all"' in html and 'id="scan-retry-all" hidden' not in html
     assert f"{scan_root / 'inbox'}/misc" in html and 'id="scan-unknown" hidden' not in html
     assert "<code>inbox/translate-en/</code>" in html and "<code>inbox/extract-invoice/</code>" in html
-    assert "invoice number, invoice date" in html
+    assert "发票代码, 发票号码" in html
     assert 'id="scan-pulled" hidden' in html  # no stick was pulled
     zh = client.get("/scan-folder", headers={"Accept-Language": "zh"}).get_data(as_text=True)
     assert "扫描文件夹" in zh and "重试失败的文件" in zh and "收件箱子文件夹与任务" in zh

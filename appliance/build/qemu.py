@@ -35,6 +35,9 @@ OCR_TEXT = "Boot Test 2026"
 STICK_LABEL = "OCRTEST"
 STICK_FILE = "boot-test.png"
 STICK_DEVICE = "datastick"  # its QEMU device id, to pull it with device_del
+# The stick is also a scan-folder stick: the image must OCR OCR-INBOX/INBOX_FILE into OCR-OUTBOX/<stem>.txt.
+INBOX_FILE = "inbox-scan.png"
+OUTBOX_TEXT = f"OCR-OUTBOX/{INBOX_FILE.rsplit('.', 1)[0]}.txt"
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 
 
@@ -69,7 +72,15 @@ def data_stick(path: Path) -> Path:
     png = path.with_suffix(".png")
     png.write_bytes(text_png(OCR_TEXT))
     subprocess.run(["mcopy", "-i", str(path), str(png), f"::/{STICK_FILE}"], check=True)
+    subprocess.run(["mmd", "-i", str(path), "::/OCR-INBOX"], check=True)
+    subprocess.run(["mcopy", "-i", str(path), str(png), f"::/OCR-INBOX/{INBOX_FILE}"], check=True)
     return path
+
+
+def stick_text(path: Path, name: str) -> str | None:
+    """A file's text read back from the stick image after the guest is gone (mtools: no mount needed)."""
+    proc = subprocess.run(["mtype", "-i", str(path), f"::/{name}"], check=False, capture_output=True)
+    return proc.stdout.decode("utf-8", "replace") if proc.returncode == 0 else None
 
 
 def free_port() -> int:
@@ -300,35 +311,81 @@ def check_ocr(vm: Vm, token: str, result: dict) -> list[str]:
     return problems
 
 
+def usb_names(vm: Vm, token: str, path: str) -> list[str] | None:
+    _, body = vm.http(f"/usb/list?path={path}", token, timeout=30)
+    try:
+        return [e["name"] for e in json.loads(body)["entries"]]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def check_scan_stick(vm: Vm, token: str, result: dict, timeout: float = 300) -> list[str]:
+    """The stick's OCR-INBOX scan goes through the scan folder: its .txt lands in OCR-OUTBOX on the stick (the text
+    itself is read back from the stick image after shutdown, see boot_once)."""
+    started = time.monotonic()
+    folder, name = OUTBOX_TEXT.rsplit("/", 1)
+    while name not in (usb_names(vm, token, f"{STICK_LABEL}/{folder}") or []):
+        if time.monotonic() - started > timeout:
+            status, body = vm.http("/scan", token, timeout=30)
+            return [f"no {OUTBOX_TEXT} on the stick after {timeout:.0f}s; /scan says {status} {body[:300]!r}"]
+        time.sleep(3)
+    result["scan_stick_seconds"] = round(time.monotonic() - started, 1)
+    return []
+
+
+def check_ui_usb_upload(vm: Vm, token: str, shots: Path, result: dict) -> list[str]:
+    """The web UI in a real browser (host Chromium through the forward, as a LAN user): log in with the token, pick
+    STICK_FILE in the in-app USB browser, run plain text OCR, and see OCR_TEXT on the result page."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return ["the UI check needs playwright (pip install -e '.[dev]')"]
+    browser_path = shutil.which("chromium") or "/usr/bin/chromium"
+    base = f"http://127.0.0.1:{vm.port}"
+    started = time.monotonic()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=browser_path, headless=True, args=[
+                "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"])
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 800}, locale="en-US")
+                page.goto(base + "/login", timeout=60_000)
+                page.fill("input[name=token]", token)
+                page.click("button[type=submit]")
+                page.wait_for_selector("#usb-open", timeout=60_000)
+                page.click("#usb-open")
+                page.click(f"#usb-list button:has-text('{STICK_LABEL}')")
+                page.click(f"#usb-list button:has-text('{STICK_FILE}')")
+                page.check("input[value=text]", force=True)
+                page.click("#start")
+                page.wait_for_selector("#out-text", timeout=300_000)
+                shown = page.locator("#out-text").inner_text().strip()
+                page.screenshot(path=str(shots / "ui-usb-upload.png"), full_page=True)
+            finally:
+                browser.close()
+    except Exception as e:  # playwright's errors say which step timed out
+        return [f"UI upload from the USB browser failed: {type(e).__name__}: {str(e).splitlines()[0]}"]
+    result["ui_usb_upload"] = {"text": shown, "seconds": round(time.monotonic() - started, 1)}
+    return [] if shown == OCR_TEXT else [f"UI upload from the USB browser showed {shown!r}, expected {OCR_TEXT!r}"]
+
+
 def check_usb(vm: Vm, token: str, result: dict) -> list[str]:
     """The data stick shows in the in-app USB browser; pulled, it goes (unmounted, its folder removed)."""
-    problems = []
-    status, body = vm.http(f"/usb/list?path={STICK_LABEL}", token, timeout=30)
-    try:
-        names = [e["name"] for e in json.loads(body)["entries"]]
-    except (ValueError, KeyError, TypeError):
-        names = []
+    names = usb_names(vm, token, STICK_LABEL)
     result["usb_listing"] = names
-    if STICK_FILE not in names:
-        problems.append(f"the data stick is not in the USB browser: /usb/list?path={STICK_LABEL} -> {status} {names}")
-        return problems
+    if STICK_FILE not in (names or []):
+        return [f"the data stick is not in the USB browser: /usb/list?path={STICK_LABEL} -> {names}"]
     # Pull the stick: the image must unmount it and drop /media/STICK_LABEL (a stale mount point would stay listed).
     vm.monitor(f"device_del {STICK_DEVICE}")
     deadline = time.monotonic() + 60
-    while True:
-        status, body = vm.http("/usb/list", token, timeout=30)
-        try:
-            left = [e["name"] for e in json.loads(body)["entries"]]
-        except (ValueError, KeyError, TypeError):
-            left = None
-        if left is not None and STICK_LABEL not in left:
-            break
+    while STICK_LABEL in (left := usb_names(vm, token, "") or [STICK_LABEL]):
         if time.monotonic() > deadline:
-            problems.append(f"/media/{STICK_LABEL} still there after the stick was pulled: {status} {left}")
-            break
+            result["usb_removed_cleanly"] = False
+            return [f"/media/{STICK_LABEL} still there after the stick was pulled: {left}"]
         time.sleep(2)
-    result["usb_removed_cleanly"] = not problems
-    return problems
+    result["usb_removed_cleanly"] = True
+    return []
 
 
 def boot_once(disk: Path, mode: str, out: Path, timeout: float, token: str | None, lan: bool,
@@ -354,7 +411,13 @@ def boot_once(disk: Path, mode: str, out: Path, timeout: float, token: str | Non
                     time.sleep(2)
             result["health_via_forward"] = health
             result["seconds_to_health"] = round(time.monotonic() - vm.started, 1)
-        api_problems = check_ocr(vm, token, result) + check_usb(vm, token, result) if lan and health == 200 else []
+        api_problems = []
+        if lan and health == 200:
+            api_problems += check_ocr(vm, token, result)
+            if stick:
+                api_problems += check_scan_stick(vm, token, result)
+                api_problems += check_ui_usb_upload(vm, token, out, result)
+                api_problems += check_usb(vm, token, result)  # pulls the stick: last
         result["kiosk_rendered"] = vm.wait_rendered(out / "screen.png", timeout=180)
         result["seconds_to_render"] = round(time.monotonic() - vm.started, 1)
         problems = api_problems
@@ -380,6 +443,12 @@ def boot_once(disk: Path, mode: str, out: Path, timeout: float, token: str | Non
         return result
     finally:
         vm.stop()
+        if stick and "scan_stick_seconds" in result:  # the scan folder's .txt, as the guest left it on the stick
+            text = (stick_text(stick, OUTBOX_TEXT) or "").strip()
+            result["scan_stick_text"] = text
+            if text != OCR_TEXT:
+                result["ok"] = False
+                result.setdefault("problems", []).append(f"{OUTBOX_TEXT} on the stick holds {text!r}")
         result["outbound"] = guest_traffic(out / "guest.pcap", allow_dhcp=lan)
         if result["outbound"]:
             result["ok"] = False
@@ -403,7 +472,6 @@ def boot_test(iso: Path, modes: list[str], artifacts: Path, timeout: int = 420, 
     lan = bool(lan_token)
     results = []
     stick = None
-    data = data_stick(artifacts / "data-stick.img")
     for mode in modes:
         if mode not in MODES:
             raise SystemExit(f"unknown mode {mode}; choose from {', '.join(MODES)}")
@@ -412,6 +480,8 @@ def boot_test(iso: Path, modes: list[str], artifacts: Path, timeout: int = 420, 
             stick = stick or usb_copy(iso, artifacts / "stick.img")
             disk = stick
         print(f"boot {mode} ({' '.join(accel())}) ...", flush=True)
+        (artifacts / mode).mkdir(exist_ok=True)
+        data = data_stick(artifacts / mode / "data-stick.img")  # fresh per boot: its inbox is consumed
         r = boot_once(disk, mode, artifacts / mode, timeout, lan_token, lan, stick=data)
         results.append(r)
         print(f"  {mode}: {'PASS' if r['ok'] else 'FAIL'} selftest after {r.get('seconds_to_selftest')}s"

@@ -1,0 +1,144 @@
+"""Image benchmark: build times, layer and ISO sizes, and boot-to-OCR-ready against a bare image, in one run.
+
+    python3 -m bench.image              # root and the build host's tools (`make iso` installs them)
+    python3 -m bench.image --no-boot    # build figures only
+
+1. Cold build of the default (cpu) image into a fresh layer cache. The downloaded .debs and wheels are shared with
+   the normal cache, so this measures building, not the network.
+2. Rebuild after an app-only change: the UI language differs, which changes only the app layer's inputs.
+3. Boot, in QEMU (BIOS, CD, same settings for both), a LAN-mode copy of the image up to its first OCR answer
+   through the port forward, and a bare image made of the same base layer (Debian, kernel, live-boot, Xorg,
+   Chromium; no Python runtime, no app, no kiosk) up to systemd reporting the boot finished.
+   Goal: the appliance's boot-to-OCR-ready within 1.2x of the bare image's boot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import time
+from pathlib import Path
+
+from appliance.build import app, boot, host, iso, layers, qemu, rootfs, run_build
+from appliance.build.context import Context, hash_inputs, make_context, remove_tree
+from appliance.build.stages import Stage, run_stages
+from appliance.settings import REPO, resolve
+
+TOKEN = "bench-token-not-secret"
+BARE_READY = re.compile(r"APPLIANCE-BARE-READY uptime=(\S+)")
+# The bare image's only addition: say on the serial console when systemd considers the boot finished.
+BARE_SCRIPT = """#!/bin/sh
+state=$(timeout 600 systemctl is-system-running --wait)
+echo "APPLIANCE-BARE-READY uptime=$(cut -d' ' -f1 /proc/uptime) state=$state" > /dev/ttyS0
+"""
+BARE_UNIT = """[Unit]
+Description=bench: report on the serial console when the boot finished
+[Service]
+Type=exec
+ExecStart=/usr/local/lib/bench-bare-ready
+"""
+
+
+def build_bare_layer(ctx: Context) -> str:
+    layer = layers.cached_layer(ctx, "bare", app.ORDER, hash_inputs("bare", BARE_SCRIPT, BARE_UNIT), ctx.epoch)
+    if not layer.cached:
+        tree = ctx.work / "bare-layer"
+        script = tree / "usr/local/lib/bench-bare-ready"
+        unit = tree / "etc/systemd/system/bench-bare-ready.service"
+        link = tree / "etc/systemd/system/multi-user.target.wants/bench-bare-ready.service"
+        for p in (script, unit, link):
+            p.parent.mkdir(parents=True, exist_ok=True)
+        script.write_text(BARE_SCRIPT)
+        script.chmod(0o755)
+        unit.write_text(BARE_UNIT)
+        link.symlink_to("/etc/systemd/system/bench-bare-ready.service")
+        layers.finish_layer(ctx, layer, tree, {})
+        remove_tree(tree)
+    ctx.layers.append(layer)
+    return layers.describe(layer)
+
+
+BARE_STAGES = (
+    Stage("check-host", host.require_host),
+    Stage("base-layer", rootfs.build_base_layer),
+    Stage("bare-layer", build_bare_layer),
+    Stage("bootloader", boot.make_bootloader),
+    Stage("iso-tree", iso.populate_tree),
+    Stage("iso", iso.make_iso),
+)
+
+
+def build_bare_iso(cache: Path, dest: Path) -> Path:
+    ctx = make_context(resolve("cpu", ["name=bare"], cache_dir=str(cache),
+                               out_dir=str(dest.parent)))
+    try:
+        run_stages(ctx, BARE_STAGES, log=lambda *a, **k: None)
+        shutil.move(ctx.files["iso"], dest)
+    finally:
+        remove_tree(ctx.work)
+    return dest
+
+
+def timed_build(log: list[str], *args, **kwargs) -> tuple[float, Path]:
+    lines: list[str] = []
+    started = time.monotonic()
+    iso_path = run_build(*args, log=lambda *a, **k: lines.append(" ".join(map(str, a))), **kwargs)
+    log.extend(line for line in lines if line.startswith(("timings:", "layers:")))
+    return time.monotonic() - started, iso_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", default=str(REPO / "out" / "bench-image"), help="scratch folder (kept for a look)")
+    ap.add_argument("--no-boot", action="store_true", help="build figures only")
+    args = ap.parse_args(argv)
+    work = Path(args.work).resolve()
+    remove_tree(work)
+    cache = work / "cache"
+    cache.mkdir(parents=True)
+    for shared in ("debs", "wheels"):  # downloads are reused; every layer is built from scratch
+        (REPO / "cache" / shared).mkdir(parents=True, exist_ok=True)
+        (cache / shared).symlink_to(REPO / "cache" / shared)
+    log: list[str] = []
+    print("cold build (fresh layer cache) ...", flush=True)
+    cold, iso_path = timed_build(log, "cpu", out_dir=str(work / "out"), cache_dir=str(cache))
+    print("rebuild after an app-only change (UI language) ...", flush=True)
+    rebuild, _ = timed_build(log, "cpu", ["language=zh"], out_dir=str(work / "out-zh"), cache_dir=str(cache))
+    layer_sizes = {p.parent.name.split("-")[0]: p.stat().st_size for p in (cache / "layers").glob("*/layer.squashfs")}
+    figures = [
+        f"cold build                 {cold:7.1f} s",
+        f"app-only rebuild           {rebuild:7.1f} s   (goal < 45 s)",
+        *[f"layer {name:<20} {size / 2**20:7.1f} MiB" for name, size in sorted(layer_sizes.items())],
+        f"ISO {iso_path.name:<22} {iso_path.stat().st_size / 1e6:7.1f} MB    (goal < 700 MB)",
+    ]
+    if not args.no_boot:
+        print("LAN-mode copy and bare image ...", flush=True)
+        _, lan_iso = timed_build(log, "cpu", ["lan=on", f"lan_token={TOKEN}"], out_dir=str(work / "out-lan"),
+                                 cache_dir=str(cache))
+        bare_iso = build_bare_iso(cache, work / "bare.iso")
+        figures.append(f"bare ISO                   {bare_iso.stat().st_size / 1e6:7.1f} MB")
+        print("booting the bare image (BIOS CD) ...", flush=True)
+        vm = qemu.Vm(disk=bare_iso, mode="bios-cd", dir=work / "boot-bare")
+        try:
+            vm.start()
+            m = vm.wait_serial(BARE_READY, 600)
+            bare_s = time.monotonic() - vm.started if m else None
+        finally:
+            vm.stop()
+        print("booting the appliance (BIOS CD) up to its first OCR answer ...", flush=True)
+        r = qemu.boot_once(lan_iso, "bios-cd", work / "boot-appliance", 600, TOKEN, lan=True)
+        ours = r.get("seconds_to_first_ocr") if r.get("ocr", {}).get("status") == 200 else None
+        figures += [
+            f"bare image: boot finished  {bare_s:7.1f} s" if bare_s else "bare image: no ready line within 600 s",
+            f"appliance: selftest        {r.get('seconds_to_selftest') or 0:7.1f} s",
+            f"appliance: first OCR       {ours:7.1f} s" if ours else f"appliance: no OCR answer {r.get('problems')}",
+        ]
+        if bare_s and ours:
+            figures.append(f"boot-to-OCR-ready / bare   {ours / bare_s:7.2f} x   (goal <= 1.2 x)")
+    print("\n".join(["", "image benchmark (this machine, this run):", *figures, *log]), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

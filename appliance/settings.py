@@ -78,9 +78,26 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("lan", "bool", False, "also serve the API on the network (DHCP on wired ports); needs lan_token",
             image=True),
     Setting("lan_token", "str", "", "bearer token the API demands in LAN mode", image=True, secret=True),
+    # GPU stack (gpu profile). gpu_stack empty = no GPU stack (the cpu image). Checked by appliance/build/stack.py
+    # before anything is downloaded; the lock's pins can be overridden one by one, and every pair is re-checked.
+    Setting("gpu_stack", "str", "", "GPU stack lock from build/locks/ (cuda12-debian-driver, cuda13-user-driver), "
+            "or 'custom' with all three versions below; empty: no GPU stack"),
+    Setting("nvidia_driver_source", "str", "debian", "NVIDIA driver: 'debian' (550 from non-free) or a directory "
+            "of NVIDIA's .deb packages (for driver >= 580)"),
+    Setting("nvidia_driver_version", "str", None, "expected NVIDIA driver version (checked against the source)"),
+    Setting("vllm_version", "str", None, "override the lock's vLLM pin"),
+    Setting("torch_version", "str", None, "override the lock's torch pin"),
+    Setting("transformers_version", "str", None, "override the lock's transformers pin"),
+    Setting("gpu_require_blackwell", "bool", False, "fail the build unless Blackwell GPUs (RTX 50xx) are supported"),
+    Setting("nvidia_sign_key", "path", None, "directory with mok.key + mok.pub (DKMS names): sign the NVIDIA modules "
+            "for Secure Boot with this site key, enrolled with MOK; unset: unsigned modules"),
+    Setting("model_version", "choice", None, "HunyuanOCR version in --model DIR: 1.5 (repo root) or 1.0 (v1.0/); "
+            "needed when DIR has no v1.0/ beside it", choices=("1.5", "1.0")),
     # Host side: where things go (CLI flags, not profile keys)
     Setting("profile", "str", "cpu", "profile name or path of a profile YAML", profile=False),
     Setting("model_dir", "path", None, "local model directory (gpu profile: --model DIR)", profile=False),
+    Setting("accept_model_license", "bool", False, "--accept-model-license: the Tencent Hunyuan Community License "
+            "was read and accepted (a per-build act, so not a profile key)", profile=False),
     Setting("out_dir", "path", "out", "where the ISO, SHA256SUMS and manifest.json go", profile=False),
     Setting("cache_dir", "path", "cache", "debs, wheels and layers kept between builds", profile=False),
 )

@@ -13,7 +13,7 @@ __all__ = ["run_build", "BuildError", "SettingsError"]
 
 def run_build(profile: str = "cpu", overrides: list[str] | tuple[str, ...] = (), model: str | None = None,
               out_dir: str | None = None, cache_dir: str | None = None, dump_config: bool = False,
-              log=print) -> Path:
+              log=print, accept_model_license: bool | None = None) -> Path:
     """Build out/<name>-<version>-<profile>.iso (+ SHA256SUMS, manifest.json); return the ISO's path.
 
     profile: a name in build/profiles/ or a YAML path; overrides: ["KEY=VALUE", ...] from --set; model: --model DIR.
@@ -22,7 +22,8 @@ def run_build(profile: str = "cpu", overrides: list[str] | tuple[str, ...] = (),
     """
     from appliance.build.stages import run_stages
 
-    config = resolve(profile, overrides, model_dir=model, out_dir=out_dir, cache_dir=cache_dir)
+    config = resolve(profile, overrides, model_dir=model, out_dir=out_dir, cache_dir=cache_dir,
+                     accept_model_license=accept_model_license)
     if dump_config:
         log(config.dump())
     ctx = make_context(config)

@@ -10,7 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
-from appliance.build import layers, pyenv
+from appliance.build import bytecode, layers, model, pyenv
 from appliance.build.context import BuildError, Context, hash_inputs, inputs_epoch, remove_tree
 
 ORDER = 30
@@ -50,6 +50,9 @@ def units(ctx: Context) -> dict[str, str]:
     if c.selftest:
         target = gwants if c.kiosk else wants
         links[f"{target}/appliance-selftest.service"] = "/etc/systemd/system/appliance-selftest.service"
+    if c.gpu_stack:  # driver loading and the model server: each skips itself cleanly on a PC without a usable GPU
+        links[f"{wants}/appliance-nvidia.service"] = "/etc/systemd/system/appliance-nvidia.service"
+        links[f"{wants}/appliance-vllm.service"] = "/etc/systemd/system/appliance-vllm.service"
     if c.lan:
         links[f"{wants}/systemd-networkd.service"] = "/usr/lib/systemd/system/systemd-networkd.service"
         links["etc/systemd/system/sockets.target.wants/systemd-networkd.socket"] = \
@@ -75,7 +78,18 @@ def generated(ctx: Context) -> dict[str, tuple[str, int]]:
             "LLMNR=no\nMulticastDNS=no\n", 0o644)
     # The web unit's one command line takes these (rootfs/etc/systemd/system/appliance-web.service).
     host = "0.0.0.0" if c.lan else "127.0.0.1"
-    files["etc/appliance/appliance.env"] = (f"APPLIANCE_ENGINE={c.engine}\nAPPLIANCE_HOST={host}\n", 0o644)
+    env = f"APPLIANCE_ENGINE={c.engine}\nAPPLIANCE_HOST={host}\n"
+    stack = ctx.info.get("stack")
+    if stack:
+        # appliance.gpu reads it at boot: which module flavours exist, whether they are signed, the CUDA version.
+        built = ctx.info.get("nvidia") or {}
+        info = stack.as_dict()
+        info["driver"]["flavours"] = built.get("flavours", info["driver"]["flavours"])
+        info["modules_signed"] = bool(built.get("signed"))
+        info["kernel"] = built.get("kernel")
+        files["etc/appliance/gpu-stack.json"] = (json.dumps(info, indent=1, sort_keys=True) + "\n", 0o644)
+        env += f"APPLIANCE_MODEL=/{model.IMAGE_MODEL_DIR}\n"  # `appliance serve|ocr|vllm-server` default --model
+    files["etc/appliance/appliance.env"] = (env, 0o644)
     return files
 
 
@@ -85,7 +99,8 @@ INPUTS = (*PACKAGES, "rootfs")
 def app_key(ctx: Context) -> str:
     sources = [ctx.repo / p for p in PACKAGES] + [ctx.repo / "rootfs"]
     return hash_inputs("app", *sources, units(ctx), generated(ctx), ctx.config.python_version,
-                       ctx.config.compression, inputs_epoch(ctx, *INPUTS), Path(__file__), Path(ctx.files["passwd"]))
+                       ctx.config.compression, inputs_epoch(ctx, *INPUTS), Path(__file__), Path(bytecode.__file__),
+                       Path(ctx.files["passwd"]))
 
 
 def build_app_layer(ctx: Context) -> str:
@@ -94,6 +109,7 @@ def build_app_layer(ctx: Context) -> str:
         tree = ctx.work / "app-layer"
         try:
             populate(ctx, tree)
+            bytecode.compile_tree(ctx, tree, tree / pyenv.site_dir(ctx))
             layers.finish_layer(ctx, layer, tree, {"packages": list(PACKAGES)})
         finally:
             remove_tree(tree)

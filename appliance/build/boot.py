@@ -33,6 +33,8 @@ def grub_cfg(ctx: Context) -> str:
     base = "boot=live quiet loglevel=3 console=tty0 console=ttyS0,115200n8"
     if c.persistence:
         base += " persistence"
+    if c.gpu_stack:  # nouveau must not take the card before the NVIDIA modules (also in the initramfs)
+        base += " modprobe.blacklist=nouveau"
     if c.kernel_cmdline:
         base += " " + c.kernel_cmdline
     entries = [

@@ -64,3 +64,17 @@ def prune(ctx: Context, keep: Layer, versions: int = 2) -> None:
 
 def describe(layer: Layer) -> str:
     return f"{layer.filename} {layer.meta.get('size', 0) / 2**20:.1f} MiB key={layer.key}"
+
+
+def pack(items: list[tuple[object, int]], budget: int) -> list[list]:
+    """Split (item, size) pairs into groups of at most `budget` bytes (first fit, biggest first), so that each group's
+    squashfs stays under the 4 GiB per-file limit. An item bigger than the budget gets a group of its own."""
+    groups: list[tuple[int, list]] = []
+    for item, size in sorted(items, key=lambda pair: (-pair[1], str(pair[0]))):
+        for i, (used, members) in enumerate(groups):
+            if used + size <= budget:
+                groups[i] = (used + size, members + [item])
+                break
+        else:
+            groups.append((size, [item]))
+    return [sorted(members, key=str) for _, members in groups] or [[]]

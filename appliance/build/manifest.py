@@ -32,8 +32,12 @@ def write_manifest(ctx: Context) -> str:
                    for layer in sorted(ctx.layers, key=lambda x: x.order)],
         "debs": ctx.info.get("debs", []),
         "wheels": ctx.info.get("wheels", []),
-        "model_files": ctx.info.get("model_files", []),
+        "model_files": ctx.info.get("model_files", []),  # every weight file's path, size and sha256
     }
+    stack = ctx.info.get("stack")
+    if stack:  # gpu profile: the resolved versions, the modules built and the model's identity
+        manifest["gpu_stack"] = {**stack.as_dict(), "nvidia_modules": ctx.info.get("nvidia")}
+        manifest["model"] = ctx.info.get("model_identity")
     path = ctx.work / "manifest.json"
     path.write_text(json.dumps(manifest, indent=1) + "\n")
     ctx.files["manifest"] = path
@@ -47,7 +51,7 @@ def publish(ctx: Context) -> str:
     """
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     done = []
-    for key in ("iso", "usb_img", "manifest"):
+    for key in ("iso", "usb_img", "manifest", "model_license", "model_notice"):
         src = ctx.files.get(key)
         if src:
             dst = ctx.out_dir / src.name

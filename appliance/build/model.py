@@ -352,3 +352,74 @@ def install_model(prepared: PreparedModel, dest: str | os.PathLike) -> dict:
     verify(dest, prepared.manifest)
     write_manifest(dest, prepared.manifest)
     return prepared.manifest
+
+
+# --- the build stages (gpu profile) ---------------------------------------------------------------------------
+
+IMAGE_MODEL_DIR = "usr/share/appliance/model"  # in the image; the web and vLLM units read APPLIANCE_MODEL
+IMAGE_LICENSE_DIR = "usr/share/doc/appliance-model"  # LICENSE + NOTICE, shown on the status page
+ORDER = 20
+PART_BUDGET = 3 * 2**30  # bytes of weights per squashfs: each stays under the 4 GiB per-file limit
+
+
+def check_model(ctx) -> str:
+    """Build stage: licence accepted, the version's directory complete and hashed, before anything is built."""
+    from appliance.build.context import BuildError
+
+    c = ctx.config
+    if not c.model_dir:
+        raise BuildError(
+            f"the {c.profile} profile bundles HunyuanOCR (gpu_stack is {c.gpu_stack}): give the weights with "
+            "--model DIR (a local snapshot of tencent/HunyuanOCR) and --accept-model-license"
+        )
+    try:
+        prepared = prepare_model(c.model_dir, c.model_version, c.accept_model_license)
+    except ModelError as e:
+        raise BuildError(str(e)) from None
+    ctx.info["model"] = prepared
+    size = sum(e["size"] for e in prepared.files)
+    m = prepared.manifest
+    return (f"{m['model_id']} {m['version']} revision {m['revision']}: {len(prepared.files)} files, "
+            f"{size / 2**20:.1f} MiB, from {prepared.path}")
+
+
+def build_model_layer(ctx) -> str:
+    """The weights in their own squashfs layer(s), keyed by the files' hashes: a new app never re-squashes them."""
+    from appliance.build import layers
+    from appliance.build.context import hash_inputs, inputs_epoch, remove_tree
+
+    prepared: PreparedModel = ctx.info["model"]
+    parts = layers.pack([(e["path"], e["size"]) for e in prepared.files], PART_BUDGET)
+    epoch = inputs_epoch(ctx, "appliance/build/model.py")
+    key = hash_inputs("model", prepared.manifest, parts, ctx.config.compression, epoch, Path(__file__))
+    made = []
+    for i, paths in enumerate(parts):
+        name = "model" if i == 0 else f"model{i + 1}"
+        layer = layers.cached_layer(ctx, name, ORDER + i, key, epoch)
+        if not layer.cached:
+            tree = ctx.work / f"{name}-layer"
+            try:
+                dest = tree / IMAGE_MODEL_DIR
+                part = PreparedModel(prepared.path, {**prepared.manifest, "files": [
+                    e for e in prepared.files if e["path"] in set(paths)]}, prepared.license_files)
+                install_model(part, dest)  # copies and verifies this part's files
+                if i == 0:  # the manifest (all files) and the licence go with the first part
+                    write_manifest(dest, prepared.manifest)
+                    copy_license_files(prepared, tree / IMAGE_LICENSE_DIR)
+                else:
+                    (dest / MANIFEST).unlink()
+                layers.finish_layer(ctx, layer, tree, {"files": paths})
+            finally:
+                remove_tree(tree)
+        ctx.layers.append(layer)
+        made.append(layer)
+    # The licence and notice also go beside the ISO: whoever receives the image gets them (a redistribution).
+    lic = ctx.work / "model-license"
+    for copied in copy_license_files(prepared, lic):
+        target = lic / f"{ctx.stem}.model-{copied.name}.txt"
+        copied.rename(target)
+        ctx.files[f"model_{copied.name.lower()}"] = target
+    ctx.info["model_files"] = prepared.files
+    ctx.info["model_identity"] = {k: prepared.manifest[k] for k in ("model_id", "version", "revision",
+                                                                    "revision_source", "files_sha256")}
+    return ", ".join(layers.describe(layer) + (" (reused)" if layer.cached else "") for layer in made)

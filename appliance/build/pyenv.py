@@ -13,14 +13,14 @@ import sys
 import tomllib
 from pathlib import Path
 
-from appliance.build import layers
+from appliance.build import bytecode, layers
 from appliance.build.context import BuildError, Context, hash_inputs, inputs_epoch, remove_tree, run
 from appliance.files import sha256_file
 
 ORDER = 10
-# glibc 2.41 in trixie: every manylinux tag up to 2_39 is loadable.
-PLATFORMS = ["manylinux_2_39_x86_64", "manylinux_2_34_x86_64", "manylinux_2_28_x86_64", "manylinux_2_17_x86_64",
-             "manylinux2014_x86_64", "linux_x86_64"]
+# glibc 2.41 in trixie: every manylinux tag up to 2_41 is loadable. pip matches explicit --platform tags exactly
+# (no implied older glibc), so each minor is listed: vLLM 0.12-0.18 ship manylinux_2_31 wheels only.
+PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(41, 16, -1)] + ["manylinux2014_x86_64", "linux_x86_64"]
 # Not needed at run time: the CLI's console scripts of dependencies, tests and headers inside wheels.
 PRUNE = ["bin", "*/tests", "*/include"]
 
@@ -39,6 +39,9 @@ def requirements(ctx: Context) -> list[str]:
         if extra not in extras:
             raise BuildError(f"python_extras: '{extra}' is not an extra of pyproject.toml ({', '.join(extras)})")
         reqs += [r for r in extras[extra] if r not in reqs]
+    stack = ctx.info.get("stack")
+    if stack:  # gpu profile: the checked vLLM/torch/transformers pins, resolved together with the app's needs
+        reqs += stack.requirements()
     return reqs
 
 
@@ -60,23 +63,43 @@ def python_key(ctx: Context) -> str:
                        inputs_epoch(ctx, *INPUTS), Path(__file__))
 
 
+# Wheel bytes per layer: with the GPU stack (torch, vLLM, ~3 GB of CUDA wheels) one squashfs would pass 4 GiB, so
+# the set is split into parts (python, python2, ...) that live-boot stacks into one site-packages.
+PART_BUDGET = 3 * 2**30
+
+
 def build_python_layer(ctx: Context) -> str:
-    layer = layers.cached_layer(ctx, "python", ORDER, python_key(ctx), inputs_epoch(ctx, *INPUTS))
-    if not layer.cached:
-        tree = ctx.work / "python-layer"
+    key, epoch = python_key(ctx), inputs_epoch(ctx, *INPUTS)
+
+    def part(i: int) -> layers.Layer:
+        return layers.cached_layer(ctx, "python" if i == 0 else f"python{i + 1}", ORDER + i, key, epoch)
+
+    first = part(0)
+    parts = [first] + [part(i) for i in range(1, first.meta.get("parts", 1))]
+    if not all(p.cached for p in parts):
+        trees = []
         try:
-            wheels = install(ctx, tree / site_dir(ctx))
-            layers.finish_layer(ctx, layer, tree, {"wheels": wheels, "requirements": requirements(ctx)})
+            files = download(ctx)
+            groups = layers.pack([(f, f.stat().st_size) for f in files], PART_BUDGET)
+            parts = [part(i) for i in range(len(groups))]
+            for layer, group in zip(parts, groups):
+                tree = ctx.work / f"{layer.name}-layer"
+                trees.append(tree)
+                wheels = install(ctx, group, tree / site_dir(ctx))
+                layers.finish_layer(ctx, layer, tree, {"wheels": wheels, "requirements": requirements(ctx),
+                                                      "parts": len(groups)})
+                remove_tree(tree)
         finally:
-            remove_tree(tree)
-    ctx.layers.append(layer)
-    ctx.info["wheels"] = layer.meta["wheels"]
-    return ("reused " if layer.cached else "built ") + layers.describe(layer) + f", {len(layer.meta['wheels'])} wheels"
+            for tree in trees:
+                remove_tree(tree)
+    ctx.layers.extend(parts)
+    ctx.info["wheels"] = sorted((w for p in parts for w in p.meta["wheels"]), key=lambda w: w["name"].lower())
+    return ("reused " if all(p.cached for p in parts) else "built ") + "; ".join(
+        layers.describe(p) for p in parts) + f", {len(ctx.info['wheels'])} wheels"
 
 
-def install(ctx: Context, site: Path) -> list[dict]:
-    """Resolve for the target Python into a fresh folder, then unpack exactly those wheels into `site`."""
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+def download(ctx: Context) -> list[Path]:
+    """Resolve the whole set once, for the target Python, into a fresh folder; keep the wheels in cache/wheels."""
     chosen = ctx.work / "wheels"
     cache = ctx.cache_dir / "wheels"
     cache.mkdir(parents=True, exist_ok=True)
@@ -85,18 +108,28 @@ def install(ctx: Context, site: Path) -> list[dict]:
     else:  # the index, but wheels already in the cache are taken from there
         source = ["--find-links", str(cache)]
     # pip download honours --python-version for Requires-Python; pip install on the host would not.
-    run([*pip, "download", "-q", "-d", chosen, *target_args(ctx), *source, *requirements(ctx)], ctx)
+    run([*PIP, "download", "-q", "-d", chosen, *target_args(ctx), *source, *requirements(ctx)], ctx)
     files = sorted(chosen.glob("*.whl"))
     for f in files:
         if not (cache / f.name).exists():
             shutil.copy2(f, cache / f.name)
-    # --no-compile: the host's Python would write .pyc files for the wrong version.
-    run([*pip, "install", "-q", "--no-deps", "--ignore-requires-python", "--no-compile", "--target", site,
+    return files
+
+
+PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+
+
+def install(ctx: Context, files: list[Path], site: Path) -> list[dict]:
+    """Unpack exactly these wheels into `site` (no resolving: download() did that for the whole set)."""
+    # --no-compile: the host's Python would write .pyc files for the wrong version; the image's own Python
+    # compiles them once the tree is pruned (bytecode.py).
+    run([*PIP, "install", "-q", "--no-deps", "--ignore-requires-python", "--no-compile", "--target", site,
          *target_args(ctx), *files], ctx)
     for pattern in PRUNE:
         for p in site.glob(pattern):
             if p.is_dir():
                 remove_tree(p)
+    bytecode.compile_tree(ctx, site.parents[len(Path(site_dir(ctx)).parts) - 1], site)
     wheels = []
     for f in files:
         name, version = f.name.split("-")[:2]

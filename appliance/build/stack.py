@@ -445,3 +445,36 @@ def _check_lock_claims(data: dict, stack: Stack) -> None:
 
 # Named in messages: the vLLM each shipped lock pins (kept in step with build/locks/ by a test).
 VLLM_BY_LOCK = {CUDA12_LOCK: "0.18.1", CUDA13_LOCK: "0.26.0"}
+
+
+# --- The build stage --------------------------------------------------------------------------------------------
+
+
+def check_stack(ctx) -> str:
+    """Build stage, first of the gpu profile: resolve and check the stack before a single byte is downloaded."""
+    from appliance.build.context import BuildError
+
+    c = ctx.config
+    try:
+        stack = resolve_stack(
+            driver_source=c.nvidia_driver_source,
+            driver_version=c.nvidia_driver_version,
+            lock=None if c.gpu_stack == "custom" else c.gpu_stack,
+            torch=c.torch_version,
+            vllm=c.vllm_version,
+            transformers=c.transformers_version,
+            python_version=c.python_version,
+            need_blackwell=c.gpu_require_blackwell,
+        )
+    except StackError as e:
+        raise BuildError(f"GPU stack: {e.piece}: {e}") from None
+    if stack.driver.source == "run":  # resolve_stack understands it; the image builder installs .deb packages only
+        raise BuildError(
+            f"GPU stack: driver: {stack.driver.path} is NVIDIA's .run installer, which the image builder cannot "
+            "install into the image; give a directory of NVIDIA's .deb packages with --set nvidia_driver_source=DIR"
+        )
+    ctx.info["stack"] = stack
+    for warning in stack.warnings:
+        print(f"    warning: {warning}", flush=True)
+    return (f"{stack.name}: driver {stack.driver.version} ({'/'.join(stack.driver.flavours)}), CUDA {stack.cuda}, "
+            f"vLLM {stack.vllm}, torch {stack.torch}, transformers {stack.transformers}")

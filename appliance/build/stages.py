@@ -8,7 +8,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Callable
 
-from appliance.build import app, boot, host, iso, manifest, pyenv, rootfs, usb
+from appliance.build import app, boot, host, iso, manifest, model, nvidia, pyenv, rootfs, stack, usb
 from appliance.build.context import BuildError, Context
 
 
@@ -19,11 +19,20 @@ class Stage:
     when: Callable[[Context], bool] = lambda ctx: True
 
 
+def gpu(ctx: Context) -> bool:
+    """The gpu profile's stages run when the image has a GPU stack (gpu_stack names a lock)."""
+    return bool(ctx.config.gpu_stack)
+
+
 STAGES: tuple[Stage, ...] = (
+    # gpu: both checks come first, so a wrong stack or model directory costs seconds, not gigabytes
+    Stage("gpu-stack", stack.check_stack, when=gpu),  # driver/CUDA/torch/vLLM/transformers, before any download
+    Stage("model-check", model.check_model, when=gpu),  # licence, version dir, files, sha256
     Stage("check-host", host.require_host),
     Stage("base-layer", rootfs.build_base_layer),  # mmdebstrap: Debian, kernel, live-boot, Xorg, Chromium
-    Stage("python-layer", pyenv.build_python_layer),  # wheels for the image's Python
-    # (gpu profile: a model-layer stage slots in here, between the Python runtime and the app)
+    Stage("nvidia-layer", nvidia.build_driver_layer, when=gpu),  # DKMS modules for the image's kernel, libcuda
+    Stage("python-layer", pyenv.build_python_layer),  # wheels for the image's Python (gpu: + torch, vLLM, CUDA)
+    Stage("model-layer", model.build_model_layer, when=gpu),  # the weights, in their own squashfs
     Stage("app-layer", app.build_app_layer),  # appliance + webui + rootfs/ overlay + runtime config
     Stage("bootloader", boot.make_bootloader),
     Stage("iso-tree", iso.populate_tree),

@@ -33,6 +33,7 @@ def units(ctx: Context) -> dict[str, str]:
     gwants = "etc/systemd/system/graphical.target.wants"
     links = {
         f"{wants}/appliance-web.service": "/etc/systemd/system/appliance-web.service",
+        f"{wants}/appliance-verify-medium.service": "/etc/systemd/system/appliance-verify-medium.service",
         # No login prompt anywhere: the templates behind every VT and serial getty are masked.
         "etc/systemd/system/getty@.service": "/dev/null",
         "etc/systemd/system/serial-getty@.service": "/dev/null",

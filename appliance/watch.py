@@ -56,6 +56,7 @@ MAX_ATTEMPTS = 3  # a file whose processing kills the watcher this often is park
 MEDIA_DIRS = ("/media", "/run/media", "/mnt")  # where USB sticks are mounted (depth 1 or 2)
 STICK_INBOX, STICK_OUTBOX, STICK_DONE, STICK_FAILED = "OCR-INBOX", "OCR-OUTBOX", "OCR-DONE", "OCR-FAILED"
 
+
 def folder_requests() -> dict[str, Request]:
     """Inbox subfolder (lower case) -> what is asked of its files. "" is the inbox itself."""
     table = {
@@ -350,7 +351,10 @@ class Watcher:
             raise WatchError(f"another watcher is already running on {self.root}") from None
         self.db = open_ledger(self.state_dir)
         self.sticks: dict[str, Tree] = {}
-        self.pulled: list[dict] = []  # sticks that went away with files not finished, for the UI and the log
+        self.stick_since: dict[str, float] = {}  # when each stick was found: what happened since is its session
+        # Sticks that went away with files not finished, for the UI and the log. Kept over a restart (the files are
+        # still on the stick) until the stick is back.
+        self.pulled: list[dict] = self._previous_status().get("pulled", [])
         self.inotify = Inotify()
 
     def close(self) -> None:
@@ -422,9 +426,15 @@ class Watcher:
         for key in set(self.sticks) - set(found):
             self._stick_gone(self.sticks[key])
         for key in set(found) - set(self.sticks):
+            self.stick_since[key] = time.time()
             log.info(
                 "USB stick %s: watching %s, results go to %s", found[key].label, found[key].inbox, found[key].outbox
             )
+            if any(p.get("path") == key for p in self.pulled):
+                # Its files still in OCR-INBOX are taken now (those finished here get their results on the stick
+                # too, from the ledger, without a second OCR): the "not finished" notice is over.
+                log.info("USB stick %s is back: its unfinished files are processed now", found[key].label)
+                self.pulled = [p for p in self.pulled if p.get("path") != key]
         self.sticks = found
         return [self.local, *found.values()]
 
@@ -771,28 +781,69 @@ class Watcher:
 
     def _stick_gone(self, tree: Tree) -> None:
         waiting = sorted(rel for key, rel in self.pending if key == tree.key)
-        working = [
-            r["rel"]
-            for r in self.db.execute(f"SELECT rel FROM files WHERE tree=? AND state IN {ACTIVE_SQL}", (tree.key,))
-        ]
+        # Its files of this session that are not on the stick as they should be: still being worked on (they end
+        # here), already ended here (the one in OCR when it was pulled is usually done before this is noticed), or
+        # lost before they were copied off (still on the stick).
+        rows = self.db.execute(
+            f"SELECT id, rel, state, out_dir, final FROM files WHERE tree=? AND (updated>=? OR state IN {ACTIVE_SQL}) "
+            "ORDER BY id",
+            (tree.key, self.stick_since.pop(tree.key, 0)),
+        ).fetchall()
+        here = str(self.root)
+        ids = {
+            r["id"]: r["rel"]
+            for r in rows
+            if r["state"] in ACTIVE
+            or _inside_str(Path(r["out_dir"] or "/"), here)
+            or _inside_str(Path(r["final"] or "/"), here)
+        }
+        waiting = sorted({*waiting, *(r["rel"] for r in rows if r["state"] == "lost")})
+        working = list(ids.values())
         if waiting or working:
             log.warning(
                 "USB stick %s removed. Not copied off (still on the stick, not processed): %s. "
-                "Being finished here, results in %s: %s",
+                "Finished here instead (results in %s, failures in %s): %s",
                 tree.label,
                 ", ".join(waiting) or "none",
                 self.local.outbox / f"usb-{tree.label}",
+                self.local.failed / f"usb-{tree.label}",
                 ", ".join(working) or "none",
             )
             self.pulled.append(
-                {"stick": tree.label, "when": time.time(), "not_copied": waiting, "finished_locally": working}
+                {
+                    "stick": tree.label,
+                    "path": tree.key,
+                    "when": time.time(),
+                    "not_copied": waiting,
+                    "finished_locally": working,  # being finished here: split by outcome in write_status
+                    "ids": list(ids),
+                }
             )
         else:
             log.info("USB stick %s removed", tree.label)
 
+    def _pulled_now(self, pulled: dict) -> dict:
+        """A pulled stick's record with the files being finished here split by how they ended: a file that failed
+        here is not "finished" (it is in ROOT/failed/usb-<STICK>/ and its stick keeps the original)."""
+        ids = pulled.get("ids", [])
+        failed = [
+            r["rel"]
+            for r in self.db.execute(
+                f"SELECT rel FROM files WHERE state='failed' AND id IN ({','.join('?' * len(ids))}) ORDER BY id", ids
+            )
+        ]
+        finished = [rel for rel in pulled["finished_locally"] if rel not in failed]
+        return {**pulled, "finished_locally": finished, "failed_locally": failed}
+
+    def _previous_status(self) -> dict:
+        try:
+            return json.loads((self.state_dir / "status.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
     # -- failed files back in --
 
-    def retry_failed(self) -> int:
+    def retry_failed(self) -> Retried:
         return retry_failed(self.root, db=self.db)
 
     # -- the UI's view --
@@ -814,7 +865,7 @@ class Watcher:
                 for k, name in self.unknown_folders
             ),
             "sticks": [{"label": t.label, "path": t.key} for t in self.sticks.values()],
-            "pulled": self.pulled[-20:],
+            "pulled": [self._pulled_now(p) for p in self.pulled[-20:]],
         }
         # Advisory and rewritten every pass: a rename for atomicity, no fsync (it costs more than the rest).
         tmp = self.state_dir / ".status.json.tmp"
@@ -983,9 +1034,15 @@ def queue_state(root, recent: int = 200) -> dict:
                     if row["state"] == "done"
                     else []
                 )
+                # What retry_failed can do for it now: put it back, or nothing until its USB stick is inserted.
+                retryable = row["state"] == "failed" and bool(row["work"])  # links and devices are never retried
+                stick = Tree.usb(Path(row["tree"])) if row["tree"] else None
+                stick_out = retryable and stick is not None and not stick.present()
                 files.append(
                     {
                         "id": row["id"],  # for retry_failed(root, ids=[...])
+                        "retry": retryable and not stick_out and Path(row["final"]).is_file(),
+                        "waiting_for_stick": stick.label if stick_out else None,
                         "name": row["rel"],
                         "source": Path(row["tree"]).name if row["tree"] else "inbox",
                         "state": bucket,
@@ -1014,35 +1071,92 @@ def queue_state(root, recent: int = 200) -> dict:
     }
 
 
-def retry_failed(root, ids=None, db: sqlite3.Connection | None = None) -> int:
-    """Move files parked in ROOT/failed/ back into their inbox folders, to be tried once more; all of them, or the
-    ledger rows `ids` (the UI's retry button). Safe while a watcher runs: it never touches failed rows."""
+@dataclass
+class Retried:
+    """What `retry_failed` did: how many files went back into an inbox, and the failed files of USB sticks that are
+    not inserted (stick label -> names), which wait for their stick."""
+
+    moved: int = 0
+    waiting: dict = field(default_factory=dict)
+
+    def waiting_text(self) -> str:
+        return "; ".join(f"{stick}: {', '.join(names)}" for stick, names in sorted(self.waiting.items()))
+
+
+def retry_failed(root, ids=None, db: sqlite3.Connection | None = None) -> Retried:
+    """Put failed files back into the inbox they came from, to be tried once more; all of them, or the ledger rows
+    `ids` (the UI's retry button). A USB stick's file goes back into the stick's OCR-INBOX, only while that stick is
+    inserted; otherwise it is listed in `waiting`. Safe while a watcher runs (it never touches failed rows) and
+    against a second retry at the same time (a double tap): retries take turns on ROOT/.state/retry.lock."""
     root = Path(root).absolute()
     own = db is None
     db = db or open_ledger(root / ".state")
-    moved = 0
+    done = Retried()
+    # Not the ledger's write lock: a copy back onto a slow stick must not hold up the watcher.
+    lock = open(root / ".state" / "retry.lock", "a+")  # noqa: SIM115 - closed in finally
     try:
-        rows = db.execute("SELECT * FROM files WHERE state='failed' AND tree='' AND work IS NOT NULL").fetchall()
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = db.execute("SELECT * FROM files WHERE state='failed' AND work IS NOT NULL ORDER BY id").fetchall()
         for row in rows:
-            final = Path(row["final"])
-            if (ids is not None and row["id"] not in ids) or not final.is_file():
+            if ids is not None and row["id"] not in ids:
                 continue
-            back = root / "inbox" / row["rel"]
-            back.parent.mkdir(parents=True, exist_ok=True)
-            stem, suffix, n = back.stem, back.suffix, 0
-            while back.exists():
-                n += 1
-                back = back.with_name(f"{stem}-{n}{suffix}")
-            os.rename(final, back)  # a crash right after this only means the file is tried again: the point
-            Path(f"{final}.error.json").unlink(missing_ok=True)
-            db.execute("UPDATE files SET state='retried', updated=? WHERE id=?", (time.time(), row["id"]))
-            moved += 1
+            tree = Tree.usb(Path(row["tree"])) if row["tree"] else Tree.local(root)
+            if tree.stick and not tree.present():
+                done.waiting.setdefault(tree.label, []).append(row["rel"])
+                continue
+            try:
+                moved = _put_back(db, tree, row)
+            except OSError as error:  # the stick pulled meanwhile, a full stick: this file stays failed
+                log.warning("%s: could not be put back into %s: %s", row["rel"], tree.inbox, error)
+                continue
+            if moved:
+                db.execute("UPDATE files SET state='retried', updated=? WHERE id=?", (time.time(), row["id"]))
+                done.moved += 1
     finally:
+        lock.close()
         if own:
             db.close()
-    if moved:
-        log.info("moved %d failed file(s) back into the inbox", moved)
-    return moved
+    if done.moved:
+        log.info("moved %d failed file(s) back into their inbox", done.moved)
+    if done.waiting:
+        log.warning("failed files waiting for their USB stick (insert it, then retry): %s", done.waiting_text())
+    return done
+
+
+def _put_back(db: sqlite3.Connection, tree: Tree, row) -> bool:
+    """Move one failed file back into its inbox folder under a free name; False when there is nothing to move."""
+    final = Path(row["final"])
+    if not final.is_file():
+        return False  # moved or deleted by hand since
+    if tree.stick and not _inside_str(final, tree.key):
+        # The stick was pulled before this file failed: `final` is our copy in ROOT/failed/usb-<STICK>/, and the
+        # stick kept its original in OCR-INBOX. If the stick still has it, or a later ledger row took those bytes
+        # from the same place after the stick came back, that is the retry: our copy would be a second one.
+        source = Path(row["source"])
+        again = db.execute(
+            "SELECT 1 FROM files WHERE tree=? AND rel=? AND sha256=? AND id>?",
+            (row["tree"], row["rel"], row["sha256"], row["id"]),
+        ).fetchone()
+        if again or (source.is_file() and sha256_file(source) == row["sha256"]):
+            final.unlink()
+            Path(f"{final}.error.json").unlink(missing_ok=True)
+            return True
+    back = tree.inbox / row["rel"]
+    back.parent.mkdir(parents=True, exist_ok=True)
+    stem, suffix, n = back.stem, back.suffix, 0
+    while _exists(back):
+        n += 1
+        back = back.with_name(f"{stem}-{n}{suffix}")
+    try:
+        os.rename(final, back)  # a crash right after this only means the file is tried again: the point
+    except OSError as error:
+        if error.errno != errno.EXDEV:
+            raise
+        copy_atomic(final, back)  # our copy of a pulled stick's file, back onto the stick
+        fsync_dir(back.parent)
+        final.unlink()
+    Path(f"{final}.error.json").unlink(missing_ok=True)
+    return True
 
 
 def ledger_rows(root) -> list[dict]:

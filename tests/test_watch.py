@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -255,7 +257,7 @@ def test_corrupt_and_non_image_go_to_failed_with_reason(root, cpu):
     run_once(root, cpu)
     assert len(ledger(root)) == 3
     broken_id = next(r["id"] for r in ledger(root) if r["rel"] == "broken.png")
-    assert watch.retry_failed(root, ids=[broken_id]) == 1  # the UI's retry of one file
+    assert watch.retry_failed(root, ids=[broken_id]).moved == 1  # the UI's retry of one file
     assert (inbox / "broken.png").exists() and not (failed / "broken.png").exists()
     run_once(root, cpu, retry_failed=True)  # and the rest
     assert len(ledger(root)) == 6 and sorted(p.name for p in failed.rglob("*.error.json")) == [
@@ -456,6 +458,114 @@ def test_usb_stick_pulled_mid_job(root, tmp_path):
     state = watch.queue_state(root)
     assert state["counts"]["done"] == 2
     assert all("removed" in f["detail"] for f in state["files"])
+    # Both are named as finished here, a.png too: it was done before the watcher noticed the stick had gone.
+    [record] = state["pulled"]
+    assert (record["stick"], record["finished_locally"], record["not_copied"]) == ("SANDISK", ["a.png", "b.png"], [])
+    assert_no_leftovers(root)
+
+
+def test_usb_stick_failure_is_retried_on_its_stick(root, tmp_path, cpu):
+    """A stick's failed file stays on the stick (OCR-FAILED + .error.json); retry puts it back into the stick's
+    OCR-INBOX while the stick is in, and names it as waiting for its stick while it is out."""
+    media = tmp_path / "media"
+    stick = media / "KINGSTON"
+    save(text_image(["Annual report"], width=400), stick / "OCR-INBOX" / "doc" / "report.png")
+    run_once(root, cpu, media_dirs=[media])  # the CPU engine cannot do 'doc': failed
+
+    failed = stick / "OCR-FAILED" / "doc"
+    assert sorted(p.name for p in failed.iterdir()) == ["report.png", "report.png.error.json"]
+    assert "GPU" in json.loads((failed / "report.png.error.json").read_text())["reason"]
+    assert not (stick / "OCR-INBOX" / "doc" / "report.png").exists()
+    assert [p for p in (root / "failed").rglob("*") if p.is_file()] == []  # nothing of the stick's on our disk
+    [row] = watch.queue_state(root)["files"]
+    assert (row["state"], row["retry"], row["waiting_for_stick"]) == ("failed", True, None)
+
+    pulled = tmp_path / "pulled-KINGSTON"
+    stick.rename(pulled)
+    [row] = watch.queue_state(root)["files"]
+    assert (row["retry"], row["waiting_for_stick"]) == (False, "KINGSTON")
+    retried = watch.retry_failed(root)
+    assert (retried.moved, retried.waiting) == (0, {"KINGSTON": ["doc/report.png"]})
+    assert (pulled / "OCR-FAILED" / "doc" / "report.png").exists()  # untouched while the stick is out
+
+    pulled.rename(stick)
+    gpu = FakeRecognizer()  # stands for the GPU model, now there
+    run_once(root, gpu, media_dirs=[media], retry_failed=True)
+    assert gpu.calls == 1
+    assert sorted(p.name for p in (stick / "OCR-OUTBOX" / "doc").iterdir()) == [
+        f"report.{ext}" for ext in ("json", "md", "pdf", "txt")
+    ]
+    assert sorted(p.name for p in (stick / "OCR-DONE" / "doc").iterdir()) == ["report.png"]
+    assert list(failed.iterdir()) == []
+    assert [r["state"] for r in ledger(root)] == ["retried", "done"]
+    assert watch.retry_failed(root).moved == 0  # nothing is put back twice
+    run_once(root, gpu, media_dirs=[media])
+    assert gpu.calls == 1 and len(ledger(root)) == 2
+    assert_no_leftovers(root)
+
+
+@pytest.mark.parametrize("stick_keeps_original", [True, False])
+def test_usb_stick_pulled_then_file_fails_then_stick_is_back(root, tmp_path, stick_keeps_original):
+    """The stick goes away during the OCR of a file that then fails here: our copy is parked in
+    ROOT/failed/usb-<STICK>/, the UI says it failed (not "finished") and waits for the stick, over a restart too.
+    Back in, the stick's files are done on the stick, each recognised once, and retry makes no second copy."""
+    media = Path("/dev/shm") if os.stat("/dev/shm").st_dev != os.stat(tmp_path).st_dev else tmp_path
+    media = Path(tempfile.mkdtemp(dir=media)) / "media"  # another file system where there is one: a real stick's case
+    stick = media / "SANDISK"
+    try:
+        _pulled_then_failed(root, tmp_path, stick, stick_keeps_original)
+    finally:
+        shutil.rmtree(media.parent)
+
+
+def _pulled_then_failed(root, tmp_path, stick, stick_keeps_original):
+    media = stick.parent
+    save(text_image(["fine page"], width=300), stick / "OCR-INBOX" / "a.png")
+    save(text_image(["table page"], width=300), stick / "OCR-INBOX" / "table" / "t.png")
+    pulled = tmp_path / "pulled-SANDISK"
+
+    class PullThenFail(FakeRecognizer):  # pulls the stick on the first file; 'table' needs a GPU it lacks
+        def recognize(self, path, request, name):
+            if stick.exists():
+                shutil.move(stick, pulled)  # the stick's folder vanishes, as on unmount
+            if request.task.value == "table":
+                raise watch.OcrError(f"{name}: task 'table' needs the HunyuanOCR model on an NVIDIA GPU")
+            return super().recognize(path, request, name)
+
+    run_once(root, PullThenFail(), media_dirs=[media])
+
+    ours = root / "failed" / "usb-SANDISK" / "table"
+    assert sorted(p.name for p in ours.iterdir()) == ["t.png", "t.png.error.json"]
+    assert (pulled / "OCR-INBOX" / "table" / "t.png").exists()  # the stick keeps its original
+    [record] = watch.queue_state(root)["pulled"]
+    assert (record["finished_locally"], record["failed_locally"]) == (["a.png"], ["table/t.png"])
+    failed_row = next(f for f in watch.queue_state(root)["files"] if f["state"] == "failed")
+    assert (failed_row["retry"], failed_row["waiting_for_stick"]) == (False, "SANDISK")
+    assert watch.retry_failed(root).waiting == {"SANDISK": ["table/t.png"]}
+
+    run_once(root, FakeRecognizer(), media_dirs=[media])  # a restart without the stick: the notice stays
+    assert [p["stick"] for p in watch.queue_state(root)["pulled"]] == ["SANDISK"]
+
+    if not stick_keeps_original:
+        (pulled / "OCR-INBOX" / "table" / "t.png").unlink()  # someone tidied the stick meanwhile
+    shutil.move(pulled, stick)
+    gpu = FakeRecognizer()
+    run_once(root, gpu, media_dirs=[media])
+    assert watch.queue_state(root)["pulled"] == []  # the stick is back: its files are being done
+    # a.png was finished here: the stick now gets its results too, from the ledger, without a second OCR.
+    assert (stick / "OCR-OUTBOX" / "a.json").exists() and (stick / "OCR-DONE" / "a.png").exists()
+    assert gpu.calls == (1 if stick_keeps_original else 0)  # t.png, taken again from the stick's inbox
+
+    retried = watch.retry_failed(root)  # our parked copy: dropped if the stick's own went again, else put back
+    assert (retried.moved, retried.waiting) == (1, {})
+    assert not (ours / "t.png").exists() and not (ours / "t.png.error.json").exists()
+    run_once(root, gpu, media_dirs=[media])
+    assert gpu.calls == 1  # t.png recognised exactly once after the stick came back, either way
+    assert sorted(p.name for p in (stick / "OCR-OUTBOX" / "table").iterdir()) == [
+        f"t.{ext}" for ext in ("json", "md", "pdf", "txt")
+    ]
+    assert sorted(p.name for p in (stick / "OCR-DONE").rglob("*.png")) == ["a.png", "t.png"]
+    assert list((stick / "OCR-INBOX").rglob("*.png")) == []
     assert_no_leftovers(root)
 
 

@@ -15,7 +15,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from appliance import export
 from appliance.jobs import DONE, FAILED, Job, Jobs
 from appliance.ocr.tasks import Request
-from webui import errors, render, security
+from webui import errors, i18n, render, security
 from webui.openapi import document as openapi_document
 
 bp = Blueprint("api", __name__)
@@ -220,6 +220,9 @@ def scan_state(recent: int = 100) -> dict:
         folders = {str(Path(p).parent) for p in item.get("outputs", [])}
         item["output_dir"] = _shorter(folders.pop(), root) if len(folders) == 1 else None
         item["output_names"] = [Path(p).name for p in item.get("outputs", [])]
+        if item.get("waiting_for_stick"):  # said in the reason, which the page shows as it is
+            waiting = i18n.gettext("scan_waiting_for_stick", stick=item["waiting_for_stick"])
+            item["detail"] = f"{item['detail']} {waiting}".strip()
     supported = jobs().engine_status()["tasks"]
     state["folders"] = [
         {

@@ -207,6 +207,14 @@ MESSAGES = {
         "Moved {n} file(s) back into the inbox; they will be tried again.",
         "已将 {n} 个文件移回收件箱，将重新识别。",
     ),
+    "scan_retry_waiting": (
+        "Not moved, waiting for their USB stick (insert it, then retry): {files}",
+        "未移回，需等待对应的 U 盘（插入后再重试）：{files}",
+    ),
+    "scan_waiting_for_stick": (
+        "It is on USB stick {stick}, which is not inserted: insert it, then retry.",
+        "该文件在 U 盘 {stick} 上，此 U 盘未插入：请插入后再重试。",
+    ),
     "scan_unknown": ("Unknown folders: their files are left alone", "无法识别的文件夹：其中的文件不会被处理"),
     "scan_unknown_hint": (
         "Rename each one to a folder name from the table below, or move its files into one of those folders.",
@@ -230,6 +238,10 @@ MESSAGES = {
     "scan_finished_here": (
         "Finished on this machine, results in outbox/usb-{stick}: {files}",
         "已在本机完成，结果在 outbox/usb-{stick}：{files}",
+    ),
+    "scan_failed_here": (
+        "Failed on this machine, kept in failed/usb-{stick} (the stick keeps its original): {files}",
+        "在本机识别失败，保存在 failed/usb-{stick}（原件仍在 U 盘上）：{files}",
     ),
     # errors, login
     "error_title": ("Something went wrong", "出错了"),

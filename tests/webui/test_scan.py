@@ -154,3 +154,52 @@ def test_scan_folder_off(client):
     assert response.status_code == 400 and "The scan folder is off." in response.get_data(as_text=True)
     zh = client.get("/scan-folder", headers={"Accept-Language": "zh"}).get_data(as_text=True)
     assert "扫描文件夹未开启" in zh
+
+
+@pytest.fixture
+def stick_root(tmp_path, app_config):
+    """ROOT with nothing in its inbox, and a USB stick KINGSTON with a broken file in its OCR-INBOX."""
+    root = tmp_path / "scan"
+    stick = Path(app_config["USB_ROOT"]) / "KINGSTON"
+    (stick / watch.STICK_INBOX).mkdir(parents=True)
+    (stick / watch.STICK_INBOX / "torn.png").write_bytes(image_bytes()[:40])
+    app_config["SCAN_DIR"] = str(root)
+    app_config["SCAN_OPTIONS"] = {
+        "quiet": 0.2,
+        "give_up": 0.6,
+        "rescan": 0.3,
+        "media_dirs": (app_config["USB_ROOT"],),
+    }
+    return root
+
+
+def test_retry_of_a_usb_sticks_failed_file(stick_root, client, app):
+    """A stick's failed file: retry button while the stick is in; out, the row and the retry say it waits for it."""
+    root, stick = stick_root, Path(app.config["USB_ROOT"]) / "KINGSTON"
+    deadline = time.monotonic() + 30
+    while watch.queue_state(root)["counts"]["failed"] != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    app.extensions["scan"].stop(10)  # hold the watcher so the file is seen back in the stick's inbox
+    assert (stick / watch.STICK_FAILED / "torn.png.error.json").exists()
+    [row] = client.get("/scan").get_json()["files"]
+    assert (row["source"], row["retry"], row["waiting_for_stick"]) == ("KINGSTON", True, None)
+    html = client.get("/scan-folder", headers=EN).get_data(as_text=True)
+    assert f'name="id" value="{row["id"]}"' in html and 'id="scan-retry-all" hidden' not in html
+
+    stick.rename(stick.with_name("away"))  # pulled
+    [row] = client.get("/scan", headers=EN).get_json()["files"]
+    assert row["retry"] is False and "It is on USB stick KINGSTON, which is not inserted" in row["detail"]
+    html = client.get("/scan-folder", headers=EN).get_data(as_text=True)
+    assert f'name="id" value="{row["id"]}"' not in html and 'id="scan-retry-all" hidden' in html
+    response = client.post("/scan-folder/retry", data={"csrf_token": csrf(client, "/scan-folder")}, headers=EN)
+    html = client.get(response.headers["Location"], headers=EN).get_data(as_text=True)
+    assert "Not moved, waiting for their USB stick (insert it, then retry): KINGSTON: torn.png" in html
+
+    stick.with_name("away").rename(stick)  # back in
+    token = csrf(client, "/scan-folder")
+    client.post("/scan-folder/retry", data={"csrf_token": token, "id": row["id"]})
+    assert (stick / watch.STICK_INBOX / "torn.png").exists()
+    assert list((stick / watch.STICK_FAILED).iterdir()) == []
+    html = client.get("/scan-folder", headers=EN).get_data(as_text=True)
+    assert "Moved 1 file(s) back into the inbox" in html

@@ -17,6 +17,7 @@ class FakeEngine:
         self.calls = 0
         self.started = threading.Event()  # set when a page begins
         self.closed = False
+        self.markdown: str | None = None  # the doc task's answer when a test sets one (formulas, tables)
 
     def recognize(self, image, request: Request) -> Page:
         self.calls += 1
@@ -28,7 +29,7 @@ class FakeEngine:
             text=text, blocks=[Block(text=text, box=[2, 3, image.width // 2, image.height // 2], confidence=0.9)]
         )
         if request.task is Task.DOC:
-            page.markdown = f"# Title\n\n{text}\n\n<table><tr><td>a</td><td>b</td></tr></table>"
+            page.markdown = self.markdown or f"# Title\n\n{text}\n\n<table><tr><td>a</td><td>b</td></tr></table>"
         if request.task is Task.EXTRACT:
             page.fields = {name: f"value of {name}" for name in request.fields}
         if request.task is Task.TRANSLATE:

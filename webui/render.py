@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import re
+import secrets
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import quote
@@ -80,10 +81,11 @@ _DROP_WITH_CONTENT = {"script", "style", "iframe", "object", "embed", "template"
 
 
 class _Sanitizer(HTMLParser):
-    def __init__(self):
+    def __init__(self, text_filter=lambda escaped: escaped):
         super().__init__(convert_charrefs=True)
         self.out: list[str] = []
         self.skipping = 0
+        self.text_filter = text_filter  # gets the escaped text; puts the formulas back (see markdown_html)
 
     def handle_starttag(self, tag, attrs):
         if tag in _DROP_WITH_CONTENT:
@@ -100,13 +102,48 @@ class _Sanitizer(HTMLParser):
 
     def handle_data(self, data):
         if not self.skipping:
-            self.out.append(html.escape(data, quote=False))
+            self.out.append(self.text_filter(html.escape(data, quote=False)))
+
+
+# ---- Formulas ------------------------------------------------------------------------------------------------------
+# The model writes LaTeX in its Markdown: $...$, $$...$$, \(...\), \[...\]. Markdown would eat the backslashes,
+# underscores and asterisks in it, so each formula is swapped for a placeholder before Markdown runs (in HTML tables
+# too) and put back after sanitizing as <span class="math" data-tex="TeX">source as written</span>. The result page's
+# script draws it with the vendored KaTeX (static/vendor/katex); LaTeX that KaTeX cannot read keeps showing the source.
+
+_MATH = re.compile(
+    r"(?P<keep>^ {0,3}(?P<fence>`{3,}|~{3,}).*?(?:^ {0,3}(?P=fence)|\Z)"  # fenced code: left as it is
+    r"|(?P<ticks>`+)(?!`).*?(?<!`)(?P=ticks)(?!`)"  # a code span
+    r"|\\\$)"  # an escaped dollar
+    r"|\$\$(?P<display>.+?)\$\$|\\\[(?P<display2>.+?)\\\]|\\\((?P<inline>.+?)\\\)"
+    # $x$ as pandoc reads it: no space just inside the dollars, no digit after, one line: "$5 and $6" is money.
+    r"|\$(?P<inline2>[^\s$](?:[^$\n]*?[^\s$\\])?)\$(?!\d)",
+    re.DOTALL | re.MULTILINE,
+)
+
+
+def _formula_html(source: str, tex: str, display: bool) -> str:
+    kind = "math display" if display else "math"
+    return f'<span class="{kind}" data-tex="{html.escape(tex)}">{html.escape(source, quote=False)}</span>'
 
 
 def markdown_html(text: str | None) -> str:
     if not text:
         return ""
-    sanitizer = _Sanitizer()
-    sanitizer.feed(_md.render(text))
+    formulas: list[str] = []
+    mark = "m" + secrets.token_hex(4)  # letters and digits: Markdown leaves it alone; random: no document has it
+
+    def swap(m: re.Match) -> str:
+        if m["keep"] is not None:
+            return m[0]
+        display = m["display"] is not None or m["display2"] is not None
+        tex = next(g for g in (m["display"], m["display2"], m["inline"], m["inline2"]) if g is not None)
+        formulas.append(_formula_html(m[0], tex.strip(), display))
+        return f"{mark}x{len(formulas) - 1}x"
+
+    source = _MATH.sub(swap, text)
+    placeholder = re.compile(mark + r"x(\d+)x")
+    sanitizer = _Sanitizer(lambda escaped: placeholder.sub(lambda m: formulas[int(m[1])], escaped))
+    sanitizer.feed(_md.render(source))
     sanitizer.close()
     return "".join(sanitizer.out)

@@ -182,6 +182,61 @@ def test_extraction_preset_to_fields_table(page, model_server, tmp_path):
     page.screenshot(path=SHOTS / "fields-en.png", full_page=True)
 
 
+FORMULA_MARKDOWN = r"""# Results
+
+Energy $E = mc^2$, inline \(\alpha_1 + \beta_1\), and money that is not a formula: $5 and $6.
+
+$$
+\left( \begin{matrix} 1 \\ 2 \\ 3 \\ 4 \\ 5 \end{matrix} \right) \cdot \vec{v} = \sum_{i=1}^{n} x_i
+$$
+
+$$f(x) = \begin{cases} 1 & x > 0 \\ 0 & x = 0 \\ -1 & x < 0 \\ \text{n/a} & \text{otherwise} \end{cases}$$
+
+| quantity | formula |
+| --- | --- |
+| area | $\pi r^2$ |
+| broken | $\frac{1}{$ |
+| unknown | $\notacommand{x}$ |
+
+<table><tr><td>HTML cell</td><td>\[ x^2 \]</td></tr></table>
+"""
+
+
+def test_document_formulas_render_with_katex(page, model_server, tmp_path):
+    """LaTeX in the model's Markdown is drawn by the vendored KaTeX (CSP intact: the fixture fails on a violation),
+    tables stay tables, and LaTeX KaTeX cannot read shows its source instead of breaking the page."""
+    image = tmp_path / "paper.png"
+    image.write_bytes(text_image(["Formula page"], fmt="PNG"))
+    model_server.engine.markdown = FORMULA_MARKDOWN
+    try:
+        page.goto(model_server.url + "/")
+        page.locator("label.task:has(input[value=doc])").click()
+        page.set_input_files("#file", str(image))
+        page.click("#start")
+        page.click("[data-tab=markdown]")
+    finally:
+        model_server.engine.markdown = None
+    markdown = page.locator(".markdown")
+    assert markdown.locator(".katex").count() == 6  # E=mc^2, alpha+beta, matrix, cases, pi r^2, x^2
+    assert markdown.locator(".katex-display").count() == 3  # $$...$$ and \[...\]
+    assert "E=mc2" in markdown.locator(".katex-html").first.inner_text().replace(" ", "").replace("\n", "")
+    assert "money that is not a formula: $5 and $6." in markdown.inner_text()
+    assert markdown.locator(".math-error").all_inner_texts() == [r"$\frac{1}{$", r"$\notacommand{x}$"]
+    tables = markdown.locator("table")
+    assert tables.count() == 2
+    assert tables.first.locator("thead th").all_inner_texts() == ["quantity", "formula"]
+    assert tables.first.locator("tbody tr").count() == 3 and tables.first.locator("td .katex").count() == 1
+    assert tables.nth(1).locator("td .katex-display").count() == 1  # math inside the model's HTML table too
+    arrow = markdown.locator(".katex .accent .overlay").first.bounding_box()
+    letter = markdown.locator(".katex .accent .mathnormal").first.bounding_box()
+    assert arrow["y"] < letter["y"] + letter["height"] / 2  # \vec's arrow starts above the v's middle (no CSS clash)
+    page.wait_for_function(
+        "document.fonts.ready.then(() => [...document.fonts].some((f) => f.family === 'KaTeX_Main' && f.status === 'loaded'))"
+    )  # the local woff2 fonts, not a system fallback
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SHOTS / "formulas-en.png", full_page=True)
+
+
 def test_progress_page_by_page_and_cancel(page, model_server, tmp_path):
     import io
     import threading

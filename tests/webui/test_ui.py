@@ -91,6 +91,38 @@ def test_markdown_from_a_document_cannot_inject_markup():
     assert '<td colspan="2">c</td>' in html and "<a" not in html
 
 
+def test_formulas_are_kept_whole_for_katex():
+    """LaTeX goes to the page untouched by Markdown (backslashes, _ and * intact), marked for the script; code, escaped
+    dollars and money stay text; the TeX cannot break out of its element."""
+    from webui.render import markdown_html
+
+    html = markdown_html(
+        "Sum $a_1 * b_1 * c$ and \\(x_1\\), costs $5 and $6, \\$x\\$, `$code$`\n\n"
+        "$$\n\\begin{aligned} a &= b \\\\\n- c &= d \\end{aligned}\n$$\n\n"
+        "| q | f |\n|---|---|\n| abs | $|x|$ |\n\n<table><tr><td>\\[y^2\\]</td></tr></table>\n\n"
+        '$"><script>x</script>$'
+    )
+    assert '<span class="math" data-tex="a_1 * b_1 * c">$a_1 * b_1 * c$</span>' in html
+    assert '<span class="math" data-tex="x_1">\\(x_1\\)</span>' in html
+    assert "costs $5 and $6, $x$, <code>$code$</code>" in html
+    display = '<span class="math display" data-tex="\\begin{aligned} a &amp;= b \\\\\n- c &amp;= d \\end{aligned}">'
+    assert display in html  # whole, across lines, "- c" not made a list item
+    assert '<td><span class="math" data-tex="|x|">$|x|$</span></td>' in html  # | inside $...$ is not a cell border
+    assert '<td><span class="math display" data-tex="y^2">\\[y^2\\]</span></td>' in html
+    assert '<span class="math" data-tex="&quot;&gt;&lt;script&gt;x&lt;/script&gt;">$"&gt;&lt;script&gt;' in html
+    assert "<script" not in html
+
+
+def test_csp_lets_in_style_attributes_only():
+    """KaTeX needs style attributes; scripts, <style> elements and stylesheets stay this origin's only."""
+    from webui.security import CSP
+
+    directives = dict(d.strip().split(" ", 1) for d in CSP.split(";"))
+    assert directives["default-src"] == directives["style-src"] == "'self'"
+    assert directives["style-src-attr"] == "'unsafe-inline'" and "script-src" not in directives
+    assert CSP.count("unsafe") == 1
+
+
 def test_upload_needs_the_csrf_token(client):
     response = client.post(
         "/upload", data={"file": (io.BytesIO(image_bytes()), "a.png")}, content_type="multipart/form-data"
@@ -206,10 +238,15 @@ def test_pages_load_nothing_from_outside(client):
     for path in pages:
         html = client.get(path).get_data(as_text=True)
         for ref in re.findall(r'(?:src|href|action)="([^"]*)"', html):
-            assert ref.startswith("/") or ref.startswith("#"), (path, ref)
+            assert ref.startswith(("/", "#")), (path, ref)
         assert "<script>" not in html and " style=" not in html  # CSP forbids inline script and style
-    for asset in (WEBUI / "static").iterdir():
-        assert not re.search(r"https?://|//fonts\.|@import", asset.read_text()), asset
+    for asset in (WEBUI / "static").rglob("*"):
+        if asset.suffix in (".js", ".css", ".svg"):  # KaTeX's MathML/SVG namespace names are not fetched
+            text = re.sub(r"http://www\.w3\.org/(1998/Math/MathML|2000/svg)", "", asset.read_text())
+            assert not re.search(r"https?://|//fonts\.|@import", text), asset
+    katex = WEBUI / "static" / "vendor" / "katex"
+    fonts = re.findall(r"url\((fonts/[^)]+\.woff2)\)", (katex / "katex.min.css").read_text())  # the source used
+    assert fonts and all((katex / font).is_file() for font in fonts)
     for template in (WEBUI / "templates").iterdir():
         assert not re.search(r"https?://", template.read_text().replace("http://www.w3.org/2000/svg", "")), template
 

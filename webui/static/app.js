@@ -130,6 +130,23 @@ function setupResult() {
   }));
 }
 
+// ---- result: formulas. webui/render.py wraps each in <span class="math" data-tex>source</span>; KaTeX (vendored,
+// loaded by job.html with the Markdown tab) draws it. katex.render builds DOM nodes and sets styles through CSSOM;
+// the few style attributes it writes need style-src-attr (see webui/security.py).
+function renderFormulas() {
+  if (typeof katex === "undefined") return;  // a page without Markdown does not load it
+  $$(".markdown .math").forEach((el) => {
+    const out = document.createElement("span");
+    try {
+      katex.render(el.dataset.tex, out, {displayMode: el.classList.contains("display"), throwOnError: true, strict: "ignore"});
+      el.replaceChildren(out);
+    } catch (err) {  // LaTeX KaTeX cannot read: the source stays as the model wrote it, the reason on hover
+      el.classList.add("math-error");
+      el.title = err.message;
+    }
+  });
+}
+
 // ---- home while the engine starts: follow GET /health, show its words, switch to the form when it is up ----------
 function followEngine(main) {
   const words = $("#engine-progress"), percent = $("#engine-percent"), elapsed = $("#engine-elapsed");
@@ -233,6 +250,7 @@ document.addEventListener("DOMContentLoaded", () => {
   const scanMain = $("main[data-scan-url]");
   if (scanMain) pollScan(scanMain);
   setupResult();
+  renderFormulas();
   const saveForm = $("#save-usb-form");
   if (saveForm) setupUsb(null, (folder) => { $("#save-folder").value = folder; saveForm.submit(); });
   $$("form.confirm").forEach((f) => f.addEventListener("submit", (e) => { if (!confirm(messages.confirm_delete)) e.preventDefault(); }));

@@ -137,6 +137,37 @@ def test_pick_a_file_from_the_usb_stick(page, cpu_server):
     assert {p.name for p in stick.iterdir()} == {"letter.png", "letter.txt", "letter.md", "letter.json", "letter.pdf"}
 
 
+DATA_TRANSFER_JS = """([name, type, b64]) => {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const transfer = new DataTransfer();
+  transfer.items.add(new File([bytes], name, {type}));
+  return transfer;
+}"""
+
+
+def test_drag_a_file_onto_the_drop_zone(page, cpu_server):
+    """A file dragged from another window onto the drop zone (a DataTransfer carrying a File, as a real drag
+    delivers it) is the one uploaded; the real CPU engine's text comes back."""
+    import base64
+
+    page.goto(cpu_server.url + "/")
+    image = base64.b64encode(text_image(["Dropped Receipt 88"], fmt="PNG")).decode()
+    transfer = page.evaluate_handle(DATA_TRANSFER_JS, ["dropped.png", "image/png", image])
+    page.dispatch_event("#drop", "dragenter", {"dataTransfer": transfer})
+    page.dispatch_event("#drop", "dragover", {"dataTransfer": transfer})
+    assert "over" in page.locator("#drop").get_attribute("class").split()  # the zone shows it will take the file
+    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+    assert "over" not in page.locator("#drop").get_attribute("class").split()
+    assert page.locator("#chosen-name").inner_text() == "dropped.png"
+    assert page.evaluate("document.getElementById('file').files[0].name") == "dropped.png"  # what the form sends
+    page.check("input[value=text]", force=True)
+    page.click("#start")
+    page.wait_for_url("**/job/*")
+    page.wait_for_selector("#out-text", timeout=120_000)
+    assert page.locator("h1.job-name").inner_text() == "dropped.png"
+    assert page.locator("#out-text").inner_text() == "Dropped Receipt 88"
+
+
 def test_cpu_engine_greys_out_the_model_only_tasks(page, cpu_server):
     page.goto(cpu_server.url + "/")
     extract = page.locator("label.task:has(input[value=extract])")

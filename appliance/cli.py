@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,7 +15,9 @@ from appliance.ocr.tasks import LANGUAGES, Task
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", default="auto", choices=ENGINE_NAMES, help="OCR engine (default: auto)")
-    p.add_argument("--model", metavar="DIR", help="local HunyuanOCR model directory (config.json + weights)")
+    p.add_argument("--model", metavar="DIR", default=os.environ.get("APPLIANCE_MODEL"),
+                   help="local HunyuanOCR model directory (config.json + weights; default: $APPLIANCE_MODEL, which "
+                   "the gpu image sets)")
     p.add_argument("--vllm-url", metavar="URL", help="vLLM OpenAI-compatible server (default: loopback :8001)")
 
 
@@ -42,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a profile setting, e.g. --set lan=on --set lan_token=SECRET (repeatable)")
     build.add_argument("--model", metavar="DIR", help="local HunyuanOCR model directory (gpu profile)")
+    build.add_argument("--accept-model-license", action="store_true",
+                       help="you read and accept the Tencent Hunyuan Community License of the weights (gpu profile)")
     build.add_argument("--out", metavar="DIR", help="output folder (default: out)")
     build.add_argument("--cache", metavar="DIR", help="downloaded packages and built layers (default: cache)")
     build.add_argument("--dump-config", action="store_true", help="print the effective settings first")
@@ -72,9 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_args(watch)
 
     vllm = sub.add_parser("vllm-server", help="start vLLM serving the model on loopback (GPU machines)")
-    vllm.add_argument("--model", metavar="DIR", required=True)
+    vllm.add_argument("--model", metavar="DIR", default=os.environ.get("APPLIANCE_MODEL"),
+                      help="model directory (default: $APPLIANCE_MODEL)")
     vllm.add_argument("--port", type=int, default=8001)
     vllm.add_argument("--gpu-memory-utilization", type=float, default=0.8)
+    vllm.add_argument("--auto", action="store_true",
+                      help="size memory use and max model length from the card's memory (the image's unit uses this)")
     return parser
 
 
@@ -88,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         from appliance.build import BuildError, SettingsError, run_build
 
         try:
-            run_build(args.profile, args.overrides, args.model, args.out, args.cache, args.dump_config)
+            run_build(args.profile, args.overrides, args.model, args.out, args.cache, args.dump_config,
+                      accept_model_license=args.accept_model_license or None)
         except (SettingsError, BuildError) as error:
             _fail(str(error))
             return 2
@@ -107,10 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "watch":
         return cmd_watch(args)
     if args.command == "vllm-server":
-        from appliance.ocr.engines.vllm import start_server
-
-        server = start_server(args.model, args.port, gpu_memory_utilization=args.gpu_memory_utilization)
-        return server.wait()
+        return cmd_vllm_server(args)
     raise AssertionError(args.command)
 
 
@@ -185,6 +191,32 @@ def cmd_doctor(args) -> int:
     for name, ok, detail in check_host():
         print(f"  {'ok  ' if ok else 'FAIL'} {name:<20} {detail}")
     return 0
+
+
+def cmd_vllm_server(args) -> int:
+    from appliance.ocr.engines.vllm import start_server
+    from appliance.ocr.errors import OcrError
+
+    if not args.model:
+        _fail("vllm-server: give --model DIR (or set APPLIANCE_MODEL)")
+        return 2
+    sizing = {"gpu_memory_utilization": args.gpu_memory_utilization}
+    try:
+        if args.auto:
+            from appliance import gpu
+
+            memory = gpu.gpu_memory_bytes()
+            if memory is None:
+                _fail("vllm-server --auto: nvidia-smi cannot read the card's memory (is the NVIDIA driver loaded?)")
+                return 1
+            settings = gpu.vllm_settings(memory, gpu.model_version(args.model))
+            sizing = {k: settings[k] for k in ("gpu_memory_utilization", "max_model_len")}
+            print(f"vllm-server: {memory / 2**30:.1f} GiB card -> {settings}", flush=True)
+        server = start_server(args.model, args.port, **sizing)
+    except (OcrError, ValueError) as error:  # ValueError: NotEnoughGpuMemory, with the UI's sentence
+        _fail(f"vllm-server: {error}")
+        return 1
+    return server.wait()
 
 
 def cmd_watch(args) -> int:

@@ -297,20 +297,49 @@ def status(sysfs: str | Path = SYSFS, stack: dict | None = None, model_version: 
     }
 
 
+IMAGE_MODEL_DIR = Path("/usr/share/appliance/model")  # where the gpu image keeps the weights (appliance.build.model)
+
+
+def model_version(model_dir: str | Path = IMAGE_MODEL_DIR) -> str:
+    """The model's version from its appliance-model.json (1.0 when the directory does not say)."""
+    from appliance.ocr.engines.hunyuan import model_version as version_of
+
+    return version_of(model_dir)
+
+
+def banner(sysfs: str | Path = SYSFS, stack: dict | None = None, model_dir: str | Path = IMAGE_MODEL_DIR) -> str | None:
+    """The UI's one sentence on a GPU image when OCR runs on the CPU; None on a cpu image or when the GPU serves."""
+    stack = load_stack_info() if stack is None else stack
+    if not stack:
+        return None  # a cpu image: the CPU engine is the design, not a fallback
+    gpus = detect(sysfs)
+    memory = gpu_memory_bytes() if gpus and driver_loaded(gpus[0], sysfs) else None
+    return fallback_reason(sysfs, stack, memory, model_version(model_dir))
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit 1 (with the reason on stderr) is what systemd's ExecCondition reads as "skip this unit", not a failure."""
     args = sys.argv[1:] if argv is None else argv
     command = args[0] if args else "status"
-    if command == "flavour":
+    if command == "flavour":  # appliance-nvidia.service: which modules to load
         gpus = detect()
         flavours = tuple(load_stack_info().get("driver", {}).get("flavours") or FLAVOURS)
         flavour = module_flavour(gpus[0].device_id, flavours) if gpus else None
         if flavour:
             print(flavour)
-        return 0 if flavour else 1
-    if command == "status":
-        print(json.dumps(status(), indent=1))
+            return 0
+        print(fallback_reason() or "no NVIDIA module flavour drives this card", file=sys.stderr)
+        return 1
+    if command == "can-serve":  # appliance-vllm.service: a supported card, driver loaded, enough memory
+        reason = banner()
+        if reason:
+            print(reason, file=sys.stderr)
+            return 1
         return 0
-    print("usage: python3 -m appliance.gpu [flavour|status]", file=sys.stderr)
+    if command == "status":
+        print(json.dumps(status(model_version=model_version()), indent=1))
+        return 0
+    print("usage: python3 -m appliance.gpu [flavour|can-serve|status]", file=sys.stderr)
     return 2
 
 

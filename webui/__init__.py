@@ -29,6 +29,9 @@ DEFAULTS = {
     "MEDIUM_MARKER": "/run/appliance/medium-verified",  # written by the image after a medium check; see storage.py
     "JOBS": None,  # a ready `Jobs` (tests); otherwise one is made from ENGINE/MODEL_DIR/DATA_DIR
     "APPLIANCE_CONFIG": "/etc/appliance/config.json",  # written by the image builder (appliance/build/app.py)
+    "GPU_STACK_FILE": "/etc/appliance/gpu-stack.json",  # gpu images only: the banner says why OCR runs on the CPU
+    "SYSFS": "/sys",  # where appliance.gpu looks for the card (tests use a fake tree)
+    "MODEL_LICENSE_DIR": "/usr/share/doc/appliance-model",  # LICENSE + NOTICE of the bundled weights (gpu images)
 }
 
 # What the UI takes from the image's config.json; a missing file or key keeps these.

@@ -30,6 +30,12 @@ MESSAGES = {
         "请先选择文件：拖入、点击选择，或从 U 盘中选取。",
     ),
     "step_task": ("2. What do you need?", "2. 需要什么结果？"),
+    "model_license": ("Model licence", "模型许可"),
+    "model_license_note": (
+        ("The HunyuanOCR weights in this appliance are under the Tencent Hunyuan Community License; its text and "
+         "the Notice file are below."),
+        "本设备中的 HunyuanOCR 模型权重依据《腾讯混元社区许可协议》提供；许可全文及 Notice 文件如下。",
+    ),
     "needs_gpu": ("needs the GPU model", "需要 GPU 模型"),
     "step_options": ("3. Options", "3. 选项"),
     "fields_label": ("Fields to extract (comma separated)", "要提取的字段（用逗号分隔）"),

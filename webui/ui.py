@@ -68,6 +68,35 @@ def handle(exc):
     return render_template("error.html", status=status, error=error, detail=detail), status, headers
 
 
+BANNER_TTL = 30  # seconds a computed GPU banner is reused (it may run nvidia-smi)
+
+
+@bp.app_context_processor
+def gpu_banner() -> dict:
+    """Every page of a gpu image: one sentence saying why OCR runs on the CPU (appliance.gpu.banner), or nothing."""
+    cache = current_app.extensions.setdefault("gpu_banner", {"at": 0.0, "text": None})
+    if time.monotonic() - cache["at"] > BANNER_TTL:
+        from appliance import gpu
+
+        config = current_app.config
+        stack = gpu.load_stack_info(config["GPU_STACK_FILE"])
+        cache["text"] = gpu.banner(config["SYSFS"], stack, config["MODEL_DIR"] or gpu.IMAGE_MODEL_DIR) if stack else None
+        cache["at"] = time.monotonic()
+    return {"gpu_banner": cache["text"]}
+
+
+def model_license() -> dict[str, str]:
+    """{"LICENSE": text, "NOTICE": text} of the bundled weights (gpu images), for the status page."""
+    folder = Path(current_app.config["MODEL_LICENSE_DIR"])
+    texts = {}
+    for name in ("LICENSE", "NOTICE"):
+        try:
+            texts[name] = (folder / name).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            pass
+    return texts
+
+
 def one_sentence(text: str | None, limit: int = 240) -> str:
     """An engine's error for a person: its first line, cut to a readable length (the log keeps the whole)."""
     line = next((part.strip() for part in (text or "").splitlines() if part.strip()), "")
@@ -224,6 +253,7 @@ def status():
         max_queue=jobs().max_queue,
         model_dir=current_app.config["MODEL_DIR"],
         lan=bool(current_app.config["LAN_TOKEN"]),
+        license=model_license(),
     )
 
 

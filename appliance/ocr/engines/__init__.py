@@ -79,10 +79,20 @@ def choose(name: str = "auto", model_dir: str | os.PathLike | None = None, vllm_
         return Choice("cpu", f"{gpu_why}; the CPU engine does spotting and plain text", None)
     if not model_dir or not (Path(model_dir) / "config.json").is_file():
         return Choice("cpu", f"{gpu_why}, but no HunyuanOCR model directory was given (--model DIR)", gpu)
+    from appliance.gpu import load_stack_info
     from appliance.ocr.engines import vllm
 
-    if vllm.server_ready(vllm_url or vllm.DEFAULT_URL):
-        return Choice("hunyuan-vllm", f"{gpu_why}; vLLM server answers at {vllm_url or vllm.DEFAULT_URL}", gpu)
+    url = vllm_url or vllm.DEFAULT_URL
+    if vllm.server_ready(url):
+        return Choice("hunyuan-vllm", f"{gpu_why}; vLLM server answers at {url}", gpu)
+    stack = load_stack_info()  # {} off the image: a dev machine, where transformers in-process is the fallback
+    if stack:
+        if vllm.unit_state() in ("active", "activating", "reloading"):
+            return Choice("hunyuan-vllm", f"{gpu_why}; the model server ({vllm.VLLM_UNIT}) is starting", gpu)
+        if "hunyuan-transformers" not in stack.get("engines", ()):
+            return Choice("cpu", f"{gpu_why}, but the model server ({vllm.VLLM_UNIT}) is not running "
+                          f"(journalctl -u {vllm.VLLM_UNIT} says why); the CPU engine does spotting and plain text",
+                          gpu)
     return Choice("hunyuan-transformers", f"{gpu_why}; no vLLM server running, using transformers in-process", gpu)
 
 
@@ -104,6 +114,13 @@ def open_engine(
         from appliance.ocr.engines.transformers import TransformersEngine
 
         return TransformersEngine(model_dir, device=device)
-    from appliance.ocr.engines.vllm import VllmEngine
+    from appliance.ocr.engines import vllm
 
-    return VllmEngine(model_dir, url=vllm_url)
+    if name == "auto" and not vllm.wait_for_server(vllm_url or vllm.DEFAULT_URL, progress):
+        # The image's model server did not come up (skipped, failed, or too slow): serve on the CPU meanwhile.
+        from appliance.ocr.engines.cpu import CpuEngine
+
+        if progress:
+            progress("the model server did not start; loading the CPU engine")
+        return CpuEngine()
+    return vllm.VllmEngine(model_dir, url=vllm_url)

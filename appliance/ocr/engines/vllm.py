@@ -210,6 +210,48 @@ def _vllm_executable() -> str:
     return shutil.which("vllm") or "vllm"
 
 
+def _vllm_launcher() -> list[str]:
+    """How to run vLLM's CLI: its console script, or (the image installs wheels without scripts) its module."""
+    executable = _vllm_executable()
+    if Path(executable).is_file() or shutil.which(executable):
+        return [executable]
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        return [sys.executable, "-m", "vllm.entrypoints.cli.main"]
+    return [executable]
+
+
+VLLM_UNIT = "appliance-vllm.service"  # the image's model server (rootfs/etc/systemd/system)
+SERVER_START_TIMEOUT = 1200  # seconds the web app waits for a starting model server before it serves on the CPU
+
+
+def unit_state(unit: str = VLLM_UNIT) -> str:
+    """systemd's word for the unit (active, activating, failed, inactive, ...); 'unknown' without systemd."""
+    try:
+        out = subprocess.run(["systemctl", "is-active", unit], capture_output=True, text=True, timeout=10,
+                             check=False)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def wait_for_server(url: str = DEFAULT_URL, progress=None, timeout: float = SERVER_START_TIMEOUT,
+                    state=unit_state, poll: float = 2.0) -> bool:
+    """On the image: wait while the model server's unit is starting (or restarting after a crash) until the server
+    answers. False when the unit is not running (skipped: no usable GPU; failed) or the time is up."""
+    started = time.monotonic()
+    while not server_ready(url):
+        now = state()
+        if now not in ("active", "activating", "reloading") or time.monotonic() - started > timeout:
+            return False
+        if progress:
+            progress(f"NVIDIA driver loaded; the model server is loading HunyuanOCR onto the GPU "
+                     f"({time.monotonic() - started:.0f} s)")
+        time.sleep(poll)
+    return True
+
+
 def server_command(
     model_dir,
     port: int,
@@ -220,7 +262,7 @@ def server_command(
     """The `vllm serve` command line (hunyuanocr.md, "Running it"), bound to loopback, under our model id."""
     model_id, _ = model_info(model_dir)
     return [
-        _vllm_executable(),
+        *_vllm_launcher(),
         "serve",
         str(Path(model_dir).resolve()),
         "--host",
@@ -258,7 +300,7 @@ def start_server(
     """
     model_dir = check_model_dir(model_dir, NAME)
     command = server_command(model_dir, port, gpu_memory_utilization, max_model_len, extra)
-    if not Path(command[0]).is_file() and shutil.which(command[0]) is None:
+    if command[0] != sys.executable and not Path(command[0]).is_file() and shutil.which(command[0]) is None:
         raise EngineUnavailable(NAME, "vLLM is not installed (it needs an NVIDIA GPU; pip install '.[gpu]')")
     url = f"http://127.0.0.1:{port}/v1"
     if server_ready(url):

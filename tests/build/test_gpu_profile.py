@@ -1,0 +1,241 @@
+"""The gpu profile's wiring: profile, stage order (stack and model checks before anything else), units, generated
+files, manifest; fast, no root, no network, no GPU."""
+
+import json
+
+import pytest
+
+from appliance.build import app, boot, layers, manifest, nvidia, stages
+from appliance.build.context import BuildError, Context
+from appliance.build.stack import resolve_stack
+from appliance.ocr.engines import vllm
+from appliance.settings import REPO, resolve
+
+UNITS = REPO / "rootfs" / "etc" / "systemd" / "system"
+GPU_STAGES = {"gpu-stack", "model-check", "nvidia-layer", "model-layer"}
+
+
+def ctx_for(tmp_path, profile="gpu", *overrides, model=None, accept=None):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    config = resolve(profile, list(overrides), model_dir=model, accept_model_license=accept,
+                     out_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"))
+    c = Context(config=config, repo=REPO, out_dir=tmp_path / "out", cache_dir=tmp_path / "cache",
+                work=tmp_path / "work", epoch=1700000000)
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0::/root:/bin/sh\nocr:x:999:999::/srv/ocr:/usr/sbin/nologin\n")
+    c.files["passwd"] = passwd
+    return c
+
+
+def recording(ctx):
+    """STAGES with every stage but the two checks replaced by a recorder: what ran, in order."""
+    ran = []
+
+    def record(name):
+        return lambda ctx: ran.append(name)
+
+    staged = [s if s.name in ("gpu-stack", "model-check") else stages.Stage(s.name, record(s.name), s.when)
+              for s in stages.STAGES]
+    return staged, ran
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "hunyuan_vl"}))
+    (d / "model.safetensors").write_bytes(b"\0" * 64)
+    (d / "tokenizer_config.json").write_text("{}")
+    (d / "tokenizer.json").write_text("{}")
+    (d / "preprocessor_config.json").write_text("{}")
+    (d / "LICENSE").write_text("TENCENT HUNYUAN COMMUNITY LICENSE AGREEMENT (test copy)\n")
+    (d / "NOTICE").write_text("Notice: test copy\n")
+    return d
+
+
+def test_gpu_profile_extends_cpu():
+    cpu, gpu = resolve("cpu"), resolve("gpu")
+    assert gpu.gpu_stack == "cuda12-debian-driver" and gpu.engine == "auto"
+    assert gpu.package_lists == cpu.package_lists and gpu.python_extras == cpu.python_extras
+    assert gpu.source("package_lists").endswith("cpu.yaml") and gpu.source("gpu_stack").endswith("gpu.yaml")
+    assert cpu.gpu_stack == "" and resolve("cpu", ["nvidia_driver_version=550.163.01"]).nvidia_driver_version
+
+
+def test_stage_lists_for_gpu_and_cpu(tmp_path):
+    def names(ctx):
+        return [s.name for s in stages.STAGES if s.when(ctx)]
+
+    cpu, gpu = names(ctx_for(tmp_path / "c", "cpu")), names(ctx_for(tmp_path / "g"))
+    assert not GPU_STAGES & set(cpu)
+    assert gpu[:3] == ["gpu-stack", "model-check", "check-host"]
+    assert gpu.index("base-layer") < gpu.index("nvidia-layer") < gpu.index("python-layer") \
+        < gpu.index("model-layer") < gpu.index("app-layer")
+    assert [n for n in gpu if n not in GPU_STAGES] == cpu
+
+
+def test_incompatible_stack_stops_before_any_download(tmp_path, model_dir):
+    ctx = ctx_for(tmp_path, "gpu", "torch_version=2.11.0", model=str(model_dir), accept=True)
+    staged, ran = recording(ctx)
+    with pytest.raises(BuildError) as e:
+        stages.run_stages(ctx, staged, log=lambda *a, **k: None)
+    assert "stage 'gpu-stack' failed" in str(e.value) and "torch" in str(e.value) and "2.10.0" in str(e.value)
+    assert ran == []
+
+
+def test_cuda13_lock_on_debian_driver_names_the_driver(tmp_path, model_dir):
+    ctx = ctx_for(tmp_path, "gpu", "gpu_stack=cuda13-user-driver", model=str(model_dir), accept=True)
+    staged, ran = recording(ctx)
+    with pytest.raises(BuildError, match=r"driver: .*>= 580.*nvidia_driver_source"):
+        stages.run_stages(ctx, staged, log=lambda *a, **k: None)
+    assert ran == []
+
+
+def test_model_checked_before_anything_is_built(tmp_path, model_dir):
+    ctx = ctx_for(tmp_path, "gpu", "model_version=1.5", model=str(model_dir))  # licence not accepted
+    staged, ran = recording(ctx)
+    with pytest.raises(BuildError, match="--accept-model-license"):
+        stages.run_stages(ctx, staged, log=lambda *a, **k: None)
+    assert ran == [] and ctx.info["stack"].vllm == "0.18.1"
+
+    ctx = ctx_for(tmp_path / "2", "gpu", model=None, accept=True)
+    staged, ran = recording(ctx)
+    with pytest.raises(BuildError, match="--model DIR"):
+        stages.run_stages(ctx, staged, log=lambda *a, **k: None)
+    assert ran == []
+
+
+def test_good_gpu_build_runs_every_stage_in_order(tmp_path, model_dir):
+    ctx = ctx_for(tmp_path, "gpu", "model_version=1.5", model=str(model_dir), accept=True)
+    staged, ran = recording(ctx)
+    stages.run_stages(ctx, staged, log=lambda *a, **k: None)
+    assert ran[:3] == ["check-host", "base-layer", "nvidia-layer"] and "model-layer" in ran
+    assert ctx.info["model"].manifest["version"] == "1.5"
+
+
+def gpu_ctx_with_stack(tmp_path):
+    ctx = ctx_for(tmp_path, model="/models/x")
+    ctx.info["stack"] = resolve_stack()
+    ctx.info["nvidia"] = {"kernel": "6.12.117+deb13-amd64", "flavours": ["proprietary"], "signed": False,
+                          "modules": {"proprietary": ["nvidia-current.ko.xz"]}}
+    return ctx
+
+
+def test_app_layer_of_a_gpu_image(tmp_path):
+    ctx, cpu = gpu_ctx_with_stack(tmp_path / "g"), ctx_for(tmp_path / "c", "cpu")
+    links = app.units(ctx)
+    for unit in ("appliance-nvidia.service", "appliance-vllm.service"):
+        assert links[f"etc/systemd/system/multi-user.target.wants/{unit}"] == f"/etc/systemd/system/{unit}"
+        assert not any(unit in link for link in app.units(cpu))
+    files = app.generated(ctx)
+    info = json.loads(files["etc/appliance/gpu-stack.json"][0])
+    assert info["driver"]["flavours"] == ["proprietary"] and info["modules_signed"] is False
+    assert info["vllm"] == "0.18.1" and info["engines"] == ["hunyuan-vllm"]
+    assert "APPLIANCE_MODEL=/usr/share/appliance/model\n" in files["etc/appliance/appliance.env"][0]
+    assert "etc/appliance/gpu-stack.json" not in app.generated(cpu)
+    assert "APPLIANCE_MODEL" not in app.generated(cpu)["etc/appliance/appliance.env"][0]
+
+
+def test_nouveau_blacklisted_on_the_gpu_image_only(tmp_path):
+    assert "modprobe.blacklist=nouveau" in boot.grub_cfg(gpu_ctx_with_stack(tmp_path / "g"))
+    assert "nouveau" not in boot.grub_cfg(ctx_for(tmp_path / "c", "cpu"))
+    assert "blacklist nouveau" in nvidia.MODPROBE_TEXT
+
+
+def test_dkms_packages_per_driver_source(tmp_path):
+    assert nvidia.dkms_packages(resolve_stack().driver) == {"proprietary": "nvidia-kernel-dkms"}
+    debs = tmp_path / "debs"
+    debs.mkdir()
+    for name in ("nvidia-kernel-open-dkms_580.95.05-1_amd64.deb", "nvidia-kernel-dkms_580.95.05-1_amd64.deb",
+                 "libcuda1_580.95.05-1_amd64.deb"):
+        (debs / name).write_bytes(b"")
+    stack = resolve_stack(str(debs), lock="cuda13-user-driver")
+    assert nvidia.dkms_packages(stack.driver) == {"open": "nvidia-kernel-open-dkms",
+                                                  "proprietary": "nvidia-kernel-dkms"}
+
+
+def test_sign_key_directory_must_hold_key_and_certificate(tmp_path):
+    keys = tmp_path / "mok"
+    keys.mkdir()
+    (keys / "mok.key").write_text("key")
+    ctx = ctx_for(tmp_path, "gpu", f"nvidia_sign_key={keys}")
+    with pytest.raises(BuildError, match="mok.pub"):
+        nvidia.sign_key_files(ctx)
+    (keys / "mok.pub").write_bytes(b"cert")
+    assert nvidia.sign_key_files(ctx) == (keys / "mok.key", keys / "mok.pub")
+
+
+def test_pack_keeps_each_group_under_the_budget():
+    groups = layers.pack([("a", 5), ("b", 4), ("c", 3), ("d", 2), ("e", 9)], budget=9)
+    assert sorted(sum({"a": 5, "b": 4, "c": 3, "d": 2, "e": 9}[i] for i in g) <= 9 for g in groups)
+    assert sorted(i for g in groups for i in g) == ["a", "b", "c", "d", "e"]
+    assert layers.pack([("small", 1), ("x", 2)], budget=100) == [["small", "x"]]
+    assert layers.pack([], budget=1) == [[]]
+
+
+def test_manifest_records_the_stack_and_model(tmp_path):
+    ctx = gpu_ctx_with_stack(tmp_path)
+    ctx.work.mkdir()
+    iso = ctx.work / "x.iso"
+    iso.write_bytes(b"iso")
+    ctx.files["iso"] = iso
+    ctx.info["model_files"] = [{"path": "model.safetensors", "size": 64, "sha256": "ab" * 32}]
+    ctx.info["model_identity"] = {"model_id": "tencent/HunyuanOCR", "version": "1.5", "revision": "r"}
+    manifest.write_manifest(ctx)
+    data = json.loads(ctx.files["manifest"].read_text())
+    assert data["gpu_stack"]["vllm"] == "0.18.1" and data["gpu_stack"]["torch"] == "2.10.0"
+    assert data["gpu_stack"]["cuda"] == "12.8" and data["gpu_stack"]["nvidia_modules"]["flavours"] == ["proprietary"]
+    assert data["model"]["version"] == "1.5" and data["model_files"][0]["sha256"] == "ab" * 32
+
+
+# --- units ------------------------------------------------------------------------------------------------------
+
+
+def unit(name: str) -> str:
+    return (UNITS / name).read_text()
+
+
+def test_vllm_unit_is_skipped_cleanly_without_a_gpu_and_backs_off():
+    text = unit("appliance-vllm.service")
+    assert "ExecCondition=/usr/bin/python3 -m appliance.gpu can-serve" in text  # exit 1 = skipped, never failed
+    assert "ExecStart=/usr/local/bin/appliance vllm-server --auto" in text
+    for line in ("Restart=on-failure", "RestartSteps=5", "RestartMaxDelaySec=120", "StartLimitIntervalSec=0",
+                 "User=ocr", "After=appliance-nvidia.service", "ConditionPathExists=/etc/appliance/gpu-stack.json"):
+        assert line in text
+    assert "HF_HUB_OFFLINE=1" in text and "VLLM_NO_USAGE_STATS=1" in text
+
+
+def test_nvidia_unit_chooses_the_flavour_at_boot():
+    text = unit("appliance-nvidia.service")
+    assert "ExecCondition=/usr/bin/python3 -m appliance.gpu flavour" in text
+    assert "ConditionPathExists=/usr/lib/appliance/nvidia" in text and "Type=oneshot" in text
+    script = (REPO / "rootfs/usr/local/lib/appliance/nvidia-load").read_text()
+    assert "python3 -m appliance.gpu flavour" in script and "depmod" in script and "nvidia-current" in script
+    assert nvidia.MODULE_DIR in script
+
+
+def test_web_unit_waits_for_the_model_server_and_uses_auto():
+    assert "After=appliance-vllm.service" in unit("appliance-web.service")
+    assert resolve("gpu").engine == "auto"
+
+
+# --- the engine choice on the image --------------------------------------------------------------------------------
+
+
+def test_wait_for_server_gives_up_when_the_unit_is_not_running():
+    states = iter(["activating", "activating", "inactive"])
+    assert vllm.wait_for_server("http://127.0.0.1:9/v1", state=lambda: next(states), poll=0) is False
+    assert vllm.wait_for_server("http://127.0.0.1:9/v1", state=lambda: "activating", timeout=0, poll=0) is False
+
+
+def test_auto_on_a_cuda12_image_falls_back_to_cpu_when_the_server_is_not_running(monkeypatch, model_dir):
+    from appliance import gpu
+    from appliance.ocr import engines
+
+    monkeypatch.setattr(engines, "find_gpu", lambda: ("NVIDIA RTX 4090", "NVIDIA GPU found: NVIDIA RTX 4090"))
+    monkeypatch.setattr(gpu, "load_stack_info", lambda path=None: {"engines": ["hunyuan-vllm"]})
+    monkeypatch.setattr(vllm, "server_ready", lambda url, timeout=1.0: False)
+    monkeypatch.setattr(vllm, "unit_state", lambda unit=vllm.VLLM_UNIT: "inactive")
+    choice = engines.choose("auto", model_dir)
+    assert choice.engine == "cpu" and "appliance-vllm.service" in choice.reason
+    monkeypatch.setattr(vllm, "unit_state", lambda unit=vllm.VLLM_UNIT: "activating")
+    assert engines.choose("auto", model_dir).engine == "hunyuan-vllm"  # open_engine then waits for it

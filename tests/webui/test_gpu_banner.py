@@ -1,0 +1,66 @@
+"""A gpu image on a PC where the GPU cannot serve: every page says why in one sentence, the status page too, and the
+tasks that need the model say so; the status page shows the model's licence and NOTICE."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fake_engine import FakeEngine
+
+from appliance import gpu
+from appliance.ocr.tasks import Task
+
+STACK = {"name": "cuda12-debian-driver", "cuda": "12.8", "engines": ["hunyuan-vllm"], "modules_signed": False,
+         "driver": {"source": "debian", "version": "550.163.01", "flavours": ["proprietary"]}}
+
+
+@pytest.fixture
+def engine():
+    """What runs on such a machine: an engine with the CPU engine's tasks."""
+    return FakeEngine(tasks={Task.SPOTTING, Task.TEXT})
+
+
+@pytest.fixture
+def gpu_image(tmp_path, app_config):
+    """The app as on a gpu image (gpu-stack.json present) on a machine whose /sys shows no NVIDIA card."""
+    stack = tmp_path / "gpu-stack.json"
+    stack.write_text(json.dumps(STACK))
+    (tmp_path / "sys").mkdir()
+    licence = tmp_path / "licence"
+    licence.mkdir()
+    (licence / "LICENSE").write_text("TENCENT HUNYUAN COMMUNITY LICENSE AGREEMENT <test>\n")
+    (licence / "NOTICE").write_text("Notice: test copy\n")
+    app_config.update(GPU_STACK_FILE=str(stack), SYSFS=str(tmp_path / "sys"), MODEL_LICENSE_DIR=str(licence))
+    return tmp_path
+
+
+def test_banner_on_every_page_of_a_gpu_image_without_a_gpu(gpu_image, client):
+    for path in ("/", "/history", "/status"):
+        page = client.get(path).get_data(as_text=True)
+        assert 'id="gpu-banner"' in page, path
+        assert "No NVIDIA graphics card was found. OCR runs on the CPU meanwhile" in page
+    status = client.get("/status").get_data(as_text=True)
+    assert 'id="gpu-fallback"' in status
+
+
+def test_tasks_that_need_the_model_say_so(gpu_image, client):
+    page = client.get("/").get_data(as_text=True)
+    assert "needs the GPU model" in page
+
+
+def test_no_banner_on_a_cpu_image(client):
+    page = client.get("/").get_data(as_text=True)
+    assert 'id="gpu-banner"' not in page
+
+
+def test_status_page_shows_the_model_licence_and_notice(gpu_image, client):
+    page = client.get("/status").get_data(as_text=True)
+    assert 'id="model-license"' in page
+    assert "TENCENT HUNYUAN COMMUNITY LICENSE AGREEMENT &lt;test&gt;" in page and "Notice: test copy" in page
+
+
+def test_banner_sentence_comes_from_appliance_gpu(tmp_path):
+    (tmp_path / "sys").mkdir()
+    assert gpu.banner(tmp_path / "sys", {}) is None  # cpu image
+    assert gpu.banner(tmp_path / "sys", STACK, tmp_path).startswith("No NVIDIA graphics card was found.")

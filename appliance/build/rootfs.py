@@ -56,7 +56,9 @@ def sources(ctx: Context) -> list[str]:
     return lines
 
 
-INPUTS = ("build/packages", "build/profiles", "appliance/build/rootfs.py")
+# Paths whose last commit gives the layer's timestamps (and so its key). Not build/profiles: the settings that
+# matter (packages, suite, mirrors) are in the key already, and a new or edited profile must not rebuild this layer.
+INPUTS = ("build/packages", "appliance/build/rootfs.py")
 
 
 def base_key(ctx: Context) -> str:

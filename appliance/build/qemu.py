@@ -456,12 +456,15 @@ def boot_once(disk: Path, mode: str, out: Path, timeout: float, token: str | Non
         (out / "result.json").write_text(json.dumps(result, indent=1))
 
 
-def usb_copy(iso: Path, dest: Path, persistence_mb: int = 256) -> Path:
-    """A raw stick image: the ISO as dd writes it, plus a `persistence` partition."""
+def usb_stick(iso: Path, dest: Path, persistence_mb: int = 256) -> Path:
+    """A raw stick image: a copy of the build's own .img (usb_image=on) when it sits beside the ISO, else the ISO
+    as dd writes it plus a `persistence` partition."""
     from appliance.build.usb import add_persistence
 
-    shutil.copyfile(iso, dest)
-    add_persistence(dest, persistence_mb, dest.parent)
+    img = iso.with_suffix(".img")
+    shutil.copyfile(img if img.exists() else iso, dest)
+    if not img.exists():
+        add_persistence(dest, persistence_mb, dest.parent)
     return dest
 
 
@@ -477,7 +480,7 @@ def boot_test(iso: Path, modes: list[str], artifacts: Path, timeout: int = 420, 
             raise SystemExit(f"unknown mode {mode}; choose from {', '.join(MODES)}")
         disk = iso
         if MODES[mode][1] == "usb":
-            stick = stick or usb_copy(iso, artifacts / "stick.img")
+            stick = stick or usb_stick(iso, artifacts / "stick.img")
             disk = stick
         print(f"boot {mode} ({' '.join(accel())}) ...", flush=True)
         (artifacts / mode).mkdir(exist_ok=True)

@@ -104,7 +104,8 @@ def populate(ctx: Context, base_squashfs: Path, kernel: str, tree: Path) -> dict
                 for src in keys:
                     shutil.copyfile(src, root / "var/lib/dkms" / src.name)
             apt_install(ctx, root, [f"linux-headers-{kernel}", package])
-            built = sorted((root / "lib/modules" / kernel).rglob("nvidia*.ko*"))
+            # DKMS installs under updates/ (the kernel's own tree has nvidia-wmi-ec-backlight: not ours)
+            built = sorted((root / "lib/modules" / kernel / "updates").rglob("nvidia*.ko*"))
             if not built:
                 log = "\n".join(p.read_text(errors="replace")[-2000:] for p in root.glob("var/lib/dkms/**/make.log"))
                 raise BuildError(f"{package} installed but DKMS built no module for kernel {kernel} ({flavour} "

@@ -95,6 +95,7 @@ class Vm:
     mode: str
     dir: Path
     stick: Path | None = None  # a second USB disk (not bootable): the data stick
+    entry: str = "normal"  # the boot menu entry to start (boot.ENTRIES)
     memory_mb: int = 3072
     port: int = field(default_factory=free_port)
     pid: int | None = None
@@ -115,7 +116,9 @@ class Vm:
         d = self.dir
         cmd = ["qemu-system-x86_64", "-machine", "q35", *accel(), "-smp", "2", "-m", str(self.memory_mb),
                "-vga", "std", "-display", "none", "-no-reboot",
-               "-serial", f"file:{self.serial_log}",
+               # A socket (to pick a boot menu entry by typing to GRUB) that also logs everything to serial.log.
+               "-chardev", f"socket,id=ser0,path={d / 'serial.sock'},server=on,wait=off,logfile={self.serial_log}",
+               "-serial", "chardev:ser0",
                "-monitor", f"unix:{d / 'monitor.sock'},server,nowait",
                "-daemonize", "-pidfile", str(d / "qemu.pid"),
                # restrict=on: the guest cannot reach anything, yet the pcap still shows every attempt it makes.
@@ -146,13 +149,26 @@ class Vm:
         import subprocess
 
         self.dir.mkdir(parents=True, exist_ok=True)
-        for name in ("serial.log", "qemu.pid", "monitor.sock", "guest.pcap"):
+        for name in ("serial.log", "qemu.pid", "monitor.sock", "serial.sock", "guest.pcap"):
             (self.dir / name).unlink(missing_ok=True)
         cmd = self.command()
         (self.dir / "qemu-cmd.txt").write_text(" ".join(cmd) + "\n")
         self.started = time.monotonic()
         subprocess.run(cmd, check=True, timeout=60)
         self.pid = int((self.dir / "qemu.pid").read_text().strip())
+        if self.entry != "normal":
+            self.choose_entry()
+
+    def choose_entry(self) -> None:
+        """Type to GRUB on the serial line while its menu counts down: Ctrl-N once per entry down, then Enter."""
+        from appliance.build.boot import ENTRIES
+
+        if not self.wait_serial(re.compile(r"executed automatically"), 120, poll=0.2):
+            raise RuntimeError("the boot menu did not show on the serial console")
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(self.dir / "serial.sock"))
+            s.sendall(b"\x0e" * ENTRIES.index(self.entry) + b"\r")
+            time.sleep(1)
 
     def alive(self) -> bool:
         if self.pid is None:
@@ -163,14 +179,14 @@ class Vm:
         except ProcessLookupError:
             return False
 
-    def wait_serial(self, pattern: re.Pattern, timeout: float) -> re.Match | None:
+    def wait_serial(self, pattern: re.Pattern, timeout: float, poll: float = 2) -> re.Match | None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.alive():
             if self.serial_log.exists():
                 m = pattern.search(self.serial_log.read_text(errors="replace"))
                 if m:
                     return m
-            time.sleep(2)
+            time.sleep(poll)
         return None
 
     def monitor(self, command: str, timeout: float = 20) -> str:
@@ -388,9 +404,39 @@ def check_usb(vm: Vm, token: str, result: dict) -> list[str]:
     return []
 
 
+# What each boot menu entry must have done, judged from the selftest line.
+ENTRY_CHECKS = {
+    "normal": lambda r: not r.get("cmdline") or f"unexpected kernel flags {r.get('cmdline')}",
+    "toram": lambda r: ("toram" in r.get("cmdline", []) and r.get("medium_mounted") == "0")
+    or f"toram: cmdline {r.get('cmdline')}, medium still mounted: {r.get('medium_mounted')}",
+    "safe": lambda r: "nomodeset" in r.get("cmdline", []) or f"safe graphics: cmdline {r.get('cmdline')}",
+    "verify": lambda r: r.get("verified") == "ok" or f"medium check: {r.get('verified')}",
+}
+
+
+def split_mode(mode: str) -> tuple[str, str]:
+    """'bios-cd:safe' -> ('bios-cd', 'safe'); 'uefi-usb' -> ('uefi-usb', 'normal')."""
+    from appliance.build.boot import ENTRIES
+
+    base, _, entry = mode.partition(":")
+    entry = entry or "normal"
+    if base not in MODES or entry not in ENTRIES:
+        raise SystemExit(f"unknown mode {mode}: choose from {', '.join(MODES)}, "
+                         f"optionally with :{'|:'.join(ENTRIES)}")
+    return base, entry
+
+
+def serial_tail(log: Path, lines: int = 30) -> str:
+    """The end of a serial log without terminal escape sequences (GRUB and systemd draw with them)."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\r", "", text)
+    return "\n".join(text.splitlines()[-lines:])
+
+
 def boot_once(disk: Path, mode: str, out: Path, timeout: float, token: str | None, lan: bool,
               stick: Path | None = None) -> dict:
-    vm = Vm(disk=disk, mode=mode, dir=out, stick=stick)
+    base, entry = split_mode(mode)
+    vm = Vm(disk=disk, mode=base, dir=out, stick=stick, entry=entry)
     result = {"mode": mode, "ok": False}
     try:
         vm.start()
@@ -423,6 +469,9 @@ def boot_once(disk: Path, mode: str, out: Path, timeout: float, token: str | Non
         problems = api_problems
         if stick and report.get("media") != [STICK_LABEL]:
             problems.append(f"/media holds {report.get('media')}, expected only the data stick [{STICK_LABEL}]")
+        verdict = ENTRY_CHECKS[entry](report)
+        if verdict is not True:
+            problems.append(verdict)
         if report.get("state") != "running":
             problems.append(f"systemd state {report.get('state')}")
         if report.get("failed"):
@@ -476,25 +525,27 @@ def boot_test(iso: Path, modes: list[str], artifacts: Path, timeout: int = 420, 
     results = []
     stick = None
     for mode in modes:
-        if mode not in MODES:
-            raise SystemExit(f"unknown mode {mode}; choose from {', '.join(MODES)}")
+        base, _ = split_mode(mode)
         disk = iso
-        if MODES[mode][1] == "usb":
+        if MODES[base][1] == "usb":
             stick = stick or usb_stick(iso, artifacts / "stick.img")
             disk = stick
         print(f"boot {mode} ({' '.join(accel())}) ...", flush=True)
-        (artifacts / mode).mkdir(exist_ok=True)
-        data = data_stick(artifacts / mode / "data-stick.img")  # fresh per boot: its inbox is consumed
-        r = boot_once(disk, mode, artifacts / mode, timeout, lan_token, lan, stick=data)
+        out = artifacts / mode.replace(":", "-")
+        out.mkdir(exist_ok=True)
+        data = data_stick(out / "data-stick.img")  # fresh per boot: its inbox is consumed
+        r = boot_once(disk, mode, out, timeout, lan_token, lan, stick=data)
         results.append(r)
         print(f"  {mode}: {'PASS' if r['ok'] else 'FAIL'} selftest after {r.get('seconds_to_selftest')}s"
               + (f", health after {r.get('seconds_to_health')}s" if lan else "")
               + (f", first OCR after {r.get('seconds_to_first_ocr')}s" if r.get("seconds_to_first_ocr") else "")
               + (f"; {'; '.join(r.get('problems', []))}" if r.get("problems") else "")
               + (f"; {r['error']}" if r.get("error") else ""), flush=True)
+        if not r["ok"]:  # CI shows this; the whole log, screen.png and the pcap are in `out`
+            print(f"  --- end of {out / 'serial.log'} ---\n{serial_tail(out / 'serial.log')}\n  ---", flush=True)
     if persistence and stick:
         # Every USB boot above appended to /srv/ocr/.boot-log on the stick's persistence partition.
-        usb_boots = [r for r in results if MODES[r["mode"]][1] == "usb" and r.get("selftest")]
+        usb_boots = [r for r in results if MODES[split_mode(r["mode"])[0]][1] == "usb" and r.get("selftest")]
         counts = [int(r["selftest"].get("boots") or 0) for r in usb_boots]
         ok = len(counts) >= 2 and counts == list(range(1, len(counts) + 1))
         print(f"  persistence: {'PASS' if ok else 'FAIL'} boot counts on the stick {counts}", flush=True)

@@ -174,6 +174,20 @@ def test_parse_marker():
     assert r["failed"] == ["a.service", "b.service"] and r["listen"] == []
 
 
+def test_boot_menu_entries_by_name_and_what_each_must_show():
+    assert qemu.split_mode("uefi-usb") == ("uefi-usb", "normal")
+    assert qemu.split_mode("bios-cd:safe") == ("bios-cd", "safe")
+    for bad in ("bios-floppy", "bios-cd:rescue"):
+        with pytest.raises(SystemExit, match="unknown mode"):
+            qemu.split_mode(bad)
+    line = "state=running cmdline=[toram] medium_mounted=0 verified=none"
+    assert qemu.ENTRY_CHECKS["toram"](qemu.parse_marker(line)) is True
+    assert qemu.ENTRY_CHECKS["normal"](qemu.parse_marker(line)) != True  # noqa: E712 (a message, not False)
+    assert "still mounted" in qemu.ENTRY_CHECKS["toram"](qemu.parse_marker("cmdline=[toram] medium_mounted=1"))
+    assert qemu.ENTRY_CHECKS["verify"](qemu.parse_marker("cmdline=[appliance.verify-medium] verified=ok")) is True
+    assert qemu.ENTRY_CHECKS["verify"](qemu.parse_marker("verified=failed")) == "medium check: failed"
+
+
 @pytest.mark.skipif(not __import__("shutil").which("mksquashfs"), reason="needs squashfs-tools")
 def test_same_inputs_same_layer_bytes(tmp_path):
     """SOURCE_DATE_EPOCH: the files' own mtimes must not leak into the layer."""

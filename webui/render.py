@@ -115,7 +115,8 @@ _MATH = re.compile(
     r"(?P<keep>^ {0,3}(?P<fence>`{3,}|~{3,}).*?(?:^ {0,3}(?P=fence)|\Z)"  # fenced code: left as it is
     r"|(?P<ticks>`+)(?!`).*?(?<!`)(?P=ticks)(?!`)"  # a code span
     r"|\\\$)"  # an escaped dollar
-    r"|\$\$(?P<display>.+?)\$\$|\\\[(?P<display2>.+?)\\\]|\\\((?P<inline>.+?)\\\)"
+    # A formula holds no opening delimiter of its own kind: an unclosed one then costs one scan, not one per opener.
+    r"|\$\$(?P<display>.+?)\$\$|\\\[(?P<display2>(?:(?!\\\[).)+?)\\\]|\\\((?P<inline>(?:(?!\\\().)+?)\\\)"
     # $x$ as pandoc reads it: no space just inside the dollars, no digit after, one line: "$5 and $6" is money.
     r"|\$(?P<inline2>[^\s$](?:[^$\n]*?[^\s$\\])?)\$(?!\d)",
     re.DOTALL | re.MULTILINE,

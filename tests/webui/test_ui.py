@@ -113,6 +113,17 @@ def test_formulas_are_kept_whole_for_katex():
     assert "<script" not in html
 
 
+def test_unclosed_formula_delimiters_cost_one_scan():
+    """A model stuck repeating "\\(" must not stall the result page (a rescan per opener took 20 s here)."""
+    import time
+
+    from webui.render import markdown_html
+
+    start = time.monotonic()
+    html = markdown_html("\\( a \\[ b " * 10000)
+    assert time.monotonic() - start < 5 and 'class="math' not in html
+
+
 def test_csp_lets_in_style_attributes_only():
     """KaTeX needs style attributes; scripts, <style> elements and stylesheets stay this origin's only."""
     from webui.security import CSP

@@ -31,7 +31,7 @@ def finish_layer(ctx: Context, layer: Layer, tree: Path, meta: dict, excludes: l
     """Squash `tree` into the layer's cache dir (written under a temporary name, renamed when complete)."""
     d = layer.path.parent
     d.mkdir(parents=True, exist_ok=True)
-    tmp = d / "layer.squashfs.partial"
+    tmp = d / f"layer.squashfs.partial-{os.getpid()}"  # two builds sharing cache/ may make the same layer at once
     tmp.unlink(missing_ok=True)
     cmd = ["mksquashfs", tree, tmp, "-noappend", "-no-progress", "-quiet", "-comp", ctx.config.compression,
            "-b", "1M", "-processors", str(os.cpu_count() or 1),

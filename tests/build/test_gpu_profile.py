@@ -239,3 +239,24 @@ def test_auto_on_a_cuda12_image_falls_back_to_cpu_when_the_server_is_not_running
     assert choice.engine == "cpu" and "appliance-vllm.service" in choice.reason
     monkeypatch.setattr(vllm, "unit_state", lambda unit=vllm.VLLM_UNIT: "activating")
     assert engines.choose("auto", model_dir).engine == "hunyuan-vllm"  # open_engine then waits for it
+
+
+def test_flat_repo_indexes_the_users_debs(tmp_path):
+    import shutil
+    import subprocess
+
+    if not shutil.which("dpkg-deb"):
+        pytest.skip("dpkg-deb is not installed")
+    pkg = tmp_path / "pkg"
+    (pkg / "DEBIAN").mkdir(parents=True)
+    (pkg / "DEBIAN" / "control").write_text("Package: nvidia-kernel-open-dkms\nVersion: 580.95.05-1\n"
+                                            "Architecture: amd64\nMaintainer: t <t@t>\nDescription: test\n")
+    debs = tmp_path / "debs"
+    debs.mkdir()
+    deb = debs / "nvidia-kernel-open-dkms_580.95.05-1_amd64.deb"
+    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(pkg), str(deb)], check=True, capture_output=True)
+    repo = tmp_path / "repo"
+    nvidia.flat_repo(debs, repo)
+    index = (repo / "Packages").read_text()
+    assert "Package: nvidia-kernel-open-dkms\n" in index and f"Filename: ./{deb.name}\n" in index
+    assert "SHA256: " in index and (repo / deb.name).is_file()

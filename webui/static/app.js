@@ -195,7 +195,7 @@ function scanRow(template, f, words) {
   }
   slot("when").replaceChildren(f.updated ? element("time", "", clock(f.updated)) : "");
   slot("action").replaceChildren();
-  if (f.state === "failed" && f.source === "inbox" && f.id) {
+  if (f.retry && f.id) {
     slot("action").append(Object.assign(element("button", "secondary", words.try_again), {type: "submit", name: "id", value: String(f.id)}));
   }
   return row;
@@ -215,7 +215,7 @@ function pollScan(main) {
     $("#scan-files").replaceChildren(...scan.files.map((f) => scanRow(template, f, words)));
     $(".scan-files").hidden = !scan.files.length;
     $("#scan-empty").hidden = Boolean(scan.files.length);
-    $("#scan-retry-all").hidden = !scan.files.some((f) => f.state === "failed" && f.source === "inbox");
+    $("#scan-retry-all").hidden = !scan.files.some((f) => f.retry);
     $("#scan-unknown").hidden = !scan.unknown_folders.length;
     list($("#scan-unknown-list"), scan.unknown_folders, (folder) => { const li = element("li"); li.append(element("code", "", folder)); return li; });
     $("#scan-sticks-none").hidden = Boolean(scan.sticks.length);
@@ -226,6 +226,7 @@ function pollScan(main) {
       li.append(element("strong", "", format(words.pulled_when, {stick: p.stick, when: clock(p.when)})));
       if (p.not_copied.length) li.append(element("br"), format(words.not_copied, {files: p.not_copied.join(", ")}));
       if (p.finished_locally.length) li.append(element("br"), format(words.finished_here, {stick: p.stick, files: p.finished_locally.join(", ")}));
+      if ((p.failed_locally || []).length) li.append(element("br"), format(words.failed_here, {stick: p.stick, files: p.failed_locally.join(", ")}));
       return li;
     });
   };

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from appliance.build.context import BuildError, Context, Layer, remove_tree, run
@@ -24,6 +25,7 @@ def cached_layer(ctx: Context, name: str, order: int, key: str, epoch: int) -> L
     if layer.path.exists() and meta.exists():
         layer.cached = True
         layer.meta = json.loads(meta.read_text())
+        os.utime(d)  # "last used", for prune()
     return layer
 
 
@@ -54,12 +56,18 @@ def finish_layer(ctx: Context, layer: Layer, tree: Path, meta: dict, excludes: l
     return layer
 
 
+KEEP_DAYS = 7
+
+
 def prune(ctx: Context, keep: Layer, versions: int = 2) -> None:
-    """Keep the newest few versions of each layer so the cache does not grow without bound."""
+    """Drop old versions of a layer so the cache does not grow without bound: all but the newest few, and of those
+    only ones unused for KEEP_DAYS (the cpu and gpu profiles' base layers differ; building one must not evict the
+    other, which a concurrent build may be using)."""
     olds = sorted((p for p in ctx.layer_dir().glob(f"{keep.name}-*") if p != keep.path.parent),
                   key=lambda p: p.stat().st_mtime, reverse=True)
     for old in olds[versions - 1:]:
-        remove_tree(old)
+        if time.time() - old.stat().st_mtime > KEEP_DAYS * 86400:
+            remove_tree(old)
 
 
 def describe(layer: Layer) -> str:

@@ -206,3 +206,22 @@ def test_same_inputs_same_layer_bytes(tmp_path):
         layers.finish_layer(c, layer, tree, {})
         digests.append(layer.meta["sha256"])
     assert digests[0] == digests[1]
+
+
+def test_prune_keeps_recently_used_versions(tmp_path):
+    """Old versions go only when unused for a week: two profiles' base layers must not evict each other."""
+    import os
+    import time
+    from types import SimpleNamespace
+
+    from appliance.build import layers
+    from appliance.build.context import Layer
+
+    ctx = SimpleNamespace(layer_dir=lambda: tmp_path)
+    ages = {"base-new": 0, "base-cpu": 3600, "base-gpu": 2 * 3600, "base-stale": 30 * 86400, "app-other": 90 * 86400}
+    for name, age in ages.items():
+        (tmp_path / name).mkdir()
+        os.utime(tmp_path / name, (time.time() - age, time.time() - age))
+    keep = Layer(name="base", order=0, key="new", path=tmp_path / "base-new" / "layer.squashfs", epoch=0)
+    layers.prune(ctx, keep)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app-other", "base-cpu", "base-gpu", "base-new"]

@@ -42,17 +42,18 @@ iso: $(STAMP)/deps
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$pkgs >/dev/null; fi
 	$(APPLIANCE) build --profile $(ISO_PROFILE) $(ISO_ARGS)
 
-# Slow (about 30 minutes under TCG; CI runs it after `make test`): boots a LAN-mode copy of the image (only its
-# app layer differs) in the four ways, the USB modes from one copy of the build's .img (so its persistence
-# partition must carry a file across the reboot), then the default image once (loopback only, silent network).
+# Slow (about 35 minutes under TCG; CI runs it after `make test`): boots a LAN-mode copy of the image (only its
+# app layer differs) in the four ways (the UEFI CD through the "copy to RAM" entry), the USB modes from one copy of
+# the build's .img (so its persistence partition must carry a file across the reboot), then the default image
+# twice: through "Check the medium" and "safe graphics" (loopback only, silent network).
 # Artifacts (serial logs, screenshots, pcaps, result.json) land in out/boot-test/.
 BOOT_TEST_TOKEN ?= boot-test-token-not-secret
 boot-test: iso $(STAMP)/test-apt
 	$(APPLIANCE) build --profile $(ISO_PROFILE) $(ISO_ARGS) --set lan=on --set lan_token=$(BOOT_TEST_TOKEN) \
 	  --set usb_image=on --out out/boot-test-image
 	$(APPLIANCE) boot-test out/boot-test-image/*-$(ISO_PROFILE).iso --lan-token $(BOOT_TEST_TOKEN) --persistence \
-	  --modes bios-cd,uefi-cd,bios-usb,uefi-usb --artifacts out/boot-test/lan
-	$(APPLIANCE) boot-test out/*-$(ISO_PROFILE).iso --modes bios-cd --artifacts out/boot-test/default
+	  --modes bios-cd,uefi-cd:toram,bios-usb,uefi-usb --artifacts out/boot-test/lan
+	$(APPLIANCE) boot-test out/*-$(ISO_PROFILE).iso --modes bios-cd:verify,bios-usb:safe --artifacts out/boot-test/default
 
 clean:
 	rm -rf $(STAMP) out .pytest_cache

@@ -7,6 +7,7 @@ filesystem from a directory, and the filesystem is written at an offset inside t
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -27,7 +28,7 @@ def add_persistence(image: Path, size_mb: int, work: Path, epoch: int | None = N
     content = work / "persistence-root"
     content.mkdir(parents=True, exist_ok=True)
     (content / "persistence.conf").write_text(PERSISTENCE_CONF)
-    env = {"E2FSPROGS_FAKE_TIME": str(epoch)} if epoch else None
+    env = {**os.environ, "E2FSPROGS_FAKE_TIME": str(epoch)} if epoch else None  # mke2fs's own SOURCE_DATE_EPOCH
     run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "persistence", "-d", content, "-E", f"offset={start}",
          image, f"{size // 1024}k"], env=env)
     shutil.rmtree(content)

@@ -225,3 +225,26 @@ def test_prune_keeps_recently_used_versions(tmp_path):
     keep = Layer(name="base", order=0, key="new", path=tmp_path / "base-new" / "layer.squashfs", epoch=0)
     layers.prune(ctx, keep)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["app-other", "base-cpu", "base-gpu", "base-new"]
+
+
+@pytest.mark.skipif(not (__import__("shutil").which("sfdisk") and __import__("shutil").which("mke2fs")),
+                    reason="needs fdisk and e2fsprogs")
+def test_usb_image_gets_a_persistence_partition(tmp_path):
+    """The .img stage (usb_image=on) with a fixed epoch: a partition after the ISO holding an ext4 `persistence`."""
+    import json
+    import subprocess
+
+    from appliance.build import usb
+
+    image = tmp_path / "stick.img"
+    with open(image, "wb") as f:  # stands in for the ISO: an MBR with one partition
+        f.truncate(3 * 2**20)
+    subprocess.run(["sfdisk", "-q", str(image)], input="start=2048, size=2048, type=83\n", text=True, check=True)
+    usb.add_persistence(image, 8, tmp_path, epoch=1700000000)
+    parts = json.loads(subprocess.run(["sfdisk", "-J", str(image)], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]["partitions"]
+    assert len(parts) == 2 and parts[1]["start"] * 512 == usb.ALIGN * 3 and parts[1]["size"] * 512 == 8 * 2**20
+    with open(image, "rb") as f:  # ext4 superblock at +1024: magic at 0x38, volume name at 0x78
+        f.seek(parts[1]["start"] * 512 + 1024)
+        sb = f.read(256)
+    assert sb[0x38:0x3A] == b"\x53\xef" and sb[0x78:0x88].rstrip(b"\0") == b"persistence"

@@ -115,10 +115,14 @@ def populate(ctx: Context, base_squashfs: Path, kernel: str, tree: Path) -> dict
             for ko in built:
                 shutil.copy2(ko, dest / ko.name)
             modules[flavour] = [ko.name for ko in built]
-            signer = subprocess.run(["modinfo", "-F", "signer", str(built[0])], capture_output=True, text=True,
-                                    check=False)
+            # modinfo from the image's own kmod: the modules must be for exactly the image's kernel
+            inside = "/" + str(built[0].relative_to(root))
+            vermagic = run(["chroot", root, "modinfo", "-F", "vermagic", inside], ctx).stdout.strip()
+            if vermagic.split()[0] != kernel:
+                raise BuildError(f"{built[0].name} was built for {vermagic.split()[0]}, not the image's {kernel}")
+            signer = run(["chroot", root, "modinfo", "-F", "signer", inside], ctx).stdout.strip()
             print(f"    {flavour}: {len(built)} modules for {kernel}"
-                  + (f", signed by {signer.stdout.strip()}" if keys else ""), flush=True)
+                  + (f", signed by {signer or 'nobody'}" if keys else ""), flush=True)
     with chroot(ctx, base_squashfs, ctx.work / "nvidia-runtime", upper=tree) as root:
         apt_install(ctx, root, list(RUNTIME_PACKAGES))
         out = run(["chroot", root, "dpkg-query", "-W", "-f", "${Package}\\t${Version}\\t${Architecture}\\n",

@@ -387,6 +387,9 @@ def check_ui_usb_upload(vm: Vm, token: str, shots: Path, result: dict) -> list[s
                 page.click("#start")
                 page.wait_for_selector("#out-text", timeout=300_000)
                 shown = page.locator("#out-text").inner_text().strip()
+                # The scanned page itself must show under its boxes (the guest may still be rasterising it).
+                page.wait_for_function("[...document.images].every(i => i.complete && i.naturalWidth > 0)",
+                                       timeout=120_000)
                 page.screenshot(path=str(shots / "ui-usb-upload.png"), full_page=True)
             finally:
                 browser.close()

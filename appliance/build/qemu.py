@@ -39,6 +39,9 @@ STICK_DEVICE = "datastick"  # its QEMU device id, to pull it with device_del
 INBOX_FILE = "inbox-scan.png"
 OUTBOX_TEXT = f"OCR-OUTBOX/{INBOX_FILE.rsplit('.', 1)[0]}.txt"
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+# What the kiosk screen must show (read off the screenshot by our own CPU engine): the UI's navigation, so neither
+# an error page nor a blank browser passes.
+KIOSK_TEXT = ("OCR appliance", "New scan")
 
 
 def accel() -> list[str]:
@@ -447,6 +450,15 @@ def serial_tail(log: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def screen_text(png: Path) -> str:
+    """The kiosk screenshot read by the appliance's own CPU engine, on the host."""
+    from appliance.ocr.engines import open_engine
+    from appliance.ocr.pipeline import recognize_file
+    from appliance.ocr.tasks import Request
+
+    return recognize_file(open_engine("cpu"), png, Request.make("text")).text
+
+
 def boot_once(disk: Path, mode: str, out: Path, timeout: float, token: str | None, lan: bool,
               stick: Path | None = None) -> dict:
     base, entry = split_mode(mode)
@@ -473,6 +485,8 @@ def boot_once(disk: Path, mode: str, out: Path, timeout: float, token: str | Non
             result["seconds_to_health"] = round(time.monotonic() - vm.started, 1)
         result["kiosk_rendered"] = vm.wait_rendered(out / "screen.png", timeout=300)
         result["seconds_to_render"] = round(time.monotonic() - vm.started, 1)
+        if result["kiosk_rendered"]:
+            result["kiosk_text"] = screen_text(out / "screen.png")[:300]
         api_problems = []
         if lan and health == 200:
             api_problems += check_ocr(vm, token, result)
@@ -495,6 +509,8 @@ def boot_once(disk: Path, mode: str, out: Path, timeout: float, token: str | Non
             problems.append("kiosk browser not running")
         if not result["kiosk_rendered"]:
             problems.append("the kiosk screen stayed blank (see screen.png)")
+        elif not all(words in result["kiosk_text"] for words in KIOSK_TEXT):
+            problems.append(f"the kiosk screen does not show the UI: {result['kiosk_text'][:120]!r}")
         if report.get("health") != "200":
             problems.append(f"/health inside the guest: {report.get('health')}")
         if lan and health != 200:

@@ -450,6 +450,12 @@ def serial_tail(log: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def loopback_only(listener: str) -> bool:
+    """'tcp:127.0.0.1:8000/appliance/1001' (or an older image's '127.0.0.1:8000/appliance') -> True."""
+    address = listener.split(":", 1)[1] if listener.startswith(("tcp:", "udp:")) else listener
+    return address.startswith(("127.0.0.1:", "[::1]:"))
+
+
 def screen_text(png: Path) -> str:
     """The kiosk screenshot read by the appliance's own CPU engine, on the host."""
     from appliance.ocr.engines import open_engine
@@ -515,8 +521,7 @@ def boot_once(disk: Path, mode: str, out: Path, timeout: float, token: str | Non
             problems.append(f"/health inside the guest: {report.get('health')}")
         if lan and health != 200:
             problems.append(f"/health through the port forward: {health}")
-        if not lan and any(not a.startswith("127.0.0.1:") and not a.startswith("[::1]:")
-                           for a in report.get("listen", [])):
+        if not lan and not all(loopback_only(a) for a in report.get("listen", [])):
             problems.append(f"listening beyond loopback: {report['listen']}")
         result["problems"] = problems
         result["ok"] = not problems

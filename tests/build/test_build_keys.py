@@ -248,3 +248,10 @@ def test_usb_image_gets_a_persistence_partition(tmp_path):
         f.seek(parts[1]["start"] * 512 + 1024)
         sb = f.read(256)
     assert sb[0x38:0x3A] == b"\x53\xef" and sb[0x78:0x88].rstrip(b"\0") == b"persistence"
+
+
+def test_listeners_judged_by_address():
+    assert qemu.loopback_only("tcp:127.0.0.1:8000/appliance/1001")
+    assert qemu.loopback_only("127.0.0.1:8000/appliance")  # an image from before the proto:... format
+    assert not qemu.loopback_only("udp:0.0.0.0:16088//0")
+    assert not qemu.loopback_only("tcp:10.0.2.15:8000/appliance/1001")

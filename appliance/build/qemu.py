@@ -424,8 +424,8 @@ def check_usb(vm: Vm, token: str, result: dict) -> list[str]:
 # What each boot menu entry must have done, judged from the selftest line.
 ENTRY_CHECKS = {
     "normal": lambda r: not r.get("cmdline") or f"unexpected kernel flags {r.get('cmdline')}",
-    "toram": lambda r: ("toram" in r.get("cmdline", []) and r.get("medium_mounted") == "0")
-    or f"toram: cmdline {r.get('cmdline')}, medium still mounted: {r.get('medium_mounted')}",
+    "toram": lambda r: ("toram" in r.get("cmdline", []) and r.get("medium_device") == "0")
+    or f"toram: cmdline {r.get('cmdline')}, boot device still mounted: {r.get('medium_device')}",
     "safe": lambda r: "nomodeset" in r.get("cmdline", []) or f"safe graphics: cmdline {r.get('cmdline')}",
     "verify": lambda r: r.get("verified") == "ok" or f"medium check: {r.get('verified')}",
 }

@@ -180,10 +180,10 @@ def test_boot_menu_entries_by_name_and_what_each_must_show():
     for bad in ("bios-floppy", "bios-cd:rescue"):
         with pytest.raises(SystemExit, match="unknown mode"):
             qemu.split_mode(bad)
-    line = "state=running cmdline=[toram] medium_mounted=0 verified=none"
+    line = "state=running cmdline=[toram] medium_device=0 verified=none"
     assert qemu.ENTRY_CHECKS["toram"](qemu.parse_marker(line)) is True
     assert qemu.ENTRY_CHECKS["normal"](qemu.parse_marker(line)) != True  # noqa: E712 (a message, not False)
-    assert "still mounted" in qemu.ENTRY_CHECKS["toram"](qemu.parse_marker("cmdline=[toram] medium_mounted=1"))
+    assert "still mounted" in qemu.ENTRY_CHECKS["toram"](qemu.parse_marker("cmdline=[toram] medium_device=1"))
     assert qemu.ENTRY_CHECKS["verify"](qemu.parse_marker("cmdline=[appliance.verify-medium] verified=ok")) is True
     assert qemu.ENTRY_CHECKS["verify"](qemu.parse_marker("verified=failed")) == "medium check: failed"
 

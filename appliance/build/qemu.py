@@ -391,8 +391,13 @@ def check_ui_usb_upload(vm: Vm, token: str, shots: Path, result: dict) -> list[s
                 page.wait_for_selector("#out-text", timeout=300_000)
                 shown = page.locator("#out-text").inner_text().strip()
                 # The scanned page itself must show under its boxes (the guest may still be rasterising it).
-                page.wait_for_function("[...document.images].every(i => i.complete && i.naturalWidth > 0)",
-                                       timeout=120_000)
+                # (polled from here: wait_for_function would evaluate a string, which the page's CSP forbids)
+                for _ in range(120):
+                    if page.locator("img").evaluate_all("imgs => imgs.every(i => i.complete && i.naturalWidth > 0)"):
+                        break
+                    time.sleep(1)
+                else:
+                    raise TimeoutError("the page image did not load within 120 s")
                 page.screenshot(path=str(shots / "ui-usb-upload.png"), full_page=True)
             finally:
                 browser.close()
@@ -410,7 +415,7 @@ def check_usb(vm: Vm, token: str, result: dict) -> list[str]:
         return [f"the data stick is not in the USB browser: /usb/list?path={STICK_LABEL} -> {names}"]
     # Pull the stick: the image must unmount it and drop /media/STICK_LABEL (a stale mount point would stay listed).
     vm.monitor(f"device_del {STICK_DEVICE}")
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90
     while STICK_LABEL in (left := usb_names(vm, token, "") or [STICK_LABEL]):
         if time.monotonic() > deadline:
             result["usb_removed_cleanly"] = False

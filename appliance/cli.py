@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--timeout", type=int, default=600, help="seconds per boot (TCG is slow)")
     boot.add_argument("--lan-token", help="the token the image was built with (to call its API)")
     boot.add_argument("--persistence", action="store_true", help="also check that data survives a reboot (USB)")
+    boot.add_argument("--pull-stick", action="store_true",
+                      help="pull the data stick while the guest runs (known to fail: see README, Boot test)")
 
     serve = sub.add_parser("serve", help="serve the web UI and the HTTP API (loopback by default)")
     serve.add_argument("--host", default="127.0.0.1")
@@ -106,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         from appliance.build.qemu import boot_test
 
         return boot_test(Path(args.iso), args.modes.split(","), Path(args.artifacts), args.timeout,
-                         lan_token=args.lan_token, persistence=args.persistence)
+                         lan_token=args.lan_token, persistence=args.persistence,
+                         pull_stick=args.pull_stick)
     if args.command == "serve":
         from webui.server import serve
 

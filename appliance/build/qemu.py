@@ -407,12 +407,15 @@ def check_ui_usb_upload(vm: Vm, token: str, shots: Path, result: dict) -> list[s
     return [] if shown == OCR_TEXT else [f"UI upload from the USB browser showed {shown!r}, expected {OCR_TEXT!r}"]
 
 
-def check_usb(vm: Vm, token: str, result: dict) -> list[str]:
-    """The data stick shows in the in-app USB browser; pulled, it goes (unmounted, its folder removed)."""
+def check_usb(vm: Vm, token: str, result: dict, pull: bool) -> list[str]:
+    """The data stick shows in the in-app USB browser; pulled (`pull`), it goes (unmounted, its folder removed).
+    Without `pull` the guest's clean shutdown unmounts it, so what the scan folder wrote is read back whole."""
     names = usb_names(vm, token, STICK_LABEL)
     result["usb_listing"] = names
     if STICK_FILE not in (names or []):
         return [f"the data stick is not in the USB browser: /usb/list?path={STICK_LABEL} -> {names}"]
+    if not pull:
+        return []
     # Pull the stick: the image must unmount it and drop /media/STICK_LABEL (a stale mount point would stay listed).
     vm.monitor(f"device_del {STICK_DEVICE}")
     deadline = time.monotonic() + 90
@@ -471,7 +474,7 @@ def screen_text(png: Path) -> str:
 
 
 def boot_once(disk: Path, mode: str, out: Path, timeout: float, token: str | None, lan: bool,
-              stick: Path | None = None) -> dict:
+              stick: Path | None = None, pull_stick: bool = False) -> dict:
     base, entry = split_mode(mode)
     vm = Vm(disk=disk, mode=base, dir=out, stick=stick, entry=entry)
     result = {"mode": mode, "ok": False}
@@ -504,7 +507,7 @@ def boot_once(disk: Path, mode: str, out: Path, timeout: float, token: str | Non
             if stick:
                 api_problems += check_scan_stick(vm, token, result)
                 api_problems += check_ui_usb_upload(vm, token, out, result)
-                api_problems += check_usb(vm, token, result)  # pulls the stick: last
+                api_problems += check_usb(vm, token, result, pull_stick)  # pulls the stick: last
         vm.screenshot(out / "screen-end.png")
         problems = api_problems
         if stick and report.get("media") != [STICK_LABEL]:
@@ -559,7 +562,7 @@ def usb_stick(iso: Path, dest: Path, persistence_mb: int = 256) -> Path:
 
 
 def boot_test(iso: Path, modes: list[str], artifacts: Path, timeout: int = 420, lan_token: str | None = None,
-              persistence: bool = False) -> int:
+              persistence: bool = False, pull_stick: bool = False) -> int:
     """Boot `iso` in each mode; print one line per boot; 0 if every boot passed."""
     artifacts.mkdir(parents=True, exist_ok=True)
     lan = bool(lan_token)
@@ -575,7 +578,7 @@ def boot_test(iso: Path, modes: list[str], artifacts: Path, timeout: int = 420, 
         out = artifacts / mode.replace(":", "-")
         out.mkdir(exist_ok=True)
         data = data_stick(out / "data-stick.img")  # fresh per boot: its inbox is consumed
-        r = boot_once(disk, mode, out, timeout, lan_token, lan, stick=data)
+        r = boot_once(disk, mode, out, timeout, lan_token, lan, stick=data, pull_stick=pull_stick)
         results.append(r)
         print(f"  {mode}: {'PASS' if r['ok'] else 'FAIL'} selftest after {r.get('seconds_to_selftest')}s"
               + (f", health after {r.get('seconds_to_health')}s" if lan else "")

@@ -34,6 +34,7 @@ def write_atomic(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_file(path)
 
 
 def copy_atomic(source: Path, target: Path) -> None:
@@ -44,6 +45,18 @@ def copy_atomic(source: Path, target: Path) -> None:
         dst.flush()
         os.fsync(dst.fileno())
     os.replace(tmp, target)
+    fsync_file(target)
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a file's own metadata again after a rename. On FAT (USB sticks) a file's size and first cluster live in
+    its directory entry, and a rename writes a new entry that gets them only when the file itself is written back:
+    with fsync of the directory alone, a stick pulled a minute later held an empty file under the final name."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(folder: Path) -> None:

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance import export
-from appliance.files import copy_atomic, fsync_dir, sha256_file, write_atomic
+from appliance.files import copy_atomic, fsync_dir, fsync_file, sha256_file, write_atomic
 from appliance.ocr.errors import EngineUnavailable, OcrError
 from appliance.ocr.result import OcrResult
 from appliance.ocr.tasks import EXTRACT_PRESETS, LANGUAGES, Request, Task
@@ -775,6 +775,7 @@ class Watcher:
             if _exists(final):
                 raise OSError(f"{final} appeared meanwhile; not overwriting it")
             os.rename(origin, final)
+            fsync_file(final)  # FAT: the new directory entry gets the file's size only now
             fsync_dir(final.parent)
         if work is not None and origin != work and _exists(final) and work.exists():
             work.unlink()  # the original is safe on the stick; this was only our copy
@@ -1153,8 +1154,9 @@ def _put_back(db: sqlite3.Connection, tree: Tree, row) -> bool:
         if error.errno != errno.EXDEV:
             raise
         copy_atomic(final, back)  # our copy of a pulled stick's file, back onto the stick
-        fsync_dir(back.parent)
         final.unlink()
+    fsync_file(back)  # FAT: the renamed file's size reaches its new directory entry only now
+    fsync_dir(back.parent)
     Path(f"{final}.error.json").unlink(missing_ok=True)
     return True
 

@@ -419,7 +419,8 @@ def check_usb(vm: Vm, token: str, result: dict, pull: bool) -> list[str]:
     # Pull the stick: the image must unmount it and drop /media/STICK_LABEL (a stale mount point would stay listed).
     vm.monitor(f"device_del {STICK_DEVICE}")
     deadline = time.monotonic() + 90
-    while STICK_LABEL in (left := usb_names(vm, token, "") or [STICK_LABEL]):
+    # (None: no answer yet, keep asking; [] is an answer: no stick left)
+    while (left := usb_names(vm, token, "")) is None or STICK_LABEL in left:
         if time.monotonic() > deadline:
             result["usb_removed_cleanly"] = False
             inside = usb_names(vm, token, STICK_LABEL)  # the dead mount's files, or an empty leftover folder

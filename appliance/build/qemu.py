@@ -166,14 +166,24 @@ class Vm:
 
     def choose_entry(self) -> None:
         """Type to GRUB on the serial line while its menu counts down: Ctrl-N once per entry down, then Enter."""
-        from appliance.build.boot import ENTRIES
+        from appliance.build import boot
 
         if not self.wait_serial(re.compile(r"executed automatically"), 120, poll=0.2):
             raise RuntimeError("the boot menu did not show on the serial console")
+        title = dict((name, title) for name, title, _ in boot.MENU)[self.entry]
+        booting = re.compile(r"Booting `[^']*" + re.escape(title.replace("{name}", "")) + "'")
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(str(self.dir / "serial.sock"))
-            s.sendall(b"\x0e" * ENTRIES.index(self.entry) + b"\r")
-            time.sleep(1)
+            # One key at a time: GRUB redraws the menu over the slow serial line after each, and a burst lost the
+            # Enter once. Enter again until GRUB says it boots the entry.
+            for _ in range(boot.ENTRIES.index(self.entry)):
+                s.sendall(b"\x0e")
+                time.sleep(1)
+            for _ in range(5):
+                s.sendall(b"\r")
+                if self.wait_serial(booting, 10, poll=0.5):
+                    return
+        raise RuntimeError(f"GRUB did not boot the '{self.entry}' entry")
 
     def alive(self) -> bool:
         if self.pid is None:

@@ -170,20 +170,17 @@ class Vm:
 
         if not self.wait_serial(re.compile(r"executed automatically"), 120, poll=0.2):
             raise RuntimeError("the boot menu did not show on the serial console")
-        title = dict((name, title) for name, title, _ in boot.MENU)[self.entry]
-        booting = re.compile(r"Booting `[^']*" + re.escape(title.replace("{name}", "")) + "'")
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(str(self.dir / "serial.sock"))
             # One key at a time: GRUB redraws the menu over the slow serial line after each, and a burst lost the
-            # Enter once. Enter again until GRUB says it boots the entry.
+            # Enter once. Enter is sent three times (GRUB prints nothing when it boots on a key press, so there is
+            # nothing to wait for); once the kernel runs, nothing reads the serial line.
             for _ in range(boot.ENTRIES.index(self.entry)):
                 s.sendall(b"\x0e")
                 time.sleep(1)
-            for _ in range(5):
+            for _ in range(3):
                 s.sendall(b"\r")
-                if self.wait_serial(booting, 10, poll=0.5):
-                    return
-        raise RuntimeError(f"GRUB did not boot the '{self.entry}' entry")
+                time.sleep(3)
 
     def alive(self) -> bool:
         if self.pid is None:
@@ -490,7 +487,11 @@ def boot_once(disk: Path, mode: str, out: Path, timeout: float, token: str | Non
     vm = Vm(disk=disk, mode=base, dir=out, stick=stick, entry=entry)
     result = {"mode": mode, "ok": False}
     try:
-        vm.start()
+        try:
+            vm.start()
+        except RuntimeError as error:  # the boot menu never showed: a failed boot, not a crash of the harness
+            result["error"] = str(error)
+            return result
         m = vm.wait_serial(MARKER, timeout)
         result["seconds_to_selftest"] = round(time.monotonic() - vm.started, 1)
         if not m:

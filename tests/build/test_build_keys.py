@@ -6,19 +6,13 @@ from pathlib import Path
 import pytest
 
 from appliance.build import app, boot, iso, pyenv, qemu, rootfs, stages
-from appliance.build.context import BuildError, Context, hash_inputs, source_date_epoch
+from appliance.build.context import BuildError, hash_inputs, source_date_epoch
 from appliance.settings import REPO, resolve
+from contexts import make_ctx
 
 
 def ctx_for(tmp_path, *overrides, repo=REPO):
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    config = resolve("cpu", list(overrides), out_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"))
-    c = Context(config=config, repo=repo, out_dir=tmp_path / "out", cache_dir=tmp_path / "cache",
-                work=tmp_path / "work", epoch=1700000000)
-    passwd = tmp_path / "passwd"
-    passwd.write_text("root:x:0:0::/root:/bin/sh\nocr:x:999:999::/srv/ocr:/usr/sbin/nologin\n")
-    c.files["passwd"] = passwd
-    return c
+    return make_ctx(tmp_path, "cpu", *overrides, repo=repo)
 
 
 def test_hash_inputs_stable_and_sensitive(tmp_path):

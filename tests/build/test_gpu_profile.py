@@ -6,25 +6,18 @@ import json
 import pytest
 
 from appliance.build import app, boot, layers, manifest, nvidia, stages
-from appliance.build.context import BuildError, Context
+from appliance.build.context import BuildError
 from appliance.build.stack import resolve_stack
 from appliance.ocr.engines import vllm
 from appliance.settings import REPO, resolve
+from contexts import make_ctx
 
 UNITS = REPO / "rootfs" / "etc" / "systemd" / "system"
 GPU_STAGES = {"gpu-stack", "model-check", "nvidia-layer", "model-layer"}
 
 
 def ctx_for(tmp_path, profile="gpu", *overrides, model=None, accept=None):
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    config = resolve(profile, list(overrides), model_dir=model, accept_model_license=accept,
-                     out_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"))
-    c = Context(config=config, repo=REPO, out_dir=tmp_path / "out", cache_dir=tmp_path / "cache",
-                work=tmp_path / "work", epoch=1700000000)
-    passwd = tmp_path / "passwd"
-    passwd.write_text("root:x:0:0::/root:/bin/sh\nocr:x:999:999::/srv/ocr:/usr/sbin/nologin\n")
-    c.files["passwd"] = passwd
-    return c
+    return make_ctx(tmp_path, profile, *overrides, model=model, accept=accept)
 
 
 def recording(ctx):

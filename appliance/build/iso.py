@@ -18,6 +18,7 @@ from appliance.build.layers import ISO_FILE_LIMIT
 from appliance.files import sha256_file
 
 GRUB_MBR = Path("/usr/lib/grub/i386-pc/boot_hybrid.img")
+BIOS_IMAGE = "boot/grub/bios.img"  # GRUB's El Torito core, in the ISO tree
 
 
 def volume_id(ctx: Context) -> str:
@@ -48,7 +49,7 @@ def populate_tree(ctx: Context) -> str:
     grub = tree / "boot" / "grub"
     grub.mkdir(parents=True)
     shutil.copy2(ctx.files["grub_cfg"], grub / "grub.cfg")
-    shutil.copy2(ctx.files["bios_img"], grub / "bios.img")
+    shutil.copy2(ctx.files["bios_img"], tree / BIOS_IMAGE)
     efi = tree / "EFI" / "BOOT"
     efi.mkdir(parents=True)
     shutil.copy2(ctx.files["efi_bin"], efi / "BOOTX64.EFI")
@@ -56,13 +57,16 @@ def populate_tree(ctx: Context) -> str:
     disk.mkdir()
     (disk / f"{ctx.stem}.id").write_text(f"{ctx.stem}\n")
     (disk / "info").write_text(f"{ctx.config.name} {ctx.config.version} ({ctx.config.profile})\n")
-    # live-boot's verify-checksums reads this file from the medium's root (the "check medium" boot entry).
+    # The "check the medium" boot entry checks every file against this list (appliance-verify-medium.service).
+    # Not the BIOS boot image: xorriso writes its boot info table into it (-boot-info-table), as Debian's own
+    # images leave isolinux.bin out of their md5sum.txt.
     lines = []
     for p in sorted(tree.rglob("*")):
         if p.is_file():
             if p.stat().st_size >= ISO_FILE_LIMIT:
                 raise BuildError(f"{p.relative_to(tree)} is 4 GiB or more: FAT32 writers cannot copy it")
-            lines.append(f"{sha256_file(p)}  ./{p.relative_to(tree)}")
+            if p != tree / BIOS_IMAGE:
+                lines.append(f"{sha256_file(p)}  ./{p.relative_to(tree)}")
     (tree / "sha256sum.txt").write_text("\n".join(lines) + "\n")
     ctx.files["iso_tree"] = tree
     return f"{len(lines)} files, layers: {', '.join(layer.filename for layer in ordered)}"
@@ -82,7 +86,7 @@ def make_iso(ctx: Context) -> str:
            # Partition 2: the FAT ESP, appended after the ISO filesystem.
            "-append_partition", "2", "0xef", ctx.files["efi_img"],
            # BIOS from CD.
-           "-b", "boot/grub/bios.img", "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table",
+           "-b", BIOS_IMAGE, "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table",
            "--grub2-boot-info",
            # UEFI from CD: the El Torito EFI entry is the appended ESP itself.
            "-eltorito-alt-boot", "-e", "--interval:appended_partition_2:all::", "-no-emul-boot",

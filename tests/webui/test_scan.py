@@ -14,6 +14,14 @@ from appliance import watch
 EN = {"Accept-Language": "en"}
 
 
+def use_scan_folder(app_config, root):
+    """Run the app's scan folder on `root` with short waits, watching the fake USB_ROOT for sticks."""
+    app_config["SCAN_DIR"] = str(root)
+    app_config["SCAN_OPTIONS"] = {"quiet": 0.2, "give_up": 0.6, "rescan": 0.3,
+                                  "media_dirs": (app_config["USB_ROOT"],)}
+    return root
+
+
 @pytest.fixture
 def scan_root(tmp_path, app_config):
     """ROOT with a good scan, a doc-folder scan, a broken file, an unknown folder, and a USB stick with OCR-INBOX;
@@ -29,14 +37,7 @@ def scan_root(tmp_path, app_config):
     stick = Path(app_config["USB_ROOT"]) / "KINGSTON" / watch.STICK_INBOX
     stick.mkdir(parents=True)
     (stick / "from stick.png").write_bytes(image_bytes(size=(90, 90)))
-    app_config["SCAN_DIR"] = str(root)
-    app_config["SCAN_OPTIONS"] = {
-        "quiet": 0.2,
-        "give_up": 0.6,
-        "rescan": 0.3,
-        "media_dirs": (app_config["USB_ROOT"],),
-    }
-    return root
+    return use_scan_folder(app_config, root)
 
 
 @pytest.fixture
@@ -163,14 +164,7 @@ def stick_root(tmp_path, app_config):
     stick = Path(app_config["USB_ROOT"]) / "KINGSTON"
     (stick / watch.STICK_INBOX).mkdir(parents=True)
     (stick / watch.STICK_INBOX / "torn.png").write_bytes(image_bytes()[:40])
-    app_config["SCAN_DIR"] = str(root)
-    app_config["SCAN_OPTIONS"] = {
-        "quiet": 0.2,
-        "give_up": 0.6,
-        "rescan": 0.3,
-        "media_dirs": (app_config["USB_ROOT"],),
-    }
-    return root
+    return use_scan_folder(app_config, root)
 
 
 def test_retry_of_a_usb_sticks_failed_file(stick_root, client, app):

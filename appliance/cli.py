@@ -197,7 +197,7 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_vllm_server(args) -> int:
-    from appliance.ocr.engines.vllm import start_server
+    from appliance.ocr.engines.vllm import RUN_DIR, start_server
     from appliance.ocr.errors import OcrError
 
     if not args.model:
@@ -213,9 +213,10 @@ def cmd_vllm_server(args) -> int:
                 _fail("vllm-server --auto: nvidia-smi cannot read the card's memory (is the NVIDIA driver loaded?)")
                 return 1
             settings = gpu.vllm_settings(memory, gpu.model_version(args.model))
-            sizing = {k: settings[k] for k in ("gpu_memory_utilization", "max_model_len")}
+            sizing = settings
             print(f"vllm-server: {memory / 2**30:.1f} GiB card -> {settings}", flush=True)
-        server = start_server(args.model, args.port, **sizing)
+        run_dir = RUN_DIR if RUN_DIR.is_dir() else None  # the image's unit makes it; a dev machine has none
+        server = start_server(args.model, args.port, **sizing, run_dir=run_dir)
     except (OcrError, ValueError) as error:  # ValueError: NotEnoughGpuMemory, with the UI's sentence
         _fail(f"vllm-server: {error}")
         return 1

@@ -63,7 +63,83 @@ TIERS = (
     (0, 8192, 1280 * 1280),
 )
 
-CPU_TAIL = "OCR runs on the CPU meanwhile: text spotting and plain text only; the other tasks need the GPU model."
+# Why OCR runs on the CPU, one sentence each, in English (logs, systemd) and Chinese; webui.i18n adds them to the UI's
+# catalogue as gpu_<key>. Every reason is followed by "cpu_meanwhile".
+REASONS = {
+    "no_card": ("No NVIDIA graphics card was found.", "未找到 NVIDIA 显卡。"),
+    "cpu_image": (
+        "This image has no GPU stack (it was built with the cpu profile).",
+        "本系统镜像不含 GPU 组件（以 cpu 配置构建）。",
+    ),
+    "too_old": (
+        "This NVIDIA card ({pci_id}, {generation}) is too old for the model server, which needs a Volta or newer GPU.",
+        "此 NVIDIA 显卡（{pci_id}，{generation}）太旧，模型服务需要 Volta 或更新架构的 GPU。",
+    ),
+    "needs_open": (
+        "This NVIDIA card ({pci_id}, {generation}) needs the open kernel modules of NVIDIA driver {min_driver} or "
+        "newer, and this image has driver {version} with {flavours} modules: rebuild it with the cuda13-user-driver "
+        "stack.",
+        "此 NVIDIA 显卡（{pci_id}，{generation}）需要 {min_driver} 或更新版本驱动的开源内核模块，而本镜像的驱动是 "
+        "{version}（{flavours} 模块）：请用 cuda13-user-driver 组合重新构建镜像。",
+    ),
+    "needs_proprietary": (
+        "This NVIDIA card ({pci_id}, {generation}) needs the proprietary kernel modules, which this image does not "
+        "have.",
+        "此 NVIDIA 显卡（{pci_id}，{generation}）需要专有内核模块，本镜像中没有。",
+    ),
+    "no_cuda13": (
+        "This NVIDIA card ({pci_id}, {generation}) is not supported by CUDA 13, which this image's stack uses: "
+        "rebuild it with the cuda12-debian-driver stack.",
+        "CUDA 13 不支持此 NVIDIA 显卡（{pci_id}，{generation}），而本镜像使用 CUDA 13：请用 cuda12-debian-driver "
+        "组合重新构建镜像。",
+    ),
+    "secure_boot_site_key": (
+        "Secure Boot is on and the NVIDIA driver did not load: this image's modules are signed with a site key that "
+        "this PC has not enrolled yet; enrol it with MOK (mokutil --import) or turn Secure Boot off in the firmware "
+        "setup.",
+        "安全启动已开启，NVIDIA 驱动未能加载：本镜像的驱动模块由站点密钥签名，而这台电脑尚未登记该密钥；请用 MOK "
+        "登记（mokutil --import），或在固件设置中关闭安全启动。",
+    ),
+    "secure_boot_unsigned": (
+        "Secure Boot is on and this image's NVIDIA driver modules are not signed with a key this PC trusts, so the "
+        "GPU driver cannot load: turn Secure Boot off in the firmware setup, or rebuild the image with module "
+        "signing and enrol the key with MOK.",
+        "安全启动已开启，而本镜像的 NVIDIA 驱动模块没有用这台电脑信任的密钥签名，GPU 驱动无法加载：请在固件设置中关闭"
+        "安全启动，或启用模块签名重新构建镜像并用 MOK 登记密钥。",
+    ),
+    "nouveau": (
+        "The nouveau driver took the NVIDIA card ({pci_id}) instead of NVIDIA's, which this image should have "
+        "blacklisted.",
+        "nouveau 驱动占用了 NVIDIA 显卡（{pci_id}），而不是 NVIDIA 官方驱动；本镜像本应禁用 nouveau。",
+    ),
+    "driver_not_loaded": (
+        "The NVIDIA driver did not load for the card ({pci_id}); the system log says why (journalctl -k).",
+        "NVIDIA 驱动未能为显卡（{pci_id}）加载；原因见系统日志（journalctl -k）。",
+    ),
+    "too_little_memory": (
+        "This NVIDIA card has {memory_gib} GiB of memory and HunyuanOCR {version} needs at least {minimum_gib} GiB "
+        "on the GPU.",
+        "此 NVIDIA 显卡只有 {memory_gib} GiB 显存，而 HunyuanOCR {version} 至少需要 {minimum_gib} GiB。",
+    ),
+    "cpu_meanwhile": (
+        "OCR runs on the CPU meanwhile: text spotting and plain text only; the other tasks need the GPU model.",
+        "在此期间由 CPU 识别：仅支持文字定位和纯文本，其他任务需要 GPU 模型。",
+    ),
+}
+
+
+class Reason(str):
+    """A reason from REASONS as English text (what logs and systemd show), keeping its key and values so the UI
+    can say it in its own language."""
+
+    key: str
+    values: dict
+
+    def __new__(cls, key: str, **values):
+        text = f"{REASONS[key][0].format(**values)} {REASONS['cpu_meanwhile'][0]}"
+        reason = super().__new__(cls, text)
+        reason.key, reason.values = key, values
+        return reason
 SECURE_BOOT_VAR = "SecureBoot-8be4df61-93ca-11d2-aa0d-e0b9ac8e1d6c"
 
 
@@ -121,10 +197,8 @@ def vllm_settings(gpu_memory_bytes: int, model_version: str = "1.5") -> dict:
     """vLLM server settings for a card with this much memory; NotEnoughGpuMemory (the UI's sentence) below minimum."""
     minimum = MIN_GPU_MEMORY.get(model_version, max(MIN_GPU_MEMORY.values()))
     if gpu_memory_bytes < minimum:
-        raise NotEnoughGpuMemory(
-            f"This NVIDIA card has {gpu_memory_bytes / GIB:.1f} GiB of memory and HunyuanOCR {model_version} needs at "
-            f"least {minimum / GIB:.0f} GiB on the GPU. {CPU_TAIL}"
-        )
+        raise NotEnoughGpuMemory(Reason("too_little_memory", memory_gib=f"{gpu_memory_bytes / GIB:.1f}",
+                                        version=model_version, minimum_gib=f"{minimum / GIB:.0f}"))
     utilization = min(MAX_UTILIZATION, (gpu_memory_bytes - HEADROOM) / gpu_memory_bytes)
     _, max_model_len, max_pixels = next(t for t in TIERS if gpu_memory_bytes >= t[0])
     return {
@@ -136,7 +210,11 @@ def vllm_settings(gpu_memory_bytes: int, model_version: str = "1.5") -> dict:
 
 
 class NotEnoughGpuMemory(ValueError):
-    """The card is too small for the model: the message is the UI's sentence."""
+    """The card is too small for the model: the message is the UI's sentence (`reason`, a Reason)."""
+
+    def __init__(self, reason: Reason):
+        self.reason = reason
+        super().__init__(reason)
 
 
 def secure_boot_state(sysfs: str | Path = SYSFS) -> str:
@@ -154,21 +232,11 @@ def secure_boot_state(sysfs: str | Path = SYSFS) -> str:
     return "on" if data[4] == 1 else "off"
 
 
-def secure_boot_message(state: str, modules_signed: bool) -> str | None:
+def secure_boot_message(state: str, modules_signed: bool) -> Reason | None:
     """The UI's sentence when Secure Boot stops the NVIDIA modules from loading; None when it does not."""
     if state != "on":
         return None
-    if modules_signed:
-        return (
-            "Secure Boot is on and the NVIDIA driver did not load: this image's modules are signed with a site "
-            "key that this PC has not enrolled yet; enrol it with MOK (mokutil --import) or turn Secure Boot "
-            f"off in the firmware setup. {CPU_TAIL}"
-        )
-    return (
-        "Secure Boot is on and this image's NVIDIA driver modules are not signed with a key this PC trusts, so "
-        "the GPU driver cannot load: turn Secure Boot off in the firmware setup, or rebuild the image with "
-        f"module signing and enrol the key with MOK. {CPU_TAIL}"
-    )
+    return Reason("secure_boot_site_key" if modules_signed else "secure_boot_unsigned")
 
 
 def load_stack_info(path: str | Path = STACK_INFO) -> dict:
@@ -191,30 +259,24 @@ def _driver_major(stack: dict) -> int | None:
         return None
 
 
-def unsupported_reason(gpu: Gpu, stack: dict) -> str | None:
+def unsupported_reason(gpu: Gpu, stack: dict) -> Reason | None:
     """Why this image cannot drive this card at all (whatever happens at boot), or None."""
     _, _, generation, _, runs_vllm = _generation(gpu.device_id)
-    card = f"This NVIDIA card ({gpu.pci_id}, {generation})"
+    card = {"pci_id": gpu.pci_id, "generation": generation}
     if not runs_vllm:
-        return f"{card} is too old for the model server, which needs a Volta or newer GPU. {CPU_TAIL}"
+        return Reason("too_old", **card)
     flavours = tuple(stack.get("driver", {}).get("flavours") or FLAVOURS)
     major = _driver_major(stack)
     version = stack.get("driver", {}).get("version", "unknown")
     if generation in OPEN_REQUIRED and (
         module_flavour(gpu.device_id, flavours) is None or (major is not None and major < BLACKWELL_MIN_DRIVER)
     ):
-        return (
-            f"{card} needs the open kernel modules of NVIDIA driver {BLACKWELL_MIN_DRIVER} or newer, and this "
-            f"image has driver {version} with {'/'.join(flavours)} modules: rebuild it with the "
-            f"cuda13-user-driver stack. {CPU_TAIL}"
-        )
+        return Reason("needs_open", **card, min_driver=BLACKWELL_MIN_DRIVER, version=version,
+                      flavours="/".join(flavours))
     if module_flavour(gpu.device_id, flavours) is None:
-        return f"{card} needs the proprietary kernel modules, which this image does not have. {CPU_TAIL}"
+        return Reason("needs_proprietary", **card)
     if generation in CUDA13_DROPS and str(stack.get("cuda", "")).startswith("13"):
-        return (
-            f"{card} is not supported by CUDA 13, which this image's stack uses: rebuild it with the "
-            f"cuda12-debian-driver stack. {CPU_TAIL}"
-        )
+        return Reason("no_cuda13", **card)
     return None
 
 
@@ -223,7 +285,7 @@ def fallback_reason(
     stack: dict | None = None,
     gpu_memory_bytes: int | None = None,
     model_version: str = "1.5",
-) -> str | None:
+) -> Reason | None:
     """One sentence for the UI saying why OCR runs on the CPU, or None when the GPU can serve the model.
 
     Checked in the order a person would fix things: no card, a card this image cannot drive, Secure Boot refusing
@@ -233,9 +295,9 @@ def fallback_reason(
     stack = load_stack_info() if stack is None else stack
     gpus = detect(sysfs)
     if not gpus:
-        return f"No NVIDIA graphics card was found. {CPU_TAIL}"
+        return Reason("no_card")
     if not stack:
-        return f"This image has no GPU stack (it was built with the cpu profile). {CPU_TAIL}"
+        return Reason("cpu_image")
     gpu = gpus[0]
     reason = unsupported_reason(gpu, stack)
     if reason:
@@ -245,19 +307,13 @@ def fallback_reason(
         if blocked:
             return blocked
         if gpu.driver == "nouveau":
-            return (
-                f"The nouveau driver took the NVIDIA card ({gpu.pci_id}) instead of NVIDIA's, which this image "
-                f"should have blacklisted. {CPU_TAIL}"
-            )
-        return (
-            f"The NVIDIA driver did not load for the card ({gpu.pci_id}); the system log says why "
-            f"(journalctl -k). {CPU_TAIL}"
-        )
+            return Reason("nouveau", pci_id=gpu.pci_id)
+        return Reason("driver_not_loaded", pci_id=gpu.pci_id)
     if gpu_memory_bytes is not None:
         try:
             vllm_settings(gpu_memory_bytes, model_version)
         except NotEnoughGpuMemory as e:
-            return str(e)
+            return e.reason
     return None
 
 
@@ -307,7 +363,8 @@ def model_version(model_dir: str | Path = IMAGE_MODEL_DIR) -> str:
     return version_of(model_dir)
 
 
-def banner(sysfs: str | Path = SYSFS, stack: dict | None = None, model_dir: str | Path = IMAGE_MODEL_DIR) -> str | None:
+def banner(sysfs: str | Path = SYSFS, stack: dict | None = None,
+           model_dir: str | Path = IMAGE_MODEL_DIR) -> Reason | None:
     """The UI's one sentence on a GPU image when OCR runs on the CPU; None on a cpu image or when the GPU serves."""
     stack = load_stack_info() if stack is None else stack
     if not stack:

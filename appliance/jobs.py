@@ -26,7 +26,7 @@ from pathlib import Path
 
 from appliance.files import write_atomic
 from appliance.ocr.engines import Engine, check_task
-from appliance.ocr.errors import EngineUnavailable, OcrError
+from appliance.ocr.errors import EngineLost, EngineUnavailable, OcrError
 from appliance.ocr.images import Document
 from appliance.ocr.pipeline import Cancelled, recognize_file
 from appliance.ocr.result import SCHEMA_VERSION, OcrResult
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
-MAX_RETRIES = 2  # a job interrupted this often by restarts is probably what crashes the process: stop retrying it
+MAX_RETRIES = 2  # a job interrupted this often (restarts, a lost engine) is probably what crashes it: stop retrying
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -352,6 +352,34 @@ class Jobs:
     # ---- the worker --------------------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        engine = self._load_engine()
+        try:
+            while engine is not None:
+                with self._changed:
+                    while not self._pending and not self._stopping:
+                        self._changed.wait()
+                    if self._stopping:
+                        return
+                    job_id = self._pending.pop(0)
+                lost = self._process(engine, job_id)
+                if lost:
+                    # The model server crashed or restarted: open the engine again the way it was opened at start
+                    # (which waits while systemd restarts the server, or falls back to the CPU engine).
+                    engine.close()
+                    engine = self._load_engine(f"the OCR engine stopped answering ({lost}); starting it again")
+        finally:
+            with self._lock:
+                if self._engine_state != "failed":
+                    self._engine_state = "stopped"
+            if engine is not None:
+                engine.close()
+
+    def _load_engine(self, why: str = "starting the OCR engine") -> Engine | None:
+        """Open the engine (at start, or again after it was lost); None, with every queued job failed, if it cannot."""
+        with self._lock:
+            self._engine, self._engine_state, self._engine_since = None, "loading", time.time()
+            self._engine_progress = {"progress": why}
+            self._changed.notify_all()
         try:
             engine = self._open_engine(self.report_engine_progress)
         except Exception as e:
@@ -368,36 +396,25 @@ class Jobs:
                     )
                 self._pending.clear()
                 self._changed.notify_all()
-            return
+            return None
         with self._lock:
             self._engine, self._engine_state, self._engine_since = engine, "ready", time.time()
             self._changed.notify_all()
-        try:
-            while True:
-                with self._changed:
-                    while not self._pending and not self._stopping:
-                        self._changed.wait()
-                    if self._stopping:
-                        return
-                    job_id = self._pending.pop(0)
-                self._process(engine, job_id)
-        finally:
-            with self._lock:
-                self._engine_state = "stopped"
-            engine.close()
+        return engine
 
-    def _process(self, engine: Engine, job_id: str) -> None:
+    def _process(self, engine: Engine, job_id: str) -> str | None:
+        """Run one job to its end; returns why the engine was lost when it was (the job is then queued again)."""
         with self._lock:
             try:
                 job = self.get(job_id)
             except JobNotFound:
-                return
+                return None
             request = job.request()
             key = cache_key(job.sha256, request, engine.info)
             if (self.results / f"{key}.json").exists():  # an identical job finished while this one waited
                 self._finish_cached(job_id, key)
                 self._changed.notify_all()
-                return
+                return None
             self._set(
                 job_id,
                 state=RUNNING,
@@ -429,14 +446,31 @@ class Jobs:
             outcome = {"state": DONE}
         except Cancelled:
             outcome = {"state": CANCELLED, "error": "cancelled while running"}
+        except EngineLost as e:
+            outcome = {"state": QUEUED, "lost": e.reason}
         except OcrError as e:
             outcome = {"state": FAILED, "error": str(e), "error_kind": type(e).__name__}
         except Exception as e:
             log.exception("job %s failed", job_id)
             outcome = {"state": FAILED, "error": f"internal error: {type(e).__name__}: {e}", "error_kind": "internal"}
         with self._lock:
+            cancelled = job_id in self._cancel
             self._cancel.discard(job_id)
-            if self._stopping and outcome["state"] == CANCELLED:
+            lost = outcome.pop("lost", None)
+            if lost and cancelled and not self._stopping:
+                outcome = {"state": CANCELLED, "error": "cancelled while running"}
+            elif lost and job.retries >= MAX_RETRIES:
+                outcome = {
+                    "state": FAILED,
+                    "error": f"the OCR engine stopped answering on this file {job.retries + 1} times; not retried "
+                    f"again ({lost})",
+                    "error_kind": "EngineUnavailable",
+                }
+            if outcome["state"] == QUEUED:  # the engine was lost mid-job: first in line once it is back
+                self._set(job_id, state=QUEUED, retries=job.retries + 1, pages_done=0, started=None,
+                          error=f"the OCR engine stopped answering ({lost}); queued again")
+                self._pending.insert(0, job_id)
+            elif self._stopping and outcome["state"] == CANCELLED:
                 # shutting down, not a user's cancel: leave it for the next start to resume
                 self._set(job_id, state=QUEUED, pages_done=0, started=None, error=None)
             elif self._set(job_id, finished=time.time(), **outcome) == 0:
@@ -444,6 +478,7 @@ class Jobs:
             if outcome["state"] == DONE:
                 self._seconds_per_job = 0.7 * self._seconds_per_job + 0.3 * (time.monotonic() - started)
             self._changed.notify_all()
+        return lost
 
     # ---- helpers (callers hold the lock) ------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@
    the normal cache, so this measures building, not the network.
 2. Rebuild after an app-only change: the UI language differs, which changes only the app layer's inputs.
 3. Boot, in QEMU (BIOS, CD, same settings for both), a LAN-mode copy of the image up to its first OCR answer
-   through the port forward, and a bare image made of the same base layer (Debian, kernel, live-boot, Xorg,
+   through the port forward (asked for as soon as /health says the engine is ready), and a bare image made of the same base layer (Debian, kernel, live-boot, Xorg,
    Chromium; no Python runtime, no app, no kiosk) up to systemd reporting the boot finished.
    Goal: the appliance's boot-to-OCR-ready within 1.2x of the bare image's boot.
 """
@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import time
@@ -80,6 +81,29 @@ def build_bare_iso(cache: Path, dest: Path) -> Path:
     return dest
 
 
+def boot_to_first_ocr(iso_path: Path, out: Path, timeout: float = 600) -> dict:
+    """Seconds from QEMU's start until the API answers, its engine is ready and a first OCR comes back right, asked
+    from the host as a program would (not after the boot test's in-guest selftest, which also waits for the kiosk
+    to draw)."""
+    vm = qemu.Vm(disk=iso_path, mode="bios-cd", dir=out)
+    result: dict = {}
+    try:
+        vm.start()
+        deadline = vm.started + timeout
+        while time.monotonic() < deadline:
+            status, body = vm.http("/health", TOKEN, timeout=3)
+            if status == 200:
+                result.setdefault("seconds_to_api", round(time.monotonic() - vm.started, 1))
+                if json.loads(body)["engine"]["ready"]:
+                    result["seconds_to_engine"] = round(time.monotonic() - vm.started, 1)
+                    qemu.check_ocr(vm, TOKEN, result)
+                    break
+            time.sleep(1)
+    finally:
+        vm.stop()
+    return result
+
+
 def timed_build(log: list[str], *args, **kwargs) -> tuple[float, Path]:
     lines: list[str] = []
     started = time.monotonic()
@@ -127,12 +151,13 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             vm.stop()
         print("booting the appliance (BIOS CD) up to its first OCR answer ...", flush=True)
-        r = qemu.boot_once(lan_iso, "bios-cd", work / "boot-appliance", 600, TOKEN, lan=True)
-        ours = r.get("seconds_to_first_ocr") if r.get("ocr", {}).get("status") == 200 else None
+        r = boot_to_first_ocr(lan_iso, work / "boot-appliance")
+        ours = r.get("seconds_to_first_ocr") if r.get("ocr", {}).get("text") == qemu.OCR_TEXT else None
         figures += [
             f"bare image: boot finished  {bare_s:7.1f} s" if bare_s else "bare image: no ready line within 600 s",
-            f"appliance: selftest        {r.get('seconds_to_selftest') or 0:7.1f} s",
-            f"appliance: first OCR       {ours:7.1f} s" if ours else f"appliance: no OCR answer {r.get('problems')}",
+            f"appliance: API answers     {r.get('seconds_to_api') or 0:7.1f} s",
+            f"appliance: engine ready    {r.get('seconds_to_engine') or 0:7.1f} s",
+            f"appliance: first OCR       {ours:7.1f} s" if ours else f"appliance: no right OCR answer {r}",
         ]
         if bare_s and ours:
             figures.append(f"boot-to-OCR-ready / bare   {ours / bare_s:7.2f} x   (goal <= 1.2 x)")

@@ -43,6 +43,7 @@ class FakeOpenAIServer:
         self.loop_chunks_sent = 0
         self.client_hung_up = threading.Event()
         self.fail_with: tuple[int, str] | None = None  # (status, message) to answer every chat request with
+        self.crash_next = 0  # this many chat requests get a few characters, then the connection drops (a crash)
         self._lock = threading.Lock()  # one generate() at a time: the model is not thread-safe
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
@@ -135,6 +136,11 @@ class FakeOpenAIServer:
 
                 try:
                     send({"role": "assistant", "content": ""})
+                    if server.crash_next:  # a server process dying mid-answer: the stream just ends
+                        server.crash_next -= 1
+                        send({"content": text[:3]})
+                        self.close_connection = True
+                        return
                     for start in range(0, len(text), 3):  # a few characters per chunk, like tokens
                         send({"content": text[start : start + 3]})
                     if server.loop_unit:

@@ -17,7 +17,7 @@ from fake_engine import FakeEngine
 from PIL import Image
 
 from appliance.jobs import MAX_RETRIES, JobNotFound, Jobs, QueueFull
-from appliance.ocr.errors import EngineUnavailable, InputError, TaskNotSupported
+from appliance.ocr.errors import EngineLost, EngineUnavailable, InputError, TaskNotSupported
 from appliance.ocr.tasks import Request, Task
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -288,3 +288,79 @@ def test_a_job_that_keeps_crashing_the_service_is_given_up(make_jobs, tmp_path):
     red, blue = sorted(jobs.list(), key=lambda j: j.name != "red.png")
     assert red.state == "failed" and "too many times" in red.error
     assert jobs.wait(blue.id, timeout=10).state == "done"
+
+
+class LosingEngine(FakeEngine):
+    """Loses its model server on the pages `loses(image)` picks, as VllmEngine does when vLLM crashes mid-answer."""
+
+    def __init__(self, loses):
+        super().__init__()
+        self.loses = loses
+
+    def recognize(self, image, request):
+        if self.loses(image):
+            raise EngineLost("hunyuan-vllm", "lost the vLLM server at http://127.0.0.1:8001/v1: Connection reset")
+        return super().recognize(image, request)
+
+
+def opener_of(*engines):
+    """An opener handing out these engines in turn, as open_engine would after each restart of the server."""
+    handed = iter(engines)
+    calls = []
+
+    def open_engine(report):
+        calls.append(report)
+        return next(handed)
+
+    return open_engine, calls
+
+
+def test_lost_engine_is_opened_again_and_the_interrupted_job_runs_first(tmp_path):
+    crashing, restarted = LosingEngine(lambda image: True), FakeEngine()
+    opener, calls = opener_of(crashing, restarted)
+    jobs = Jobs(tmp_path / "data", opener)
+    try:
+        assert jobs.wait_engine(10)["ready"]
+        first = jobs.submit(png(color="red"), "red.png", SPOT)
+        second = jobs.submit(png(color="blue"), "blue.png", SPOT)
+        first, second = jobs.wait(first.id, 10), jobs.wait(second.id, 10)
+        assert (first.state, first.retries, second.state, second.retries) == ("done", 1, "done", 0)
+        assert first.finished <= second.started  # the interrupted job went back to the head of the queue
+        assert len(calls) == 2 and crashing.closed and jobs.engine_status()["ready"]
+        assert jobs.result(first.id).text == "HELLO 64x32"
+    finally:
+        jobs.close()
+
+
+def test_a_job_that_keeps_losing_the_engine_is_given_up_and_the_rest_run(tmp_path):
+    def loses_on_red(image):
+        return image.getpixel((0, 0)) == (255, 0, 0)
+
+    engines = [LosingEngine(loses_on_red) for _ in range(MAX_RETRIES + 2)]
+    opener, calls = opener_of(*engines)
+    jobs = Jobs(tmp_path / "data", opener)
+    try:
+        red = jobs.submit(png(color="red"), "red.png", SPOT)
+        blue = jobs.submit(png(color="blue"), "blue.png", SPOT)
+        red, blue = jobs.wait(red.id, 10), jobs.wait(blue.id, 10)
+        assert red.state == "failed" and red.error_kind == "EngineUnavailable"
+        assert f"stopped answering on this file {MAX_RETRIES + 1} times" in red.error
+        assert blue.state == "done" and len(calls) == MAX_RETRIES + 2
+    finally:
+        jobs.close()
+
+
+def test_engine_that_cannot_be_opened_again_fails_the_queue_with_its_reason(tmp_path):
+    def opener(report, opened=[]):
+        if opened:
+            raise EngineUnavailable("hunyuan-vllm", "the model server did not come back")
+        opened.append(1)
+        return LosingEngine(lambda image: True)
+
+    jobs = Jobs(tmp_path / "data", opener)
+    try:
+        job = jobs.wait(jobs.submit(png(), "a.png", SPOT).id, 10)
+        assert job.state == "failed" and "did not come back" in job.error
+        assert jobs.engine_status()["state"] == "failed"
+    finally:
+        jobs.close()

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import socket
+import sys
+from pathlib import Path
 
 import pytest
 from openai_server import FakeOpenAIServer
@@ -20,7 +23,8 @@ from appliance.ocr.engines import vllm
 from appliance.ocr.engines.hunyuan import model_info
 from appliance.ocr.engines.transformers import TransformersEngine
 from appliance.ocr.engines.vllm import VllmEngine
-from appliance.ocr.errors import EngineUnavailable
+from appliance.jobs import Jobs
+from appliance.ocr.errors import EngineLost, EngineUnavailable
 from appliance.ocr.tasks import PROMPTS, Request, Task
 
 MAX_TOKENS = 16
@@ -45,6 +49,7 @@ def client(server, tiny_model_dir):
     server.requests.clear()
     server.loop_unit = None
     server.fail_with = None
+    server.crash_next = 0
     server.client_hung_up.clear()
     return VllmEngine(tiny_model_dir, url=server.url, max_tokens=MAX_TOKENS)
 
@@ -54,6 +59,12 @@ def page_image():
     image = Image.new("RGB", (300, 180), "white")
     ImageDraw.Draw(image).text((20, 80), "Receipt No. 7 (copy)", fill="black")
     return image
+
+
+def vllm_image(body: dict) -> Image.Image:
+    """The page image inside a chat-completions request body."""
+    url = body["messages"][1]["content"][0]["image_url"]["url"]
+    return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
 
 
 def free_port() -> int:
@@ -107,6 +118,34 @@ def test_server_error_message_is_passed_on(client, server, page_image):
         client.recognize(page_image, Request.make("text"))
 
 
+def test_answer_cut_off_by_a_crash_is_not_taken_for_an_answer(client, server, page_image):
+    server.crash_next = 1
+    with pytest.raises(EngineLost, match="closed the answer stream before its end"):
+        client.recognize(page_image, Request.make("text"))
+
+
+def test_server_crash_mid_job_puts_the_job_back_and_it_completes(server, tiny_model_dir, tmp_path, page_image):
+    """The queue over the real client: the server dies mid-answer, answers again (systemd restarted it), and the
+    job is run again on a freshly opened client instead of failing with half an answer."""
+    server.requests.clear()
+    server.crash_next = 1
+    opened = []
+
+    def opener(report):
+        opened.append(VllmEngine(tiny_model_dir, url=server.url, max_tokens=MAX_TOKENS))
+        return opened[-1]
+
+    jobs = Jobs(tmp_path / "data", opener)
+    try:
+        buf = io.BytesIO()
+        page_image.save(buf, format="PNG")
+        job = jobs.wait(jobs.submit(buf.getvalue(), "page.png", Request.make("text")).id, 60)
+        assert (job.state, job.retries, len(opened), len(server.requests)) == ("done", 1, 2, 2)
+        assert jobs.result(job.id).text == opened[1].recognize(page_image, Request.make("text")).text
+    finally:
+        jobs.close()
+
+
 def test_server_down(tiny_model_dir):
     url = f"http://127.0.0.1:{free_port()}/v1"
     assert vllm.server_ready(url) is False
@@ -149,6 +188,62 @@ def test_start_server_without_vllm_installed(tiny_model_dir, monkeypatch):
     monkeypatch.setattr(vllm, "_vllm_executable", lambda: "vllm-is-not-installed-here")
     with pytest.raises(EngineUnavailable, match="vLLM is not installed"):
         vllm.start_server(tiny_model_dir, free_port())
+
+
+def test_start_server_follows_the_start_up_and_writes_what_clients_need(tiny_model_dir, monkeypatch, tmp_path):
+    """`vllm-server` on the image: the server's output goes on to the journal, each start-up step it logs lands in
+    progress.json for the splash, and settings.json carries the card's pixel cap to the web app's client."""
+    monkeypatch.setattr(vllm, "_vllm_launcher", lambda: [sys.executable, str(Path(__file__).with_name("fake_vllm.py"))])
+    seen_steps, log = [], io.StringIO()
+    real_write = vllm.write_atomic
+
+    def write_and_remember(path, data):
+        seen_steps.append(json.loads(data)) if path.name == "progress.json" else None
+        real_write(path, data)
+
+    monkeypatch.setattr(vllm, "write_atomic", write_and_remember)
+    port = free_port()
+    process = vllm.start_server(tiny_model_dir, port, max_pixels=1280 * 1280, timeout=60, log=log, run_dir=tmp_path)
+    try:
+        assert vllm.server_ready(f"http://127.0.0.1:{port}/v1")
+        assert [step["percent"] for step in seen_steps] == [5, 10, 35, 60, 65, 80, 90, 95]
+        assert vllm.read_run_file("progress.json", tmp_path) == {"progress": "starting the model server's API",
+                                                                  "percent": 95}
+        assert any(line.startswith("Loading safetensors checkpoint shards:  50% Completed | 1/2")
+                   for line in log.getvalue().splitlines())  # each carriage-return redraw is a line of its own
+        settings = vllm.read_run_file("settings.json", tmp_path)
+        assert settings["url"] == f"http://127.0.0.1:{port}/v1" and settings["max_pixels"] == 1280 * 1280
+    finally:
+        process.kill()
+        process.wait(10)
+
+
+def test_client_caps_pages_at_the_servers_pixel_cap(server, tiny_model_dir, tmp_path):
+    (tmp_path / "settings.json").write_text(json.dumps({"url": server.url, "max_pixels": 512 * 512}))
+    server.requests.clear()
+    client = VllmEngine(tiny_model_dir, url=server.url, max_tokens=MAX_TOKENS, run_dir=tmp_path)
+    client.recognize(Image.new("RGB", (2000, 1000), "white"), Request.make("text"))
+    sent = vllm_image(server.requests[-1])
+    assert sent.width * sent.height <= 512 * 512 and sent.width > 2 * sent.height * 0.95
+    # settings written for another server are not ours to follow
+    (tmp_path / "settings.json").write_text(json.dumps({"url": "http://127.0.0.1:1/v1", "max_pixels": 512 * 512}))
+    assert VllmEngine(tiny_model_dir, url=server.url, run_dir=tmp_path).max_pixels == images.MODEL_MAX_PIXELS
+
+
+def test_wait_for_server_passes_on_the_start_up_step(tmp_path):
+    (tmp_path / "progress.json").write_text(json.dumps({"progress": "loading HunyuanOCR onto the GPU", "percent": 35}))
+    heard = []
+    states = iter(["activating", "failed"])
+    vllm.wait_for_server("http://127.0.0.1:9/v1", lambda words, **extra: heard.append((words, extra)),
+                         state=lambda: next(states), poll=0, run_dir=tmp_path)
+    ((words, extra),) = heard
+    assert "loading HunyuanOCR onto the GPU" in words and extra == {"percent": 35}
+
+
+def test_warm_up_sends_one_short_request(client, server):
+    client.warm_up()
+    (body,) = server.requests
+    assert body["max_tokens"] == 16 and vllm_image(body).size == (256, 256)
 
 
 def test_auto_picks_cpu_without_a_gpu(tiny_model_dir):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from flask import Flask, current_app, request
 
+from appliance import gpu
+
 LANGS = {"en": "English", "zh": "中文"}
 COOKIE = "lang"
 
@@ -260,6 +262,19 @@ MESSAGES = {
     "login_failed": ("That token is not right.", "令牌不正确。"),
     "login": ("Continue", "继续"),
 }
+
+
+# Why a gpu image runs OCR on the CPU (the banner): kept with the checks that find the reason.
+MESSAGES.update({f"gpu_{key}": texts for key, texts in gpu.REASONS.items()})
+
+
+def say_reason(reason) -> str:
+    """An appliance.gpu.Reason in the page's language (other text as it is)."""
+    key = getattr(reason, "key", None)
+    if key is None:
+        return str(reason)
+    first = gettext("gpu_" + key, **reason.values)
+    return first + ("" if first.endswith("。") else " ") + gettext("gpu_cpu_meanwhile")  # no space after a CJK stop
 
 
 def current_lang() -> str:

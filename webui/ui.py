@@ -74,15 +74,16 @@ BANNER_TTL = 30  # seconds a computed GPU banner is reused (it may run nvidia-sm
 @bp.app_context_processor
 def gpu_banner() -> dict:
     """Every page of a gpu image: one sentence saying why OCR runs on the CPU (appliance.gpu.banner), or nothing."""
-    cache = current_app.extensions.setdefault("gpu_banner", {"at": 0.0, "text": None})
+    cache = current_app.extensions.setdefault("gpu_banner", {"at": 0.0, "reason": None})
     if time.monotonic() - cache["at"] > BANNER_TTL:
         from appliance import gpu
 
         config = current_app.config
         stack = gpu.load_stack_info(config["GPU_STACK_FILE"])
-        cache["text"] = gpu.banner(config["SYSFS"], stack, config["MODEL_DIR"] or gpu.IMAGE_MODEL_DIR) if stack else None
+        model_dir = config["MODEL_DIR"] or gpu.IMAGE_MODEL_DIR
+        cache["reason"] = gpu.banner(config["SYSFS"], stack, model_dir) if stack else None
         cache["at"] = time.monotonic()
-    return {"gpu_banner": cache["text"]}
+    return {"gpu_banner": i18n.say_reason(cache["reason"]) if cache["reason"] else None}
 
 
 def model_license() -> dict[str, str]:

@@ -34,3 +34,8 @@ class EngineUnavailable(OcrError):
         self.engine = engine
         self.reason = reason
         super().__init__(f"engine '{engine}' is not available: {reason}")
+
+
+class EngineLost(EngineUnavailable):
+    """The engine stopped answering in the middle of a job (the model server crashed or restarted). The queue puts
+    the job back and opens the engine again, rather than failing every job behind it."""

@@ -64,3 +64,19 @@ def test_banner_sentence_comes_from_appliance_gpu(tmp_path):
     (tmp_path / "sys").mkdir()
     assert gpu.banner(tmp_path / "sys", {}) is None  # cpu image
     assert gpu.banner(tmp_path / "sys", STACK, tmp_path).startswith("No NVIDIA graphics card was found.")
+
+
+def test_banner_in_the_pages_language(gpu_image, client):
+    client.set_cookie("lang", "zh")
+    page = client.get("/").get_data(as_text=True)
+    assert "未找到 NVIDIA 显卡。在此期间由 CPU 识别" in page and "No NVIDIA graphics card" not in page
+
+
+def test_every_reason_has_both_languages_with_the_same_fields():
+    import string
+
+    for key, (english, chinese) in gpu.REASONS.items():
+        fields = {name for _, name, _, _ in string.Formatter().parse(english) if name}
+        assert fields == {name for _, name, _, _ in string.Formatter().parse(chinese) if name}, key
+        assert english.endswith(".") and chinese.endswith("。"), key
+

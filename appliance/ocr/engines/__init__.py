@@ -123,4 +123,8 @@ def open_engine(
         if progress:
             progress("the model server did not start; loading the CPU engine")
         return CpuEngine()
-    return vllm.VllmEngine(model_dir, url=vllm_url)
+    engine = vllm.VllmEngine(model_dir, url=vllm_url)
+    if progress:
+        progress("warming up: a first page through the model", percent=98)
+    engine.warm_up()
+    return engine

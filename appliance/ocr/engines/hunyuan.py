@@ -115,6 +115,7 @@ class HunyuanEngine:
 
     name = "hunyuan"
     tasks = frozenset(Task)
+    max_pixels = images.MODEL_MAX_PIXELS  # lowered for a GPU sized for less (appliance.gpu.TIERS)
 
     def __init__(self, model_dir: str | os.PathLike | None, device: str = "cpu"):
         self.model_dir = check_model_dir(model_dir, self.name)
@@ -127,7 +128,7 @@ class HunyuanEngine:
         check_task(self, request)
         # The model's own resize has no upper bound we trust; an uncapped 300-dpi page runs out of GPU memory.
         # to_rgb first: transparent areas become white paper (a plain convert makes them black).
-        capped = images.cap_pixels(images.to_rgb(image))
+        capped = images.cap_pixels(images.to_rgb(image), self.max_pixels)
         raw = self.generate(capped, request.prompt())
         # Boxes are in 0..1000 of the page, so they are scaled to the ORIGINAL size, not the capped one.
         return parse.to_page(raw, request, image.width, image.height)

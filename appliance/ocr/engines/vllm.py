@@ -15,9 +15,11 @@ import http.client
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -25,9 +27,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from appliance.ocr import parse
+from appliance.files import write_atomic
+from appliance.ocr import images, parse
 from appliance.ocr.engines.hunyuan import HunyuanEngine, check_model_dir, model_info
-from appliance.ocr.errors import EngineUnavailable
+from appliance.ocr.errors import EngineLost, EngineUnavailable
+from appliance.ocr.tasks import PROMPTS, Task
 
 NAME = "hunyuan-vllm"
 DEFAULT_URL = "http://127.0.0.1:8001/v1"
@@ -90,12 +94,31 @@ def image_data_url(image: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+# The model server unit's RuntimeDirectory (rootfs/etc/systemd/system/appliance-vllm.service): `vllm-server` writes
+# there what it runs with (settings.json: the card's image pixel cap) and how far its start-up got (progress.json).
+RUN_DIR = Path("/run/appliance-vllm")
+
+
+def read_run_file(name: str, run_dir: Path | None = None) -> dict:
+    """settings.json or progress.json from the server's run directory; {} when absent or unreadable."""
+    try:
+        data = json.loads(((run_dir or RUN_DIR) / name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 class VllmEngine(HunyuanEngine):
     name = NAME
 
-    def __init__(self, model_dir, url: str | None = None, timeout: float = 600, max_tokens: int = 4096):
+    def __init__(self, model_dir, url: str | None = None, timeout: float = 600, max_tokens: int = 4096,
+                 run_dir: Path | None = None):
         super().__init__(model_dir, device="vllm")
         self.url = (url or DEFAULT_URL).rstrip("/")
+        # The pixel cap the server was sized for (its card's memory tier), when that server is the one we talk to.
+        served = read_run_file("settings.json", run_dir)
+        if served.get("url") == self.url and isinstance(served.get("max_pixels"), int):
+            self.max_pixels = min(served["max_pixels"], images.MODEL_MAX_PIXELS)
         self.timeout = timeout
         self.max_tokens = max_tokens
         if not _is_loopback(self.url):
@@ -109,6 +132,14 @@ class VllmEngine(HunyuanEngine):
         self.served_model = self._pick_served_model(models)
         self.info.device = f"vllm {self.url}"
 
+    def warm_up(self) -> None:
+        """One small blank page through the server, so the first person's page does not pay for vLLM's first-request
+        setup; a failure here is the first job's to report."""
+        try:
+            self.generate(Image.new("RGB", (256, 256), "white"), PROMPTS[Task.TEXT], max_tokens=16)
+        except EngineUnavailable:
+            pass
+
     def _pick_served_model(self, models: list[dict]) -> str:
         """The served name of OUR model: listed under its model id, or with this directory as its root."""
         our_dir = str(self.model_dir.resolve())
@@ -119,7 +150,7 @@ class VllmEngine(HunyuanEngine):
         served = ", ".join(str(entry.get("id")) for entry in models) or "nothing"
         raise EngineUnavailable(NAME, f"the server at {self.url} serves {served}, not {self.info.model} ({our_dir})")
 
-    def request_body(self, image: Image.Image, prompt: str) -> dict:
+    def request_body(self, image: Image.Image, prompt: str, max_tokens: int | None = None) -> dict:
         return {
             "model": self.served_model,
             "messages": [
@@ -135,12 +166,12 @@ class VllmEngine(HunyuanEngine):
             "temperature": 0,
             "top_k": 1,  # vLLM's extra sampling parameter: greedy even if the server has other defaults
             "repetition_penalty": self.repetition_penalty,
-            "max_tokens": self.max_tokens,
+            "max_tokens": max_tokens or self.max_tokens,
             "stream": True,
         }
 
-    def generate(self, image: Image.Image, prompt: str) -> str:
-        body = json.dumps(self.request_body(image, prompt)).encode("utf-8")
+    def generate(self, image: Image.Image, prompt: str, max_tokens: int | None = None) -> str:
+        body = json.dumps(self.request_body(image, prompt, max_tokens)).encode("utf-8")
         parts = urllib.parse.urlsplit(self.url)
         connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=self.timeout)
         try:
@@ -156,7 +187,7 @@ class VllmEngine(HunyuanEngine):
                 raise EngineUnavailable(NAME, f"the server answered HTTP {response.status}: {message}")
             return self._read_stream(response)
         except (OSError, http.client.HTTPException) as error:  # refused, reset, timeout (socket.timeout is OSError)
-            raise EngineUnavailable(NAME, f"lost the vLLM server at {self.url}: {error}") from None
+            raise EngineLost(NAME, f"lost the vLLM server at {self.url}: {error or type(error).__name__}") from None
         except ValueError as error:  # a stream chunk that is not JSON
             raise EngineUnavailable(NAME, f"unreadable answer from {self.url}: {error}") from None
         finally:
@@ -174,7 +205,7 @@ class VllmEngine(HunyuanEngine):
                 continue  # blank separators, ": keep-alive" comments, event names
             payload = line[len(b"data:") :].strip()
             if payload == b"[DONE]":
-                break
+                return "".join(pieces)
             chunk = json.loads(payload)
             if "error" in chunk:
                 raise EngineUnavailable(NAME, f"the server failed mid-answer: {_server_message(payload)}")
@@ -186,8 +217,9 @@ class VllmEngine(HunyuanEngine):
                 checked_at = length
                 if parse.is_looping("".join(pieces)[-8192:]):
                     self.last_stopped_looping = True
-                    break
-        return "".join(pieces)
+                    return "".join(pieces)
+        # The connection closed without vLLM's closing [DONE]: the server died mid-answer; half an answer is no answer.
+        raise EngineLost(NAME, f"the vLLM server at {self.url} closed the answer stream before its end")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -237,19 +269,72 @@ def unit_state(unit: str = VLLM_UNIT) -> str:
 
 
 def wait_for_server(url: str = DEFAULT_URL, progress=None, timeout: float = SERVER_START_TIMEOUT,
-                    state=unit_state, poll: float = 2.0) -> bool:
+                    state=unit_state, poll: float = 2.0, run_dir: Path | None = None) -> bool:
     """On the image: wait while the model server's unit is starting (or restarting after a crash) until the server
-    answers. False when the unit is not running (skipped: no usable GPU; failed) or the time is up."""
+    answers, passing on how far its start-up got. False when the unit is not running (skipped: no usable GPU;
+    failed) or the time is up."""
     started = time.monotonic()
     while not server_ready(url):
         now = state()
         if now not in ("active", "activating", "reloading") or time.monotonic() - started > timeout:
             return False
         if progress:
-            progress(f"NVIDIA driver loaded; the model server is loading HunyuanOCR onto the GPU "
-                     f"({time.monotonic() - started:.0f} s)")
+            phase = read_run_file("progress.json", run_dir)
+            words = phase.get("progress") or "starting the model server"
+            extra = {"percent": phase["percent"]} if isinstance(phase.get("percent"), int) else {}
+            progress(f"NVIDIA driver loaded; {words} ({time.monotonic() - started:.0f} s)", **extra)
         time.sleep(poll)
     return True
+
+
+# vLLM's start-up as its log shows it (vLLM 0.18; a line that changes wording only loses its splash step):
+# (pattern, words for the kiosk's splash, percent of the way to ready; a pair scales the line's own percentage).
+START_PHASES = (
+    (re.compile(r"Initializing a V1 LLM engine"), "starting the model server", 5),
+    (re.compile(r"Starting to load model"), "loading HunyuanOCR onto the GPU", 10),
+    (re.compile(r"Loading safetensors checkpoint shards:\s*(\d+)%"), "loading HunyuanOCR onto the GPU", (10, 60)),
+    (re.compile(r"Model loading took"), "measuring GPU memory for the cache", 65),
+    (re.compile(r"GPU KV cache size"), "warming the model up", 80),
+    (re.compile(r"init engine \(.*\) took"), "starting the model server's API", 90),
+    (re.compile(r"Starting vLLM server on"), "starting the model server's API", 95),
+)
+
+
+def start_phase(line: str) -> tuple[str, int] | None:
+    """(words, percent) when this line of vLLM's output marks a step of its start-up."""
+    for pattern, words, percent in START_PHASES:
+        match = pattern.search(line)
+        if match:
+            if isinstance(percent, tuple):
+                low, high = percent
+                percent = low + (high - low) * min(100, int(match.group(1))) // 100
+            return words, percent
+    return None
+
+
+def _output_lines(stream):
+    """Lines of a byte stream, where tqdm's carriage-return redraws count as lines too."""
+    pending = b""
+    while chunk := stream.read1(65536):
+        pending += chunk
+        *lines, pending = re.split(rb"\r\n|\r|\n", pending)
+        yield from (line.decode("utf-8", errors="replace") for line in lines)
+    if pending:
+        yield pending.decode("utf-8", errors="replace")
+
+
+def _follow(stream, log, run_dir: Path | None) -> None:
+    """Pass the server's output on (the journal keeps it) and keep progress.json at its latest start-up step."""
+    last = None
+    for line in _output_lines(stream):
+        if not line.strip():
+            continue
+        log.write(line + "\n")
+        log.flush()
+        phase = start_phase(line) if run_dir else None
+        if phase and phase != last:
+            last = phase
+            write_atomic(run_dir / "progress.json", json.dumps({"progress": phase[0], "percent": phase[1]}).encode())
 
 
 def server_command(
@@ -290,13 +375,16 @@ def start_server(
     port: int = 8001,
     gpu_memory_utilization: float = 0.8,
     max_model_len: int = DEFAULT_MAX_MODEL_LEN,
+    max_pixels: int | None = None,
     extra=(),
     timeout: float = 900,
     log=None,
+    run_dir: Path | None = None,
 ) -> subprocess.Popen:
     """Start `vllm serve` offline and wait until it answers; EngineUnavailable (and no process left) otherwise.
 
-    `log`: a file object for the server's output (default: inherit ours).
+    `log`: a text file for the server's output (default: our stdout). `run_dir`: where to write settings.json (what
+    clients must know: the pixel cap) and progress.json (the start-up step, for the kiosk's splash).
     """
     model_dir = check_model_dir(model_dir, NAME)
     command = server_command(model_dir, port, gpu_memory_utilization, max_model_len, extra)
@@ -305,8 +393,14 @@ def start_server(
     url = f"http://127.0.0.1:{port}/v1"
     if server_ready(url):
         raise EngineUnavailable(NAME, f"something already answers at {url}; stop it or choose another --port")
+    if run_dir:
+        (run_dir / "progress.json").unlink(missing_ok=True)
+        settings = {"url": url, "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len,
+                    "max_pixels": max_pixels or images.MODEL_MAX_PIXELS}
+        write_atomic(run_dir / "settings.json", json.dumps(settings).encode())
     env = {**os.environ, **OFFLINE_ENV}
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT if log else None)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    threading.Thread(target=_follow, args=(process.stdout, log or sys.stdout, run_dir), daemon=True).start()
     deadline = time.monotonic() + timeout
     while not server_ready(url):
         if process.poll() is not None:

@@ -14,7 +14,7 @@ __all__ = ["run_build", "BuildError", "SettingsError"]
 def run_build(profile: str = "cpu", overrides: list[str] | tuple[str, ...] = (), model: str | None = None,
               out_dir: str | None = None, cache_dir: str | None = None, dump_config: bool = False,
               log=print, accept_model_license: bool | None = None) -> Path:
-    """Build out/<name>-<version>-<profile>.iso (+ SHA256SUMS, manifest.json); return the ISO's path.
+    """Build out/<name>-<version>-<profile>.iso (+ SHA256SUMS, <same name>.manifest.json); return the ISO's path.
 
     profile: a name in build/profiles/ or a YAML path; overrides: ["KEY=VALUE", ...] from --set; model: --model DIR.
     Raises SettingsError (bad profile/override: names the key and the file) or BuildError (names the failed

@@ -38,7 +38,8 @@ def write_manifest(ctx: Context) -> str:
     if stack:  # gpu profile: the resolved versions, the modules built and the model's identity
         manifest["gpu_stack"] = {**stack.as_dict(), "nvidia_modules": ctx.info.get("nvidia")}
         manifest["model"] = ctx.info.get("model_identity")
-    path = ctx.work / "manifest.json"
+    # Named after the image, like the ISO: a cpu and a gpu build in one out/ folder keep one manifest each.
+    path = ctx.work / f"{ctx.stem}.manifest.json"
     path.write_text(json.dumps(manifest, indent=1) + "\n")
     ctx.files["manifest"] = path
     return f"{len(manifest['debs'])} debs, {len(manifest['wheels'])} wheels, {len(manifest['layers'])} layers"

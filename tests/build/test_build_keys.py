@@ -99,6 +99,11 @@ def test_boot_menu_has_the_four_entries(tmp_path):
     # live-boot's verify-checksums reboots once done: the running appliance checks instead and shows the result
     assert "verify-checksums" not in cfg
     assert boot.marker(ctx_for(tmp_path)) in boot.early_cfg(ctx_for(tmp_path))
+    # safe graphics: BIOS PCs get a VESA mode from GRUB, else nomodeset leaves no framebuffer to draw on
+    safe = cfg[cfg.index("(safe graphics)"):]
+    safe = safe[: safe.index("}")]
+    assert safe.index("set gfxpayload=") < safe.index("linux ") and " nomodeset" in safe
+    assert cfg.count("gfxpayload") == 1
 
 
 def test_units_and_generated_files(tmp_path):

@@ -50,7 +50,7 @@ iso: $(STAMP)/deps host-tools
 # app layer differs) in the four ways (the UEFI CD through the "copy to RAM" entry), the USB modes from one copy of
 # the build's .img (so its persistence partition must carry a file across the reboot), the data stick pulled while
 # each runs; then the default image through "Check the medium" (BIOS CD): loopback only, silent network.
-# ("safe graphics" is not booted here: under TCG it did not reach the selftest within 10 minutes.)
+# ("safe graphics" is not booted here, for time: `appliance boot-test ISO --modes bios-cd:safe` boots it.)
 # Artifacts (serial logs, screenshots, pcaps, result.json) land in out/boot-test/.
 BOOT_TEST_TOKEN ?= boot-test-token-not-secret
 boot-test: iso $(STAMP)/test-apt

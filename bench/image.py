@@ -7,8 +7,10 @@
    the normal cache, so this measures building, not the network.
 2. Rebuild after an app-only change: the UI language differs, which changes only the app layer's inputs.
 3. Boot, in QEMU (BIOS, CD, same settings for both), a LAN-mode copy of the image up to its first OCR answer
-   through the port forward (asked for as soon as /health says the engine is ready), and a bare image made of the same base layer (Debian, kernel, live-boot, Xorg,
-   Chromium; no Python runtime, no app, no kiosk) up to systemd reporting the boot finished.
+   through the port forward (asked for as soon as /health says the engine is ready), and a bare image made of the
+   same base layer (Debian, kernel, live-boot, Xorg, Chromium; no Python runtime, no app, no kiosk) up to systemd
+   reporting the boot finished.
+4. The gpu image in out/, if any: its layer sizes, and its rebuild times given its model directory.
    Goal: the appliance's boot-to-OCR-ready within 1.2x of the bare image's boot.
 """
 
@@ -81,6 +83,16 @@ def build_bare_iso(cache: Path, dest: Path) -> Path:
     return dest
 
 
+def fresh_layer_cache(cache: Path) -> Path:
+    """A build cache with no layers that shares the normal cache's downloads: builds into it measure building, not
+    the network."""
+    cache.mkdir(parents=True)
+    for shared in ("debs", "wheels"):
+        (REPO / "cache" / shared).mkdir(parents=True, exist_ok=True)
+        (cache / shared).symlink_to(REPO / "cache" / shared)
+    return cache
+
+
 def boot_to_first_ocr(iso_path: Path, out: Path, timeout: float = 600) -> dict:
     """Seconds from QEMU's start until the API answers, its engine is ready and a first OCR comes back right, asked
     from the host as a program would (not after the boot test's in-guest selftest, which also waits for the kiosk
@@ -122,10 +134,7 @@ def gpu_figures(model: str | None, cold: bool, work: Path, log: list[str]) -> li
         return figures + [f"gpu builds: not timed (give --gpu-model DIR; {model or 'no model dir'} is gone)"]
     settings = [f"{key}={manifest['settings'][key]}" for key in ("gpu_stack", "model_version")]
     if cold:
-        cache = work / "gpu-cache"
-        cache.mkdir(parents=True)
-        for shared in ("debs", "wheels"):
-            (cache / shared).symlink_to(REPO / "cache" / shared)
+        cache = fresh_layer_cache(work / "gpu-cache")
         print("gpu image: cold build (fresh layer cache) ...", flush=True)
         seconds, _ = timed_build(log, "gpu", settings, model=model, out_dir=str(work / "out-gpu-cold"),
                                  cache_dir=str(cache), accept_model_license=True)
@@ -154,11 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     work = Path(args.work).resolve()
     remove_tree(work)
-    cache = work / "cache"
-    cache.mkdir(parents=True)
-    for shared in ("debs", "wheels"):  # downloads are reused; every layer is built from scratch
-        (REPO / "cache" / shared).mkdir(parents=True, exist_ok=True)
-        (cache / shared).symlink_to(REPO / "cache" / shared)
+    cache = fresh_layer_cache(work / "cache")
     log: list[str] = []
     print("cold build (fresh layer cache) ...", flush=True)
     cold, iso_path = timed_build(log, "cpu", out_dir=str(work / "out"), cache_dir=str(cache))

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a profile setting, e.g. --set lan=on --set lan_token=SECRET (repeatable)")
     build.add_argument("--model", metavar="DIR", help="local HunyuanOCR model directory (gpu profile)")
+    build.add_argument("--model-version", choices=("1.5", "1.0"),
+                       help="which HunyuanOCR in DIR: 1.5 (the repo's root) or 1.0 (its v1.0/); the same as "
+                       "--set model_version=...")
     build.add_argument("--accept-model-license", action="store_true",
                        help="you read and accept the Tencent Hunyuan Community License of the weights (gpu profile)")
     build.add_argument("--out", metavar="DIR", help="output folder (default: out)")
@@ -98,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         from appliance.build import BuildError, SettingsError, run_build
 
         try:
-            run_build(args.profile, args.overrides, args.model, args.out, args.cache, args.dump_config,
+            overrides = args.overrides + ([f"model_version={args.model_version}"] if args.model_version else [])
+            run_build(args.profile, overrides, args.model, args.out, args.cache, args.dump_config,
                       accept_model_license=args.accept_model_license or None)
         except (SettingsError, BuildError) as error:
             _fail(str(error))

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from appliance.files import write_atomic
+from appliance.ocr import steps
 from appliance.ocr.engines import Engine, check_task
 from appliance.ocr.errors import EngineLost, EngineUnavailable, OcrError
 from appliance.ocr.images import Document
@@ -366,7 +367,7 @@ class Jobs:
                     # The model server crashed or restarted: open the engine again the way it was opened at start
                     # (which waits while systemd restarts the server, or falls back to the CPU engine).
                     engine.close()
-                    engine = self._load_engine(f"the OCR engine stopped answering ({lost}); starting it again")
+                    engine = self._load_engine(lost)
         finally:
             with self._lock:
                 if self._engine_state != "failed":
@@ -374,12 +375,13 @@ class Jobs:
             if engine is not None:
                 engine.close()
 
-    def _load_engine(self, why: str = "starting the OCR engine") -> Engine | None:
-        """Open the engine (at start, or again after it was lost); None, with every queued job failed, if it cannot."""
+    def _load_engine(self, lost: str | None = None) -> Engine | None:
+        """Open the engine (at start, or again after it was `lost`: why); None, with every queued job failed, if it
+        cannot."""
         with self._lock:
             self._engine, self._engine_state, self._engine_since = None, "loading", time.time()
-            self._engine_progress = {"progress": why}
-            self._changed.notify_all()
+            self._engine_progress = {}
+        steps.report(self.report_engine_progress, "reopening" if lost else "starting", lost or "")
         try:
             engine = self._open_engine(self.report_engine_progress)
         except Exception as e:

@@ -92,6 +92,19 @@ def test_build_refuses_bad_profiles_and_settings_before_doing_anything(tmp_path)
     assert not (tmp_path / "out").exists()
 
 
+def test_build_model_version_flag_reaches_the_model_check(tmp_path, tiny_model_dir):
+    # The tiny snapshot has no v1.0/ beside it, so the builder cannot tell 1.0 from 1.5 and asks for the flag;
+    # the flag saying 1.5 for a repository's v1.0/ directory is refused. Both before any download.
+    out = ["--out", str(tmp_path / "out")]
+    run = appliance("build", "--profile", "gpu", "--model", str(tiny_model_dir), "--accept-model-license", *out)
+    assert run.returncode == 2 and "--model-version 1.0 or --model-version 1.5" in run.stderr
+    (tmp_path / "v1.0").symlink_to(tiny_model_dir)
+    run = appliance("build", "--profile", "gpu", "--model", str(tmp_path / "v1.0"), "--model-version", "1.5",
+                    "--accept-model-license", *out)
+    assert run.returncode == 2 and "(HunyuanOCR 1.0), not 1.5" in run.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_doctor_lists_the_build_host_checks():
     run = appliance("doctor")
     assert "build host" in run.stdout and "mmdebstrap" in run.stdout

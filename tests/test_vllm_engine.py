@@ -207,8 +207,8 @@ def test_start_server_follows_the_start_up_and_writes_what_clients_need(tiny_mod
     try:
         assert vllm.server_ready(f"http://127.0.0.1:{port}/v1")
         assert [step["percent"] for step in seen_steps] == [5, 10, 35, 60, 65, 80, 90, 95]
-        assert vllm.read_run_file("progress.json", tmp_path) == {"progress": "starting the model server's API",
-                                                                  "percent": 95}
+        assert [step["step"] for step in seen_steps][:3] == ["vllm_engine", "vllm_weights", "vllm_weights"]
+        assert vllm.read_run_file("progress.json", tmp_path) == {"step": "vllm_api", "percent": 95}
         assert any(line.startswith("Loading safetensors checkpoint shards:  50% Completed | 1/2")
                    for line in log.getvalue().splitlines())  # each carriage-return redraw is a line of its own
         settings = vllm.read_run_file("settings.json", tmp_path)
@@ -231,13 +231,23 @@ def test_client_caps_pages_at_the_servers_pixel_cap(server, tiny_model_dir, tmp_
 
 
 def test_wait_for_server_passes_on_the_start_up_step(tmp_path):
-    (tmp_path / "progress.json").write_text(json.dumps({"progress": "loading HunyuanOCR onto the GPU", "percent": 35}))
     heard = []
-    states = iter(["activating", "failed"])
+    polls = iter([False, True, None])  # the first poll finds no progress.json yet: the server is only starting
+
+    def poll_then_start_up():
+        step = next(polls)
+        if step is None:
+            return "failed"
+        if step:
+            (tmp_path / "progress.json").write_text(json.dumps({"step": "vllm_weights", "percent": 35}))
+        return "activating"
+
     vllm.wait_for_server("http://127.0.0.1:9/v1", lambda words, **extra: heard.append((words, extra)),
-                         state=lambda: next(states), poll=0, run_dir=tmp_path)
-    ((words, extra),) = heard
-    assert "loading HunyuanOCR onto the GPU" in words and extra == {"percent": 35}
+                         state=poll_then_start_up, poll=0, run_dir=tmp_path)
+    (first, _), (words, extra) = heard
+    assert first.startswith("NVIDIA driver loaded; waiting for the model server (")
+    assert words.startswith("loading HunyuanOCR onto the GPU (")
+    assert extra == {"step": "vllm_weights", "step_values": {}, "percent": 35}
 
 
 def test_warm_up_sends_one_short_request(client, server):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from flask import Flask, current_app, request
 
 from appliance import gpu
+from appliance.ocr import steps
 
 LANGS = {"en": "English", "zh": "中文"}
 COOKIE = "lang"
@@ -277,6 +278,19 @@ def say_reason(reason) -> str:
     return first + ("" if first.endswith("。") else " ") + gettext("gpu_cpu_meanwhile")  # no space after a CJK stop
 
 
+# The engine's start-up steps (the start screen): kept with the code that reports them.
+MESSAGES.update({f"step_{key}": texts for key, texts in steps.STEPS.items()})
+
+
+def say_step(engine: dict) -> str:
+    """What a loading engine is doing (GET /health's engine), in the page's language; its English words when the
+    step is not one the catalogue knows."""
+    key = engine.get("step")
+    if key not in steps.STEPS:
+        return engine.get("progress") or ""
+    return gettext("step_" + key, **(engine.get("step_values") or {}))
+
+
 def current_lang() -> str:
     chosen = request.cookies.get(COOKIE)
     if chosen in LANGS:
@@ -295,6 +309,9 @@ def gettext(key: str, **values) -> str:
 
 def init_app(app: Flask) -> None:
     app.jinja_env.globals["_"] = gettext
+    app.jinja_env.globals["say_step"] = say_step
+    # The start screen's script follows GET /health and says each step with these ({placeholders} kept).
+    app.jinja_env.globals["step_texts"] = lambda: {key: gettext("step_" + key) for key in steps.STEPS}
 
     @app.context_processor
     def language():

@@ -42,6 +42,7 @@ FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 # What the kiosk screen must show (read off the screenshot by our own CPU engine): the UI's navigation, so neither
 # an error page nor a blank browser passes.
 KIOSK_TEXT = ("OCR appliance", "New scan")
+NO_GPU_BANNER = "No NVIDIA graphics card"  # appliance.gpu.REASONS["no_card"], in the kiosk's banner
 
 
 def accel() -> list[str]:
@@ -447,6 +448,21 @@ ENTRY_CHECKS = {
 }
 
 
+def gpu_fallback_problems(report: dict, kiosk_text: str) -> list[str]:
+    """A gpu image booted without an NVIDIA card (QEMU has none): its NVIDIA units skipped by their ExecCondition,
+    not failed; the CPU engine serving; the kiosk's banner saying why. [] for a cpu image (no `gpu` units)."""
+    units = dict(item.split(":", 1) for item in report.get("gpu", []))
+    if not units:
+        return []
+    problems = [f"{unit} unit: Result={result}, expected exec-condition (skipped without a GPU)"
+                for unit, result in units.items() if result != "exec-condition"]
+    if report.get("engine") != "cpu":
+        problems.append(f"engine {report.get('engine')}, expected the CPU fallback")
+    if NO_GPU_BANNER not in kiosk_text:
+        problems.append(f"the kiosk screen does not say why the GPU is not used ({NO_GPU_BANNER!r})")
+    return problems
+
+
 def split_mode(mode: str) -> tuple[str, str]:
     """'bios-cd:safe' -> ('bios-cd', 'safe'); 'uefi-usb' -> ('uefi-usb', 'normal')."""
     from appliance.build.boot import ENTRIES
@@ -512,7 +528,7 @@ def boot_once(disk: Path, mode: str, out: Path, timeout: float, token: str | Non
         result["kiosk_rendered"] = vm.wait_rendered(out / "screen.png", timeout=300)
         result["seconds_to_render"] = round(time.monotonic() - vm.started, 1)
         if result["kiosk_rendered"]:
-            result["kiosk_text"] = screen_text(out / "screen.png")[:300]
+            result["kiosk_text"] = screen_text(out / "screen.png")[:1000]
         api_problems = []
         if lan and health == 200:
             api_problems += check_ocr(vm, token, result)
@@ -537,6 +553,7 @@ def boot_once(disk: Path, mode: str, out: Path, timeout: float, token: str | Non
             problems.append("the kiosk screen stayed blank (see screen.png)")
         elif not all(words in result["kiosk_text"] for words in KIOSK_TEXT):
             problems.append(f"the kiosk screen does not show the UI: {result['kiosk_text'][:120]!r}")
+        problems += gpu_fallback_problems(report, result.get("kiosk_text", ""))
         if report.get("health") != "200":
             problems.append(f"/health inside the guest: {report.get('health')}")
         if lan and health != 200:

@@ -364,6 +364,7 @@ def test_start_screen_switches_to_the_form_when_the_engine_is_ready(page, tmp_pa
     from fake_engine import FakeEngine
 
     from appliance.jobs import Jobs
+    from appliance.ocr import steps
     from webui import create_app
 
     gate, step = threading.Event(), threading.Event()
@@ -371,7 +372,7 @@ def test_start_screen_switches_to_the_form_when_the_engine_is_ready(page, tmp_pa
     def opener(progress):
         progress("loading the model weights (1 of 4)")
         assert step.wait(30)
-        progress("loading the model weights (3 of 4)", percent=75)
+        steps.report(progress, "vllm_weights", "40 s", percent=75)  # a step the page says in its own language
         assert gate.wait(30)
         return FakeEngine()
 
@@ -382,7 +383,7 @@ def test_start_screen_switches_to_the_form_when_the_engine_is_ready(page, tmp_pa
         assert page.locator("#engine-progress").text_content() == "loading the model weights (1 of 4)"
         assert page.locator("#upload-form").count() == 0 and not page.locator("#engine-percent").is_visible()
         step.set()
-        page.wait_for_selector("#engine-progress:has-text('3 of 4')")  # followed without reloading
+        page.wait_for_selector("#engine-progress:has-text('loading HunyuanOCR onto the GPU')")  # without reloading
         assert page.locator("#engine-percent").get_attribute("value") == "75"
         SHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=SHOTS / "starting-en.png")

@@ -3,12 +3,15 @@ when it failed (the reason in one sentence), and when a GPU engine was chosen bu
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 
 import pytest
 from fake_engine import FakeEngine
 
 from appliance.jobs import Jobs
+from appliance.ocr import steps
 from appliance.ocr.engines import Choice
 from appliance.ocr.errors import EngineUnavailable
 from webui import create_app
@@ -50,6 +53,38 @@ def test_start_screen_while_loading_then_the_form(starting):
     assert app.extensions["jobs"].wait_engine(10)["ready"]
     html = client.get("/", headers=EN).get_data(as_text=True)
     assert 'id="upload-form"' in html and "engine-splash" not in html and "data-engine-state" not in html
+
+
+def test_start_up_steps_in_the_pages_language(tmp_path):
+    """A step the engine reports by its key (appliance.ocr.steps) is said in the page's language; the API keeps the
+    English words with their detail."""
+    reported, gate = threading.Event(), threading.Event()
+
+    def opener(progress):
+        steps.report(progress, "vllm_weights", "12 s", percent=35)
+        reported.set()
+        assert gate.wait(20)
+        return FakeEngine()
+
+    jobs = Jobs(tmp_path / "data", opener)
+    try:
+        assert reported.wait(10)
+        client = create_app({"DATA_DIR": str(tmp_path / "data"), "ENGINE": "cpu", "JOBS": jobs}).test_client()
+        health = client.get("/health").get_json()["engine"]
+        assert health["progress"] == "loading HunyuanOCR onto the GPU (12 s)" and health["step"] == "vllm_weights"
+        assert ">loading HunyuanOCR onto the GPU</p>" in client.get("/", headers=EN).get_data(as_text=True)
+        zh = client.get("/", headers={"Accept-Language": "zh"}).get_data(as_text=True)
+        assert ">正在将 HunyuanOCR 载入 GPU</p>" in zh
+        script_texts = json.loads(re.search(r'<script type="application/json" id="messages">(.*?)</script>', zh).group(1))
+        assert script_texts["steps"]["vllm_api"] == "正在启动模型服务接口"  # what the page says as it follows /health
+    finally:
+        gate.set()
+        jobs.close(timeout=5)
+
+
+def test_every_step_is_said_in_both_languages():
+    for key, (en, zh) in steps.STEPS.items():
+        assert en and zh and set(re.findall(r"\{\w+\}", en)) == set(re.findall(r"\{\w+\}", zh)), key
 
 
 def test_failed_engine_says_why_in_one_sentence(tmp_path):

@@ -159,7 +159,8 @@ function followEngine(main) {
       const response = await fetch(main.dataset.healthUrl, {headers: {Accept: "application/json"}});
       const engine = (await response.json()).engine;
       if (engine.state !== "loading") { location.reload(); return; }  // ready or failed: the server renders it
-      if (engine.progress) words.textContent = engine.progress;
+      const step = messages.steps[engine.step];  // the step in the page's language; else the API's English words
+      if (step || engine.progress) words.textContent = step ? format(step, engine.step_values || {}) : engine.progress;
       percent.hidden = typeof engine.percent !== "number";
       if (!percent.hidden) percent.value = engine.percent;
     } catch (err) { /* the web app is restarting: keep waiting */ }

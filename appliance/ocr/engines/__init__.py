@@ -15,6 +15,7 @@ from typing import Protocol
 
 from PIL import Image
 
+from appliance.ocr import steps
 from appliance.ocr.errors import EngineUnavailable, TaskNotSupported
 from appliance.ocr.result import EngineInfo, Page
 from appliance.ocr.tasks import Request, Task
@@ -102,8 +103,7 @@ def open_engine(
     """Start the named engine (resolving `auto` first). Raises EngineUnavailable with the reason if it cannot run.
     `progress(words)` hears what is being loaded, for a start screen."""
     choice = choose(name, model_dir, vllm_url)
-    if progress:
-        progress(f"loading the {choice.engine} engine ({choice.reason})")
+    steps.report(progress, "opening", choice.reason, engine=choice.engine)
     if choice.engine == "cpu":
         from appliance.ocr.engines.cpu import CpuEngine
 
@@ -120,11 +120,9 @@ def open_engine(
         # The image's model server did not come up (skipped, failed, or too slow): serve on the CPU meanwhile.
         from appliance.ocr.engines.cpu import CpuEngine
 
-        if progress:
-            progress("the model server did not start; loading the CPU engine")
+        steps.report(progress, "vllm_gone")
         return CpuEngine()
     engine = vllm.VllmEngine(model_dir, url=vllm_url)
-    if progress:
-        progress("warming up: a first page through the model", percent=98)
+    steps.report(progress, "warm_up", percent=98)
     engine.warm_up()
     return engine

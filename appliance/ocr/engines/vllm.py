@@ -28,7 +28,7 @@ from pathlib import Path
 from PIL import Image
 
 from appliance.files import write_atomic
-from appliance.ocr import images, parse
+from appliance.ocr import images, parse, steps
 from appliance.ocr.engines.hunyuan import HunyuanEngine, check_model_dir, model_info
 from appliance.ocr.errors import EngineLost, EngineUnavailable
 from appliance.ocr.tasks import PROMPTS, Task
@@ -278,37 +278,36 @@ def wait_for_server(url: str = DEFAULT_URL, progress=None, timeout: float = SERV
         now = state()
         if now not in ("active", "activating", "reloading") or time.monotonic() - started > timeout:
             return False
-        if progress:
-            phase = read_run_file("progress.json", run_dir)
-            words = phase.get("progress") or "starting the model server"
-            extra = {"percent": phase["percent"]} if isinstance(phase.get("percent"), int) else {}
-            progress(f"NVIDIA driver loaded; {words} ({time.monotonic() - started:.0f} s)", **extra)
+        phase = read_run_file("progress.json", run_dir) if progress else {}
+        step = phase.get("step") if phase.get("step") in steps.STEPS else "vllm_waiting"
+        percent = phase["percent"] if isinstance(phase.get("percent"), int) else None
+        steps.report(progress, step, f"{time.monotonic() - started:.0f} s", percent)
         time.sleep(poll)
     return True
 
 
 # vLLM's start-up as its log shows it (vLLM 0.18; a line that changes wording only loses its splash step):
 # (pattern, words for the kiosk's splash, percent of the way to ready; a pair scales the line's own percentage).
-START_PHASES = (
-    (re.compile(r"Initializing a V1 LLM engine"), "starting the model server", 5),
-    (re.compile(r"Starting to load model"), "loading HunyuanOCR onto the GPU", 10),
-    (re.compile(r"Loading safetensors checkpoint shards:\s*(\d+)%"), "loading HunyuanOCR onto the GPU", (10, 60)),
-    (re.compile(r"Model loading took"), "measuring GPU memory for the cache", 65),
-    (re.compile(r"GPU KV cache size"), "warming the model up", 80),
-    (re.compile(r"init engine \(.*\) took"), "starting the model server's API", 90),
-    (re.compile(r"Starting vLLM server on"), "starting the model server's API", 95),
+START_PHASES = (  # (pattern, step in appliance.ocr.steps, percent or a range filled by the pattern's number)
+    (re.compile(r"Initializing a V1 LLM engine"), "vllm_engine", 5),
+    (re.compile(r"Starting to load model"), "vllm_weights", 10),
+    (re.compile(r"Loading safetensors checkpoint shards:\s*(\d+)%"), "vllm_weights", (10, 60)),
+    (re.compile(r"Model loading took"), "vllm_memory", 65),
+    (re.compile(r"GPU KV cache size"), "vllm_cache", 80),
+    (re.compile(r"init engine \(.*\) took"), "vllm_api", 90),
+    (re.compile(r"Starting vLLM server on"), "vllm_api", 95),
 )
 
 
 def start_phase(line: str) -> tuple[str, int] | None:
-    """(words, percent) when this line of vLLM's output marks a step of its start-up."""
-    for pattern, words, percent in START_PHASES:
+    """(step, percent) when this line of vLLM's output marks a step of its start-up."""
+    for pattern, step, percent in START_PHASES:
         match = pattern.search(line)
         if match:
             if isinstance(percent, tuple):
                 low, high = percent
                 percent = low + (high - low) * min(100, int(match.group(1))) // 100
-            return words, percent
+            return step, percent
     return None
 
 
@@ -334,7 +333,7 @@ def _follow(stream, log, run_dir: Path | None) -> None:
         phase = start_phase(line) if run_dir else None
         if phase and phase != last:
             last = phase
-            write_atomic(run_dir / "progress.json", json.dumps({"progress": phase[0], "percent": phase[1]}).encode())
+            write_atomic(run_dir / "progress.json", json.dumps({"step": phase[0], "percent": phase[1]}).encode())
 
 
 def server_command(

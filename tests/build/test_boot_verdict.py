@@ -1,0 +1,28 @@
+"""What the boot test makes of the guest's selftest line (appliance.build.qemu), without booting anything."""
+
+from appliance.build.qemu import NO_GPU_BANNER, gpu_fallback_problems, parse_marker
+from appliance.gpu import REASONS
+
+SCREEN = f"OCR appliance New scan {REASONS['no_card'][0]} OCR runs on the CPU meanwhile"
+
+
+def test_gpu_image_without_a_card_passes_only_when_skipped_and_said():
+    report = parse_marker("state=running failed=[] engine=cpu gpu=[nvidia:exec-condition vllm:exec-condition]")
+    assert gpu_fallback_problems(report, SCREEN) == []
+
+    failed = parse_marker("engine=cpu gpu=[nvidia:exit-code vllm:exec-condition]")
+    assert gpu_fallback_problems(failed, SCREEN) == [
+        "nvidia unit: Result=exit-code, expected exec-condition (skipped without a GPU)"
+    ]
+    silent = gpu_fallback_problems(report, "OCR appliance New scan")
+    assert len(silent) == 1 and "does not say why" in silent[0]
+    wrong_engine = parse_marker("engine=none gpu=[nvidia:exec-condition vllm:exec-condition]")
+    assert gpu_fallback_problems(wrong_engine, SCREEN) == ["engine none, expected the CPU fallback"]
+
+
+def test_cpu_image_has_no_gpu_checks():
+    assert gpu_fallback_problems(parse_marker("state=running engine=cpu gpu=[]"), "") == []
+
+
+def test_banner_words_are_the_reason_the_ui_shows():
+    assert REASONS["no_card"][0].startswith(NO_GPU_BANNER)

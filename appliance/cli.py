@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--lan-token", help="the token the image was built with (to call its API)")
     boot.add_argument("--persistence", action="store_true", help="also check that data survives a reboot (USB)")
     boot.add_argument("--pull-stick", action="store_true",
-                      help="pull the data stick while the guest runs (known to fail: see README, Boot test)")
+                      help="pull the data stick while the guest runs: its finished outputs must be on it")
+    boot.add_argument("--stick-fs", choices=("vfat", "exfat", "ntfs"), default="vfat",
+                      help="the data stick's filesystem (exfat and ntfs need root and FUSE tools on this host)")
 
     serve = sub.add_parser("serve", help="serve the web UI and the HTTP API (loopback by default)")
     serve.add_argument("--host", default="127.0.0.1")
@@ -109,11 +111,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
     if args.command == "boot-test":
-        from appliance.build.qemu import boot_test
+        from appliance.build.qemu import boot_test, require_stick_tools
 
+        try:
+            require_stick_tools(args.stick_fs)
+        except RuntimeError as error:
+            _fail(str(error))
+            return 2
         return boot_test(Path(args.iso), args.modes.split(","), Path(args.artifacts), args.timeout,
                          lan_token=args.lan_token, persistence=args.persistence,
-                         pull_stick=args.pull_stick)
+                         pull_stick=args.pull_stick, stick_fs=args.stick_fs)
     if args.command == "serve":
         from webui.server import serve
 

@@ -105,6 +105,15 @@ def test_build_model_version_flag_reaches_the_model_check(tmp_path, tiny_model_d
     assert not (tmp_path / "out").exists()
 
 
+def test_the_images_cli_works_without_the_builder():
+    # The image ships appliance/ without appliance/build/ (the builder stays on the build host): its web unit runs
+    # `appliance serve`, so the CLI must not import the builder until a build command runs.
+    code = ("import sys; sys.modules['appliance.build'] = None; from appliance.cli import build_parser; "
+            "print(build_parser().parse_args(['serve', '--port', '8123']).port)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.strip() == "8123", run.stderr
+
+
 def test_doctor_lists_the_build_host_checks():
     run = appliance("doctor")
     assert "build host" in run.stdout and "mmdebstrap" in run.stdout

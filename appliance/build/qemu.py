@@ -9,6 +9,7 @@ The image reports its state on the serial console (rootfs/usr/local/lib/applianc
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -18,6 +19,7 @@ import signal
 import socket
 import struct
 import subprocess
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -70,23 +72,84 @@ def text_png(text: str, width: int = 900) -> bytes:
     return buf.getvalue()
 
 
-def data_stick(path: Path) -> Path:
-    """A 16 MiB FAT stick image with STICK_FILE at its root (mkfs.vfat and mcopy: no loop mount, no root)."""
+# The data stick's filesystem: FAT (every stick), or what sticks formatted on Windows carry. The host may have no
+# kernel driver for exFAT/NTFS, so those are written and read through a loop device and FUSE (root only).
+STICK_TOOLS = {  # filesystem -> (format command, FUSE mount command, Debian packages)
+    "exfat": (["mkfs.exfat", "-L", STICK_LABEL], ["mount.exfat-fuse"], "exfatprogs exfat-fuse"),
+    "ntfs": (["mkntfs", "-F", "-Q", "-L", STICK_LABEL], ["ntfs-3g"], "ntfs-3g"),
+}
+PARTITION_START = 2**20  # exFAT/NTFS sticks come partitioned, as Windows formats them: one partition at 1 MiB
+
+
+@contextlib.contextmanager
+def partition_device(image: Path):
+    """A loop device on the stick image's partition, for as long as the `with` lasts."""
+    loop = subprocess.run(["losetup", "-f", "--show", "-o", str(PARTITION_START), str(image)], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    try:
+        yield loop
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=False)
+
+
+@contextlib.contextmanager
+def fuse_mounted(image: Path, fs: str, read_only: bool = False):
+    """An exFAT/NTFS stick image's partition mounted on a temporary folder for as long as the `with` lasts."""
+    mount = STICK_TOOLS[fs][1] + (["-o", "ro"] if read_only else [])
+    with partition_device(image) as loop, tempfile.TemporaryDirectory(prefix="stick-") as folder:
+        subprocess.run([*mount, loop, folder], check=True, capture_output=True)
+        try:
+            yield Path(folder)
+        finally:
+            subprocess.run(["umount", folder], check=True)
+
+
+def require_stick_tools(fs: str) -> None:
+    missing = [tool[0] for tool in STICK_TOOLS.get(fs, ())[:2] if not shutil.which(tool[0])]
+    if missing:
+        raise RuntimeError(f"an {fs} data stick needs {', '.join(missing)} on this host (apt-get install "
+                           f"{STICK_TOOLS[fs][2]}), and root for its loop device")
+
+
+def data_stick(path: Path, fs: str = "vfat") -> Path:
+    """A stick image with STICK_FILE at its root and INBOX_FILE in its scan inbox: 16 MiB of FAT, no partition
+    table, through mtools (no mount, no root); or 32 MiB with one exFAT/NTFS partition, through a FUSE mount."""
     path.unlink(missing_ok=True)
-    subprocess.run(["mkfs.vfat", "-C", "-n", STICK_LABEL, str(path), "16384"], check=True, capture_output=True)
+    files = {}
     for width, name in ((940, STICK_FILE), (980, f"OCR-INBOX/{INBOX_FILE}")):
         png = path.with_name(f"{path.stem}-{width}.png")
         png.write_bytes(text_png(OCR_TEXT, width))
-        if "/" in name:
-            subprocess.run(["mmd", "-D", "s", "-i", str(path), f"::/{name.rsplit('/', 1)[0]}"], check=True)
-        subprocess.run(["mcopy", "-i", str(path), str(png), f"::/{name}"], check=True)
+        files[name] = png
+    if fs == "vfat":
+        subprocess.run(["mkfs.vfat", "-C", "-n", STICK_LABEL, str(path), "16384"], check=True, capture_output=True)
+        for name, png in files.items():
+            if "/" in name:
+                subprocess.run(["mmd", "-D", "s", "-i", str(path), f"::/{name.rsplit('/', 1)[0]}"], check=True)
+            subprocess.run(["mcopy", "-i", str(path), str(png), f"::/{name}"], check=True)
+        return path
+    with path.open("wb") as f:
+        f.truncate(32 * 2**20)
+    table = f"label: dos\nstart={PARTITION_START // 512}, type=7\n"  # 7: the MBR type for NTFS and exFAT
+    subprocess.run(["sfdisk", "-q", str(path)], input=table.encode(), check=True, capture_output=True)
+    with partition_device(path) as loop:
+        subprocess.run([*STICK_TOOLS[fs][0], loop], check=True, capture_output=True)
+    with fuse_mounted(path, fs) as root:
+        for name, png in files.items():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(png, root / name)
     return path
 
 
-def stick_text(path: Path, name: str) -> str | None:
-    """A file's text read back from the stick image after the guest is gone (mtools: no mount needed)."""
-    proc = subprocess.run(["mtype", "-i", str(path), f"::/{name}"], check=False, capture_output=True)
-    return proc.stdout.decode("utf-8", "replace") if proc.returncode == 0 else None
+def stick_text(path: Path, name: str, fs: str = "vfat") -> str | None:
+    """A file's text read back from the stick image after the guest is gone."""
+    if fs == "vfat":  # mtools: no mount needed
+        proc = subprocess.run(["mtype", "-i", str(path), f"::/{name}"], check=False, capture_output=True)
+        return proc.stdout.decode("utf-8", "replace") if proc.returncode == 0 else None
+    with fuse_mounted(path, fs, read_only=True) as root:
+        try:
+            return (root / name).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
 
 
 def free_port() -> int:
@@ -498,7 +561,7 @@ def screen_text(png: Path) -> str:
 
 
 def boot_once(disk: Path, mode: str, out: Path, timeout: float, token: str | None, lan: bool,
-              stick: Path | None = None, pull_stick: bool = False) -> dict:
+              stick: Path | None = None, pull_stick: bool = False, stick_fs: str = "vfat") -> dict:
     base, entry = split_mode(mode)
     vm = Vm(disk=disk, mode=base, dir=out, stick=stick, entry=entry)
     result = {"mode": mode, "ok": False}
@@ -566,7 +629,7 @@ def boot_once(disk: Path, mode: str, out: Path, timeout: float, token: str | Non
     finally:
         vm.stop()
         if stick and "scan_stick_seconds" in result:  # the scan folder's .txt, as the guest left it on the stick
-            text = (stick_text(stick, OUTBOX_TEXT) or "").strip()
+            text = (stick_text(stick, OUTBOX_TEXT, stick_fs) or "").strip()
             result["scan_stick_text"] = text
             if text != OCR_TEXT:
                 result["ok"] = False
@@ -591,7 +654,7 @@ def usb_stick(iso: Path, dest: Path, persistence_mb: int = 256) -> Path:
 
 
 def boot_test(iso: Path, modes: list[str], artifacts: Path, timeout: int = 420, lan_token: str | None = None,
-              persistence: bool = False, pull_stick: bool = False) -> int:
+              persistence: bool = False, pull_stick: bool = False, stick_fs: str = "vfat") -> int:
     """Boot `iso` in each mode; print one line per boot; 0 if every boot passed."""
     artifacts.mkdir(parents=True, exist_ok=True)
     lan = bool(lan_token)
@@ -606,8 +669,8 @@ def boot_test(iso: Path, modes: list[str], artifacts: Path, timeout: int = 420, 
         print(f"boot {mode} ({' '.join(accel())}) ...", flush=True)
         out = artifacts / mode.replace(":", "-")
         out.mkdir(exist_ok=True)
-        data = data_stick(out / "data-stick.img")  # fresh per boot: its inbox is consumed
-        r = boot_once(disk, mode, out, timeout, lan_token, lan, stick=data, pull_stick=pull_stick)
+        data = data_stick(out / "data-stick.img", stick_fs)  # fresh per boot: its inbox is consumed
+        r = boot_once(disk, mode, out, timeout, lan_token, lan, stick=data, pull_stick=pull_stick, stick_fs=stick_fs)
         results.append(r)
         print(f"  {mode}: {'PASS' if r['ok'] else 'FAIL'} selftest after {r.get('seconds_to_selftest')}s"
               + (f", health after {r.get('seconds_to_health')}s" if lan else "")

@@ -21,6 +21,8 @@ from appliance.ocr.result import EngineInfo, Page
 from appliance.ocr.tasks import Request, Task
 
 ENGINE_NAMES = ("auto", "hunyuan-vllm", "hunyuan-transformers", "cpu")
+# What a person reads on the start screen ("loading the CPU engine").
+ENGINE_TITLES = {"hunyuan-vllm": "HunyuanOCR (vLLM)", "hunyuan-transformers": "HunyuanOCR (transformers)", "cpu": "CPU"}
 
 
 class Engine(Protocol):
@@ -103,7 +105,7 @@ def open_engine(
     """Start the named engine (resolving `auto` first). Raises EngineUnavailable with the reason if it cannot run.
     `progress(words)` hears what is being loaded, for a start screen."""
     choice = choose(name, model_dir, vllm_url)
-    steps.report(progress, "opening", choice.reason, engine=choice.engine)
+    steps.report(progress, "opening", choice.reason, engine=ENGINE_TITLES[choice.engine])
     if choice.engine == "cpu":
         from appliance.ocr.engines.cpu import CpuEngine
 

@@ -224,8 +224,12 @@ def cmd_vllm_server(args) -> int:
                 _fail("vllm-server --auto: nvidia-smi cannot read the card's memory (is the NVIDIA driver loaded?)")
                 return 1
             settings = gpu.vllm_settings(memory, gpu.model_version(args.model))
-            sizing = settings
-            print(f"vllm-server: {memory / 2**30:.1f} GiB card -> {settings}", flush=True)
+            capability = gpu.smi_query("compute_cap")
+            cache = gpu.compile_cache_for(capability)
+            sizing = {**settings, "compile_cache": cache}
+            print(f"vllm-server: {memory / 2**30:.1f} GiB card (compute capability {capability}) -> {settings}, "
+                  + (f"compiled from {cache}" if cache else "eager (no compile cache for this architecture)"),
+                  flush=True)
         run_dir = RUN_DIR if RUN_DIR.is_dir() else None  # the image's unit makes it; a dev machine has none
         server = start_server(args.model, args.port, **sizing, run_dir=run_dir)
     except (OcrError, ValueError) as error:  # ValueError: NotEnoughGpuMemory, with the UI's sentence

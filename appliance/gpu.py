@@ -20,6 +20,9 @@ from pathlib import Path
 
 SYSFS = Path("/sys")
 STACK_INFO = Path("/etc/appliance/gpu-stack.json")
+# vLLM compile caches the build bundled (--set vllm_compile_cache=DIR), one folder per GPU architecture (sm_89 ...):
+# a card with one runs vLLM compiled (CUDA graphs, faster pages); any other card runs it eager (no compile at boot).
+COMPILE_CACHE = Path("/usr/share/appliance/vllm-compile-cache")
 NVIDIA_VENDOR = 0x10DE
 DISPLAY_CLASS = (
     0x03  # PCI base class "display controller" (VGA 0x0300, 3D 0x0302); skips the card's audio/USB functions
@@ -317,22 +320,33 @@ def fallback_reason(
     return None
 
 
-def gpu_memory_bytes() -> int | None:
-    """The first GPU's memory from nvidia-smi (only once the driver is loaded), or None."""
+def smi_query(field: str) -> str | None:
+    """One field of the first GPU from nvidia-smi (only once the driver is loaded), or None."""
     smi = shutil.which("nvidia-smi")
     if not smi:
         return None
     try:
-        out = subprocess.run(
-            [smi, "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=True,
-        ).stdout
-        return int(out.splitlines()[0].strip()) * 2**20  # MiB
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        out = subprocess.run([smi, f"--query-gpu={field}", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout
+        return out.splitlines()[0].strip() or None
+    except (OSError, subprocess.SubprocessError, IndexError):
         return None
+
+
+def gpu_memory_bytes() -> int | None:
+    """The first GPU's memory, or None."""
+    try:
+        return int(smi_query("memory.total")) * 2**20  # MiB
+    except (TypeError, ValueError):
+        return None
+
+
+def compile_cache_for(compute_capability: str | None, root: str | Path = COMPILE_CACHE) -> Path | None:
+    """The image's vLLM compile cache for a card of this compute capability ("8.9" -> root/sm_89), if it has one."""
+    if not compute_capability:
+        return None
+    cache = Path(root) / f"sm_{compute_capability.replace('.', '')}"
+    return cache if cache.is_dir() and any(cache.iterdir()) else None
 
 
 def status(sysfs: str | Path = SYSFS, stack: dict | None = None, model_version: str = "1.5") -> dict:

@@ -91,6 +91,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("gpu_require_blackwell", "bool", False, "fail the build unless Blackwell GPUs (RTX 50xx) are supported"),
     Setting("nvidia_sign_key", "path", None, "directory with mok.key + mok.pub (DKMS names): sign the NVIDIA modules "
             "for Secure Boot with this site key, enrolled with MOK; unset: unsigned modules"),
+    Setting("vllm_compile_cache", "path", None, "directory of vLLM compile caches, one folder per GPU architecture "
+            "(sm_89, sm_90 ...), each the VLLM_CACHE_ROOT of a server started once without --enforce-eager on such a "
+            "card with this image's model and stack: those cards run vLLM compiled; unset: eager everywhere"),
     Setting("model_version", "choice", None, "HunyuanOCR version in --model DIR: 1.5 (repo root) or 1.0 (v1.0/); "
             "needed when DIR has no v1.0/ beside it", choices=("1.5", "1.0")),
     # Host side: where things go (CLI flags, not profile keys)

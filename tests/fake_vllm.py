@@ -3,6 +3,7 @@ prints (tqdm's carriage-return redraws included), then answers GET /v1/models on
 Tests only: it checks how `start_server` follows a server's start-up, not any OCR."""
 
 import json
+import os
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -34,6 +35,8 @@ class Models(BaseHTTPRequestHandler):
 
 if __name__ == "__main__":
     port = int(sys.argv[sys.argv.index("--port") + 1])
+    # How it was started, for the test to check (vLLM itself logs its arguments too).
+    print("FAKE-VLLM " + json.dumps({"args": sys.argv[1:], "cache_root": os.environ.get("VLLM_CACHE_ROOT")}))
     for line in START_UP:
         sys.stdout.write(line.format(port=port))
         sys.stdout.flush()

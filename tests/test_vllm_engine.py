@@ -12,12 +12,14 @@ import io
 import json
 import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from openai_server import FakeOpenAIServer
 from PIL import Image, ImageDraw
 
+from appliance import gpu
 from appliance.ocr import engines, images, parse
 from appliance.ocr.engines import vllm
 from appliance.ocr.engines.hunyuan import model_info
@@ -216,6 +218,42 @@ def test_start_server_follows_the_start_up_and_writes_what_clients_need(tiny_mod
     finally:
         process.kill()
         process.wait(10)
+
+
+def started_as(log: io.StringIO) -> dict:
+    """How fake_vllm.py was started, from its first line (the output is followed by a thread: wait for it)."""
+    deadline = time.monotonic() + 10
+    while "FAKE-VLLM " not in log.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    line = next(line for line in log.getvalue().splitlines() if line.startswith("FAKE-VLLM "))
+    return json.loads(line[len("FAKE-VLLM "):])
+
+
+def test_server_runs_compiled_only_from_a_compile_cache(tiny_model_dir, monkeypatch, tmp_path):
+    """Eager by default; given the image's compile cache for this card, vLLM runs compiled from a writable copy."""
+    monkeypatch.setattr(vllm, "_vllm_launcher", lambda: [sys.executable, str(Path(__file__).with_name("fake_vllm.py"))])
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "state-cache"))
+    monkeypatch.delenv("VLLM_CACHE_ROOT", raising=False)
+    bundled = tmp_path / "image-cache" / "sm_89"
+    (bundled / "torch_compile_cache" / "abc").mkdir(parents=True)
+    (bundled / "torch_compile_cache" / "abc" / "graph.py").write_text("compiled")
+    for cache in (None, gpu.compile_cache_for("8.9", tmp_path / "image-cache")):
+        log, run_dir = io.StringIO(), tmp_path / f"run-{bool(cache)}"
+        run_dir.mkdir()
+        process = vllm.start_server(tiny_model_dir, free_port(), timeout=60, log=log, run_dir=run_dir,
+                                    compile_cache=cache)
+        try:
+            started = started_as(log)
+        finally:
+            process.kill()
+            process.wait(10)
+        assert ("--enforce-eager" in started["args"]) == (cache is None)
+        assert vllm.read_run_file("settings.json", run_dir)["compiled"] == (cache is not None)
+        if cache:
+            assert started["cache_root"] == str(tmp_path / "state-cache" / "vllm")
+            assert (tmp_path / "state-cache/vllm/torch_compile_cache/abc/graph.py").read_text() == "compiled"
+    assert gpu.compile_cache_for("9.0", tmp_path / "image-cache") is None  # another architecture: eager
+    assert gpu.compile_cache_for(None, tmp_path / "image-cache") is None  # nvidia-smi could not say
 
 
 def test_client_caps_pages_at_the_servers_pixel_cap(server, tiny_model_dir, tmp_path):

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from appliance.build import app, boot, layers, manifest, nvidia, stages
+from appliance.build import app, boot, layers, manifest, model, nvidia, stages
 from appliance.build.context import BuildError
 from appliance.build.stack import resolve_stack
 from appliance.ocr.engines import vllm
@@ -103,6 +103,35 @@ def test_good_gpu_build_runs_every_stage_in_order(tmp_path, model_dir):
     stages.run_stages(ctx, staged, log=lambda *a, **k: None)
     assert ran[:3] == ["check-host", "base-layer", "nvidia-layer"] and "model-layer" in ran
     assert ctx.info["model"].manifest["version"] == "1.5"
+
+
+def test_compile_cache_checked_with_the_model_and_shipped_in_its_layer(tmp_path, model_dir, monkeypatch):
+    cache = tmp_path / "compile-cache"
+    (cache / "sm_89" / "torch_compile_cache").mkdir(parents=True)
+    (cache / "sm_89" / "torch_compile_cache" / "graph.py").write_text("compiled")
+    (cache / "notes.txt").write_text("not an architecture")
+    ctx = ctx_for(tmp_path / "bad", "gpu", "model_version=1.5", f"vllm_compile_cache={cache}",
+                  model=str(model_dir), accept=True)
+    staged, ran = recording(ctx)
+    with pytest.raises(BuildError, match=r"sm_<compute capability>.*found notes.txt"):
+        stages.run_stages(ctx, staged, log=lambda *a, **k: None)
+    assert ran == []  # refused before anything is built
+
+    (cache / "notes.txt").unlink()
+    ctx = ctx_for(tmp_path / "good", "gpu", "model_version=1.5", f"vllm_compile_cache={cache}",
+                  model=str(model_dir), accept=True)
+    model.check_model(ctx)
+    shipped = {}
+
+    def squash(ctx, layer, tree, meta, excludes=()):  # what mksquashfs would pack
+        shipped.update({str(p.relative_to(tree)): p.read_bytes() for p in tree.rglob("*") if p.is_file()})
+        layer.meta = {"size": 0}
+        return layer
+
+    monkeypatch.setattr(layers, "finish_layer", squash)
+    model.build_model_layer(ctx)
+    assert shipped["usr/share/appliance/vllm-compile-cache/sm_89/torch_compile_cache/graph.py"] == b"compiled"
+    assert ctx.info["model_identity"]["vllm_compile_cache"] == ["sm_89"]  # recorded in manifest.json
 
 
 def gpu_ctx_with_stack(tmp_path):

@@ -287,8 +287,8 @@ def wait_for_server(url: str = DEFAULT_URL, progress=None, timeout: float = SERV
 
 
 # vLLM's start-up as its log shows it (vLLM 0.18; a line that changes wording only loses its splash step):
-# (pattern, words for the kiosk's splash, percent of the way to ready; a pair scales the line's own percentage).
-START_PHASES = (  # (pattern, step in appliance.ocr.steps, percent or a range filled by the pattern's number)
+# (pattern, step in appliance.ocr.steps, percent of the way to ready; a pair scales the line's own percentage).
+START_PHASES = (
     (re.compile(r"Initializing a V1 LLM engine"), "vllm_engine", 5),
     (re.compile(r"Starting to load model"), "vllm_weights", 10),
     (re.compile(r"Loading safetensors checkpoint shards:\s*(\d+)%"), "vllm_weights", (10, 60)),
@@ -342,6 +342,7 @@ def server_command(
     gpu_memory_utilization: float = 0.8,
     max_model_len: int = DEFAULT_MAX_MODEL_LEN,
     extra=(),
+    eager: bool = True,
 ) -> list[str]:
     """The `vllm serve` command line (hunyuanocr.md, "Running it"), bound to loopback, under our model id."""
     model_id, _ = model_info(model_dir)
@@ -363,8 +364,9 @@ def server_command(
         str(gpu_memory_utilization),
         "--max-model-len",
         str(max_model_len),
-        # No CUDA graph capture: faster start and less memory, at some throughput cost; an appliance restarts often.
-        "--enforce-eager",
+        # Eager (no torch.compile, no CUDA graphs): no minutes of compiling at each boot, less memory, at some
+        # throughput cost; compiled only from a compile cache made for this card's architecture (start_server).
+        *(["--enforce-eager"] if eager else []),
         *extra,
     ]
 
@@ -379,14 +381,23 @@ def start_server(
     timeout: float = 900,
     log=None,
     run_dir: Path | None = None,
+    compile_cache: Path | None = None,
 ) -> subprocess.Popen:
     """Start `vllm serve` offline and wait until it answers; EngineUnavailable (and no process left) otherwise.
 
     `log`: a text file for the server's output (default: our stdout). `run_dir`: where to write settings.json (what
     clients must know: the pixel cap) and progress.json (the start-up step, for the kiosk's splash).
+    `compile_cache`: a vLLM cache made for this card's architecture (appliance.gpu.compile_cache_for): the server
+    runs compiled from a writable copy of it; None: eager.
     """
     model_dir = check_model_dir(model_dir, NAME)
-    command = server_command(model_dir, port, gpu_memory_utilization, max_model_len, extra)
+    env = {**os.environ, **OFFLINE_ENV}
+    if compile_cache:
+        cache_root = Path(env.get("VLLM_CACHE_ROOT") or Path(env.get("XDG_CACHE_HOME") or "~/.cache") / "vllm")
+        cache_root = cache_root.expanduser()
+        shutil.copytree(compile_cache, cache_root, dirs_exist_ok=True)  # vLLM writes beside what it reads
+        env["VLLM_CACHE_ROOT"] = str(cache_root)
+    command = server_command(model_dir, port, gpu_memory_utilization, max_model_len, extra, eager=not compile_cache)
     if command[0] != sys.executable and not Path(command[0]).is_file() and shutil.which(command[0]) is None:
         raise EngineUnavailable(NAME, "vLLM is not installed (it needs an NVIDIA GPU; pip install '.[gpu]')")
     url = f"http://127.0.0.1:{port}/v1"
@@ -395,9 +406,8 @@ def start_server(
     if run_dir:
         (run_dir / "progress.json").unlink(missing_ok=True)
         settings = {"url": url, "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len,
-                    "max_pixels": max_pixels or images.MODEL_MAX_PIXELS}
+                    "max_pixels": max_pixels or images.MODEL_MAX_PIXELS, "compiled": bool(compile_cache)}
         write_atomic(run_dir / "settings.json", json.dumps(settings).encode())
-    env = {**os.environ, **OFFLINE_ENV}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     threading.Thread(target=_follow, args=(process.stdout, log or sys.stdout, run_dir), daemon=True).start()
     deadline = time.monotonic() + timeout

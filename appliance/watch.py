@@ -125,6 +125,13 @@ class Tree:
     def present(self) -> bool:
         return self.inbox.is_dir()
 
+    def read_only(self) -> bool:
+        """Mounted read-only (an NTFS stick marked dirty, a locked SD card): results could never be written to it."""
+        try:
+            return bool(os.statvfs(self.inbox).f_flag & os.ST_RDONLY)
+        except OSError:
+            return False
+
 
 def find_sticks(media_dirs) -> list[Tree]:
     """Mounted media with an OCR-INBOX folder at their root (/media/STICK or /media/USER/STICK)."""
@@ -351,6 +358,7 @@ class Watcher:
             raise WatchError(f"another watcher is already running on {self.root}") from None
         self.db = open_ledger(self.state_dir)
         self.sticks: dict[str, Tree] = {}
+        self.read_only_sticks: dict[str, Tree] = {}
         self.stick_since: dict[str, float] = {}  # when each stick was found: what happened since is its session
         # Sticks that went away with files not finished, for the UI and the log. Kept over a restart (the files are
         # still on the stick) until the stick is back.
@@ -423,6 +431,14 @@ class Watcher:
             for folder in (base, *children):
                 self.inotify.add(folder)
         found = {t.key: t for t in find_sticks(self.media_dirs)}
+        # A read-only stick is not watched: its files could be OCR'd but neither results nor the moved original
+        # could be written back, so each pass would take them again. The UI can still open them one by one.
+        read_only = {key: tree for key, tree in found.items() if tree.read_only()}
+        for key in set(read_only) - set(self.read_only_sticks):
+            log.warning("USB stick %s is read-only: its %s is not watched (open its files in the UI instead)",
+                        read_only[key].label, STICK_INBOX)
+        self.read_only_sticks = read_only
+        found = {key: tree for key, tree in found.items() if key not in read_only}
         for key in set(self.sticks) - set(found):
             self._stick_gone(self.sticks[key])
         for key in set(found) - set(self.sticks):
@@ -865,7 +881,8 @@ class Watcher:
                 f"{self.sticks[k].inbox if k in self.sticks else self.local.inbox}/{name}"
                 for k, name in self.unknown_folders
             ),
-            "sticks": [{"label": t.label, "path": t.key} for t in self.sticks.values()],
+            "sticks": [{"label": t.label, "path": t.key, "read_only": False} for t in self.sticks.values()]
+            + [{"label": t.label, "path": t.key, "read_only": True} for t in self.read_only_sticks.values()],
             "pulled": [self._pulled_now(p) for p in self.pulled[-20:]],
         }
         # Advisory and rewritten every pass: a rename for atomicity, no fsync (it costs more than the rest).

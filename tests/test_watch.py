@@ -435,6 +435,37 @@ def test_usb_stick(root, tmp_path):
     assert_no_leftovers(root)
 
 
+def test_read_only_stick_is_listed_not_watched(root, tmp_path, monkeypatch):
+    """A stick mounted read-only (NTFS marked dirty, a locked SD card) would be taken again on every pass, as neither
+    its results nor its moved original can be written: it is left alone and the scan page says why."""
+    media = tmp_path / "media"
+    save(text_image(["locked"], width=300), media / "LOCKED" / "OCR-INBOX" / "a.png")
+    save(text_image(["writable"], width=300), media / "KINGSTON" / "OCR-INBOX" / "b.png")
+    monkeypatch.setattr(watch.Tree, "read_only", lambda tree: tree.label == "LOCKED")
+    run_once(root, FakeRecognizer(), media_dirs=[media])
+    assert sorted(p.name for p in (media / "LOCKED").iterdir()) == ["OCR-INBOX"]  # nothing written, nothing moved
+    assert (media / "LOCKED" / "OCR-INBOX" / "a.png").exists()
+    assert (media / "KINGSTON" / "OCR-OUTBOX" / "b.txt").exists()
+    assert [row["rel"] for row in ledger(root)] == ["b.png"]
+    sticks = watch.queue_state(root)["sticks"]
+    assert {s["label"]: s["read_only"] for s in sticks} == {"KINGSTON": False, "LOCKED": True}
+
+
+def test_read_only_mount_is_seen(tmp_path):
+    folder = tmp_path / "STICK" / "OCR-INBOX"
+    folder.mkdir(parents=True)
+    tree = watch.Tree.usb(tmp_path / "STICK")
+    assert not tree.read_only()
+    try:
+        subprocess.run(["mount", "--bind", "-o", "ro", str(folder), str(folder)], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("no bind mounts here (needs root)")
+    try:
+        assert tree.read_only()
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
 def test_usb_stick_pulled_mid_job(root, tmp_path):
     """Both files are copied off before work starts; the stick goes away during the first OCR; nothing is lost."""
     media = tmp_path / "media"

@@ -237,6 +237,11 @@ MESSAGES = {
         "A stick with an OCR-INBOX folder is processed when inserted; results go to its OCR-OUTBOX folder.",
         "插入含 OCR-INBOX 文件夹的 U 盘即自动处理，结果写入 U 盘上的 OCR-OUTBOX 文件夹。",
     ),
+    "scan_stick_read_only": (
+        "read-only: its OCR-INBOX is not watched (open its files on the New scan page; a stick Windows marked as "
+        "not safely removed becomes writable again after Windows checks it)",
+        "只读：不处理其 OCR-INBOX（可在“新建识别”页打开其中的文件；Windows 标记为未安全移除的 U 盘经 Windows 检查后可恢复写入）",
+    ),
     "scan_sticks_none": ("No stick with an OCR-INBOX folder is inserted.", "未插入含 OCR-INBOX 文件夹的 U 盘。"),
     "scan_pulled": ("Sticks removed before their files were finished", "文件未处理完就被拔出的 U 盘"),
     "scan_pulled_when": ("{stick}, removed {when}", "{stick}，拔出于 {when}"),

@@ -220,7 +220,12 @@ function pollScan(main) {
     $("#scan-unknown").hidden = !scan.unknown_folders.length;
     list($("#scan-unknown-list"), scan.unknown_folders, (folder) => { const li = element("li"); li.append(element("code", "", folder)); return li; });
     $("#scan-sticks-none").hidden = Boolean(scan.sticks.length);
-    list($("#scan-sticks"), scan.sticks, (s) => { const li = element("li"); li.append(element("strong", "", s.label), " ", element("span", "muted", s.path)); return li; });
+    list($("#scan-sticks"), scan.sticks, (s) => {
+      const li = element("li");
+      li.append(element("strong", "", s.label), " ", element("span", "muted", s.path));
+      if (s.read_only) li.append(" ", element("span", "stick-read-only", messages.stick_read_only));
+      return li;
+    });
     $("#scan-pulled").hidden = !scan.pulled.length;
     list($("#scan-pulled-list"), scan.pulled.slice().reverse(), (p) => {
       const li = element("li");

@@ -63,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--persistence", action="store_true", help="also check that data survives a reboot (USB)")
     boot.add_argument("--pull-stick", action="store_true",
                       help="pull the data stick while the guest runs: its finished outputs must be on it")
-    boot.add_argument("--stick-fs", choices=("vfat", "exfat", "ntfs"), default="vfat",
-                      help="the data stick's filesystem (exfat and ntfs need root and FUSE tools on this host)")
+    boot.add_argument("--stick-fs", choices=("vfat", "exfat", "ntfs", "ntfs-dirty"), default="vfat",
+                      help="the data stick's filesystem (exfat and ntfs need root and FUSE tools on this host; "
+                      "ntfs-dirty: marked as pulled without ejecting, so the image can only read it)")
 
     serve = sub.add_parser("serve", help="serve the web UI and the HTTP API (loopback by default)")
     serve.add_argument("--host", default="127.0.0.1")

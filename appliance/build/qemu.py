@@ -105,10 +105,35 @@ def fuse_mounted(image: Path, fs: str, read_only: bool = False):
 
 
 def require_stick_tools(fs: str) -> None:
-    missing = [tool[0] for tool in STICK_TOOLS.get(fs, ())[:2] if not shutil.which(tool[0])]
+    tools = STICK_TOOLS.get(fs.removesuffix("-dirty"), ())
+    missing = [tool[0] for tool in tools[:2] if not shutil.which(tool[0])]
     if missing:
         raise RuntimeError(f"an {fs} data stick needs {', '.join(missing)} on this host (apt-get install "
-                           f"{STICK_TOOLS[fs][2]}), and root for its loop device")
+                           f"{tools[2]}), and root for its loop device")
+
+
+def mark_ntfs_dirty(image: Path) -> None:
+    """Set the "dirty" flag of the NTFS partition in `image`, as a stick pulled without ejecting from Windows keeps
+    it: in $Volume's VOLUME_INFORMATION, in the MFT and in its mirror (which must match)."""
+    with image.open("r+b") as f:
+        f.seek(PARTITION_START)
+        boot = f.read(512)
+        cluster = struct.unpack_from("<H", boot, 0x0B)[0] * boot[0x0D]
+        per_record = struct.unpack_from("<b", boot, 0x40)[0]  # clusters, or -log2(bytes) when negative
+        record_size = cluster * per_record if per_record > 0 else 1 << -per_record
+        for lcn_at in (0x30, 0x38):  # $MFT, $MFTMirr
+            offset = PARTITION_START + struct.unpack_from("<q", boot, lcn_at)[0] * cluster + 3 * record_size
+            f.seek(offset)
+            record = bytearray(f.read(record_size))
+            at = struct.unpack_from("<H", record, 0x14)[0]  # first attribute
+            while (kind := struct.unpack_from("<I", record, at)[0]) != 0x70:  # VOLUME_INFORMATION
+                if kind == 0xFFFFFFFF:
+                    raise RuntimeError(f"{image}: no VOLUME_INFORMATION in $Volume")
+                at += struct.unpack_from("<I", record, at + 4)[0]
+            flags = at + struct.unpack_from("<H", record, at + 0x14)[0] + 10  # value: 8 reserved, major, minor, flags
+            record[flags] |= 0x01  # VOLUME_IS_DIRTY
+            f.seek(offset)
+            f.write(record)
 
 
 def data_stick(path: Path, fs: str = "vfat") -> Path:
@@ -131,12 +156,15 @@ def data_stick(path: Path, fs: str = "vfat") -> Path:
         f.truncate(32 * 2**20)
     table = f"label: dos\nstart={PARTITION_START // 512}, type=7\n"  # 7: the MBR type for NTFS and exFAT
     subprocess.run(["sfdisk", "-q", str(path)], input=table.encode(), check=True, capture_output=True)
+    base_fs = fs.removesuffix("-dirty")
     with partition_device(path) as loop:
-        subprocess.run([*STICK_TOOLS[fs][0], loop], check=True, capture_output=True)
-    with fuse_mounted(path, fs) as root:
+        subprocess.run([*STICK_TOOLS[base_fs][0], loop], check=True, capture_output=True)
+    with fuse_mounted(path, base_fs) as root:
         for name, png in files.items():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(png, root / name)
+    if fs == "ntfs-dirty":
+        mark_ntfs_dirty(path)
     return path
 
 
@@ -433,6 +461,27 @@ def check_scan_stick(vm: Vm, token: str, result: dict, timeout: float = 300) -> 
     return []
 
 
+def check_read_only_stick(vm: Vm, token: str, result: dict, timeout: float = 120) -> list[str]:
+    """A stick the image could mount read-only only: the scan page lists it as read-only and the scan folder leaves
+    its OCR-INBOX alone (its files can still be OCR'd from the UI: check_ui_usb_upload)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        status, body = vm.http("/scan", token, timeout=30)
+        try:
+            scan = json.loads(body)
+            sticks = {s["label"]: s.get("read_only") for s in scan["sticks"]}
+        except (ValueError, KeyError, TypeError):
+            sticks = {}
+        if STICK_LABEL in sticks:
+            result["stick_read_only"] = sticks[STICK_LABEL]
+            taken = [f["name"] for f in scan.get("files", []) if f.get("source") == STICK_LABEL]
+            if not sticks[STICK_LABEL] or taken:
+                return [f"the dirty NTFS stick: read_only={sticks[STICK_LABEL]}, scan folder took {taken}"]
+            return []
+        time.sleep(3)
+    return [f"the scan page never listed the read-only stick {STICK_LABEL}: {status} {body[:300]!r}"]
+
+
 def check_ui_usb_upload(vm: Vm, token: str, shots: Path, result: dict) -> list[str]:
     """The web UI in a real browser (host Chromium through the forward, as a LAN user): log in with the token, pick
     STICK_FILE in the in-app USB browser, run plain text OCR, and see OCR_TEXT on the result page."""
@@ -595,7 +644,9 @@ def boot_once(disk: Path, mode: str, out: Path, timeout: float, token: str | Non
         api_problems = []
         if lan and health == 200:
             api_problems += check_ocr(vm, token, result)
-            if stick:
+            if stick and stick_fs.endswith("-dirty"):
+                api_problems += check_read_only_stick(vm, token, result)
+            elif stick:
                 api_problems += check_scan_stick(vm, token, result)
                 api_problems += check_ui_usb_upload(vm, token, out, result)
                 api_problems += check_usb(vm, token, result, pull_stick)  # pulls the stick: last

@@ -639,15 +639,20 @@ def boot_once(disk: Path, mode: str, out: Path, timeout: float, token: str | Non
             result["seconds_to_health"] = round(time.monotonic() - vm.started, 1)
         result["kiosk_rendered"] = vm.wait_rendered(out / "screen.png", timeout=300)
         result["seconds_to_render"] = round(time.monotonic() - vm.started, 1)
-        if result["kiosk_rendered"]:
+        # The first drawn frame may be a page half painted (the start screen reloading into the form): read again.
+        deadline = time.monotonic() + 60
+        while result["kiosk_rendered"]:
             result["kiosk_text"] = screen_text(out / "screen.png")[:1000]
+            if all(words in result["kiosk_text"] for words in KIOSK_TEXT) or time.monotonic() > deadline:
+                break
+            time.sleep(5)
+            vm.screenshot(out / "screen.png")
         api_problems = []
         if lan and health == 200:
             api_problems += check_ocr(vm, token, result)
-            if stick and stick_fs.endswith("-dirty"):
-                api_problems += check_read_only_stick(vm, token, result)
-            elif stick:
-                api_problems += check_scan_stick(vm, token, result)
+            if stick:
+                scan_check = check_read_only_stick if stick_fs.endswith("-dirty") else check_scan_stick
+                api_problems += scan_check(vm, token, result)
                 api_problems += check_ui_usb_upload(vm, token, out, result)
                 api_problems += check_usb(vm, token, result, pull_stick)  # pulls the stick: last
         vm.screenshot(out / "screen-end.png")

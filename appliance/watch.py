@@ -881,8 +881,10 @@ class Watcher:
                 f"{self.sticks[k].inbox if k in self.sticks else self.local.inbox}/{name}"
                 for k, name in self.unknown_folders
             ),
-            "sticks": [{"label": t.label, "path": t.key, "read_only": False} for t in self.sticks.values()]
-            + [{"label": t.label, "path": t.key, "read_only": True} for t in self.read_only_sticks.values()],
+            "sticks": [
+                {"label": t.label, "path": t.key, "read_only": t.key in self.read_only_sticks}
+                for t in (*self.sticks.values(), *self.read_only_sticks.values())
+            ],
             "pulled": [self._pulled_now(p) for p in self.pulled[-20:]],
         }
         # Advisory and rewritten every pass: a rename for atomicity, no fsync (it costs more than the rest).

@@ -157,11 +157,21 @@ def make_context(config: Config, repo: Path = REPO) -> Context:
         cache_dir = repo / cache_dir
     work_root = cache_dir / "work"
     work_root.mkdir(parents=True, exist_ok=True)
+    remove_dead_work(work_root)
     # Work next to the cache (same filesystem as out/ by default) so publishing is a rename, not a copy.
     work = work_root / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     work.mkdir()
     return Context(config=config, repo=repo, out_dir=out_dir, cache_dir=cache_dir, work=work,
                    epoch=source_date_epoch(config))
+
+
+def remove_dead_work(work_root: Path) -> None:
+    """Work dirs of builds that were killed (power loss, SIGKILL): their chroots may still hold /proc and /sys
+    mounts, which any later walk of the tree (pip's package scan, find, backup tools) descends into forever."""
+    for work in work_root.iterdir():
+        pid = work.name.rpartition("-")[2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            remove_tree(work)
 
 
 def remove_tree(path: Path) -> None:

@@ -254,3 +254,22 @@ def test_listeners_judged_by_address():
     assert qemu.loopback_only("127.0.0.1:8000/appliance")  # an image from before the proto:... format
     assert not qemu.loopback_only("udp:0.0.0.0:16088//0")
     assert not qemu.loopback_only("tcp:10.0.2.15:8000/appliance/1001")
+
+
+def test_dead_builds_work_is_removed_with_its_mounts(tmp_path):
+    """A killed build's work dir (its pid gone) goes, /proc-like mounts and all; a running build's stays."""
+    import subprocess
+
+    from appliance.build.context import remove_dead_work
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = tmp_path / f"20261122-000000-{gone.pid}" / "chroot" / "proc"
+    live = tmp_path / f"20261122-000000-{__import__('os').getpid()}"
+    dead.mkdir(parents=True)
+    live.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "none", str(dead)], capture_output=True).returncode == 0
+    remove_dead_work(tmp_path)
+    assert not dead.parent.parent.exists() and live.exists()
+    if mounted:
+        assert str(dead) not in Path("/proc/mounts").read_text()

@@ -12,6 +12,8 @@ from appliance.build.context import BuildError
 TOOLS = {
     "mmdebstrap": "mmdebstrap",
     "mksquashfs": "squashfs-tools",
+    "unsquashfs": "squashfs-tools",
+    "systemctl": "systemd",  # `systemctl --root` enables the app layer's units from a preset
     "xorriso": "xorriso",
     "grub-mkimage": "grub-common",
     "mkfs.vfat": "dosfstools",

@@ -8,7 +8,7 @@ import pytest
 from appliance.build import app, boot, iso, pyenv, qemu, rootfs, stages
 from appliance.build.context import BuildError, hash_inputs, source_date_epoch
 from appliance.settings import REPO, resolve
-from contexts import make_ctx
+from contexts import enabled_links, make_ctx
 
 
 def ctx_for(tmp_path, *overrides, repo=REPO):
@@ -108,10 +108,15 @@ def test_boot_menu_has_the_four_entries(tmp_path):
 
 def test_units_and_generated_files(tmp_path):
     c = ctx_for(tmp_path)
-    links = app.units(c)
+    links = enabled_links(c)
     assert links["etc/systemd/system/getty@.service"] == "/dev/null"
-    assert any("appliance-kiosk" in k for k in links)
-    assert not any("networkd" in k for k in links), "no network unless LAN mode"
+    assert links["etc/systemd/system/default.target"] == "/usr/lib/systemd/system/graphical.target"
+    # Each unit is linked where its own [Install] section says (the selftest's is graphical.target).
+    for unit, target in (("appliance-web", "multi-user"), ("appliance-verify-medium", "multi-user"),
+                         ("appliance-kiosk", "graphical"), ("appliance-selftest", "graphical")):
+        link = f"etc/systemd/system/{target}.target.wants/{unit}.service"
+        assert links[link] == f"/usr/lib/systemd/system/{unit}.service"
+    assert not any("networkd" in k or "nvidia" in k or "vllm" in k for k in links), "no network unless LAN mode"
     files = app.generated(c)
     assert "etc/appliance/lan.env" not in files
     assert "APPLIANCE_HOST=127.0.0.1\n" in files["etc/appliance/appliance.env"][0]
@@ -122,18 +127,29 @@ def test_units_and_generated_files(tmp_path):
     assert "APPLIANCE_HOST=0.0.0.0\n" in files["etc/appliance/appliance.env"][0]
     assert "abcdefgh1" in files["etc/appliance/lan.env"][0] and "abcdefgh1" not in files["etc/appliance/appliance.env"][0]
     # One command line, in the unit; the token never on it (it would show in `ps`).
-    unit = (REPO / "rootfs/etc/systemd/system/appliance-web.service").read_text()
+    unit = (REPO / "rootfs/usr/lib/systemd/system/appliance-web.service").read_text()
     execs = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
     assert len(execs) == 1 and "${APPLIANCE_HOST}" in execs[0] and "--scan /srv/ocr/scan" in execs[0]
     assert "TOKEN" not in execs[0] and not any(".service.d/" in k for k in files)
     assert "abcdefgh1" not in files["etc/appliance/config.json"][0]
-    assert any("networkd" in k for k in app.units(lan))
+    lan_links = enabled_links(lan)
+    assert lan_links["etc/systemd/system/multi-user.target.wants/systemd-networkd.service"] == \
+        "/usr/lib/systemd/system/systemd-networkd.service"
+    assert "etc/systemd/system/sockets.target.wants/systemd-networkd.socket" in lan_links
 
 
-def test_unit_files_in_overlay_match_links(tmp_path):
-    for link, target in app.units(ctx_for(tmp_path, "lan=on", "lan_token=abcdefgh1")).items():
-        if target.startswith("/etc/systemd/system/appliance-"):
-            assert (REPO / "rootfs" / target.lstrip("/")).is_file(), target
+def test_every_unit_in_the_overlay_has_a_preset_row():
+    units = {p.name for p in (REPO / "rootfs" / app.UNIT_DIR).glob("*.service")}
+    presets = {unit for unit, _ in app.PRESETS}
+    # Template units are started by udev (appliance-usb-mount@), never enabled.
+    assert units - presets == {"appliance-usb-mount@.service"}
+    assert presets - units == {"systemd-networkd.service"}  # from the base layer
+
+
+def test_preset_without_kiosk_or_selftest(tmp_path):
+    text = app.preset(ctx_for(tmp_path, "kiosk=off", "selftest=off"))
+    assert "enable appliance-web.service" in text and "kiosk" not in text and "selftest" not in text
+    assert text.rstrip().endswith("disable *")
 
 
 def test_volume_id(tmp_path):

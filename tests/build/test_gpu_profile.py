@@ -10,9 +10,9 @@ from appliance.build.context import BuildError
 from appliance.build.stack import resolve_stack
 from appliance.ocr.engines import vllm
 from appliance.settings import REPO, resolve
-from contexts import make_ctx
+from contexts import enabled_links, make_ctx
 
-UNITS = REPO / "rootfs" / "etc" / "systemd" / "system"
+UNITS = REPO / "rootfs" / app.UNIT_DIR
 GPU_STAGES = {"gpu-stack", "model-check", "nvidia-layer", "model-layer"}
 
 
@@ -144,10 +144,10 @@ def gpu_ctx_with_stack(tmp_path):
 
 def test_app_layer_of_a_gpu_image(tmp_path):
     ctx, cpu = gpu_ctx_with_stack(tmp_path / "g"), ctx_for(tmp_path / "c", "cpu")
-    links = app.units(ctx)
+    links, cpu_links = enabled_links(ctx), enabled_links(cpu)
     for unit in ("appliance-nvidia.service", "appliance-vllm.service"):
-        assert links[f"etc/systemd/system/multi-user.target.wants/{unit}"] == f"/etc/systemd/system/{unit}"
-        assert not any(unit in link for link in app.units(cpu))
+        assert links[f"etc/systemd/system/multi-user.target.wants/{unit}"] == f"/usr/lib/systemd/system/{unit}"
+        assert not any(unit in link for link in cpu_links)
     files = app.generated(ctx)
     info = json.loads(files["etc/appliance/gpu-stack.json"][0])
     assert info["driver"]["flavours"] == ["proprietary"] and info["modules_signed"] is False

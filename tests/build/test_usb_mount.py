@@ -12,7 +12,7 @@ ROOTFS = Path(__file__).resolve().parents[2] / "rootfs"
 def test_rule_unit_and_script_fit_together():
     rule = (ROOTFS / "etc/udev/rules.d/90-appliance-usb.rules").read_text()
     unit_name = re.search(r'SYSTEMD_WANTS}\+="([\w@.-]+)@%k\.service"', rule).group(1)
-    unit = (ROOTFS / f"etc/systemd/system/{unit_name}@.service").read_text()
+    unit = (ROOTFS / f"usr/lib/systemd/system/{unit_name}@.service").read_text()
     assert "BindsTo=dev-%i.device" in unit  # pulled stick -> unit stops -> unmount
     script = ROOTFS / re.search(r"ExecStart=/(\S+) add %I", unit).group(1)
     assert script.stat().st_mode & 0o111

@@ -8,8 +8,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("appliance", "webui")
-# The layers below the app: engines, model servers, GPU checks, model-directory facts. A cycle that touches one of them
-# fails at once; the others are listed by the test's message (cli <-> watch <-> webui is being taken apart).
+# The layers below the app: engines, model servers, GPU checks, model-directory facts. A cycle that touches one of
+# them fails at once; the others are listed by the test's message (cli <-> watch <-> webui is being taken apart).
 LAYERS = ("appliance.ocr", "appliance.servers", "appliance.gpu", "appliance.model_dir", "appliance.offline")
 
 

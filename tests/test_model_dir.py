@@ -1,6 +1,6 @@
 """The model directory's facts (appliance.model_dir): its identity and version from the manifest, the hub cache
-layout or its name. (The directory checks are exercised through the engines, tests/engines/test_transformers_engine.py;
-the image builder's manifest round trip in tests/build/test_model.py.)"""
+layout or its name. (The directory checks are exercised through an engine, in
+tests/engines/test_transformers_engine.py; the image builder's manifest round trip in tests/build/test_model.py.)"""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from appliance import __version__
-from appliance.ocr.engines import ENGINE_NAMES
+from appliance.ocr.engines.base import ENGINE_NAMES
 from appliance.ocr.tasks import LANGUAGES, Task
 
 
@@ -160,7 +160,7 @@ class ProgressBar:
 
 
 def cmd_ocr(args) -> int:
-    from appliance.ocr.engines import open_engine
+    from appliance.ocr.engines.select import open_engine
     from appliance.ocr.errors import OcrError
     from appliance.ocr.pipeline import recognize_file
     from appliance.ocr.tasks import Request
@@ -209,8 +209,8 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_vllm_server(args) -> int:
-    from appliance.ocr.engines.vllm import RUN_DIR, start_server
     from appliance.ocr.errors import OcrError
+    from appliance.servers.vllm import RUN_DIR, start_server
 
     if not args.model:
         _fail("vllm-server: give --model DIR (or set APPLIANCE_MODEL)")
@@ -218,15 +218,17 @@ def cmd_vllm_server(args) -> int:
     sizing = {"gpu_memory_utilization": args.gpu_memory_utilization}
     try:
         if args.auto:
-            from appliance import gpu
+            from appliance.gpu.detect import gpu_memory_bytes, smi_query
+            from appliance.gpu.sizing import compile_cache_for, vllm_settings
+            from appliance.model_dir import model_version
 
-            memory = gpu.gpu_memory_bytes()
+            memory = gpu_memory_bytes()
             if memory is None:
                 _fail("vllm-server --auto: nvidia-smi cannot read the card's memory (is the NVIDIA driver loaded?)")
                 return 1
-            settings = gpu.vllm_settings(memory, gpu.model_version(args.model))
-            capability = gpu.smi_query("compute_cap")
-            cache = gpu.compile_cache_for(capability)
+            settings = vllm_settings(memory, model_version(args.model))
+            capability = smi_query("compute_cap")
+            cache = compile_cache_for(capability)
             sizing = {**settings, "compile_cache": cache}
             print(f"vllm-server: {memory / 2**30:.1f} GiB card (compute capability {capability}) -> {settings}, "
                   + (f"compiled from {cache}" if cache else "eager (no compile cache for this architecture)"),

@@ -7,7 +7,7 @@ import platform
 import sys
 
 from appliance import __version__
-from appliance.ocr.engines import choose
+from appliance.ocr.engines.select import choose
 
 
 def _version(package: str) -> str:

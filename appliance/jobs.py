@@ -26,7 +26,7 @@ from pathlib import Path
 
 from appliance.files import write_atomic
 from appliance.ocr import steps
-from appliance.ocr.engines import Engine, check_task
+from appliance.ocr.engines.base import Engine, check_task
 from appliance.ocr.errors import EngineLost, EngineUnavailable, OcrError
 from appliance.ocr.images import Document
 from appliance.ocr.pipeline import Cancelled, recognize_file

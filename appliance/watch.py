@@ -177,7 +177,7 @@ class EngineRecognizer:
 
     def _open(self) -> None:
         if self._engine is None:
-            from appliance.ocr.engines import open_engine
+            from appliance.ocr.engines.select import open_engine
 
             started = time.perf_counter()
             self._engine = open_engine(self.engine_name, model_dir=self.model_dir)

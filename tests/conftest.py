@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
+from appliance.offline import go_offline
+
 # Before anything imports transformers / huggingface_hub: they read these once.
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
+go_offline()
 
 
 @pytest.fixture(scope="session")

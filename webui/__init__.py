@@ -41,7 +41,7 @@ CONFIG_DEFAULTS = {"language": None, "default_task": "spotting"}
 
 def create_app(config: dict | None = None) -> Flask:
     from appliance.jobs import Jobs
-    from appliance.ocr.engines import choose, open_engine
+    from appliance.ocr.engines.select import choose, open_engine
     from webui import api, i18n, security, ui
 
     app = Flask(__name__)

@@ -77,10 +77,11 @@ def gpu_banner() -> dict:
     cache = current_app.extensions.setdefault("gpu_banner", {"at": 0.0, "reason": None})
     if time.monotonic() - cache["at"] > BANNER_TTL:
         from appliance import gpu
+        from appliance.model_dir import IMAGE_MODEL_DIR
 
         config = current_app.config
         stack = gpu.load_stack_info(config["GPU_STACK_FILE"])
-        model_dir = config["MODEL_DIR"] or gpu.IMAGE_MODEL_DIR
+        model_dir = config["MODEL_DIR"] or IMAGE_MODEL_DIR
         cache["reason"] = gpu.banner(config["SYSFS"], stack, model_dir) if stack else None
         cache["at"] = time.monotonic()
     return {"gpu_banner": i18n.say_reason(cache["reason"]) if cache["reason"] else None}

@@ -25,9 +25,9 @@ from pathlib import Path
 from appliance.build.layers import ISO_FILE_LIMIT
 from appliance.files import sha256_file
 from appliance.gpu import COMPILE_CACHE
+from appliance.model_dir import IMAGE_MODEL_DIR as IMAGE_MODEL_PATH
+from appliance.model_dir import MANIFEST, MODEL_TYPE
 
-MANIFEST = "appliance-model.json"  # the name appliance.ocr.engines.hunyuan reads
-MODEL_TYPE = "hunyuan_vl"
 DEFAULT_MODEL_ID = "tencent/HunyuanOCR"
 VERSIONS = ("1.5", "1.0")
 VERSION_SUBDIRS = {"1.0": "v1.0"}  # the hub repo's layout since 2026-07: 1.5 at the root, 1.0 in v1.0/
@@ -357,7 +357,7 @@ def install_model(prepared: PreparedModel, dest: str | os.PathLike) -> dict:
 
 # --- the build stages (gpu profile) ---------------------------------------------------------------------------
 
-IMAGE_MODEL_DIR = "usr/share/appliance/model"  # in the image; the web and vLLM units read APPLIANCE_MODEL
+IMAGE_MODEL_DIR = IMAGE_MODEL_PATH.relative_to("/")  # in the image tree; the web and vLLM units read APPLIANCE_MODEL
 IMAGE_LICENSE_DIR = "usr/share/doc/appliance-model"  # LICENSE + NOTICE, shown on the status page
 ORDER = 20
 PART_BUDGET = 3 * 2**30  # bytes of weights per squashfs: each stays under the 4 GiB per-file limit

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from appliance.ocr.engines import Engine, check_task
+from appliance.ocr.engines.base import Engine, check_task
 from appliance.ocr.images import Document
 from appliance.ocr.result import OcrResult
 from appliance.ocr.tasks import Request

@@ -8,7 +8,6 @@ import pytest
 from appliance.build import app, boot, layers, manifest, model, nvidia, stages
 from appliance.build.context import BuildError
 from appliance.build.stack import resolve_stack
-from appliance.ocr.engines import vllm
 from appliance.settings import REPO, resolve
 from contexts import enabled_links, make_ctx
 
@@ -238,29 +237,6 @@ def test_nvidia_unit_chooses_the_flavour_at_boot():
 def test_web_unit_waits_for_the_model_server_and_uses_auto():
     assert "After=appliance-vllm.service" in unit("appliance-web.service")
     assert resolve("gpu").engine == "auto"
-
-
-# --- the engine choice on the image --------------------------------------------------------------------------------
-
-
-def test_wait_for_server_gives_up_when_the_unit_is_not_running():
-    states = iter(["activating", "activating", "inactive"])
-    assert vllm.wait_for_server("http://127.0.0.1:9/v1", state=lambda: next(states), poll=0) is False
-    assert vllm.wait_for_server("http://127.0.0.1:9/v1", state=lambda: "activating", timeout=0, poll=0) is False
-
-
-def test_auto_on_a_cuda12_image_falls_back_to_cpu_when_the_server_is_not_running(monkeypatch, model_dir):
-    from appliance import gpu
-    from appliance.ocr import engines
-
-    monkeypatch.setattr(engines, "find_gpu", lambda: ("NVIDIA RTX 4090", "NVIDIA GPU found: NVIDIA RTX 4090"))
-    monkeypatch.setattr(gpu, "load_stack_info", lambda path=None: {"engines": ["hunyuan-vllm"]})
-    monkeypatch.setattr(vllm, "server_ready", lambda url, timeout=1.0: False)
-    monkeypatch.setattr(vllm, "unit_state", lambda unit=vllm.VLLM_UNIT: "inactive")
-    choice = engines.choose("auto", model_dir)
-    assert choice.engine == "cpu" and "appliance-vllm.service" in choice.reason
-    monkeypatch.setattr(vllm, "unit_state", lambda unit=vllm.VLLM_UNIT: "activating")
-    assert engines.choose("auto", model_dir).engine == "hunyuan-vllm"  # open_engine then waits for it
 
 
 def test_flat_repo_indexes_the_users_debs(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 
 from appliance.build import model
 from appliance.build.model import ModelError
-from appliance.ocr.engines.hunyuan import model_info, model_version
+from appliance.model_dir import model_info, model_version
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

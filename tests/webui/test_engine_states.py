@@ -12,7 +12,7 @@ from fake_engine import FakeEngine
 
 from appliance.jobs import Jobs
 from appliance.ocr import steps
-from appliance.ocr.engines import Choice
+from appliance.ocr.engines.select import Choice
 from appliance.ocr.errors import EngineUnavailable
 from webui import create_app
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from appliance.ocr.engines import check_task
+from appliance.ocr.engines.base import check_task
 from appliance.ocr.errors import EngineUnavailable
 from appliance.ocr.result import Block, EngineInfo, Page
 from appliance.ocr.tasks import Request, Task

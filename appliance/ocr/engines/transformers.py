@@ -3,24 +3,22 @@
 Loads only from a local directory (local_files_only, and HF_HUB_OFFLINE set before transformers is imported), so
 nothing here can reach the network. Decoding follows the official recipe: empty system message, the chat template,
 greedy, eager attention, bf16 on CUDA, special tokens skipped. transformers' generate() has no stop on repetition,
-so a StoppingCriteria watches the decoded tail with parse.is_looping (the same test the vLLM client uses).
+so a StoppingCriteria watches the decoded tail with parse.is_looping (the same test the model servers' client uses).
 """
 
 from __future__ import annotations
-
-import os
 
 from PIL import Image
 
 from appliance.ocr import parse
 from appliance.ocr.engines.hunyuan import HunyuanEngine
 from appliance.ocr.errors import EngineUnavailable
+from appliance.offline import go_offline
 
 NAME = "hunyuan-transformers"
 
 # Before anything here imports transformers / huggingface_hub, which read these once. The appliance never downloads.
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
+go_offline()
 
 
 def _import_stack():

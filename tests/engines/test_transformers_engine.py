@@ -13,6 +13,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from appliance.model_dir import MANIFEST as MANIFEST_FILE
+from appliance.model_dir import model_info, model_version
 from appliance.ocr import parse
 from appliance.ocr.engines import hunyuan
 from appliance.ocr.engines.transformers import TransformersEngine, looping_stop
@@ -29,7 +31,7 @@ def model_dir(tiny_model_dir, tmp_path_factory):
     """The tiny model with the image builder's manifest (a copy: other tests use the bare directory)."""
     path = tmp_path_factory.mktemp("with-manifest") / "HunyuanOCR"
     shutil.copytree(tiny_model_dir, path)
-    (path / hunyuan.MANIFEST).write_text(json.dumps(MANIFEST))
+    (path / MANIFEST_FILE).write_text(json.dumps(MANIFEST))
     return path
 
 
@@ -206,21 +208,8 @@ def test_directory_without_weights(tiny_model_dir, tmp_path):
         TransformersEngine(tmp_path)
 
 
-def test_model_identity_without_a_manifest(tiny_model_dir, tmp_path):
-    assert hunyuan.model_info(tiny_model_dir) == (tiny_model_dir.name, "unknown")
-    assert hunyuan.model_version(tiny_model_dir) == "1.0"
-
-    # The Hugging Face cache layout names the repository and the revision.
-    snapshot = tmp_path / "models--tencent--HunyuanOCR" / "snapshots" / "9f8e7d6c"
-    shutil.copytree(tiny_model_dir, snapshot)
-    assert hunyuan.model_info(snapshot) == ("tencent/HunyuanOCR", "9f8e7d6c")
-    shutil.copytree(tiny_model_dir, snapshot / "v1.0")  # the repo keeps 1.0 in a subfolder
-    assert hunyuan.model_info(snapshot / "v1.0") == ("tencent/HunyuanOCR", "9f8e7d6c")
-    assert hunyuan.model_version(snapshot / "v1.0") == "1.0"
-
-
 def test_version_1_5_gets_its_repetition_penalty(tiny_model_dir, tmp_path):
-    (tmp_path / hunyuan.MANIFEST).write_text(json.dumps({"model_id": "tencent/HunyuanOCR", "version": "1.5"}))
-    assert hunyuan.model_info(tmp_path) == ("tencent/HunyuanOCR", "unknown")
-    assert hunyuan.repetition_penalty(hunyuan.model_version(tmp_path)) == 1.08
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps({"model_id": "tencent/HunyuanOCR", "version": "1.5"}))
+    assert model_info(tmp_path) == ("tencent/HunyuanOCR", "unknown")
+    assert hunyuan.repetition_penalty(model_version(tmp_path)) == 1.08
     assert hunyuan.repetition_penalty("1.0") == 1.0

@@ -1,0 +1,178 @@
+"""vLLM, the model server on an NVIDIA GPU (vLLM is CUDA only): how the client reaches it, its `vllm serve` command
+line, starting it offline, and its start-up phases as its log shows them.
+
+The server listens on 127.0.0.1:8001 (8000 is the appliance's own API) and is never reached beyond loopback. On the
+image, appliance-vllm.service runs `appliance vllm-server --auto` (sized by appliance.gpu.sizing); the web app opens
+the client (appliance.ocr.engines.select), waiting for the unit while it starts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from appliance.model_dir import check_model_dir, model_info
+from appliance.ocr import images
+from appliance.ocr.engines.openai_client import ModelServer, OpenAIEngine
+from appliance.ocr.errors import EngineUnavailable
+from appliance.offline import OFFLINE_ENV
+from appliance.servers import process
+
+NAME = "hunyuan-vllm"
+DEFAULT_URL = "http://127.0.0.1:8001/v1"
+DEFAULT_MAX_MODEL_LEN = 16384  # 4096 image tokens at the 2048*2048 cap + 4096 answer tokens, with room to spare
+# The unit's RuntimeDirectory (rootfs/etc/systemd/system/appliance-vllm.service): `vllm-server` writes there what it
+# runs with (settings.json: the card's image pixel cap) and how far its start-up got (progress.json).
+RUN_DIR = Path("/run/appliance-vllm")
+VLLM_UNIT = "appliance-vllm.service"  # the image's model server (rootfs/etc/systemd/system)
+SERVER_START_TIMEOUT = 1200  # seconds the web app waits for a starting model server before it serves on the CPU
+
+SERVER = ModelServer(
+    engine=NAME,
+    device="vllm",
+    title="vLLM",
+    default_url=DEFAULT_URL,
+    start_hint="start it with 'appliance vllm-server'",
+    greedy={"top_k": 1},  # vLLM's extra sampling parameter
+)
+
+ENV = {**OFFLINE_ENV, "VLLM_WORKER_MULTIPROC_METHOD": "spawn"}  # fork after CUDA init breaks on Python 3.12
+
+
+def open_client(model_dir, url: str | None = None, run_dir: Path | None = None, **options) -> OpenAIEngine:
+    """The client for the vLLM server at `url`, capped at the pixels that server was sized for when the run
+    directory's settings.json is that server's. `options`: OpenAIEngine's timeout, max_tokens."""
+    url = (url or DEFAULT_URL).rstrip("/")
+    served = process.read_run_file(process.SETTINGS, run_dir or RUN_DIR)
+    ours = served.get("url") == url and isinstance(served.get("max_pixels"), int)
+    return OpenAIEngine(model_dir, SERVER, url, max_pixels=served["max_pixels"] if ours else None, **options)
+
+
+def unit_state() -> str:
+    return process.unit_state(VLLM_UNIT)
+
+
+def wait_for_server(url: str = DEFAULT_URL, progress=None, timeout: float = SERVER_START_TIMEOUT, state=None,
+                    poll: float = 2.0, run_dir: Path | None = None) -> bool:
+    """On the image: wait while appliance-vllm.service starts the server (process.wait_for_unit)."""
+    return process.wait_for_unit(url, state or unit_state, run_dir or RUN_DIR, "vllm_waiting", progress, timeout,
+                                 poll)
+
+
+# vLLM's start-up as its log shows it (vLLM 0.18; a line that changes wording only loses its splash step):
+# (pattern, step in appliance.ocr.steps, percent of the way to ready; a pair scales the line's own percentage).
+START_PHASES = (
+    (re.compile(r"Initializing a V1 LLM engine"), "vllm_engine", 5),
+    (re.compile(r"Starting to load model"), "vllm_weights", 10),
+    (re.compile(r"Loading safetensors checkpoint shards:\s*(\d+)%"), "vllm_weights", (10, 60)),
+    (re.compile(r"Model loading took"), "vllm_memory", 65),
+    (re.compile(r"GPU KV cache size"), "vllm_cache", 80),
+    (re.compile(r"init engine \(.*\) took"), "vllm_api", 90),
+    (re.compile(r"Starting vLLM server on"), "vllm_api", 95),
+)
+
+
+def start_phase(line: str) -> tuple[str, int] | None:
+    """(step, percent) when this line of vLLM's output marks a step of its start-up."""
+    for pattern, step, percent in START_PHASES:
+        match = pattern.search(line)
+        if match:
+            if isinstance(percent, tuple):
+                low, high = percent
+                percent = low + (high - low) * min(100, int(match.group(1))) // 100
+            return step, percent
+    return None
+
+
+def _vllm_executable() -> str:
+    """The `vllm` next to this Python (a venv's bin) first, then PATH."""
+    beside = Path(sys.executable).with_name("vllm")
+    if beside.is_file():
+        return str(beside)
+    return shutil.which("vllm") or "vllm"
+
+
+def _vllm_launcher() -> list[str]:
+    """How to run vLLM's CLI: its console script, or (the image installs wheels without scripts) its module."""
+    executable = _vllm_executable()
+    if Path(executable).is_file() or shutil.which(executable):
+        return [executable]
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        return [sys.executable, "-m", "vllm.entrypoints.cli.main"]
+    return [executable]
+
+
+def server_command(
+    model_dir,
+    port: int,
+    gpu_memory_utilization: float = 0.8,
+    max_model_len: int = DEFAULT_MAX_MODEL_LEN,
+    extra=(),
+    eager: bool = True,
+) -> list[str]:
+    """The `vllm serve` command line (hunyuanocr.md, "Running it"), bound to loopback, under our model id."""
+    model_id, _ = model_info(model_dir)
+    return [
+        *_vllm_launcher(),
+        "serve",
+        str(Path(model_dir).resolve()),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--served-model-name",
+        model_id,
+        # The official recipe: the prefix and multimodal caches only help repeated prompts + images; we never repeat.
+        "--no-enable-prefix-caching",
+        "--mm-processor-cache-gb",
+        "0",
+        "--gpu-memory-utilization",
+        str(gpu_memory_utilization),
+        "--max-model-len",
+        str(max_model_len),
+        # Eager (no torch.compile, no CUDA graphs): no minutes of compiling at each boot, less memory, at some
+        # throughput cost; compiled only from a compile cache made for this card's architecture (start_server).
+        *(["--enforce-eager"] if eager else []),
+        *extra,
+    ]
+
+
+def start_server(
+    model_dir,
+    port: int = 8001,
+    gpu_memory_utilization: float = 0.8,
+    max_model_len: int = DEFAULT_MAX_MODEL_LEN,
+    max_pixels: int | None = None,
+    extra=(),
+    timeout: float = 900,
+    log=None,
+    run_dir: Path | None = None,
+    compile_cache: Path | None = None,
+) -> subprocess.Popen:
+    """Start `vllm serve` offline and wait until it answers; EngineUnavailable (and no process left) otherwise.
+
+    `log`: a text file for the server's output (default: our stdout). `run_dir`: where to write settings.json (what
+    clients must know: the pixel cap) and progress.json (the start-up step, for the kiosk's splash).
+    `compile_cache`: a vLLM cache made for this card's architecture (appliance.gpu.sizing.compile_cache_for): the
+    server runs compiled from a writable copy of it; None: eager.
+    """
+    model_dir = check_model_dir(model_dir, NAME)
+    env = {**os.environ, **ENV}
+    if compile_cache:
+        cache_root = Path(env.get("VLLM_CACHE_ROOT") or Path(env.get("XDG_CACHE_HOME") or "~/.cache") / "vllm")
+        cache_root = cache_root.expanduser()
+        shutil.copytree(compile_cache, cache_root, dirs_exist_ok=True)  # vLLM writes beside what it reads
+        env["VLLM_CACHE_ROOT"] = str(cache_root)
+    command = server_command(model_dir, port, gpu_memory_utilization, max_model_len, extra, eager=not compile_cache)
+    if command[0] != sys.executable and not Path(command[0]).is_file() and shutil.which(command[0]) is None:
+        raise EngineUnavailable(NAME, "vLLM is not installed (it needs an NVIDIA GPU; pip install '.[gpu]')")
+    settings = {"gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len,
+                "max_pixels": max_pixels or images.MODEL_MAX_PIXELS, "compiled": bool(compile_cache)}
+    return process.start(command, f"http://127.0.0.1:{port}/v1", env, NAME, "vllm serve", start_phase,
+                         timeout=timeout, log=log, run_dir=run_dir, settings=settings)

@@ -8,7 +8,7 @@ import json
 import pytest
 
 import webui.server
-from webui import CONFIG_DEFAULTS, load_appliance_config
+from appliance.runtime import Runtime, load
 
 
 @pytest.fixture
@@ -25,13 +25,12 @@ def checked_task(html: str) -> str:
 
 
 def test_missing_file_gives_the_built_in_defaults(tmp_path):
-    assert load_appliance_config(tmp_path / "absent.json") == CONFIG_DEFAULTS
-    assert load_appliance_config(None) == CONFIG_DEFAULTS
+    assert load(tmp_path / "absent.json") == Runtime()
 
 
 def test_broken_file_gives_the_defaults(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
-    assert load_appliance_config(tmp_path / "config.json") == CONFIG_DEFAULTS
+    assert load(tmp_path / "config.json") == Runtime()
 
 
 def test_without_a_config_the_browser_language_and_spotting_apply(client):
@@ -43,7 +42,7 @@ def test_image_config_sets_language_and_default_task(site_config, app):
     site_config.write_text(json.dumps({"language": "zh", "default_task": "text", "engine": "cpu", "lan": False}))
     from webui import create_app
 
-    app = create_app({**app.config, "JOBS": app.extensions["jobs"]})
+    app = create_app({**app.config, "JOBS": app.extensions["backend"].jobs})
     client = app.test_client()
     page = client.get("/", headers={"Accept-Language": "en-US"}).get_data(as_text=True)
     assert '<html lang="zh-CN">' in page and checked_task(page) == "text"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -15,15 +16,18 @@ from appliance.ocr.tasks import DEFAULT_TASK
 from appliance.runtime import Runtime, load
 from appliance.settings import SETTINGS, resolve
 
+REPO = Path(__file__).resolve().parents[1]
+
 FIELDS = {f.name for f in dataclasses.fields(Runtime)}
 # The web app and the CLI tests that show each field changing what the appliance does (a new field needs one here).
+WEB_TESTS = "tests/webui/test_image_config.py"
 READERS = {
-    "language": "tests/webui/test_image_config.py::test_image_config_sets_language_and_default_task",
-    "default_task": "tests/webui/test_image_config.py::test_configured_default_task_is_the_apis_default",
-    "outputs": "tests/webui/test_image_config.py::test_configured_outputs_*",
-    "engine": "test_serve_takes_engine_and_listen_address_from_the_image",
-    "lan": "test_serve_takes_engine_and_listen_address_from_the_image",
-    "model_dir": "test_model_commands_take_the_image_model_dir",
+    "language": (WEB_TESTS, "test_image_config_sets_language_and_default_task"),
+    "default_task": (WEB_TESTS, "test_configured_default_task_is_the_apis_default"),
+    "outputs": (WEB_TESTS, "test_configured_outputs_are_what_the_scan_folder_writes"),
+    "engine": ("tests/test_runtime.py", "test_serve_takes_engine_and_listen_address_from_the_image"),
+    "lan": ("tests/test_runtime.py", "test_serve_takes_engine_and_listen_address_from_the_image"),
+    "model_dir": ("tests/test_runtime.py", "test_model_commands_take_the_image_model_dir"),
 }
 
 
@@ -44,6 +48,8 @@ def test_every_image_setting_is_a_runtime_field_and_is_read():
     image = {s.name for s in SETTINGS if s.image and not s.secret}
     assert image <= FIELDS, f"image settings that nothing at run time reads: {image - FIELDS}"
     assert FIELDS == set(READERS), "each runtime field names the test that shows it used"
+    for name, (path, test) in READERS.items():
+        assert f"def {test}(" in (REPO / path).read_text(), (name, path, test)
     # Secrets are never in config.json: `serve` reads the LAN token from its environment (lan.env).
     assert {s.name for s in SETTINGS if s.image and s.secret} == {"lan_token"}
 

@@ -26,7 +26,7 @@ SCAN_DIR = DATA_DIR / "scan"  # the image's scan folder (`serve --scan`)
 
 @dataclass(frozen=True)
 class Runtime:
-    """What the appliance does at run time. Every `image=True` setting is a field (tests/test_runtime.py checks it)."""
+    """What the appliance does at run time. Every `image=True` setting is a field (tests/test_runtime.py checks)."""
 
     language: str | None = None  # UI language; None: the browser's choice (no image config)
     default_task: str = DEFAULT_TASK.value  # preselected in the UI, and the API's task when a caller names none

@@ -132,7 +132,7 @@ def test_serve_takes_engine_and_listen_address_from_the_image(image_config, monk
 
 
 def test_model_commands_take_the_image_model_dir(image_config, monkeypatch, tmp_path, capsys):
-    import appliance.ocr.engines as engines
+    from appliance.ocr import engines
     from appliance.ocr.errors import EngineUnavailable
 
     opened = {}
@@ -153,7 +153,7 @@ def test_model_commands_take_the_image_model_dir(image_config, monkeypatch, tmp_
 
 
 def test_ocr_without_a_task_uses_the_images_default_task(image_config, monkeypatch, tmp_path):
-    import appliance.ocr.engines as engines
+    from appliance.ocr import engines
     from appliance.ocr.errors import OcrError
     from appliance.ocr.tasks import Request
 

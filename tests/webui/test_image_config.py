@@ -160,7 +160,7 @@ def test_configured_outputs_are_what_the_scan_folder_writes(site_config, app_con
 
 def test_configured_engine_is_the_apps_and_asked_only_when_needed(site_config, app_config, engine, monkeypatch,
                                                                   tmp_path):
-    import appliance.ocr.engines as engines
+    from appliance.ocr import engines
     from appliance.jobs import Jobs
     from webui import close_app, create_app
 

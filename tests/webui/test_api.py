@@ -230,3 +230,14 @@ def test_security_headers_on_every_response(client):
         response = client.get(path)
         assert response.headers["Content-Security-Policy"].startswith("default-src 'self'")
         assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_a_failed_jobs_status_comes_from_the_one_error_table():
+    from appliance.ocr.errors import EngineUnavailable, InputError, TaskNotSupported
+    from webui import errors
+
+    for exc in (InputError("a.png", "x"), TaskNotSupported("doc", "cpu", ["text"]), EngineUnavailable("cpu", "x")):
+        assert errors.failed_job_status(type(exc).__name__) == errors.describe(exc)[0]
+    assert [errors.failed_job_status(k) for k in ("InputError", "TaskNotSupported", "EngineUnavailable")] == [
+        422, 400, 503]
+    assert errors.failed_job_status("internal") == errors.failed_job_status(None) == 500

@@ -160,8 +160,8 @@ def test_configured_outputs_are_what_the_scan_folder_writes(site_config, app_con
 
 def test_configured_engine_is_the_apps_and_asked_only_when_needed(site_config, app_config, engine, monkeypatch,
                                                                   tmp_path):
-    from appliance.ocr import engines
     from appliance.jobs import Jobs
+    from appliance.ocr import engines
     from webui import close_app, create_app
 
     asked = []

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-from appliance import __version__
+from appliance import __version__, runtime
 from appliance.ocr.engines.base import ENGINE_NAMES
 from appliance.ocr.tasks import LANGUAGES, Task
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--engine", default="auto", choices=ENGINE_NAMES, help="OCR engine (default: auto)")
-    p.add_argument("--model", metavar="DIR", default=os.environ.get("APPLIANCE_MODEL"),
-                   help="local HunyuanOCR model directory (config.json + weights; default: $APPLIANCE_MODEL, which "
-                   "the gpu image sets)")
+    p.add_argument("--engine", choices=ENGINE_NAMES, help="OCR engine (default: the image's, else auto)")
+    p.add_argument("--model", metavar="DIR",
+                   help="local HunyuanOCR model directory (config.json + weights; default: the gpu image's)")
     p.add_argument("--vllm-url", metavar="URL", help="vLLM OpenAI-compatible server (default: loopback :8001)")
 
 
@@ -29,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     ocr = sub.add_parser("ocr", help="recognise images and PDFs", description="Recognise images and PDFs.")
     ocr.add_argument("files", nargs="+", metavar="FILE")
     ocr.add_argument(
-        "--task", default="text", help=f"one of: {', '.join(t.value for t in Task)} (or plain_ocr, doc_parser, translation)"
+        "--task", help=f"one of: {', '.join(t.value for t in Task)} (or plain_ocr, doc_parser, translation); "
+        "default: the image's default_task, else spotting"
     )
     ocr.add_argument("--fields", help="field names for --task extract, comma separated")
     ocr.add_argument("--to", dest="target_lang", default="en", help=f"target language for translate: {', '.join(LANGUAGES)}")
@@ -68,9 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "ntfs-dirty: marked as pulled without ejecting, so the image can only read it)")
 
     serve = sub.add_parser("serve", help="serve the web UI and the HTTP API (loopback by default)")
-    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--host", help="default: loopback, or every address when the image's lan is on")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--data", metavar="DIR", default="/srv/ocr", help="jobs, results and history (default: /srv/ocr)")
+    serve.add_argument("--data", metavar="DIR", default=str(runtime.DATA_DIR),
+                       help=f"jobs, results and history (default: {runtime.DATA_DIR})")
     serve.add_argument("--scan", metavar="ROOT", help="also run the scan folder on ROOT, through the same queue")
     serve.add_argument("--lan-token", metavar="SECRET", help="require 'Authorization: Bearer SECRET' on API calls")
     _engine_args(serve)
@@ -85,8 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_args(watch)
 
     vllm = sub.add_parser("vllm-server", help="start vLLM serving the model on loopback (GPU machines)")
-    vllm.add_argument("--model", metavar="DIR", default=os.environ.get("APPLIANCE_MODEL"),
-                      help="model directory (default: $APPLIANCE_MODEL)")
+    vllm.add_argument("--model", metavar="DIR", help="model directory (default: the gpu image's)")
     vllm.add_argument("--port", type=int, default=8001)
     vllm.add_argument("--gpu-memory-utilization", type=float, default=0.8)
     vllm.add_argument("--auto", action="store_true",
@@ -96,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("ocr", "doctor", "serve", "watch", "vllm-server"):
+        config = _runtime_defaults(args)
     if args.command == "ocr":
         return cmd_ocr(args)
     if args.command == "doctor":
@@ -125,14 +126,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from webui.server import serve
 
-        serve(args.host, args.port, engine=args.engine, model_dir=args.model, data_dir=args.data,
-              lan_token=args.lan_token, vllm_url=args.vllm_url, scan_dir=args.scan)
+        serve(args.host or config.listen_host, args.port, engine=args.engine, model_dir=args.model,
+              data_dir=args.data, lan_token=args.lan_token, vllm_url=args.vllm_url, scan_dir=args.scan,
+              runtime_config=config)
         return 0
     if args.command == "watch":
         return cmd_watch(args)
     if args.command == "vllm-server":
         return cmd_vllm_server(args)
     raise AssertionError(args.command)
+
+
+def _runtime_defaults(args) -> runtime.Runtime:
+    """Fill the flags not given from the image's runtime config (a host without one gets its defaults)."""
+    config = runtime.load()
+    for flag, value in (("engine", config.engine), ("model", config.model_dir), ("task", config.default_task)):
+        if hasattr(args, flag) and getattr(args, flag) is None:
+            setattr(args, flag, value)
+    return config
 
 
 def _fail(message: str) -> None:
@@ -213,7 +224,7 @@ def cmd_vllm_server(args) -> int:
     from appliance.servers.vllm import RUN_DIR, start_server
 
     if not args.model:
-        _fail("vllm-server: give --model DIR (or set APPLIANCE_MODEL)")
+        _fail(f"vllm-server: give --model DIR (or set model_dir in {runtime.CONFIG_PATH})")
         return 2
     sizing = {"gpu_memory_utilization": args.gpu_memory_utilization}
     try:

@@ -16,13 +16,15 @@ from pathlib import Path
 import yaml
 
 from appliance import __version__
+from appliance.export import FORMATS as OUTPUT_FORMATS
 from appliance.ocr.tasks import Task
+from appliance.runtime import Runtime
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES_DIR = REPO / "build" / "profiles"
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off"}
-OUTPUT_FORMATS = ("txt", "md", "json", "pdf")
+RUNTIME = Runtime()  # the run-time defaults: an image built with no profile key behaves as a host without a config
 
 
 class SettingsError(ValueError):
@@ -69,13 +71,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("source_date_epoch", "int", None, "timestamp for every file (default: $SOURCE_DATE_EPOCH or the commit)"),
     # What the appliance does at run time (written into the image)
     Setting("language", "choice", "en", "UI language", image=True, choices=("en", "zh")),
-    Setting("default_task", "choice", "text", "task preselected in the UI", image=True,
-            choices=tuple(t.value for t in Task)),
-    Setting("outputs", "list", ["txt", "json", "pdf"], f"export formats offered: {', '.join(OUTPUT_FORMATS)}",
-            image=True),
-    Setting("engine", "choice", "auto", "OCR engine", image=True,
+    Setting("default_task", "choice", RUNTIME.default_task, "task preselected in the UI and the API's default task",
+            image=True, choices=tuple(t.value for t in Task)),
+    Setting("outputs", "list", list(RUNTIME.outputs), "export formats offered (UI downloads, the API's default, "
+            f"the scan folder's files): {', '.join(OUTPUT_FORMATS)}", image=True),
+    Setting("engine", "choice", RUNTIME.engine, "OCR engine", image=True,
             choices=("auto", "cpu", "hunyuan-vllm", "hunyuan-transformers")),
-    Setting("lan", "bool", False, "also serve the API on the network (DHCP on wired ports); needs lan_token",
+    Setting("lan", "bool", RUNTIME.lan, "also serve the API on the network (DHCP on wired ports); needs lan_token",
             image=True),
     Setting("lan_token", "str", "", "bearer token the API demands in LAN mode", image=True, secret=True),
     # GPU stack (gpu profile). gpu_stack empty = no GPU stack (the cpu image). Checked by appliance/build/stack.py
@@ -260,6 +262,8 @@ def resolve(profile: str = "cpu", overrides=(), **flags) -> Config:
 def validate(config: Config) -> None:
     """Checks that involve more than one key or more than the type."""
     bad = [o for o in config.outputs if o not in OUTPUT_FORMATS]
+    if not config.outputs:
+        raise SettingsError(f"{config.source('outputs')}: outputs: at least one format is needed")
     if bad:
         raise SettingsError(f"{config.source('outputs')}: outputs: unknown format(s) {', '.join(bad)}; "
                             f"choose from {', '.join(OUTPUT_FORMATS)}")

@@ -635,12 +635,11 @@ def test_scan_folder_runs_through_the_shared_job_queue(tmp_path):
 
 
 def test_serve_starts_the_scan_folder_when_asked(tmp_path):
-    from webui import create_app
+    from webui import close_app, create_app
 
     app = create_app({"DATA_DIR": str(tmp_path / "data"), "ENGINE": "cpu", "SCAN_DIR": str(tmp_path / "scans")})
     try:
-        assert app.extensions["scan"].thread.is_alive()
+        assert app.extensions["backend"].scanner.thread.is_alive()
         assert (tmp_path / "scans" / "inbox").is_dir()
     finally:
-        app.extensions["scan"].stop()
-        app.extensions["jobs"].close()
+        close_app(app)

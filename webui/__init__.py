@@ -1,22 +1,24 @@
 """The kiosk web UI and the HTTP API: one Flask app, two blueprints (`ui` pages, `api` for programs).
 
-Both submit through the same `appliance.jobs.Jobs` (one queue, one engine owner); nothing here runs OCR itself.
+Both submit through the same `appliance.jobs.Jobs` (one queue, one engine owner, made by `webui.backend`); nothing
+here runs OCR itself. What the image configures (language, default task, outputs, engine) comes from
+`appliance.runtime`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import secrets
 from pathlib import Path
 
 from flask import Flask
 
+from appliance import runtime
+
 DEFAULTS = {
-    "DATA_DIR": "/srv/ocr",
-    "ENGINE": "auto",
-    "MODEL_DIR": None,
+    "DATA_DIR": str(runtime.DATA_DIR),
+    "ENGINE": None,  # None: the runtime config's engine (appliance.runtime), which defaults to auto
+    "MODEL_DIR": None,  # None: the runtime config's model directory (gpu images)
     "VLLM_URL": None,
     "LAN_TOKEN": None,  # set: callers other than this machine need `Authorization: Bearer <token>`
     "MAX_QUEUE": 32,
@@ -28,21 +30,18 @@ DEFAULTS = {
     "MOUNTS_FILE": "/proc/mounts",  # read to tell a persistent data partition from RAM (appliance.storage)
     "MEDIUM_MARKER": "/run/appliance/medium-verified",  # written by the image after a medium check; see storage.py
     "JOBS": None,  # a ready `Jobs` (tests); otherwise one is made from ENGINE/MODEL_DIR/DATA_DIR
-    "APPLIANCE_CONFIG": "/etc/appliance/config.json",  # written by the image builder (appliance/build/app.py)
+    "RUNTIME": None,  # a ready appliance.runtime.Runtime (`serve` loads it once); otherwise read from APPLIANCE_CONFIG
+    "APPLIANCE_CONFIG": str(runtime.CONFIG_PATH),  # the image's runtime config (written by the image builder)
     "GPU_STACK_FILE": "/etc/appliance/gpu-stack.json",  # gpu images only: the banner says why OCR runs on the CPU
     "SYSFS": "/sys",  # where appliance.gpu looks for the card (tests use a fake tree)
     "MODEL_LICENSE_DIR": "/usr/share/doc/appliance-model",  # LICENSE + NOTICE of the bundled weights (gpu images)
 }
 
-# What the UI takes from the image's config.json; a missing file or key keeps these.
-# language None: the browser's choice (Accept-Language), as on any host without an image config.
-CONFIG_DEFAULTS = {"language": None, "default_task": "spotting"}
-
 
 def create_app(config: dict | None = None) -> Flask:
-    from appliance.jobs import Jobs
-    from appliance.ocr.engines.select import choose, open_engine
+    """The app, its backend (job queue, engine, scan folder) started: call `close_app(app)` when done with it."""
     from webui import api, i18n, security, ui
+    from webui.backend import Backend
 
     app = Flask(__name__)
     app.config.from_mapping(DEFAULTS)
@@ -52,25 +51,7 @@ def create_app(config: dict | None = None) -> Flask:
     data_dir.mkdir(parents=True, exist_ok=True)
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = _secret_key(data_dir)
-    app.extensions["appliance_config"] = load_appliance_config(app.config["APPLIANCE_CONFIG"])
-
-    engine, model_dir, vllm_url = app.config["ENGINE"], app.config["MODEL_DIR"], app.config["VLLM_URL"]
-    # Asked once: the status page shows which engine `auto` picks and why (GPU found or not, model given or not).
-    app.extensions["engine_choice"] = choose(engine, model_dir, vllm_url)
-
-    def opener(progress):
-        """Runs in the queue's worker; the words show on the kiosk's start screen while the engine loads."""
-        return open_engine(engine, model_dir=model_dir, vllm_url=vllm_url, progress=progress)
-
-    jobs = app.config["JOBS"] or Jobs(data_dir, opener, app.config["MAX_QUEUE"])
-    app.extensions["jobs"] = jobs
-    if app.config["SCAN_DIR"]:
-        from appliance.watch import JobsRecognizer, WatcherThread
-
-        app.extensions["scan"] = WatcherThread(
-            app.config["SCAN_DIR"], JobsRecognizer(jobs), **app.config["SCAN_OPTIONS"]
-        )
-
+    Backend(app)
     security.init_app(app)
     i18n.init_app(app)
     app.register_blueprint(api.bp)
@@ -78,19 +59,11 @@ def create_app(config: dict | None = None) -> Flask:
     return app
 
 
-def load_appliance_config(path: str | os.PathLike | None) -> dict:
-    """The image's site settings for the UI, over CONFIG_DEFAULTS. A broken file must not keep the kiosk from
-    starting: it is logged and the defaults apply."""
-    config = dict(CONFIG_DEFAULTS)
-    if not path or not Path(path).exists():
-        return config
-    try:
-        loaded = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        logging.getLogger(__name__).warning("ignoring %s: %s", path, e)
-        return config
-    config.update({k: loaded[k] for k in CONFIG_DEFAULTS if isinstance(loaded, dict) and loaded.get(k)})
-    return config
+def close_app(app: Flask, timeout: float = 30) -> None:
+    """Stop what `create_app` started: the scan folder's watcher and the job queue's worker."""
+    from webui.backend import KEY
+
+    app.extensions[KEY].close(timeout)
 
 
 def _secret_key(data_dir: Path) -> str:

@@ -1,6 +1,6 @@
 """The HTTP API for programs: the reference articles' POST /ocr, async jobs, health, and the OpenAPI document.
 
-Errors are JSON `{"error": ..., "detail": ...}` with the status from `webui.errors.describe`.
+Errors are JSON `{"error": ..., "detail": ...}` with the status from `webui.errors` (the pages use the same).
 """
 
 from __future__ import annotations
@@ -8,27 +8,17 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-from pathlib import Path
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from appliance import export
-from appliance.jobs import DONE, FAILED, Job, Jobs
+from appliance.jobs import DONE, FAILED
 from appliance.ocr.tasks import Request
-from webui import errors, i18n, render, security
+from webui import errors, render, security
 from webui.openapi import document as openapi_document
+from webui.services import backend, job_json, jobs, runtime_config, scan_state, submit
 
 bp = Blueprint("api", __name__)
-
-# The task when a caller names none: spotting gives the text and the boxes on every engine.
-DEFAULT_TASK = "spotting"
-
-# A failed job's exception class -> the status a synchronous caller gets.
-FAILED_STATUS = {"InputError": 422, "TaskNotSupported": 400, "EngineUnavailable": 503}
-
-
-def jobs() -> Jobs:
-    return current_app.extensions["jobs"]
 
 
 @bp.before_request
@@ -84,23 +74,9 @@ def read_submission() -> tuple[bytes, str, Request]:
         data, name, options = upload.read(), upload.filename or "upload", request.form
     if not data:
         raise errors.BadRequest(f"{name}: the file is empty")
-    task = options.get("task") or options.get("task_type") or DEFAULT_TASK
+    # No task named (the reference articles' multipart request): the image's default task.
+    task = options.get("task") or options.get("task_type") or runtime_config().default_task
     return data, name, Request.make(task, fields=options.get("fields"), target_lang=options.get("target_lang"))
-
-
-def submit(data: bytes, name: str, req: Request) -> Job:
-    errors.check_type(data, name)
-    return jobs().submit(data, name, req)
-
-
-def job_json(job: Job) -> dict:
-    body = job.to_dict()
-    del body["cache_key"]
-    body["position"] = jobs().position(job.id)
-    body["links"] = {"self": url_for("api.job_status", job_id=job.id)}
-    if job.state == DONE:
-        body["links"].update({fmt: url_for("api.job_result", job_id=job.id, format=fmt) for fmt in export.FORMATS})
-    return body
 
 
 @bp.post("/ocr")
@@ -113,7 +89,7 @@ def ocr():
         body.update({"job_id": job.id, "cached": job.cached})
         return jsonify(body)
     if job.state == FAILED:
-        return error_response(FAILED_STATUS.get(job.error_kind, 500), "OCR failed", job.error or "")
+        return error_response(errors.failed_job_status(job.error_kind), "OCR failed", job.error or "")
     if not job.finished_state:
         return error_response(
             504,
@@ -147,7 +123,8 @@ def job_status(job_id):
 
 @bp.get("/jobs/<job_id>/result")
 def job_result(job_id):
-    fmt = request.args.get("format", "json")
+    # Any format on request; without one, the JSON when the image offers it (appliance.runtime.Runtime.result_format).
+    fmt = request.args.get("format") or runtime_config().result_format
     if fmt not in export.FORMATS:
         raise errors.BadRequest(f"unknown format '{fmt}'; choose one of: {', '.join(export.FORMATS)}")
     job = jobs().get(job_id)
@@ -190,58 +167,12 @@ def delete_job(job_id):
 @bp.get("/health")
 def health():
     """Always 200 while the web app answers; the engine's readiness is its own field (loading, ready, failed)."""
-    choice = current_app.extensions["engine_choice"]
+    choice = backend().engine_choice
     engine = jobs().engine_status() | {"choice": choice.engine, "reason": choice.reason, "gpu": choice.gpu}
     waiting = jobs().counts().get("queued", 0)
     return jsonify(
         {"web": {"ready": True}, "engine": engine, "queue": {"waiting": waiting, "limit": jobs().max_queue}}
     )
-
-
-def scan_state(recent: int = 100) -> dict:
-    """The scan folder's queue (`appliance.watch.queue_state`) plus the inbox folder -> task table; or, when the app
-    runs without `--scan`, `enabled: false` and how to turn it on. The kiosk's scan page renders and polls this."""
-    from appliance import watch
-
-    root = current_app.config["SCAN_DIR"]
-    if not root:
-        return {
-            "enabled": False,
-            "detail": "the scan folder is off; start the app with `appliance serve --scan ROOT`",
-        }
-    state = watch.queue_state(root, recent=recent)
-    scanner = current_app.extensions.get("scan")
-    # The status file's heartbeat says whether a watcher is alive; the thread says whether it is ours and running.
-    state["running"] = bool(state["running"] and scanner is not None and scanner.thread.is_alive())
-    state["inbox"] = str(Path(root) / "inbox")
-    for item in state[
-        "files"
-    ]:  # where the outputs went, said once, then their names (for people; `outputs` is whole)
-        folders = {str(Path(p).parent) for p in item.get("outputs", [])}
-        item["output_dir"] = _shorter(folders.pop(), root) if len(folders) == 1 else None
-        item["output_names"] = [Path(p).name for p in item.get("outputs", [])]
-        if item.get("waiting_for_stick"):  # said in the reason, which the page shows as it is
-            waiting = i18n.gettext("scan_waiting_for_stick", stick=item["waiting_for_stick"])
-            item["detail"] = f"{item['detail']} {waiting}".strip()
-    supported = jobs().engine_status()["tasks"]
-    state["folders"] = [
-        {
-            "folder": name,
-            "task": req.task.value,
-            "options": req.options(),
-            "available": supported is None or req.task.value in supported,  # None: the engine is still starting
-        }
-        for name, req in watch.FOLDERS.items()
-    ]
-    return {"enabled": True, **state}
-
-
-def _shorter(path: str, root: str) -> str:
-    """`outbox/doc` for a folder under ROOT; other places (a USB stick's OCR-OUTBOX) as they are."""
-    try:
-        return str(Path(path).relative_to(Path(root).absolute()))
-    except ValueError:
-        return path
 
 
 @bp.get("/scan")
@@ -251,4 +182,4 @@ def scan():
 
 @bp.get("/openapi.json")
 def openapi():
-    return jsonify(openapi_document(current_app.config))
+    return jsonify(openapi_document(current_app.config, runtime_config()))

@@ -20,6 +20,25 @@ class Unsupported(Exception):
 SUPPORTED = f"an image or PDF ({images.SUPPORTED_TEXT})"
 
 
+# What went wrong -> (HTTP status, the error in a few words); the first row that matches wins.
+# The API's answers, the pages' error screens and a failed job's status (by its exception's class name) all use it.
+STATUSES: tuple[tuple[type[BaseException], int, str], ...] = (
+    (Unsupported, 415, "unsupported file type"),
+    (InputError, 422, "unreadable file"),
+    (BadRequest, 400, "bad request"),
+    (ValueError, 400, "bad request"),
+    (TaskNotSupported, 400, "task not available"),
+    (QueueFull, 503, "busy"),
+    (EngineUnavailable, 503, "engine unavailable"),
+    (JobNotFound, 404, "not found"),
+)
+# What to do about it, after the exception's own words.
+ADVICE = {
+    InputError: "; check the file opens on another computer, or scan it again",
+    EngineUnavailable: "; see the status page or GET /health",
+}
+
+
 def describe(exc: BaseException, max_bytes: int | None = None) -> tuple[int, str, str, dict]:
     """(status, error, detail, extra headers) for an exception; `detail` says what to do about it."""
     if isinstance(exc, RequestEntityTooLarge):
@@ -30,23 +49,18 @@ def describe(exc: BaseException, max_bytes: int | None = None) -> tuple[int, str
             f"the upload is over the size limit{limit}; send a smaller file or fewer pages",
             {},
         )
-    if isinstance(exc, Unsupported):
-        return 415, "unsupported file type", str(exc), {}
-    if isinstance(exc, InputError):
-        return 422, "unreadable file", f"{exc}; check the file opens on another computer, or scan it again", {}
-    if isinstance(exc, (BadRequest, ValueError)):
-        return 400, "bad request", str(exc), {}
-    if isinstance(exc, TaskNotSupported):
-        return 400, "task not available", str(exc), {}
-    if isinstance(exc, QueueFull):
-        return 503, "busy", str(exc), {"Retry-After": str(exc.retry_after)}
-    if isinstance(exc, EngineUnavailable):
-        return 503, "engine unavailable", f"{exc}; see the status page or GET /health", {}
-    if isinstance(exc, JobNotFound):
-        return 404, "not found", str(exc), {}
+    for kind, status, error in STATUSES:
+        if isinstance(exc, kind):
+            headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, QueueFull) else {}
+            return status, error, f"{exc}{ADVICE.get(kind, '')}", headers
     if isinstance(exc, HTTPException):
         return exc.code or 500, (exc.name or "error").lower(), exc.description or "", {}
     return 500, "internal error", f"{type(exc).__name__}: {exc}; the log has the details", {}
+
+
+def failed_job_status(error_kind: str | None) -> int:
+    """The status for a job that failed with an exception of class `error_kind` (appliance.jobs keeps the name)."""
+    return next((status for kind, status, _ in STATUSES if kind.__name__ == error_kind), 500)
 
 
 def check_type(data: bytes, name: str) -> None:

@@ -11,6 +11,7 @@ from flask import Flask, current_app, request
 
 from appliance import gpu
 from appliance.ocr import steps
+from webui import backend
 
 LANGS = {"en": "English", "zh": "中文"}
 COOKIE = "lang"
@@ -301,7 +302,7 @@ def current_lang() -> str:
     if chosen in LANGS:
         return chosen
     # The site's language (image config) beats the kiosk browser's built-in locale.
-    configured = current_app.extensions["appliance_config"]["language"]
+    configured = current_app.extensions[backend.KEY].runtime.language
     if configured in LANGS:
         return configured
     return request.accept_languages.best_match(list(LANGS)) or "en"

@@ -3,7 +3,7 @@ that every API route appears here."""
 
 from __future__ import annotations
 
-from appliance import __version__
+from appliance import __version__, export
 from appliance.ocr.images import SUPPORTED_TEXT
 from appliance.ocr.tasks import ALIASES, LANGUAGES, Task
 
@@ -19,14 +19,16 @@ def _job_id() -> dict:
     return {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
-def document(config) -> dict:
+def document(config, runtime) -> dict:
+    """`runtime`: the image's runtime config (appliance.runtime.Runtime), for the defaults it sets."""
     tasks = [t.value for t in Task] + sorted(ALIASES)
     options = {
         "task": {
             "type": "string",
             "enum": tasks,
-            "default": "spotting",
-            "description": "what to extract; `task_type` is accepted as another name for it",
+            "default": runtime.default_task,
+            "description": "what to extract; `task_type` is accepted as another name for it (default: this "
+            "appliance's configured default task)",
         },
         "task_type": {"type": "string", "enum": tasks, "description": "the reference articles' name for `task`"},
         "fields": {
@@ -294,7 +296,11 @@ def document(config) -> dict:
                         {
                             "name": "format",
                             "in": "query",
-                            "schema": {"type": "string", "enum": ["json", "txt", "md", "pdf"], "default": "json"},
+                            "schema": {"type": "string", "enum": list(export.FORMATS),
+                                       "default": runtime.result_format},
+                            "description": "any of the formats works; without one: json, or this appliance's "
+                            "first configured output format when json is not among them (its UI offers only "
+                            f"those: {', '.join(runtime.outputs)})",
                         },
                         {
                             "name": "download",

@@ -13,7 +13,7 @@ import signal
 
 from waitress.server import create_server
 
-from webui import create_app
+from webui import close_app, create_app
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,9 @@ def serve(
     lan_token: str | None = None,
     vllm_url: str | None = None,
     scan_dir: str | None = None,
+    runtime_config=None,
 ) -> None:
+    """`runtime_config`: the image's runtime config (appliance.runtime.Runtime) the CLI read; None: read it here."""
     # The image passes the token in the environment: a command-line argument shows in `ps` to every user.
     lan_token = lan_token or os.environ.get(TOKEN_ENV) or None
     if not is_loopback(host) and not lan_token:
@@ -76,7 +78,7 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = create_app(
         {"ENGINE": engine, "MODEL_DIR": model_dir, "VLLM_URL": vllm_url, "DATA_DIR": data_dir, "LAN_TOKEN": lan_token,
-         "SCAN_DIR": scan_dir}
+         "SCAN_DIR": scan_dir, "RUNTIME": runtime_config}
     )
     server = make_server(app, host, port)
     signal.signal(signal.SIGTERM, _terminate)  # systemd stops services with SIGTERM
@@ -87,6 +89,4 @@ def serve(
         pass
     finally:
         server.close()
-        if "scan" in app.extensions:
-            app.extensions["scan"].stop()  # finishes its current file first
-        app.extensions["jobs"].close()
+        close_app(app, timeout=60)  # the scan folder finishes its current file first

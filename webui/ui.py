@@ -15,10 +15,9 @@ from urllib.parse import urlsplit
 from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, session, url_for
 
 from appliance import __version__, export, storage
-from appliance.jobs import Jobs
 from appliance.ocr.tasks import EXTRACT_PRESETS, LANGUAGES, Request, Task
 from webui import errors, i18n, render, security, usb
-from webui.api import scan_state, submit
+from webui.services import backend, jobs, runtime_config, scan_state, submit
 
 bp = Blueprint("ui", __name__)
 
@@ -43,10 +42,6 @@ TASKS = [
 ]
 
 PACKAGES = ("flask", "waitress", "rapidocr", "onnxruntime", "torch", "transformers", "vllm", "pypdfium2", "pillow")
-
-
-def jobs() -> Jobs:
-    return current_app.extensions["jobs"]
 
 
 @bp.before_request
@@ -81,7 +76,7 @@ def gpu_banner() -> dict:
 
         config = current_app.config
         stack = gpu.load_stack_info(config["GPU_STACK_FILE"])
-        model_dir = config["MODEL_DIR"] or IMAGE_MODEL_DIR
+        model_dir = backend().model_dir or IMAGE_MODEL_DIR
         cache["reason"] = gpu.banner(config["SYSFS"], stack, model_dir) if stack else None
         cache["at"] = time.monotonic()
     return {"gpu_banner": i18n.say_reason(cache["reason"]) if cache["reason"] else None}
@@ -108,7 +103,7 @@ def one_sentence(text: str | None, limit: int = 240) -> str:
 def engine_notes(engine: dict) -> dict:
     """What the pages say about the engine beyond its state: the failure in one sentence, the tasks that still work
     when some engine runs anyway, and the fallback (a GPU engine was chosen but the CPU engine is what runs)."""
-    choice = current_app.extensions["engine_choice"]
+    choice = backend().engine_choice
     info = engine.get("info") or {}
     labels = ", ".join(i18n.gettext(f"task_{t}") for t in engine.get("tasks") or [])
     fallback = engine.get("fallback") or (
@@ -138,7 +133,7 @@ def _home(**context):
         in_ram=data_storage().in_ram,
         elapsed=max(0, int(time.time() - (engine.get("since") or time.time()))),
         form=request.form,
-        default_task=current_app.extensions["appliance_config"]["default_task"],
+        default_task=runtime_config().default_task,
         **context,
     )
 
@@ -154,7 +149,9 @@ def upload():
     form = request.form
     try:
         req = Request.make(
-            form.get("task") or current_app.extensions["appliance_config"]["default_task"], fields=form.get("fields"), target_lang=form.get("target_lang")
+            form.get("task") or runtime_config().default_task,
+            fields=form.get("fields"),
+            target_lang=form.get("target_lang"),
         )
         upload_file = request.files.get("file")
         if upload_file and upload_file.filename:
@@ -189,7 +186,7 @@ def job(job_id):
         result=result,
         markdown=markdown,
         position=jobs().position(job_id),
-        formats=export.FORMATS,
+        formats=runtime_config().outputs,  # the image's configured download formats
     )
 
 
@@ -207,15 +204,17 @@ def delete(job_id):
 
 @bp.post("/job/<job_id>/save-usb")
 def save_to_usb(job_id):
-    """Write txt, md, json and the searchable PDF into a folder on the stick, never over an existing file."""
+    """Write the configured outputs (txt, md, json, the searchable PDF) into a folder on the stick, never over an
+    existing file."""
     folder_rel = request.form.get("folder", "")
     folder = usb.resolve(current_app.config["USB_ROOT"], folder_rel)
     if not folder.is_dir() or folder == Path(current_app.config["USB_ROOT"]).resolve():
         raise errors.BadRequest(f"'{folder_rel}' is not a folder on a USB stick")
     job = jobs().get(job_id)
     try:
-        stem = export.free_stem(folder, Path(job.name).stem or "result")
-        written = export.write_outputs(jobs().result(job_id), jobs().input_path(job_id), folder, stem)
+        formats = runtime_config().outputs
+        stem = export.free_stem(folder, Path(job.name).stem or "result", formats)
+        written = export.write_outputs(jobs().result(job_id), jobs().input_path(job_id), folder, stem, formats)
     except OSError as exc:
         flash(i18n.gettext("save_failed", folder="/" + folder_rel, error=exc.strerror or exc), "error")
     else:
@@ -245,7 +244,7 @@ def status():
             pass
     return render_template(
         "status.html",
-        choice=current_app.extensions["engine_choice"],
+        choice=backend().engine_choice,
         engine=engine,
         notes=engine_notes(engine),
         versions=versions,
@@ -253,7 +252,7 @@ def status():
         disk=data_storage(),
         counts=jobs().counts(),
         max_queue=jobs().max_queue,
-        model_dir=current_app.config["MODEL_DIR"],
+        model_dir=backend().model_dir,
         lan=bool(current_app.config["LAN_TOKEN"]),
         license=model_license(),
     )

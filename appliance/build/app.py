@@ -10,14 +10,15 @@ import os
 import shutil
 from pathlib import Path
 
+from appliance import runtime
 from appliance.build import bytecode, layers, model, pyenv, rootfs
 from appliance.build.context import BuildError, Context, hash_inputs, inputs_epoch, remove_tree, run
 
 ORDER = 30
 PACKAGES = ("appliance", "webui")
 SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", "build")  # appliance.build (this builder) stays out
-DATA_DIR = "srv/ocr"  # jobs, results, scan folders: the persistence union target, so it must exist in the image
-SCAN_DIR = f"{DATA_DIR}/scan"  # `serve --scan` (the watcher makes inbox/outbox/... itself, on the persistent side)
+DATA_DIR = str(runtime.DATA_DIR).lstrip("/")  # the persistence union target, so it must exist in the image
+SCAN_DIR = str(runtime.SCAN_DIR).lstrip("/")  # `serve --scan` (the watcher makes inbox/outbox/... itself)
 LAUNCHER = """#!/usr/bin/python3
 # The `appliance` command inside the image (the package is installed as plain files, without pip's launcher).
 import sys
@@ -83,8 +84,8 @@ def enable_units(ctx: Context, tree: Path, base: Path) -> None:
 def generated(ctx: Context) -> dict[str, tuple[str, int]]:
     """{path: (text, mode)} made from the settings: runtime config, LAN drop-in and network, build info."""
     c = ctx.config
+    runtime_config = c.image_config()  # read by appliance.runtime, its only reader (engine, lan, outputs, ...)
     files = {
-        "etc/appliance/config.json": (json.dumps(c.image_config(), indent=1, sort_keys=True) + "\n", 0o644),
         "etc/appliance/build.json": (json.dumps({"name": c.name, "version": c.version, "profile": c.profile,
                                                  "source_date_epoch": inputs_epoch(ctx, *INPUTS)}, indent=1) + "\n", 0o644),
         "usr/local/bin/appliance": (LAUNCHER, 0o755),
@@ -96,9 +97,6 @@ def generated(ctx: Context) -> dict[str, tuple[str, int]]:
             "# LAN mode: DHCP on wired ports, IPv4 only, no IPv6 autoconfiguration chatter.\n"
             "[Match]\nType=ether\n\n[Network]\nDHCP=ipv4\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n"
             "LLMNR=no\nMulticastDNS=no\n", 0o644)
-    # The web unit's one command line takes these (rootfs/usr/lib/systemd/system/appliance-web.service).
-    host = "0.0.0.0" if c.lan else "127.0.0.1"
-    env = f"APPLIANCE_ENGINE={c.engine}\nAPPLIANCE_HOST={host}\n"
     stack = ctx.info.get("stack")
     if stack:
         # appliance.gpu reads it at boot: which module flavours exist, whether they are signed, the CUDA version.
@@ -108,8 +106,8 @@ def generated(ctx: Context) -> dict[str, tuple[str, int]]:
         info["modules_signed"] = bool(built.get("signed"))
         info["kernel"] = built.get("kernel")
         files["etc/appliance/gpu-stack.json"] = (json.dumps(info, indent=1, sort_keys=True) + "\n", 0o644)
-        env += f"APPLIANCE_MODEL=/{model.IMAGE_MODEL_DIR}\n"  # `appliance serve|ocr|vllm-server` default --model
-    files["etc/appliance/appliance.env"] = (env, 0o644)
+        runtime_config["model_dir"] = f"/{model.IMAGE_MODEL_DIR}"  # `appliance serve|ocr|vllm-server` default --model
+    files["etc/appliance/config.json"] = (json.dumps(runtime_config, indent=1, sort_keys=True) + "\n", 0o644)
     return files
 
 

@@ -357,7 +357,7 @@ def install_model(prepared: PreparedModel, dest: str | os.PathLike) -> dict:
 
 # --- the build stages (gpu profile) ---------------------------------------------------------------------------
 
-IMAGE_MODEL_DIR = IMAGE_MODEL_PATH.relative_to("/")  # in the image tree; the web and vLLM units read APPLIANCE_MODEL
+IMAGE_MODEL_DIR = IMAGE_MODEL_PATH.relative_to("/")  # in the image tree; config.json names it (appliance.runtime)
 IMAGE_LICENSE_DIR = "usr/share/doc/appliance-model"  # LICENSE + NOTICE, shown on the status page
 ORDER = 20
 PART_BUDGET = 3 * 2**30  # bytes of weights per squashfs: each stays under the 4 GiB per-file limit

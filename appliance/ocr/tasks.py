@@ -25,6 +25,12 @@ class Task(str, enum.Enum):
         return self.value
 
 
+# The task when a caller names none (API, CLI, the UI's preselect on a host without an image config): spotting gives
+# the text and its line boxes on every engine, and the searchable PDF needs those boxes. The image's configured
+# default_task (appliance.runtime) replaces it in the UI and the API.
+DEFAULT_TASK = Task.SPOTTING
+
+
 # Names used by the reference articles and other clients, mapped onto ours.
 ALIASES = {
     "plain_ocr": Task.TEXT,

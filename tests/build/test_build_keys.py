@@ -119,17 +119,17 @@ def test_units_and_generated_files(tmp_path):
     assert not any("networkd" in k or "nvidia" in k or "vllm" in k for k in links), "no network unless LAN mode"
     files = app.generated(c)
     assert "etc/appliance/lan.env" not in files
-    assert "APPLIANCE_HOST=127.0.0.1\n" in files["etc/appliance/appliance.env"][0]
+    assert "etc/appliance/appliance.env" not in files  # engine and listen address: config.json (appliance.runtime)
     assert json.loads(files["etc/appliance/config.json"][0])["lan"] is False
     lan = ctx_for(tmp_path, "lan=on", "lan_token=abcdefgh1")
     files = app.generated(lan)
     assert files["etc/appliance/lan.env"][1] == 0o600
-    assert "APPLIANCE_HOST=0.0.0.0\n" in files["etc/appliance/appliance.env"][0]
-    assert "abcdefgh1" in files["etc/appliance/lan.env"][0] and "abcdefgh1" not in files["etc/appliance/appliance.env"][0]
+    assert json.loads(files["etc/appliance/config.json"][0])["lan"] is True
+    assert "abcdefgh1" in files["etc/appliance/lan.env"][0]
     # One command line, in the unit; the token never on it (it would show in `ps`).
     unit = (REPO / "rootfs/usr/lib/systemd/system/appliance-web.service").read_text()
     execs = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
-    assert len(execs) == 1 and "${APPLIANCE_HOST}" in execs[0] and "--scan /srv/ocr/scan" in execs[0]
+    assert len(execs) == 1 and "--host" not in execs[0] and "--scan /srv/ocr/scan" in execs[0]
     assert "TOKEN" not in execs[0] and not any(".service.d/" in k for k in files)
     assert "abcdefgh1" not in files["etc/appliance/config.json"][0]
     lan_links = enabled_links(lan)

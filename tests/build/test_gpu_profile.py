@@ -151,9 +151,9 @@ def test_app_layer_of_a_gpu_image(tmp_path):
     info = json.loads(files["etc/appliance/gpu-stack.json"][0])
     assert info["driver"]["flavours"] == ["proprietary"] and info["modules_signed"] is False
     assert info["vllm"] == "0.18.1" and info["engines"] == ["hunyuan-vllm"]
-    assert "APPLIANCE_MODEL=/usr/share/appliance/model\n" in files["etc/appliance/appliance.env"][0]
+    assert json.loads(files["etc/appliance/config.json"][0])["model_dir"] == "/usr/share/appliance/model"
     assert "etc/appliance/gpu-stack.json" not in app.generated(cpu)
-    assert "APPLIANCE_MODEL" not in app.generated(cpu)["etc/appliance/appliance.env"][0]
+    assert "model_dir" not in json.loads(app.generated(cpu)["etc/appliance/config.json"][0])
 
 
 def test_nouveau_blacklisted_on_the_gpu_image_only(tmp_path):

@@ -10,7 +10,7 @@ from fake_engine import FakeEngine
 from PIL import Image
 
 from appliance.jobs import Jobs
-from webui import create_app
+from webui import close_app, create_app
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def app(tmp_path, engine, app_config):
         {"DATA_DIR": str(tmp_path / "data"), "ENGINE": "cpu", "JOBS": jobs, "TESTING": True, **app_config}
     )
     yield app
-    jobs.close(timeout=5)
+    close_app(app, timeout=5)  # the queue's worker (and a scan folder's watcher) end with the test
 
 
 @pytest.fixture
@@ -82,7 +82,7 @@ class LiveServer:
     def __init__(self, app, server):
         self.app = app
         self.url = f"http://127.0.0.1:{server.effective_port}"
-        self.jobs = app.extensions["jobs"]
+        self.jobs = app.extensions["backend"].jobs
 
 
 def serve_in_thread(app):
@@ -99,7 +99,7 @@ def serve_in_thread(app):
     def stop():
         stop_server(server)
         thread.join(10)
-        app.extensions["jobs"].close(timeout=10)
+        close_app(app, timeout=10)
 
     return LiveServer(app, server), stop
 

@@ -137,7 +137,7 @@ def test_async_job_lifecycle(client, engine, gate):
     assert created.status_code == 202
     job_id = created.get_json()["id"]
     assert created.headers["Location"] == f"/jobs/{job_id}"
-    client.application.extensions["jobs"].wait(job_id, timeout=10)
+    client.application.extensions["backend"].jobs.wait(job_id, timeout=10)
     status = client.get(f"/jobs/{job_id}").get_json()
     assert (status["state"], status["pages_done"], status["pages_total"]) == ("done", 1, 1)
     assert status["links"]["txt"] == f"/jobs/{job_id}/result?format=txt" and "cache_key" not in status
@@ -174,7 +174,7 @@ def test_cancel_and_result_of_an_unfinished_job(client, engine, gate):
     cancelled = client.post(f"/jobs/{second['id']}/cancel").get_json()
     assert cancelled["state"] == "cancelled"
     gate.set()
-    assert client.application.extensions["jobs"].wait(first["id"], 10).state == "done"
+    assert client.application.extensions["backend"].jobs.wait(first["id"], 10).state == "done"
 
 
 @pytest.mark.parametrize("engine", [FakeEngine(tasks={Task.SPOTTING, Task.TEXT})])
@@ -230,3 +230,14 @@ def test_security_headers_on_every_response(client):
         response = client.get(path)
         assert response.headers["Content-Security-Policy"].startswith("default-src 'self'")
         assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_a_failed_jobs_status_comes_from_the_one_error_table():
+    from appliance.ocr.errors import EngineUnavailable, InputError, TaskNotSupported
+    from webui import errors
+
+    for exc in (InputError("a.png", "x"), TaskNotSupported("doc", "cpu", ["text"]), EngineUnavailable("cpu", "x")):
+        assert errors.failed_job_status(type(exc).__name__) == errors.describe(exc)[0]
+    assert [errors.failed_job_status(k) for k in ("InputError", "TaskNotSupported", "EngineUnavailable")] == [
+        422, 400, 503]
+    assert errors.failed_job_status("internal") == errors.failed_job_status(None) == 500

@@ -324,7 +324,7 @@ def scan_server(tmp_path_factory):
     jobs.wait_engine(10)
     live.root = base / "scan"
     yield live
-    app.extensions["scan"].stop(10)
+    app.extensions["backend"].scanner.stop(10)
     stop()
 
 

@@ -50,7 +50,7 @@ def test_start_screen_while_loading_then_the_form(starting):
     assert health["state"] == "loading" and health["progress"] == "loading the model weights (2 of 4)"
     assert "识别引擎正在启动" in client.get("/", headers={"Accept-Language": "zh"}).get_data(as_text=True)
     gate.set()
-    assert app.extensions["jobs"].wait_engine(10)["ready"]
+    assert app.extensions["backend"].jobs.wait_engine(10)["ready"]
     html = client.get("/", headers=EN).get_data(as_text=True)
     assert 'id="upload-form"' in html and "engine-splash" not in html and "data-engine-state" not in html
 
@@ -107,8 +107,8 @@ def test_failed_engine_says_why_in_one_sentence(tmp_path):
 def test_cpu_fallback_says_which_tasks_still_work(app, client, monkeypatch):
     """The GPU engine was chosen, the CPU engine is what runs (the GPU module reports this): say so on the home
     page and list the tasks that work; the form stays usable."""
-    app.extensions["engine_choice"] = Choice("hunyuan-vllm", "NVIDIA GPU found", "H100")
-    jobs = app.extensions["jobs"]
+    app.extensions["backend"].engine_choice = Choice("hunyuan-vllm", "NVIDIA GPU found", "H100")
+    jobs = app.extensions["backend"].jobs
     real = jobs.engine_status()
     cpu = {**real, "info": {**real["info"], "name": "cpu"}, "tasks": ["spotting", "text"]}
     monkeypatch.setattr(jobs, "engine_status", lambda: {**cpu, "fallback": "the vLLM server did not answer"})
@@ -163,8 +163,8 @@ def test_status_on_a_data_partition_with_a_verified_medium(app, client, tmp_path
 
 
 def test_status_shows_the_fallback_sentence(app, client, monkeypatch):
-    app.extensions["engine_choice"] = Choice("hunyuan-vllm", "NVIDIA H100 found; vLLM server answers", "H100")
-    jobs = app.extensions["jobs"]
+    app.extensions["backend"].engine_choice = Choice("hunyuan-vllm", "NVIDIA H100 found; vLLM server answers", "H100")
+    jobs = app.extensions["backend"].jobs
     real = jobs.engine_status()
     cpu = {**real, "info": {**real["info"], "name": "cpu"}, "tasks": ["spotting", "text"], "error": "CUDA error"}
     monkeypatch.setattr(jobs, "engine_status", lambda: cpu)

@@ -3,12 +3,16 @@ builder) and the LAN token from the environment (a command-line token would show
 
 from __future__ import annotations
 
+import io
 import json
+import re
+from pathlib import Path
 
 import pytest
+from conftest import csrf, image_bytes
 
 import webui.server
-from webui import CONFIG_DEFAULTS, load_appliance_config
+from appliance.runtime import Runtime, load
 
 
 @pytest.fixture
@@ -25,13 +29,12 @@ def checked_task(html: str) -> str:
 
 
 def test_missing_file_gives_the_built_in_defaults(tmp_path):
-    assert load_appliance_config(tmp_path / "absent.json") == CONFIG_DEFAULTS
-    assert load_appliance_config(None) == CONFIG_DEFAULTS
+    assert load(tmp_path / "absent.json") == Runtime()
 
 
 def test_broken_file_gives_the_defaults(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
-    assert load_appliance_config(tmp_path / "config.json") == CONFIG_DEFAULTS
+    assert load(tmp_path / "config.json") == Runtime()
 
 
 def test_without_a_config_the_browser_language_and_spotting_apply(client):
@@ -43,7 +46,7 @@ def test_image_config_sets_language_and_default_task(site_config, app):
     site_config.write_text(json.dumps({"language": "zh", "default_task": "text", "engine": "cpu", "lan": False}))
     from webui import create_app
 
-    app = create_app({**app.config, "JOBS": app.extensions["jobs"]})
+    app = create_app({**app.config, "JOBS": app.extensions["backend"].jobs})
     client = app.test_client()
     page = client.get("/", headers={"Accept-Language": "en-US"}).get_data(as_text=True)
     assert '<html lang="zh-CN">' in page and checked_task(page) == "text"
@@ -70,3 +73,113 @@ def test_serve_takes_the_lan_token_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("APPLIANCE_LAN_TOKEN")
     with pytest.raises(SystemExit, match="APPLIANCE_LAN_TOKEN"):
         webui.server.serve("0.0.0.0", 8000, engine="cpu", model_dir=None, data_dir=str(tmp_path))
+
+
+# ---- each field of the runtime config changes what the app does (tests/test_runtime.py names these) --------------
+
+
+def client_with(app, site_config, values: dict):
+    """A client of an app started on an image whose config.json holds `values` (the `app` fixture's queue)."""
+    from webui import create_app
+
+    site_config.write_text(json.dumps(values))
+    return create_app({**app.config, "JOBS": app.extensions["backend"].jobs}).test_client()
+
+
+def done_job(client, data: dict | None = None) -> str:
+    response = client.post("/jobs", data={"file": (io.BytesIO(image_bytes()), "scan.png"), **(data or {})})
+    job_id = response.get_json()["id"]
+    assert client.application.extensions["backend"].jobs.wait(job_id, 10).state == "done"
+    return job_id
+
+
+def test_configured_default_task_is_the_apis_default(site_config, app):
+    client = client_with(app, site_config, {"default_task": "text"})
+    ocr = client.post("/ocr", data={"file": (io.BytesIO(image_bytes()), "image.jpg", "image/jpeg")})
+    assert ocr.status_code == 200 and ocr.get_json()["task"] == "text"
+    token = csrf(client)
+    page = client.post("/upload", data={"csrf_token": token, "file": (io.BytesIO(image_bytes()), "a.png")})
+    job_id = page.headers["Location"].rsplit("/", 1)[1]
+    assert client.get(f"/jobs/{job_id}").get_json()["task"] == "text"  # the page's form sent no task
+    openapi = client.get("/openapi.json").get_json()
+    assert openapi["paths"]["/ocr"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"][
+        "properties"]["task"]["default"] == "text"
+
+
+def test_without_a_config_every_format_is_offered_and_json_is_the_default(client):
+    job_id = done_job(client)
+    html = client.get(f"/job/{job_id}").get_data(as_text=True)
+    assert re.findall(r'data-format="(\w+)"', html) == ["txt", "md", "json", "pdf"]
+    assert client.get(f"/jobs/{job_id}/result").mimetype == "application/json"
+
+
+def test_configured_outputs_are_the_job_pages_downloads_and_the_apis_default(site_config, app):
+    client = client_with(app, site_config, {"outputs": ["pdf", "txt"]})
+    job_id = done_job(client)
+    html = client.get(f"/job/{job_id}").get_data(as_text=True)
+    assert re.findall(r'data-format="(\w+)"', html) == ["pdf", "txt"]
+    assert client.get(f"/jobs/{job_id}/result").mimetype == "application/pdf"  # json is not offered: the first
+    for fmt, mimetype in (("json", "application/json"), ("md", "text/markdown")):  # programs still get any format
+        assert client.get(f"/jobs/{job_id}/result?format={fmt}").mimetype == mimetype
+    assert set(client.get(f"/jobs/{job_id}").get_json()["links"]) == {"self", "txt", "md", "json", "pdf"}
+    result = client.get("/openapi.json").get_json()["paths"]["/jobs/{job_id}/result"]["get"]
+    assert next(p for p in result["parameters"] if p["name"] == "format")["schema"]["default"] == "pdf"
+
+
+def test_configured_outputs_are_what_save_to_usb_writes(site_config, app_config, app):
+    client = client_with(app, site_config, {"outputs": ["txt", "json"]})
+    folder = Path(app_config["USB_ROOT"]) / "KINGSTON"
+    folder.mkdir()
+    job_id = done_job(client)
+    response = client.post(f"/job/{job_id}/save-usb", data={"csrf_token": csrf(client), "folder": "KINGSTON"})
+    assert response.status_code == 303
+    assert sorted(p.name for p in folder.iterdir()) == ["scan.json", "scan.txt"]
+
+
+def test_configured_outputs_are_what_the_scan_folder_writes(site_config, app_config, monkeypatch, tmp_path):
+    """The scan folder's watcher gets the outputs (appliance.watch writes only those; its own tests show that)."""
+    from appliance import watch
+    from webui import close_app, create_app
+
+    started = {}
+
+    class Watcher:
+        def __init__(self, root, recognizer, **options):
+            started.update(options, root=root)
+
+        def stop(self, timeout=None):
+            started["stopped"] = True
+
+    monkeypatch.setattr(watch, "WatcherThread", Watcher)
+    site_config.write_text(json.dumps({"outputs": ["md"]}))
+    app = create_app({**app_config, "DATA_DIR": str(tmp_path / "data"), "ENGINE": "cpu",
+                      "SCAN_DIR": str(tmp_path / "scan"), "SCAN_OPTIONS": {"quiet": 0.2}})
+    close_app(app, timeout=5)
+    assert started == {"root": str(tmp_path / "scan"), "outputs": ("md",), "quiet": 0.2, "stopped": True}
+
+
+def test_configured_engine_is_the_apps_and_asked_only_when_needed(site_config, app_config, engine, monkeypatch,
+                                                                  tmp_path):
+    from appliance.jobs import Jobs
+    from appliance.ocr import engines
+    from webui import close_app, create_app
+
+    asked = []
+    real_choose = engines.choose
+
+    def choose(name, *args):
+        asked.append(name)
+        return real_choose(name, *args)
+
+    monkeypatch.setattr(engines, "choose", choose)
+    site_config.write_text(json.dumps({"engine": "hunyuan-transformers"}))
+    jobs = Jobs(tmp_path / "data", lambda report: engine)
+    app = create_app({**app_config, "DATA_DIR": str(tmp_path / "data"), "JOBS": jobs})  # no ENGINE: the image's
+    try:
+        assert app.extensions["backend"].engine == "hunyuan-transformers" and asked == []  # no GPU probe at start
+        client = app.test_client()
+        for _ in range(2):
+            assert client.get("/health").get_json()["engine"]["choice"] == "hunyuan-transformers"
+        assert asked == ["hunyuan-transformers"]
+    finally:
+        close_app(app, timeout=5)

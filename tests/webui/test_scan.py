@@ -51,7 +51,7 @@ def scanning(scan_root, app):
         assert time.monotonic() < deadline, counts
         time.sleep(0.1)
     yield app
-    app.extensions["scan"].stop(10)
+    app.extensions["backend"].scanner.stop(10)
 
 
 def test_scan_json_has_counts_files_unknown_folders_and_sticks(scanning, client, scan_root):
@@ -98,7 +98,7 @@ def test_retry_failed_needs_csrf_and_moves_files_back(scanning, client, scan_roo
     assert client.post("/scan-folder/retry").status_code == 400  # no token: refused, nothing moved
     assert (scan_root / "failed" / "broken.png").exists()
     broken_id = next(f["id"] for f in client.get("/scan").get_json()["files"] if f["name"] == "broken.png")
-    scanning.extensions["scan"].stop(10)  # hold the watcher so the file is seen back in the inbox
+    scanning.extensions["backend"].scanner.stop(10)  # hold the watcher so the file is seen back in the inbox
     response = client.post("/scan-folder/retry", data={"csrf_token": csrf(client, "/scan-folder"), "id": broken_id})
     assert response.status_code == 303 and response.headers["Location"] == "/scan-folder"
     assert (scan_root / "inbox" / "broken.png").exists() and not (scan_root / "failed" / "broken.png").exists()
@@ -174,7 +174,7 @@ def test_retry_of_a_usb_sticks_failed_file(stick_root, client, app):
     while watch.queue_state(root)["counts"]["failed"] != 1:
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    app.extensions["scan"].stop(10)  # hold the watcher so the file is seen back in the stick's inbox
+    app.extensions["backend"].scanner.stop(10)  # hold the watcher so the file is seen back in the stick's inbox
     assert (stick / watch.STICK_FAILED / "torn.png.error.json").exists()
     [row] = client.get("/scan").get_json()["files"]
     assert (row["source"], row["retry"], row["waiting_for_stick"]) == ("KINGSTON", True, None)

@@ -54,7 +54,7 @@ def test_upload_shows_result_with_boxes_and_downloads(client, engine):
     assert response.status_code == 303
     job_url = response.headers["Location"]
     job_id = job_url.rsplit("/", 1)[1]
-    client.application.extensions["jobs"].wait(job_id, 10)
+    client.application.extensions["backend"].jobs.wait(job_id, 10)
     html = client.get(job_url, headers={"Accept-Language": "en"}).get_data(as_text=True)
     assert '<pre id="out-text" class="out">HELLO 120x60</pre>' in html
     assert re.search(r'<rect class="box" x="2" y="3" width="58" height="27" data-text="HELLO 120x60"', html)
@@ -71,7 +71,7 @@ def test_result_tabs_for_markdown_fields_translation(client):
     translate = upload(
         client, {"file": (io.BytesIO(image_bytes()), "t.png"), "task": "translate", "target_lang": "ja"}
     ).headers["Location"]
-    jobs = client.application.extensions["jobs"]
+    jobs = client.application.extensions["backend"].jobs
     for url in (doc, extract, translate):
         jobs.wait(url.rsplit("/", 1)[1], 10)
     html = client.get(doc).get_data(as_text=True)
@@ -139,7 +139,7 @@ def test_upload_needs_the_csrf_token(client):
         "/upload", data={"file": (io.BytesIO(image_bytes()), "a.png")}, content_type="multipart/form-data"
     )
     assert response.status_code == 400 and "expired" in response.get_data(as_text=True)
-    assert client.application.extensions["jobs"].list() == []
+    assert client.application.extensions["backend"].jobs.list() == []
 
 
 def test_upload_errors_are_shown_on_the_form(client):
@@ -184,7 +184,7 @@ def test_usb_browser_lists_only_images_and_pdfs_inside_the_media_folder(client, 
 def test_upload_from_usb_stick(client, usb_stick):
     response = upload(client, {"usb_path": "KINGSTON/scans/invoice.png", "task": "text"})
     assert response.status_code == 303
-    job = client.application.extensions["jobs"].wait(response.headers["Location"].rsplit("/", 1)[1], 10)
+    job = client.application.extensions["backend"].jobs.wait(response.headers["Location"].rsplit("/", 1)[1], 10)
     assert (job.name, job.state) == ("invoice.png", "done")
     assert upload(client, {"usb_path": "KINGSTON/escape.png"}).status_code == 400
     assert upload(client, {"usb_path": "../data/secret_key"}).status_code == 400
@@ -198,7 +198,7 @@ def test_usb_browser_without_media(client, app):
 def test_history_reopen_and_delete(client):
     location = upload(client, {"file": (io.BytesIO(image_bytes()), "old.png")}).headers["Location"]
     job_id = location.rsplit("/", 1)[1]
-    client.application.extensions["jobs"].wait(job_id, 10)
+    client.application.extensions["backend"].jobs.wait(job_id, 10)
     html = client.get("/history").get_data(as_text=True)
     assert "old.png" in html and f'href="/job/{job_id}"' in html
     response = client.post(f"/job/{job_id}/delete", data={"csrf_token": csrf(client)})
@@ -219,7 +219,7 @@ def test_job_page_while_waiting_and_cancel(client, engine):
     client.post(second + "/cancel", data={"csrf_token": csrf(client)})
     assert "Cancelled" in client.get(second, headers={"Accept-Language": "en"}).get_data(as_text=True)
     engine.gate.set()
-    client.application.extensions["jobs"].wait(first.rsplit("/", 1)[1], 10)
+    client.application.extensions["backend"].jobs.wait(first.rsplit("/", 1)[1], 10)
 
 
 def test_status_page(client, app):
@@ -270,7 +270,7 @@ def test_static_assets_are_served(client):
 def test_save_to_usb_writes_every_format_without_overwriting(client, usb_stick):
     location = upload(client, {"file": (io.BytesIO(image_bytes()), "scan.png")}).headers["Location"]
     job_id = location.rsplit("/", 1)[1]
-    client.application.extensions["jobs"].wait(job_id, 10)
+    client.application.extensions["backend"].jobs.wait(job_id, 10)
     token = csrf(client)
     for _ in range(2):
         response = client.post(f"/job/{job_id}/save-usb", data={"csrf_token": token, "folder": "KINGSTON/scans"})

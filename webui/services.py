@@ -1,0 +1,87 @@
+"""What both blueprints use: the app's backend (queue, engine choice, runtime config), submitting a file, a job as
+JSON, and the scan folder's state. The `ui` and `api` blueprints import from here, never from each other."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import current_app, url_for
+
+from appliance import export
+from appliance.jobs import DONE, Job, Jobs
+from appliance.runtime import Runtime
+from webui import errors, i18n
+from webui.backend import KEY, Backend
+
+
+def backend() -> Backend:
+    return current_app.extensions[KEY]
+
+
+def jobs() -> Jobs:
+    return backend().jobs
+
+
+def runtime_config() -> Runtime:
+    """The image's runtime config (language, default task, outputs, ...) this app was started with."""
+    return backend().runtime
+
+
+def submit(data: bytes, name: str, req) -> Job:
+    """Queue a file (the pages' upload and the API's POST /ocr and /jobs); not an image or PDF at all: 415."""
+    errors.check_type(data, name)
+    return jobs().submit(data, name, req)
+
+
+def job_json(job: Job) -> dict:
+    body = job.to_dict()
+    del body["cache_key"]
+    body["position"] = jobs().position(job.id)
+    body["links"] = {"self": url_for("api.job_status", job_id=job.id)}
+    if job.state == DONE:  # every format: a program may ask for any (the UI offers only the configured outputs)
+        body["links"].update({fmt: url_for("api.job_result", job_id=job.id, format=fmt) for fmt in export.FORMATS})
+    return body
+
+
+def scan_state(recent: int = 100) -> dict:
+    """The scan folder's queue (`appliance.watch.queue_state`) plus the inbox folder -> task table; or, when the app
+    runs without `--scan`, `enabled: false` and how to turn it on. The kiosk's scan page renders and polls this."""
+    from appliance import watch
+
+    root = current_app.config["SCAN_DIR"]
+    if not root:
+        return {
+            "enabled": False,
+            "detail": "the scan folder is off; start the app with `appliance serve --scan ROOT`",
+        }
+    state = watch.queue_state(root, recent=recent)
+    scanner = backend().scanner
+    # The status file's heartbeat says whether a watcher is alive; the thread says whether it is ours and running.
+    state["running"] = bool(state["running"] and scanner is not None and scanner.thread.is_alive())
+    state["inbox"] = str(Path(root) / "inbox")
+    for item in state["files"]:  # where the outputs went, said once, then their names (for people; `outputs` is whole)
+        folders = {str(Path(p).parent) for p in item.get("outputs", [])}
+        item["output_dir"] = _shorter(folders.pop(), root) if len(folders) == 1 else None
+        item["output_names"] = [Path(p).name for p in item.get("outputs", [])]
+        if item.get("waiting_for_stick"):  # said in the reason, which the page shows as it is
+            waiting = i18n.gettext("scan_waiting_for_stick", stick=item["waiting_for_stick"])
+            item["detail"] = f"{item['detail']} {waiting}".strip()
+    supported = jobs().engine_status()["tasks"]
+    state["folders"] = [
+        {
+            "folder": name,
+            "task": req.task.value,
+            "options": req.options(),
+            "available": supported is None or req.task.value in supported,  # None: the engine is still starting
+        }
+        for name, req in watch.FOLDERS.items()
+    ]
+    return {"enabled": True, **state}
+
+
+def _shorter(path: str, root: str) -> str:
+    """`outbox/doc` for a folder under ROOT; other places (a USB stick's OCR-OUTBOX) as they are."""
+    try:
+        return str(Path(path).relative_to(Path(root).absolute()))
+    except ValueError:
+        return path

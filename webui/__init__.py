@@ -65,7 +65,7 @@ def create_app(config: dict | None = None) -> Flask:
     jobs = app.config["JOBS"] or Jobs(data_dir, opener, app.config["MAX_QUEUE"])
     app.extensions["jobs"] = jobs
     if app.config["SCAN_DIR"]:
-        from appliance.watch import JobsRecognizer, WatcherThread
+        from appliance.scan import JobsRecognizer, WatcherThread
 
         app.extensions["scan"] = WatcherThread(
             app.config["SCAN_DIR"], JobsRecognizer(jobs), **app.config["SCAN_OPTIONS"]

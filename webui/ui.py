@@ -269,7 +269,7 @@ def scan_folder():
 def scan_retry():
     """Failed files back into their inbox folder (a USB stick's into its OCR-INBOX): all of them, or the one whose
     ledger id is posted as `id`. Files of a stick that is not inserted stay failed, and the message names them."""
-    from appliance import watch
+    from appliance import scan as watch
 
     root = current_app.config["SCAN_DIR"]
     if not root:

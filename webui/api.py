@@ -199,7 +199,7 @@ def health():
 
 
 def scan_state(recent: int = 100) -> dict:
-    """The scan folder's queue (`appliance.watch.queue_state`) plus the inbox folder -> task table; or, when the app
+    """The scan folder's queue (`appliance.scan.queue_state`) plus the inbox folder -> task table; or, when the app
     runs without `--scan`, `enabled: false` and how to turn it on. The kiosk's scan page renders and polls this."""
     from appliance import scan as watch
 

@@ -75,7 +75,7 @@ def _upgrade(db: sqlite3.Connection) -> None:
 
 def column(row: sqlite3.Row, name: str):
     """A column that an older ledger, read before a watcher upgraded it, may not have yet."""
-    return row[name] if name in row.keys() else None
+    return row[name] if name in row.keys() else None  # noqa: SIM118 - `in` on a sqlite3.Row looks at its values
 
 
 def formats(row: sqlite3.Row) -> tuple[str, ...]:

@@ -38,10 +38,11 @@ class Recognizer(Protocol):
 
 
 class JobsRecognizer:
-    """Runs OCR through a job queue, which owns the engine and the result cache."""
+    """Runs OCR through a job queue, which owns the engine and the result cache. `keep_inputs=False`: the queue's
+    copy of each file is dropped once its job has finished (a queue of our own, whose history nobody views)."""
 
-    def __init__(self, jobs):
-        self.jobs = jobs
+    def __init__(self, jobs, keep_inputs: bool = True):
+        self.jobs, self.keep_inputs = jobs, keep_inputs
 
     def describe(self) -> str:
         status = self.jobs.engine_status()
@@ -61,6 +62,8 @@ class JobsRecognizer:
             except QueueFull as full:  # the UI's users filled the queue: the scan folder waits its turn
                 time.sleep(min(full.retry_after, 30))
         job = self.jobs.wait(job.id)
+        if not self.keep_inputs:
+            self.jobs.drop_input(job.id)
         if job.state != DONE:
             raise OcrError(f"{name}: {job.error or job.state}")
         return Recognized(job.id, job.cached)

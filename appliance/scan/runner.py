@@ -53,7 +53,7 @@ def run(
 
     try:
         jobs = local_jobs(watcher.root, open_engine or _engine_opener(engine, model_dir))
-        watcher.recognizer = JobsRecognizer(jobs)
+        watcher.recognizer = JobsRecognizer(jobs, keep_inputs=False)  # the original is kept in done/
         previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
         if retry_failed:
             watcher.retry_failed()
@@ -92,8 +92,8 @@ class WatcherThread:
         media_dirs=MEDIA_DIRS,
         outputs=export.FORMATS,
     ):
-        options = dict(quiet=quiet, give_up=give_up, rescan=rescan, media_dirs=tuple(media_dirs),
-                       outputs=tuple(outputs))
+        options = {"quiet": quiet, "give_up": give_up, "rescan": rescan, "media_dirs": tuple(media_dirs),
+                   "outputs": tuple(outputs)}
         self.watcher = None
         self.error: Exception | None = None
         ready = threading.Event()

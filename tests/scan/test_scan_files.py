@@ -6,6 +6,7 @@ use the fast engine double, where what is checked is the bookkeeping, not the OC
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -89,7 +90,7 @@ def test_slow_writer_is_not_read_early(root, cpu):
     thread.join()
     # What was recognised: one file, and the bytes the queue was given were all of them.
     assert cpu.calls == 1
-    assert [(root / ".state" / "jobs" / "inputs" / j["sha256"]).read_bytes() for j in queue_jobs(root)] == [data]
+    assert [(j["sha256"], j["size"]) for j in queue_jobs(root)] == [(hashlib.sha256(data).hexdigest(), len(data))]
     assert "slowlywrittenpage" in squash((root / "outbox" / "slow.txt").read_text())
     assert (root / "done" / "slow.png").read_bytes() == data
 
@@ -112,9 +113,11 @@ def test_same_file_twice_is_recognised_once(root, cpu):
         assert (out / f"{stem}.pdf").read_bytes()[:5] == b"%PDF-"
     assert sorted(p.name for p in (root / "done").iterdir()) == ["receipt copy.png", "receipt-1.png", "receipt.png"]
     assert [r["reused"] for r in ledger(root)] == [0, 1, 1]
-    # One cache, the queue's: one result file for the three, and each ledger row names its job.
+    # One cache, the queue's: one result file for the three, and each ledger row names its job. The queue's copies
+    # of the inputs are dropped (the originals are in done/).
     assert len(list((root / ".state" / "jobs" / "results").iterdir())) == 1
     assert [r["job"] for r in ledger(root)] == [j["id"] for j in queue_jobs(root)]
+    assert list((root / ".state" / "jobs" / "inputs").iterdir()) == []
 
 
 def test_corrupt_and_non_image_go_to_failed_with_reason(root, cpu):

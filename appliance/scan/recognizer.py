@@ -28,13 +28,16 @@ class Recognized:
 class Recognizer(Protocol):
     def describe(self) -> str:
         """The engine, in words, for the status file and the failed files' reports."""
+        ...
 
     def recognize(self, path: Path, request: Request, name: str) -> Recognized:
         """Recognise the file, or find the cached result of the same bytes. OcrError: the file's fault (it goes to
         failed/); EngineUnavailable: not the file's (the watcher stops and says why)."""
+        ...
 
     def result(self, job: str) -> OcrResult:
         """The result of an earlier `recognize`; LookupError when it is gone (the file is then recognised again)."""
+        ...
 
 
 class JobsRecognizer:

@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--quiet", type=float, help="seconds a file must stay unchanged before it is read (default 3)")
     watch.add_argument("--give-up", type=float, help="seconds an unreadable, unchanged file waits before failing (60)")
     watch.add_argument("--media", action="append", help="where USB sticks are mounted (repeatable)")
+    watch.add_argument("--outputs", type=lambda v: tuple(f.strip() for f in v.split(",") if f.strip()),
+                       help="outbox files to write, comma separated, e.g. txt,json,pdf (default: the runtime config's outputs)")
     _engine_args(watch)
 
     vllm = sub.add_parser("vllm-server", help="start vLLM serving the model on loopback (GPU machines)")
@@ -140,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
 def _runtime_defaults(args) -> runtime.Runtime:
     """Fill the flags not given from the image's runtime config (a host without one gets its defaults)."""
     config = runtime.load()
-    for flag, value in (("engine", config.engine), ("model", config.model_dir), ("task", config.default_task)):
+    for flag, value in (("engine", config.engine), ("model", config.model_dir), ("task", config.default_task),
+                        ("outputs", tuple(config.outputs))):
         if hasattr(args, flag) and getattr(args, flag) is None:
             setattr(args, flag, value)
     return config
@@ -255,11 +258,12 @@ def cmd_vllm_server(args) -> int:
 def cmd_watch(args) -> int:
     import logging
 
-    from appliance import watch
+    from appliance import scan as watch
     from appliance.ocr.errors import OcrError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    options = {k: v for k, v in (("quiet", args.quiet), ("give_up", args.give_up), ("media_dirs", args.media)) if v is not None}
+    options = {k: v for k, v in (("quiet", args.quiet), ("give_up", args.give_up), ("media_dirs", args.media),
+                                 ("outputs", args.outputs)) if v is not None}
     try:
         return watch.run(args.root, engine=args.engine, model_dir=args.model, once=args.once,
                          retry_failed=args.retry_failed, **options)

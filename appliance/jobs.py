@@ -279,6 +279,18 @@ class Jobs:
     def input_path(self, job_id: str) -> Path:
         return self.inputs / self.get(job_id).sha256
 
+    def drop_input(self, job_id: str) -> None:
+        """Remove a finished job's input bytes unless a job still waiting or running needs them; the job and its
+        result stay, so the cache still answers. For a queue whose history nobody views (`appliance watch ROOT`,
+        which keeps the original in done/ itself)."""
+        with self._lock:
+            job = self.get(job_id)
+            busy = self._db.execute(
+                "SELECT 1 FROM jobs WHERE sha256=? AND state IN (?, ?) LIMIT 1", (job.sha256, QUEUED, RUNNING)
+            ).fetchone()
+            if job.finished_state and not busy:
+                (self.inputs / job.sha256).unlink(missing_ok=True)
+
     def cancel(self, job_id: str) -> Job:
         """A queued job is cancelled at once; a running one stops before its next page."""
         with self._lock:

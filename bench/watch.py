@@ -7,8 +7,8 @@ from a file landing in the inbox to its outputs appearing in the outbox.
 Same pages, same engine object, same process: first the engine directly (`recognize_file` on each file, the
 model already loaded), then the same files dropped into a watched inbox at once (throughput: from the drop to the
 last file's JSON), then files dropped one at a time into an idle watcher (latency). The watcher's extra work per
-file is readiness (a full decode), the SHA-256, moving the file, the ledger commits, four outputs with fsync, and
-the searchable PDF. The quiet period delays each file but costs no throughput when files arrive together (the
+file is readiness (a full decode), the SHA-256, moving the file, the ledger commits, the job queue (a copy of the
+input, its own commits, the result file), four outputs with fsync, and the searchable PDF. The quiet period delays each file but costs no throughput when files arrive together (the
 next files settle while one is being recognised), so it is reported apart.
 """
 
@@ -21,7 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from appliance import watch
+from appliance import scan as watch
+from appliance.jobs import Jobs
+from appliance.ocr.engines.cpu import CpuEngine
 from appliance.ocr.pipeline import recognize_file
 from bench.dataset import make_set
 
@@ -36,31 +38,30 @@ def make_files(folder: Path, per_kind: int, seed: int = 0, kinds=("receipt", "do
     return files
 
 
-def direct(recognizer: watch.EngineRecognizer, files: list[Path]) -> float:
+def direct(engine, files: list[Path]) -> float:
     started = time.perf_counter()
     for path in files:
-        recognize_file(recognizer._engine, path, watch.FOLDERS[""], name=path.name)
+        recognize_file(engine, path, watch.FOLDERS[""], name=path.name)
     return time.perf_counter() - started
 
 
 class Timed:
-    """The watcher's recognizer, timing the engine calls: the rest of the watcher's time is its own overhead."""
+    """The engine behind the watcher's queue, timing its pages: the rest of the watcher's time is its own overhead.
+    Closing is left to the benchmark, which uses the engine again after the watcher."""
 
     def __init__(self, inner):
         self.inner, self.seconds = inner, 0.0
+        self.info, self.tasks = inner.info, inner.tasks
 
-    def describe(self):
-        return self.inner.describe()
-
-    def cache_key(self):
-        return self.inner.cache_key()
-
-    def recognize(self, path, request, name):
+    def recognize(self, image, request):
         started = time.perf_counter()
         try:
-            return self.inner.recognize(path, request, name)
+            return self.inner.recognize(image, request)
         finally:
             self.seconds += time.perf_counter() - started
+
+    def close(self):
+        pass
 
 
 def wait_for(paths: list[Path], timeout: float = 1800) -> dict[Path, float]:
@@ -85,18 +86,18 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-watch-"))
     try:
         files = make_files(work / "pages", args.per_kind)
-        # Different pages for the latency runs: the same bytes again would come from the ledger, not the engine.
+        # Different pages for the latency runs: the same bytes again would come from the queue's cache, not the engine.
         singles = make_files(work / "singles", args.latency_files, seed=1, kinds=("receipt",))
-        recognizer = watch.EngineRecognizer("cpu")
-        recognizer.cache_key()  # load the model before anything is timed
-        recognize_file(recognizer._engine, files[0], watch.FOLDERS[""])  # warm-up
-        print(f"{len(files)} pages ({', '.join(p.stem for p in files)}), engine {recognizer.describe()}")
+        engine = CpuEngine()  # loaded before anything is timed
+        recognize_file(engine, files[0], watch.FOLDERS[""])  # warm-up
+        print(f"{len(files)} pages ({', '.join(p.stem for p in files)}), engine {engine.info.name}")
 
-        direct_before = direct(recognizer, files)
+        direct_before = direct(engine, files)
 
         root = work / "root"
-        timed = Timed(recognizer)
-        running = watch.WatcherThread(root, timed, quiet=args.quiet, rescan=5.0, media_dirs=())
+        timed = Timed(engine)
+        jobs = Jobs(work / "jobs", lambda report: timed)
+        running = watch.WatcherThread(root, watch.JobsRecognizer(jobs), quiet=args.quiet, rescan=5.0, media_dirs=())
         try:
             dropped = time.time()
             for path in files:  # all at once, as a scanner's batch or a copied folder
@@ -115,8 +116,9 @@ def main(argv=None) -> int:
                 latencies.append(max(appeared.values()) - landed)
         finally:
             running.stop()
-        direct_after = direct(recognizer, files)  # again: the machine's speed drifts; compare with the mean
-        recognizer.close()
+            jobs.close()
+        direct_after = direct(engine, files)  # again: the machine's speed drifts; compare with the mean
+        engine.close()
 
         n = len(files)
         direct_s = (direct_before + direct_after) / 2

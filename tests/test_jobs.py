@@ -364,3 +364,28 @@ def test_engine_that_cannot_be_opened_again_fails_the_queue_with_its_reason(tmp_
         assert jobs.engine_status()["state"] == "failed"
     finally:
         jobs.close()
+
+
+def test_drop_input_keeps_the_result_and_spares_a_waiting_job(tmp_path):
+    """A finished job's input goes, its result stays (the cache answers the same bytes at once); bytes that a
+    waiting job still needs stay."""
+    engine = FakeEngine()
+    jobs = Jobs(tmp_path, lambda report: engine)
+    try:
+        first = jobs.wait(jobs.submit(png(), "a.png", Request.make("text")).id, timeout=10)
+        engine.gate, engine.started = threading.Event(), threading.Event()
+        jobs.submit(png(color="black"), "blocker.png", Request.make("text"))
+        assert engine.started.wait(10)  # the worker is busy: the next job waits
+        second = jobs.submit(png(), "a again.png", Request.make("spotting"))  # the same bytes, not cached
+        jobs.drop_input(first.id)
+        assert jobs.input_path(first.id).exists()  # the waiting job needs them
+        engine.gate.set()
+        assert jobs.wait(second.id, timeout=10).state == "done"
+        jobs.drop_input(second.id)
+        assert not jobs.input_path(first.id).exists()
+        third = jobs.submit(png(), "a third time.png", Request.make("text"))
+        assert (third.state, third.cached, engine.calls) == ("done", True, 3)
+    finally:
+        if engine.gate:
+            engine.gate.set()
+        jobs.close()

@@ -21,7 +21,7 @@ KEY = "backend"
 class Backend:
     def __init__(self, app: Flask | None = None):
         self.jobs: Jobs | None = None
-        self.scanner = None  # appliance.watch.WatcherThread when the app runs the scan folder
+        self.scanner = None  # appliance.scan.WatcherThread when the app runs the scan folder
         if app is not None:
             self.init_app(app)
 
@@ -33,7 +33,7 @@ class Backend:
         self.vllm_url: str | None = config["VLLM_URL"]
         self.jobs = config["JOBS"] or Jobs(Path(config["DATA_DIR"]), self._open_engine, config["MAX_QUEUE"])
         if config["SCAN_DIR"]:
-            from appliance.watch import JobsRecognizer, WatcherThread
+            from appliance.scan import JobsRecognizer, WatcherThread
 
             self.scanner = WatcherThread(
                 config["SCAN_DIR"], JobsRecognizer(self.jobs), outputs=self.runtime.outputs, **config["SCAN_OPTIONS"]

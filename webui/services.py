@@ -44,9 +44,9 @@ def job_json(job: Job) -> dict:
 
 
 def scan_state(recent: int = 100) -> dict:
-    """The scan folder's queue (`appliance.watch.queue_state`) plus the inbox folder -> task table; or, when the app
+    """The scan folder's queue (`appliance.scan.queue_state`) plus the inbox folder -> task table; or, when the app
     runs without `--scan`, `enabled: false` and how to turn it on. The kiosk's scan page renders and polls this."""
-    from appliance import watch
+    from appliance import scan
 
     root = current_app.config["SCAN_DIR"]
     if not root:
@@ -54,7 +54,7 @@ def scan_state(recent: int = 100) -> dict:
             "enabled": False,
             "detail": "the scan folder is off; start the app with `appliance serve --scan ROOT`",
         }
-    state = watch.queue_state(root, recent=recent)
+    state = scan.queue_state(root, recent=recent)
     scanner = backend().scanner
     # The status file's heartbeat says whether a watcher is alive; the thread says whether it is ours and running.
     state["running"] = bool(state["running"] and scanner is not None and scanner.thread.is_alive())
@@ -74,7 +74,7 @@ def scan_state(recent: int = 100) -> dict:
             "options": req.options(),
             "available": supported is None or req.task.value in supported,  # None: the engine is still starting
         }
-        for name, req in watch.FOLDERS.items()
+        for name, req in scan.FOLDERS.items()
     ]
     return {"enabled": True, **state}
 

@@ -269,13 +269,13 @@ def scan_folder():
 def scan_retry():
     """Failed files back into their inbox folder (a USB stick's into its OCR-INBOX): all of them, or the one whose
     ledger id is posted as `id`. Files of a stick that is not inserted stay failed, and the message names them."""
-    from appliance import watch
+    from appliance import scan
 
     root = current_app.config["SCAN_DIR"]
     if not root:
         raise errors.BadRequest(i18n.gettext("scan_off"))
     ids = [int(i) for i in request.form.getlist("id") if i.isdigit()] or None
-    retried = watch.retry_failed(root, ids=ids)
+    retried = scan.retry_failed(root, ids=ids)
     if retried.moved or not retried.waiting:
         flash(i18n.gettext("scan_retried", n=retried.moved), "info")
     if retried.waiting:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import csrf, image_bytes
 
-from appliance import watch
+from appliance import scan as watch
 
 EN = {"Accept-Language": "en"}
 

@@ -132,7 +132,7 @@ def test_serve_takes_engine_and_listen_address_from_the_image(image_config, monk
 
 
 def test_model_commands_take_the_image_model_dir(image_config, monkeypatch, tmp_path, capsys):
-    from appliance.ocr import engines
+    from appliance.ocr.engines import select
     from appliance.ocr.errors import EngineUnavailable
 
     opened = {}
@@ -141,7 +141,7 @@ def test_model_commands_take_the_image_model_dir(image_config, monkeypatch, tmp_
         opened.update(name=name, model_dir=model_dir)
         raise EngineUnavailable(name, "not in this test")
 
-    monkeypatch.setattr(engines, "open_engine", fake_open_engine)
+    monkeypatch.setattr(select, "open_engine", fake_open_engine)
     image_config({"engine": "hunyuan-transformers", "model_dir": str(tmp_path / "model")})
     assert cli.main(["ocr", str(tmp_path / "x.png")]) == 1
     assert opened == {"name": "hunyuan-transformers", "model_dir": str(tmp_path / "model")}

@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from appliance.build import app, boot, layers, manifest, model, nvidia, stages
-from appliance.build.context import BuildError
-from appliance.build.stack import resolve_stack
 from appliance.ocr.engines import vllm
-from appliance.settings import REPO, resolve
+from imagebuilder import app, boot, layers, manifest, model, nvidia, stages
+from imagebuilder.context import BuildError
+from imagebuilder.stack import resolve_stack
+from imagebuilder.settings import REPO, resolve
 from contexts import make_ctx
 
 UNITS = REPO / "rootfs" / "etc" / "systemd" / "system"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from appliance.build.context import BuildError, make_context, remove_tree
-from appliance.settings import SettingsError, resolve
+from imagebuilder.context import BuildError, make_context, remove_tree
+from imagebuilder.settings import SettingsError, resolve
 
 __all__ = ["run_build", "BuildError", "SettingsError"]
 
@@ -20,7 +20,7 @@ def run_build(profile: str = "cpu", overrides: list[str] | tuple[str, ...] = (),
     Raises SettingsError (bad profile/override: names the key and the file) or BuildError (names the failed
     stage and why). On failure nothing is left in out_dir: everything is made in a work dir first.
     """
-    from appliance.build.stages import run_stages
+    from imagebuilder.stages import run_stages
 
     config = resolve(profile, overrides, model_dir=model, out_dir=out_dir, cache_dir=cache_dir,
                      accept_model_license=accept_model_license)

@@ -10,12 +10,12 @@ import os
 import shutil
 from pathlib import Path
 
-from appliance.build import bytecode, layers, model, pyenv
-from appliance.build.context import BuildError, Context, hash_inputs, inputs_epoch, remove_tree
+from imagebuilder import bytecode, layers, model, pyenv
+from imagebuilder.context import BuildError, Context, hash_inputs, inputs_epoch, remove_tree
 
 ORDER = 30
 PACKAGES = ("appliance", "webui")
-SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", "build")  # appliance.build (this builder) stays out
+SKIP = shutil.ignore_patterns("__pycache__", "*.pyc")
 DATA_DIR = "srv/ocr"  # jobs, results, scan folders: the persistence union target, so it must exist in the image
 SCAN_DIR = f"{DATA_DIR}/scan"  # `serve --scan` (the watcher makes inbox/outbox/... itself, on the persistent side)
 LAUNCHER = """#!/usr/bin/python3

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from appliance.build.context import Context
-from appliance.settings import REPO, resolve
+from imagebuilder.context import Context
+from imagebuilder.settings import REPO, resolve
 
 
 def make_ctx(tmp_path, profile="cpu", *overrides, model=None, accept=None, repo=REPO) -> Context:

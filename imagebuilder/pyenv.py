@@ -13,9 +13,9 @@ import sys
 import tomllib
 from pathlib import Path
 
-from appliance.build import bytecode, layers
-from appliance.build.context import BuildError, Context, hash_inputs, inputs_epoch, remove_tree, run
 from appliance.files import sha256_file
+from imagebuilder import bytecode, layers
+from imagebuilder.context import BuildError, Context, hash_inputs, inputs_epoch, remove_tree, run
 
 ORDER = 10
 # glibc 2.41 in trixie: every manylinux tag up to 2_41 is loadable. pip matches explicit --platform tags exactly
@@ -54,7 +54,7 @@ def target_args(ctx: Context) -> list[str]:
     return args
 
 
-INPUTS = ("pyproject.toml", "appliance/build/pyenv.py")
+INPUTS = ("pyproject.toml", "imagebuilder/pyenv.py")
 
 
 def python_key(ctx: Context) -> str:

@@ -11,8 +11,8 @@ import os
 import time
 from pathlib import Path
 
-from appliance.build.context import BuildError, Context, Layer, remove_tree, run
 from appliance.files import sha256_file
+from imagebuilder.context import BuildError, Context, Layer, remove_tree, run
 
 ISO_FILE_LIMIT = 4 * 2**30  # ISO9660 level 3 handles more, but FAT32 copy-mode writers (Rufus, Ventoy) do not
 

@@ -6,8 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
-from appliance.build import layers
-from appliance.build.context import BuildError, Context, hash_inputs, inputs_epoch, remove_tree, run
+from imagebuilder import layers
+from imagebuilder.context import BuildError, Context, hash_inputs, inputs_epoch, remove_tree, run
 
 ORDER = 0
 # Dropped at unpack time (dpkg path-exclude): man pages, docs except licences, translations.
@@ -58,7 +58,7 @@ def sources(ctx: Context) -> list[str]:
 
 # Paths whose last commit gives the layer's timestamps (and so its key). Not build/profiles: the settings that
 # matter (packages, suite, mirrors) are in the key already, and a new or edited profile must not rebuild this layer.
-INPUTS = ("build/packages", "appliance/build/rootfs.py")
+INPUTS = ("build/packages", "imagebuilder/rootfs.py")
 
 
 def base_key(ctx: Context) -> str:

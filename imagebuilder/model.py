@@ -22,9 +22,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from appliance.build.layers import ISO_FILE_LIMIT
 from appliance.files import sha256_file
 from appliance.gpu import COMPILE_CACHE
+from imagebuilder.layers import ISO_FILE_LIMIT
 
 MANIFEST = "appliance-model.json"  # the name appliance.ocr.engines.hunyuan reads
 MODEL_TYPE = "hunyuan_vl"
@@ -365,7 +365,7 @@ PART_BUDGET = 3 * 2**30  # bytes of weights per squashfs: each stays under the 4
 
 def check_model(ctx) -> str:
     """Build stage: licence accepted, the version's directory complete and hashed, before anything is built."""
-    from appliance.build.context import BuildError
+    from imagebuilder.context import BuildError
 
     c = ctx.config
     if not c.model_dir:
@@ -389,7 +389,7 @@ def check_model(ctx) -> str:
 def compile_cache_architectures(cache_dir) -> list[str]:
     """The architectures (sm_89 ...) a vllm_compile_cache directory holds; BuildError unless it holds at least one
     and nothing else."""
-    from appliance.build.context import BuildError
+    from imagebuilder.context import BuildError
 
     if not cache_dir:
         return []
@@ -409,12 +409,12 @@ def compile_cache_architectures(cache_dir) -> list[str]:
 
 def build_model_layer(ctx) -> str:
     """The weights in their own squashfs layer(s), keyed by the files' hashes: a new app never re-squashes them."""
-    from appliance.build import layers
-    from appliance.build.context import hash_inputs, inputs_epoch, remove_tree
+    from imagebuilder import layers
+    from imagebuilder.context import hash_inputs, inputs_epoch, remove_tree
 
     prepared: PreparedModel = ctx.info["model"]
     parts = layers.pack([(e["path"], e["size"]) for e in prepared.files], PART_BUDGET)
-    epoch = inputs_epoch(ctx, "appliance/build/model.py")
+    epoch = inputs_epoch(ctx, "imagebuilder/model.py")
     cache = Path(ctx.config.vllm_compile_cache) if ctx.config.vllm_compile_cache else None
     key = hash_inputs("model", prepared.manifest, parts, ctx.config.compression, epoch, Path(__file__),
                       *([cache] if cache else []))

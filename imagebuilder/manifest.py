@@ -6,8 +6,8 @@ import json
 import os
 import shutil
 
-from appliance.build.context import Context, git_commit, hash_inputs
 from appliance.files import sha256_file
+from imagebuilder.context import Context, git_commit, hash_inputs
 
 
 def write_manifest(ctx: Context) -> str:

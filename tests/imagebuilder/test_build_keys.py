@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from appliance.build import app, boot, iso, pyenv, qemu, rootfs, stages
-from appliance.build.context import BuildError, hash_inputs, source_date_epoch
-from appliance.settings import REPO, resolve
+from imagebuilder import app, boot, iso, pyenv, rootfs, stages
+from imagebuilder.boottest import capture, checks, vm
+from imagebuilder.context import BuildError, hash_inputs, source_date_epoch
+from imagebuilder.settings import REPO, resolve
 from contexts import make_ctx
 
 
@@ -160,31 +161,31 @@ def test_failed_stage_names_itself(tmp_path):
 
 def test_qemu_accel_falls_back_to_tcg(monkeypatch):
     monkeypatch.setenv("APPLIANCE_QEMU_ACCEL", "tcg")
-    assert "tcg,thread=multi" in qemu.accel()
+    assert "tcg,thread=multi" in vm.accel()
     if Path("/sys/module/kvm_pvm").exists():
         monkeypatch.delenv("APPLIANCE_QEMU_ACCEL")
-        assert "tcg,thread=multi" in qemu.accel()
+        assert "tcg,thread=multi" in vm.accel()
 
 
 def test_parse_marker():
-    r = qemu.parse_marker("state=running failed=[] web=active browser=3 health=200 listen=[127.0.0.1:8000] boots=2")
+    r = capture.parse_marker("state=running failed=[] web=active browser=3 health=200 listen=[127.0.0.1:8000] boots=2")
     assert r["state"] == "running" and r["failed"] == [] and r["listen"] == ["127.0.0.1:8000"] and r["boots"] == "2"
-    r = qemu.parse_marker("state=degraded failed=[a.service b.service] listen=[]")
+    r = capture.parse_marker("state=degraded failed=[a.service b.service] listen=[]")
     assert r["failed"] == ["a.service", "b.service"] and r["listen"] == []
 
 
 def test_boot_menu_entries_by_name_and_what_each_must_show():
-    assert qemu.split_mode("uefi-usb") == ("uefi-usb", "normal")
-    assert qemu.split_mode("bios-cd:safe") == ("bios-cd", "safe")
+    assert vm.split_mode("uefi-usb") == ("uefi-usb", "normal")
+    assert vm.split_mode("bios-cd:safe") == ("bios-cd", "safe")
     for bad in ("bios-floppy", "bios-cd:rescue"):
         with pytest.raises(SystemExit, match="unknown mode"):
-            qemu.split_mode(bad)
+            vm.split_mode(bad)
     line = "state=running cmdline=[toram] medium_device=0 verified=none"
-    assert qemu.ENTRY_CHECKS["toram"](qemu.parse_marker(line)) is True
-    assert qemu.ENTRY_CHECKS["normal"](qemu.parse_marker(line)) != True  # noqa: E712 (a message, not False)
-    assert "still mounted" in qemu.ENTRY_CHECKS["toram"](qemu.parse_marker("cmdline=[toram] medium_device=1"))
-    assert qemu.ENTRY_CHECKS["verify"](qemu.parse_marker("cmdline=[appliance.verify-medium] verified=ok")) is True
-    assert qemu.ENTRY_CHECKS["verify"](qemu.parse_marker("verified=failed")) == "medium check: failed"
+    assert checks.ENTRY_CHECKS["toram"](capture.parse_marker(line)) is True
+    assert checks.ENTRY_CHECKS["normal"](capture.parse_marker(line)) != True  # noqa: E712 (a message, not False)
+    assert "still mounted" in checks.ENTRY_CHECKS["toram"](capture.parse_marker("cmdline=[toram] medium_device=1"))
+    assert checks.ENTRY_CHECKS["verify"](capture.parse_marker("cmdline=[appliance.verify-medium] verified=ok")) is True
+    assert checks.ENTRY_CHECKS["verify"](capture.parse_marker("verified=failed")) == "medium check: failed"
 
 
 @pytest.mark.skipif(not __import__("shutil").which("mksquashfs"), reason="needs squashfs-tools")
@@ -192,7 +193,7 @@ def test_same_inputs_same_layer_bytes(tmp_path):
     """SOURCE_DATE_EPOCH: the files' own mtimes must not leak into the layer."""
     import os
 
-    from appliance.build import layers
+    from imagebuilder import layers
 
     digests = []
     for i in range(2):
@@ -213,8 +214,8 @@ def test_prune_keeps_recently_used_versions(tmp_path):
     import time
     from types import SimpleNamespace
 
-    from appliance.build import layers
-    from appliance.build.context import Layer
+    from imagebuilder import layers
+    from imagebuilder.context import Layer
 
     ctx = SimpleNamespace(layer_dir=lambda: tmp_path)
     ages = {"base-new": 0, "base-cpu": 3600, "base-gpu": 2 * 3600, "base-stale": 30 * 86400, "app-other": 90 * 86400}
@@ -233,7 +234,7 @@ def test_usb_image_gets_a_persistence_partition(tmp_path):
     import json
     import subprocess
 
-    from appliance.build import usb
+    from imagebuilder import usb
 
     image = tmp_path / "stick.img"
     with open(image, "wb") as f:  # stands in for the ISO: an MBR with one partition
@@ -250,17 +251,17 @@ def test_usb_image_gets_a_persistence_partition(tmp_path):
 
 
 def test_listeners_judged_by_address():
-    assert qemu.loopback_only("tcp:127.0.0.1:8000/appliance/1001")
-    assert qemu.loopback_only("127.0.0.1:8000/appliance")  # an image from before the proto:... format
-    assert not qemu.loopback_only("udp:0.0.0.0:16088//0")
-    assert not qemu.loopback_only("tcp:10.0.2.15:8000/appliance/1001")
+    assert checks.loopback_only("tcp:127.0.0.1:8000/appliance/1001")
+    assert checks.loopback_only("127.0.0.1:8000/appliance")  # an image from before the proto:... format
+    assert not checks.loopback_only("udp:0.0.0.0:16088//0")
+    assert not checks.loopback_only("tcp:10.0.2.15:8000/appliance/1001")
 
 
 def test_dead_builds_work_is_removed_with_its_mounts(tmp_path):
     """A killed build's work dir (its pid gone) goes, /proc-like mounts and all; a running build's stays."""
     import subprocess
 
-    from appliance.build.context import remove_dead_work
+    from imagebuilder.context import remove_dead_work
 
     gone = subprocess.Popen(["true"])
     gone.wait()

@@ -47,9 +47,7 @@ ExecStart=/usr/local/lib/bench-bare-ready
 
 
 def build_bare_layer(ctx: Context) -> str:
-    layer = layers.cached_layer(ctx, "bare", app.ORDER, hash_inputs("bare", BARE_SCRIPT, BARE_UNIT), ctx.epoch)
-    if not layer.cached:
-        tree = ctx.work / "bare-layer"
+    def fill(tree: Path) -> dict:
         script = tree / "usr/local/lib/bench-bare-ready"
         unit = tree / "etc/systemd/system/bench-bare-ready.service"
         link = tree / "etc/systemd/system/multi-user.target.wants/bench-bare-ready.service"
@@ -59,9 +57,10 @@ def build_bare_layer(ctx: Context) -> str:
         script.chmod(0o755)
         unit.write_text(BARE_UNIT)
         link.symlink_to("/etc/systemd/system/bench-bare-ready.service")
-        layers.finish_layer(ctx, layer, tree, {})
-        remove_tree(tree)
-    ctx.layers.append(layer)
+        return {}
+
+    layer = layers.cached_layer(ctx, "bare", app.ORDER, hash_inputs("bare", BARE_SCRIPT, BARE_UNIT), ctx.epoch)
+    layers.reuse_or_build(ctx, layer, fill)
     return layers.describe(layer)
 
 

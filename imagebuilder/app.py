@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from imagebuilder import bytecode, layers, model, pyenv
-from imagebuilder.context import BuildError, Context, hash_inputs, inputs_epoch, remove_tree
+from imagebuilder.context import BuildError, Context, hash_inputs, inputs_epoch
 
 ORDER = 30
 PACKAGES = ("appliance", "webui")
@@ -105,16 +105,13 @@ def app_key(ctx: Context) -> str:
 
 
 def build_app_layer(ctx: Context) -> str:
+    def fill(tree: Path) -> dict:
+        populate(ctx, tree)
+        bytecode.compile_tree(ctx, tree, tree / pyenv.site_dir(ctx))
+        return {"packages": list(PACKAGES)}
+
     layer = layers.cached_layer(ctx, "app", ORDER, app_key(ctx), inputs_epoch(ctx, *INPUTS))
-    if not layer.cached:
-        tree = ctx.work / "app-layer"
-        try:
-            populate(ctx, tree)
-            bytecode.compile_tree(ctx, tree, tree / pyenv.site_dir(ctx))
-            layers.finish_layer(ctx, layer, tree, {"packages": list(PACKAGES)})
-        finally:
-            remove_tree(tree)
-    ctx.layers.append(layer)
+    layers.reuse_or_build(ctx, layer, fill)
     return ("reused " if layer.cached else "built ") + layers.describe(layer)
 
 

@@ -22,7 +22,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from appliance.files import sha256_file
+from appliance.files import sha256_file, write_atomic
 from appliance.gpu import COMPILE_CACHE
 from imagebuilder.layers import ISO_FILE_LIMIT
 
@@ -285,10 +285,8 @@ def read_manifest(model_dir: str | os.PathLike) -> dict | None:
 
 def write_manifest(dest: str | os.PathLike, manifest: dict) -> Path:
     path = Path(dest) / MANIFEST
-    tmp = path.with_name(f".{MANIFEST}.partial")
-    tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.chmod(0o644)
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+    path.chmod(0o644)
     return path
 
 
@@ -410,7 +408,7 @@ def compile_cache_architectures(cache_dir) -> list[str]:
 def build_model_layer(ctx) -> str:
     """The weights in their own squashfs layer(s), keyed by the files' hashes: a new app never re-squashes them."""
     from imagebuilder import layers
-    from imagebuilder.context import hash_inputs, inputs_epoch, remove_tree
+    from imagebuilder.context import hash_inputs, inputs_epoch
 
     prepared: PreparedModel = ctx.info["model"]
     parts = layers.pack([(e["path"], e["size"]) for e in prepared.files], PART_BUDGET)
@@ -421,26 +419,22 @@ def build_model_layer(ctx) -> str:
     made = []
     for i, paths in enumerate(parts):
         name = "model" if i == 0 else f"model{i + 1}"
-        layer = layers.cached_layer(ctx, name, ORDER + i, key, epoch)
-        if not layer.cached:
-            tree = ctx.work / f"{name}-layer"
-            try:
-                dest = tree / IMAGE_MODEL_DIR
-                part = PreparedModel(prepared.path, {**prepared.manifest, "files": [
-                    e for e in prepared.files if e["path"] in set(paths)]}, prepared.license_files)
-                install_model(part, dest)  # copies and verifies this part's files
-                if i == 0:  # the manifest (all files), the licence and any compile cache go with the first part
-                    write_manifest(dest, prepared.manifest)
-                    copy_license_files(prepared, tree / IMAGE_LICENSE_DIR)
-                    if cache:
-                        shutil.copytree(cache, tree / COMPILE_CACHE.relative_to("/"), symlinks=True)
-                else:
-                    (dest / MANIFEST).unlink()
-                layers.finish_layer(ctx, layer, tree, {"files": paths})
-            finally:
-                remove_tree(tree)
-        ctx.layers.append(layer)
-        made.append(layer)
+
+        def fill(tree: Path, i=i, paths=paths) -> dict:
+            dest = tree / IMAGE_MODEL_DIR
+            part = PreparedModel(prepared.path, {**prepared.manifest, "files": [
+                e for e in prepared.files if e["path"] in set(paths)]}, prepared.license_files)
+            install_model(part, dest)  # copies and verifies this part's files
+            if i == 0:  # the manifest (all files), the licence and any compile cache go with the first part
+                write_manifest(dest, prepared.manifest)
+                copy_license_files(prepared, tree / IMAGE_LICENSE_DIR)
+                if cache:
+                    shutil.copytree(cache, tree / COMPILE_CACHE.relative_to("/"), symlinks=True)
+            else:
+                (dest / MANIFEST).unlink()
+            return {"files": paths}
+
+        made.append(layers.reuse_or_build(ctx, layers.cached_layer(ctx, name, ORDER + i, key, epoch), fill))
     # The licence and notice also go beside the ISO: whoever receives the image gets them (a redistribution).
     lic = ctx.work / "model-license"
     for copied in copy_license_files(prepared, lic):

@@ -76,14 +76,7 @@ def build_driver_layer(ctx: Context) -> str:
     base = next(layer for layer in ctx.layers if layer.name == "base")
     kernel = ctx.info["kernel"]
     layer = layers.cached_layer(ctx, "nvidia", ORDER, driver_key(ctx, base.key), inputs_epoch(ctx, *INPUTS))
-    if not layer.cached:
-        tree = ctx.work / "nvidia-layer"
-        try:
-            meta = populate(ctx, base.path, kernel, tree)
-            layers.finish_layer(ctx, layer, tree, meta, rootfs.SQUASH_EXCLUDES)
-        finally:
-            remove_tree(tree)
-    ctx.layers.append(layer)
+    layers.reuse_or_build(ctx, layer, lambda tree: populate(ctx, base.path, kernel, tree), rootfs.SQUASH_EXCLUDES)
     ctx.info["debs"] = ctx.info.get("debs", []) + layer.meta["debs"]
     ctx.info["nvidia"] = {k: layer.meta[k] for k in ("kernel", "flavours", "modules", "signed")}
     return ("reused " if layer.cached else "built ") + layers.describe(layer) + \

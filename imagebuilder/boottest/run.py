@@ -11,10 +11,24 @@ import json
 import time
 from pathlib import Path
 
-from imagebuilder.boottest.capture import (MARKER, guest_traffic, parse_marker, screen_text, screenshot,
-                                           serial_tail, wait_rendered)
-from imagebuilder.boottest.checks import (KIOSK_TEXT, check_ocr, check_read_only_stick, check_scan_stick,
-                                          check_ui_usb_upload, check_usb, selftest_problems)
+from imagebuilder.boottest.capture import (
+    MARKER,
+    guest_traffic,
+    parse_marker,
+    screen_text,
+    screenshot,
+    serial_tail,
+    wait_rendered,
+)
+from imagebuilder.boottest.checks import (
+    KIOSK_TEXT,
+    check_ocr,
+    check_read_only_stick,
+    check_scan_stick,
+    check_ui_usb_upload,
+    check_usb,
+    selftest_problems,
+)
 from imagebuilder.boottest.sticks import OCR_TEXT, OUTBOX_TEXT, data_stick, stick_text
 from imagebuilder.boottest.vm import MODES, Vm, accel, split_mode, usb_stick
 

@@ -1,15 +1,16 @@
 """Layer cache keys, the boot menu, the stage list and the manifest helpers: fast, no root, no network."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+from contexts import make_ctx
 
 from imagebuilder import app, boot, iso, pyenv, rootfs, stages
 from imagebuilder.boottest import capture, checks, vm
 from imagebuilder.context import BuildError, hash_inputs, source_date_epoch
 from imagebuilder.settings import REPO, resolve
-from contexts import make_ctx
 
 
 def ctx_for(tmp_path, *overrides, repo=REPO):
@@ -47,6 +48,38 @@ def test_app_change_touches_only_app_key(tmp_path):
     (repo / "appliance" / "x.py").write_text("a = 2\n")
     after = (rootfs.base_key(c), pyenv.python_key(c), app.app_key(c))
     assert before[:2] == after[:2] and before[2] != after[2]
+
+
+def test_app_key_ignores_the_builder_and_its_boot_test(tmp_path, monkeypatch):
+    """The app layer holds the runtime only: editing the boot-test harness (or any builder file but the app step's
+    own module and the bytecode step it runs) must not rebuild it."""
+    repo = tmp_path / "repo"
+    for part in ("appliance", "webui", "rootfs"):
+        (repo / part).mkdir(parents=True)
+    (repo / "appliance" / "x.py").write_text("a = 1\n")
+    shutil.copytree(REPO / "imagebuilder", repo / "imagebuilder", ignore=shutil.ignore_patterns("__pycache__"))
+    c = ctx_for(tmp_path, repo=repo)
+    before = app.app_key(c)
+    edited = repo / "imagebuilder" / "boottest" / "checks.py"
+    edited.write_text(edited.read_text() + "# edited\n")
+    assert app.app_key(c) == before
+    hashed = []
+    real = app.hash_inputs
+    monkeypatch.setattr(app, "hash_inputs", lambda *parts: hashed.extend(parts) or real(*parts))
+    app.app_key(c)
+    builder = REPO / "imagebuilder"
+    read = {p.resolve() for p in hashed if isinstance(p, Path) and p.resolve().is_relative_to(builder)}
+    assert read == {builder / "app.py", builder / "bytecode.py"}
+
+
+def test_app_tree_holds_only_the_runtime_packages(tmp_path):
+    c = ctx_for(tmp_path)
+    tree = tmp_path / "app-layer"
+    app.populate(c, tree)
+    site = tree / pyenv.site_dir(c)
+    assert sorted(p.name for p in site.iterdir()) == ["appliance", "webui"]
+    assert not [p for p in tree.rglob("*") if "imagebuilder" in p.name or p.name == "boottest"]
+    assert not (site / "appliance" / "build").exists() and not (site / "appliance" / "settings.py").exists()
 
 
 def test_settings_change_the_right_layers(tmp_path):

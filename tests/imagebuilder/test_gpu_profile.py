@@ -4,13 +4,13 @@ files, manifest; fast, no root, no network, no GPU."""
 import json
 
 import pytest
+from contexts import make_ctx
 
 from appliance.ocr.engines import vllm
 from imagebuilder import app, boot, layers, manifest, model, nvidia, stages
 from imagebuilder.context import BuildError
-from imagebuilder.stack import resolve_stack
 from imagebuilder.settings import REPO, resolve
-from contexts import make_ctx
+from imagebuilder.stack import resolve_stack
 
 UNITS = REPO / "rootfs" / "etc" / "systemd" / "system"
 GPU_STAGES = {"gpu-stack", "model-check", "nvidia-layer", "model-layer"}

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from appliance.files import sha256_file, write_atomic
 from appliance.gpu import COMPILE_CACHE
+from imagebuilder import layers
+from imagebuilder.context import BuildError, hash_inputs, inputs_epoch
 from imagebuilder.layers import ISO_FILE_LIMIT
 
 MANIFEST = "appliance-model.json"  # the name appliance.ocr.engines.hunyuan reads
@@ -363,8 +365,6 @@ PART_BUDGET = 3 * 2**30  # bytes of weights per squashfs: each stays under the 4
 
 def check_model(ctx) -> str:
     """Build stage: licence accepted, the version's directory complete and hashed, before anything is built."""
-    from imagebuilder.context import BuildError
-
     c = ctx.config
     if not c.model_dir:
         raise BuildError(
@@ -387,8 +387,6 @@ def check_model(ctx) -> str:
 def compile_cache_architectures(cache_dir) -> list[str]:
     """The architectures (sm_89 ...) a vllm_compile_cache directory holds; BuildError unless it holds at least one
     and nothing else."""
-    from imagebuilder.context import BuildError
-
     if not cache_dir:
         return []
     root = Path(cache_dir)
@@ -407,9 +405,6 @@ def compile_cache_architectures(cache_dir) -> list[str]:
 
 def build_model_layer(ctx) -> str:
     """The weights in their own squashfs layer(s), keyed by the files' hashes: a new app never re-squashes them."""
-    from imagebuilder import layers
-    from imagebuilder.context import hash_inputs, inputs_epoch
-
     prepared: PreparedModel = ctx.info["model"]
     parts = layers.pack([(e["path"], e["size"]) for e in prepared.files], PART_BUDGET)
     epoch = inputs_epoch(ctx, "imagebuilder/model.py")

@@ -48,7 +48,7 @@ def usb_names(vm: Vm, token: str, path: str) -> list[str] | None:
 
 def check_scan_stick(vm: Vm, token: str, result: dict, timeout: float = 300) -> list[str]:
     """The stick's OCR-INBOX scan goes through the scan folder: its .txt lands in OCR-OUTBOX on the stick (the text
-    itself is read back from the stick image after shutdown, see boot_once)."""
+    itself is read back from the stick image after shutdown, see run.boot_once)."""
     started = time.monotonic()
     while True:
         status, body = vm.http("/scan", token, timeout=30)

@@ -221,7 +221,8 @@ def test_qemu_accel_falls_back_to_tcg(monkeypatch):
 
 
 def test_parse_marker():
-    r = capture.parse_marker("state=running failed=[] web=active browser=3 health=200 listen=[127.0.0.1:8000] boots=2")
+    line = "state=running failed=[] web=active browser=3 health=200 listen=[127.0.0.1:8000] boots=2"
+    r = capture.parse_marker(line)
     assert r["state"] == "running" and r["failed"] == [] and r["listen"] == ["127.0.0.1:8000"] and r["boots"] == "2"
     r = capture.parse_marker("state=degraded failed=[a.service b.service] listen=[]")
     assert r["failed"] == ["a.service", "b.service"] and r["listen"] == []
@@ -237,7 +238,8 @@ def test_boot_menu_entries_by_name_and_what_each_must_show():
     assert checks.ENTRY_CHECKS["toram"](capture.parse_marker(line)) is True
     assert checks.ENTRY_CHECKS["normal"](capture.parse_marker(line)) != True  # noqa: E712 (a message, not False)
     assert "still mounted" in checks.ENTRY_CHECKS["toram"](capture.parse_marker("cmdline=[toram] medium_device=1"))
-    assert checks.ENTRY_CHECKS["verify"](capture.parse_marker("cmdline=[appliance.verify-medium] verified=ok")) is True
+    verified = capture.parse_marker("cmdline=[appliance.verify-medium] verified=ok")
+    assert checks.ENTRY_CHECKS["verify"](verified) is True
     assert checks.ENTRY_CHECKS["verify"](capture.parse_marker("verified=failed")) == "medium check: failed"
 
 

@@ -1,4 +1,6 @@
-"""The image builder: `appliance build` -> run_build(); `appliance doctor` -> host.check_host()."""
+"""The image builder, host only: `appliance build` -> run_build(); `appliance doctor` -> host.check_host();
+`appliance boot-test` -> boottest. Never copied into the image nor hashed into its app layer (app.py); it may import
+the runtime (appliance.*), the runtime never imports it (but the CLI's host-tools commands, lazily)."""
 
 from __future__ import annotations
 

@@ -61,4 +61,4 @@ boot-test: iso $(STAMP)/test-apt
 	$(APPLIANCE) boot-test out/*-$(ISO_PROFILE).iso --modes bios-cd:verify --artifacts out/boot-test/default
 
 clean:
-	rm -rf $(STAMP) out .pytest_cache
+	rm -rf $(STAMP) out .pytest_cache .build

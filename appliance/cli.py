@@ -104,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "doctor":
         return cmd_doctor(args)
     if args.command == "build":
-        from appliance.build import BuildError, SettingsError, run_build
+        if not _host_only("build"):
+            return 2
+        from imagebuilder import BuildError, SettingsError, run_build
 
         try:
             overrides = args.overrides + ([f"model_version={args.model_version}"] if args.model_version else [])
@@ -115,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
     if args.command == "boot-test":
-        from appliance.build.qemu import boot_test, require_stick_tools
+        if not _host_only("boot-test"):
+            return 2
+        from imagebuilder.boottest import boot_test, require_stick_tools
 
         try:
             require_stick_tools(args.stick_fs)
@@ -151,6 +155,20 @@ def _runtime_defaults(args) -> runtime.Runtime:
 
 def _fail(message: str) -> None:
     print(f"appliance: {message}", file=sys.stderr)
+
+
+def _host_only(command: str, quiet: bool = False) -> bool:
+    """Whether the image builder (package imagebuilder, host only) can be imported; the image ships without it."""
+    try:
+        import imagebuilder  # noqa: F401
+    except ImportError as error:
+        if not (error.name or "").startswith("imagebuilder"):
+            raise  # the builder is here but one of its own imports failed: show that
+        if not quiet:
+            _fail(f"{command}: the image builder is not installed here (it runs on a build host, from the source "
+                  "checkout or a host install of ocr-appliance)")
+        return False
+    return True
 
 
 class ProgressBar:
@@ -209,13 +227,20 @@ def cmd_ocr(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    from appliance.build.host import check_host, missing_packages
     from appliance.doctor import report
 
     if args.missing_packages:  # for `make iso`: what apt must install on this build host
+        if not _host_only("doctor --missing-packages"):
+            return 2
+        from imagebuilder.host import missing_packages
+
         print(" ".join(missing_packages()))
         return 0
     print(report(engine=args.engine, model_dir=args.model, vllm_url=args.vllm_url))
+    if not _host_only("doctor", quiet=True):  # the image: no build host to check
+        return 0
+    from imagebuilder.host import check_host
+
     print("\nbuild host (for `appliance build`):")
     for name, ok, detail in check_host():
         print(f"  {'ok  ' if ok else 'FAIL'} {name:<20} {detail}")

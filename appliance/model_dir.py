@@ -18,7 +18,7 @@ from appliance.ocr.errors import EngineUnavailable
 MANIFEST = "appliance-model.json"
 MODEL_TYPE = "hunyuan_vl"  # config.json's model_type of every HunyuanOCR version
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
-IMAGE_MODEL_DIR = Path("/usr/share/appliance/model")  # where the gpu image keeps the weights (appliance.build.model)
+IMAGE_MODEL_DIR = Path("/usr/share/appliance/model")  # where the gpu image keeps the weights (imagebuilder.model)
 DEFAULT_VERSION = "1.0"  # what an unlabelled directory most likely holds
 
 _VERSION_DIR = re.compile(r"v?(\d+\.\d+)")

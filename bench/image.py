@@ -23,10 +23,13 @@ import shutil
 import time
 from pathlib import Path
 
-from appliance.build import app, boot, host, iso, layers, qemu, rootfs, run_build
-from appliance.build.context import Context, hash_inputs, make_context, remove_tree
-from appliance.build.stages import Stage, run_stages
-from appliance.settings import REPO, resolve
+from imagebuilder import app, boot, host, iso, layers, rootfs, run_build
+from imagebuilder.boottest.checks import check_ocr
+from imagebuilder.boottest.sticks import OCR_TEXT
+from imagebuilder.boottest.vm import Vm
+from imagebuilder.context import Context, hash_inputs, make_context, remove_tree
+from imagebuilder.settings import REPO, resolve
+from imagebuilder.stages import Stage, run_stages
 
 TOKEN = "bench-token-not-secret"
 BARE_READY = re.compile(r"APPLIANCE-BARE-READY uptime=(\S+)")
@@ -44,9 +47,7 @@ ExecStart=/usr/local/lib/bench-bare-ready
 
 
 def build_bare_layer(ctx: Context) -> str:
-    layer = layers.cached_layer(ctx, "bare", app.ORDER, hash_inputs("bare", BARE_SCRIPT, BARE_UNIT), ctx.epoch)
-    if not layer.cached:
-        tree = ctx.work / "bare-layer"
+    def fill(tree: Path) -> dict:
         script = tree / "usr/local/lib/bench-bare-ready"
         unit = tree / "etc/systemd/system/bench-bare-ready.service"
         link = tree / "etc/systemd/system/multi-user.target.wants/bench-bare-ready.service"
@@ -56,9 +57,10 @@ def build_bare_layer(ctx: Context) -> str:
         script.chmod(0o755)
         unit.write_text(BARE_UNIT)
         link.symlink_to("/etc/systemd/system/bench-bare-ready.service")
-        layers.finish_layer(ctx, layer, tree, {})
-        remove_tree(tree)
-    ctx.layers.append(layer)
+        return {}
+
+    layer = layers.cached_layer(ctx, "bare", app.ORDER, hash_inputs("bare", BARE_SCRIPT, BARE_UNIT), ctx.epoch)
+    layers.reuse_or_build(ctx, layer, fill)
     return layers.describe(layer)
 
 
@@ -97,7 +99,7 @@ def boot_to_first_ocr(iso_path: Path, out: Path, timeout: float = 600) -> dict:
     """Seconds from QEMU's start until the API answers, its engine is ready and a first OCR comes back right, asked
     from the host as a program would (not after the boot test's in-guest selftest, which also waits for the kiosk
     to draw)."""
-    vm = qemu.Vm(disk=iso_path, mode="bios-cd", dir=out)
+    vm = Vm(disk=iso_path, mode="bios-cd", dir=out)
     result: dict = {}
     try:
         vm.start()
@@ -108,7 +110,7 @@ def boot_to_first_ocr(iso_path: Path, out: Path, timeout: float = 600) -> dict:
                 result.setdefault("seconds_to_api", round(time.monotonic() - vm.started, 1))
                 if json.loads(body)["engine"]["ready"]:
                     result["seconds_to_engine"] = round(time.monotonic() - vm.started, 1)
-                    qemu.check_ocr(vm, TOKEN, result)
+                    check_ocr(vm, TOKEN, result)
                     break
             time.sleep(1)
     finally:
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         bare_iso = build_bare_iso(cache, work / "bare.iso")
         figures.append(f"bare ISO                   {bare_iso.stat().st_size / 1e6:7.1f} MB")
         print("booting the bare image (BIOS CD) ...", flush=True)
-        vm = qemu.Vm(disk=bare_iso, mode="bios-cd", dir=work / "boot-bare")
+        vm = Vm(disk=bare_iso, mode="bios-cd", dir=work / "boot-bare")
         try:
             vm.start()
             m = vm.wait_serial(BARE_READY, 600)
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             vm.stop()
         print("booting the appliance (BIOS CD) up to its first OCR answer ...", flush=True)
         r = boot_to_first_ocr(lan_iso, work / "boot-appliance")
-        ours = r.get("seconds_to_first_ocr") if r.get("ocr", {}).get("text") == qemu.OCR_TEXT else None
+        ours = r.get("seconds_to_first_ocr") if r.get("ocr", {}).get("text") == OCR_TEXT else None
         figures += [
             f"bare image: boot finished  {bare_s:7.1f} s" if bare_s else "bare image: no ready line within 600 s",
             f"appliance: API answers     {r.get('seconds_to_api') or 0:7.1f} s",

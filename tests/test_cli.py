@@ -106,12 +106,22 @@ def test_build_model_version_flag_reaches_the_model_check(tmp_path, tiny_model_d
 
 
 def test_the_images_cli_works_without_the_builder():
-    # The image ships appliance/ without appliance/build/ (the builder stays on the build host): its web unit runs
-    # `appliance serve`, so the CLI must not import the builder until a build command runs.
-    code = ("import sys; sys.modules['appliance.build'] = None; from appliance.cli import build_parser; "
-            "print(build_parser().parse_args(['serve', '--port', '8123']).port)")
+    # The image ships appliance/ and webui/ without imagebuilder/ (the builder stays on the build host): its web unit
+    # runs `appliance serve`, so the CLI must not import the builder until a host-tools command runs, and those
+    # commands say in one line that the builder is not there.
+    no_builder = "import sys; sys.modules['imagebuilder'] = None; from appliance.cli import build_parser, main; "
+    code = no_builder + "print(build_parser().parse_args(['serve', '--port', '8123']).port)"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and run.stdout.strip() == "8123", run.stderr
+    for args in (["build"], ["boot-test", "x.iso"], ["doctor", "--missing-packages"]):
+        run = subprocess.run([sys.executable, "-c", no_builder + f"sys.exit(main({args!r}))"], capture_output=True,
+                             text=True, timeout=60)
+        assert run.returncode == 2 and run.stdout == "", (args, run.stdout, run.stderr)
+        assert run.stderr.startswith(f"appliance: {args[0]}") and "image builder is not installed" in run.stderr
+        assert len(run.stderr.splitlines()) == 1, run.stderr
+    run = subprocess.run([sys.executable, "-c", no_builder + "sys.exit(main(['doctor']))"], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0 and "engine:" in run.stdout and "build host" not in run.stdout, run.stderr
 
 
 def test_doctor_lists_the_build_host_checks():

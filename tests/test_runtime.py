@@ -14,7 +14,7 @@ import pytest
 from appliance import cli, runtime
 from appliance.ocr.tasks import DEFAULT_TASK
 from appliance.runtime import Runtime, load
-from appliance.settings import SETTINGS, resolve
+from imagebuilder.settings import SETTINGS, resolve
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ the kernel module flavour it needs, whether the driver is loaded, Secure Boot, a
 Runs inside the image at boot, before any NVIDIA tool works (the driver may not even be loaded), so the card comes
 from sysfs and efivars; the sysfs root is a parameter so tests use a fake tree. What the image was built with (driver
 version, module flavours, whether the modules are signed) comes from /etc/appliance/gpu-stack.json, written by the
-builder from appliance.build.stack.Stack.as_dict() plus "modules_signed". Once the driver is loaded, nvidia-smi says
+builder from imagebuilder.stack.Stack.as_dict() plus "modules_signed". Once the driver is loaded, nvidia-smi says
 the rest (memory, compute capability) and `find_gpu` names the card for the engine choice.
 """
 

@@ -61,7 +61,7 @@ def test_secure_boot_state_on_bios(sysfs):
 
 def test_stack_info_round_trip(tmp_path):
     """The file the builder writes from Stack.as_dict() is what the runtime reads."""
-    from appliance.build.stack import resolve_stack
+    from imagebuilder.stack import resolve_stack
 
     info = {**resolve_stack().as_dict(), "modules_signed": False}
     path = tmp_path / "gpu-stack.json"

@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from appliance.build.context import Context, run
+from imagebuilder.context import Context, run
 
 PERSISTENCE_CONF = "/srv/ocr union\n"
 ALIGN = 1 << 20

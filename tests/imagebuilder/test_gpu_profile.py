@@ -4,12 +4,12 @@ files, manifest; fast, no root, no network, no GPU."""
 import json
 
 import pytest
-
-from appliance.build import app, boot, layers, manifest, model, nvidia, stages
-from appliance.build.context import BuildError
-from appliance.build.stack import resolve_stack
-from appliance.settings import REPO, resolve
 from contexts import enabled_links, make_ctx
+
+from imagebuilder import app, boot, layers, manifest, model, nvidia, stages
+from imagebuilder.context import BuildError
+from imagebuilder.settings import REPO, resolve
+from imagebuilder.stack import resolve_stack
 
 UNITS = REPO / "rootfs" / app.UNIT_DIR
 GPU_STAGES = {"gpu-stack", "model-check", "nvidia-layer", "model-layer"}

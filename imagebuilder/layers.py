@@ -10,9 +10,10 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
-from appliance.build.context import BuildError, Context, Layer, remove_tree, run
 from appliance.files import sha256_file
+from imagebuilder.context import BuildError, Context, Layer, remove_tree, run
 
 ISO_FILE_LIMIT = 4 * 2**30  # ISO9660 level 3 handles more, but FAT32 copy-mode writers (Rufus, Ventoy) do not
 
@@ -26,6 +27,20 @@ def cached_layer(ctx: Context, name: str, order: int, key: str, epoch: int) -> L
         layer.cached = True
         layer.meta = json.loads(meta.read_text())
         os.utime(d)  # "last used", for prune()
+    return layer
+
+
+def reuse_or_build(ctx: Context, layer: Layer, fill: Callable[[Path], dict], excludes: list[str] = ()) -> Layer:
+    """Every layer stage's skeleton: a cached `layer` is reused; else `fill(tree)` fills a fresh temporary tree and
+    returns the layer's meta, and the tree is squashed into the cache and removed, whatever happens. Either way the
+    layer joins ctx.layers."""
+    if not layer.cached:
+        tree = ctx.work / f"{layer.name}-layer"
+        try:
+            finish_layer(ctx, layer, tree, fill(tree), excludes)
+        finally:
+            remove_tree(tree)
+    ctx.layers.append(layer)
     return layer
 
 

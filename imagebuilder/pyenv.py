@@ -11,11 +11,12 @@ from __future__ import annotations
 import shutil
 import sys
 import tomllib
+from functools import partial
 from pathlib import Path
 
-from appliance.build import bytecode, layers
-from appliance.build.context import BuildError, Context, hash_inputs, inputs_epoch, remove_tree, run
 from appliance.files import sha256_file
+from imagebuilder import bytecode, layers
+from imagebuilder.context import BuildError, Context, hash_inputs, inputs_epoch, remove_tree, run
 
 ORDER = 10
 # glibc 2.41 in trixie: every manylinux tag up to 2_41 is loadable. pip matches explicit --platform tags exactly
@@ -54,7 +55,7 @@ def target_args(ctx: Context) -> list[str]:
     return args
 
 
-INPUTS = ("pyproject.toml", "appliance/build/pyenv.py")
+INPUTS = ("pyproject.toml", "imagebuilder/pyenv.py")
 
 
 def python_key(ctx: Context) -> str:
@@ -75,24 +76,19 @@ def build_python_layer(ctx: Context) -> str:
         return layers.cached_layer(ctx, "python" if i == 0 else f"python{i + 1}", ORDER + i, key, epoch)
 
     first = part(0)
-    parts = [first] + [part(i) for i in range(1, first.meta.get("parts", 1))]
-    if not all(p.cached for p in parts):
-        trees = []
-        try:
-            files = download(ctx)
-            groups = layers.pack([(f, f.stat().st_size) for f in files], PART_BUDGET)
-            parts = [part(i) for i in range(len(groups))]
-            for layer, group in zip(parts, groups):
-                tree = ctx.work / f"{layer.name}-layer"
-                trees.append(tree)
-                wheels = install(ctx, group, tree / site_dir(ctx))
-                layers.finish_layer(ctx, layer, tree, {"wheels": wheels, "requirements": requirements(ctx),
-                                                      "parts": len(groups)})
-                remove_tree(tree)
-        finally:
-            for tree in trees:
-                remove_tree(tree)
-    ctx.layers.extend(parts)
+    count = first.meta.get("parts", 1)
+    reuse = all(p.cached for p in [first] + [part(i) for i in range(1, count)])
+    groups = [[]] * count if reuse else layers.pack([(f, f.stat().st_size) for f in download(ctx)], PART_BUDGET)
+
+    def fill(group: list[Path], tree: Path) -> dict:
+        wheels = install(ctx, group, tree / site_dir(ctx))
+        return {"wheels": wheels, "requirements": requirements(ctx), "parts": len(groups)}
+
+    parts = []
+    for i, group in enumerate(groups):
+        layer = part(i)
+        layer.cached = reuse  # a new download is a new resolution: every part is made from it, none kept
+        parts.append(layers.reuse_or_build(ctx, layer, partial(fill, group)))
     ctx.info["wheels"] = sorted((w for p in parts for w in p.meta["wheels"]), key=lambda w: w["name"].lower())
     return ("reused " if all(p.cached for p in parts) else "built ") + "; ".join(
         layers.describe(p) for p in parts) + f", {len(ctx.info['wheels'])} wheels"

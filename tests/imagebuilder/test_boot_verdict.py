@@ -1,7 +1,8 @@
-"""What the boot test makes of the guest's selftest line (appliance.build.qemu), without booting anything."""
+"""What the boot test makes of the guest's selftest line (imagebuilder.boottest), without booting anything."""
 
-from appliance.build.qemu import NO_GPU_BANNER, gpu_fallback_problems, parse_marker
 from appliance.gpu import REASONS
+from imagebuilder.boottest.capture import parse_marker
+from imagebuilder.boottest.checks import NO_GPU_BANNER, gpu_fallback_problems
 
 SCREEN = f"OCR appliance New scan {REASONS['no_card'][0]} OCR runs on the CPU meanwhile"
 

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from appliance.settings import REPO, Config
+from imagebuilder.settings import REPO, Config
 
 
 class BuildError(RuntimeError):

@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 
-from appliance.build import model
-from appliance.build.model import ModelError
 from appliance.model_dir import model_info, model_version
+from imagebuilder import model
+from imagebuilder.model import ModelError
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

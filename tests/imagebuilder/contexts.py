@@ -8,9 +8,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from appliance.build import app
-from appliance.build.context import Context
-from appliance.settings import REPO, resolve
+from imagebuilder import app
+from imagebuilder.context import Context
+from imagebuilder.settings import REPO, resolve
 
 
 def make_ctx(tmp_path, profile="cpu", *overrides, model=None, accept=None, repo=REPO) -> Context:

@@ -1,14 +1,17 @@
 """Layer cache keys, the boot menu, the stage list and the manifest helpers: fast, no root, no network."""
 
+import ast
 import json
+import shutil
 from pathlib import Path
 
 import pytest
-
-from appliance.build import app, boot, iso, pyenv, qemu, rootfs, stages
-from appliance.build.context import BuildError, hash_inputs, source_date_epoch
-from appliance.settings import REPO, resolve
 from contexts import enabled_links, make_ctx
+
+from imagebuilder import app, boot, iso, pyenv, rootfs, stages
+from imagebuilder.boottest import capture, checks, vm
+from imagebuilder.context import BuildError, hash_inputs, source_date_epoch
+from imagebuilder.settings import REPO, resolve
 
 
 def ctx_for(tmp_path, *overrides, repo=REPO):
@@ -46,6 +49,58 @@ def test_app_change_touches_only_app_key(tmp_path):
     (repo / "appliance" / "x.py").write_text("a = 2\n")
     after = (rootfs.base_key(c), pyenv.python_key(c), app.app_key(c))
     assert before[:2] == after[:2] and before[2] != after[2]
+
+
+def test_app_key_ignores_the_builder_and_its_boot_test(tmp_path, monkeypatch):
+    """The app layer holds the runtime only: editing the boot-test harness (or any builder file but the app step's
+    own module and the bytecode step it runs) must not rebuild it."""
+    repo = tmp_path / "repo"
+    for part in ("appliance", "webui", "rootfs"):
+        (repo / part).mkdir(parents=True)
+    (repo / "appliance" / "x.py").write_text("a = 1\n")
+    shutil.copytree(REPO / "imagebuilder", repo / "imagebuilder", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "build", repo / "build")  # the base layer's key is part of the app's (its units)
+    c = ctx_for(tmp_path, repo=repo)
+    before = app.app_key(c)
+    edited = repo / "imagebuilder" / "boottest" / "checks.py"
+    edited.write_text(edited.read_text() + "# edited\n")
+    assert app.app_key(c) == before
+    hashed = []
+    real = app.hash_inputs
+    monkeypatch.setattr(app, "hash_inputs", lambda *parts: hashed.extend(parts) or real(*parts))
+    app.app_key(c)
+    builder = REPO / "imagebuilder"
+    read = {p.resolve() for p in hashed if isinstance(p, Path) and p.resolve().is_relative_to(builder)}
+    assert read == {builder / "app.py", builder / "bytecode.py"}
+
+
+def test_app_tree_holds_only_the_runtime_packages(tmp_path):
+    c = ctx_for(tmp_path)
+    tree = tmp_path / "app-layer"
+    app.populate(c, tree)
+    site = tree / pyenv.site_dir(c)
+    assert sorted(p.name for p in site.iterdir()) == ["appliance", "webui"]
+    assert not [p for p in tree.rglob("*") if "imagebuilder" in p.name or p.name == "boottest"]
+    assert not (site / "appliance" / "build").exists() and not (site / "appliance" / "settings.py").exists()
+
+
+def test_runtime_never_imports_the_builder():
+    """appliance/ and webui/ run in the image, where imagebuilder is absent: only the CLI's host-tools commands
+    import it, inside their functions."""
+    found = []
+    for path in sorted([*(REPO / "appliance").rglob("*.py"), *(REPO / "webui").rglob("*.py")]):
+        tree = ast.parse(path.read_text())
+        top_level = set(map(id, tree.body))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            if any(name.split(".")[0] == "imagebuilder" for name in names):
+                found.append((path.relative_to(REPO).as_posix(), id(node) in top_level))
+    assert found and all(where == ("appliance/cli.py", False) for where in found), found
 
 
 def test_settings_change_the_right_layers(tmp_path):
@@ -176,31 +231,33 @@ def test_failed_stage_names_itself(tmp_path):
 
 def test_qemu_accel_falls_back_to_tcg(monkeypatch):
     monkeypatch.setenv("APPLIANCE_QEMU_ACCEL", "tcg")
-    assert "tcg,thread=multi" in qemu.accel()
+    assert "tcg,thread=multi" in vm.accel()
     if Path("/sys/module/kvm_pvm").exists():
         monkeypatch.delenv("APPLIANCE_QEMU_ACCEL")
-        assert "tcg,thread=multi" in qemu.accel()
+        assert "tcg,thread=multi" in vm.accel()
 
 
 def test_parse_marker():
-    r = qemu.parse_marker("state=running failed=[] web=active browser=3 health=200 listen=[127.0.0.1:8000] boots=2")
+    line = "state=running failed=[] web=active browser=3 health=200 listen=[127.0.0.1:8000] boots=2"
+    r = capture.parse_marker(line)
     assert r["state"] == "running" and r["failed"] == [] and r["listen"] == ["127.0.0.1:8000"] and r["boots"] == "2"
-    r = qemu.parse_marker("state=degraded failed=[a.service b.service] listen=[]")
+    r = capture.parse_marker("state=degraded failed=[a.service b.service] listen=[]")
     assert r["failed"] == ["a.service", "b.service"] and r["listen"] == []
 
 
 def test_boot_menu_entries_by_name_and_what_each_must_show():
-    assert qemu.split_mode("uefi-usb") == ("uefi-usb", "normal")
-    assert qemu.split_mode("bios-cd:safe") == ("bios-cd", "safe")
+    assert vm.split_mode("uefi-usb") == ("uefi-usb", "normal")
+    assert vm.split_mode("bios-cd:safe") == ("bios-cd", "safe")
     for bad in ("bios-floppy", "bios-cd:rescue"):
         with pytest.raises(SystemExit, match="unknown mode"):
-            qemu.split_mode(bad)
+            vm.split_mode(bad)
     line = "state=running cmdline=[toram] medium_device=0 verified=none"
-    assert qemu.ENTRY_CHECKS["toram"](qemu.parse_marker(line)) is True
-    assert qemu.ENTRY_CHECKS["normal"](qemu.parse_marker(line)) != True  # noqa: E712 (a message, not False)
-    assert "still mounted" in qemu.ENTRY_CHECKS["toram"](qemu.parse_marker("cmdline=[toram] medium_device=1"))
-    assert qemu.ENTRY_CHECKS["verify"](qemu.parse_marker("cmdline=[appliance.verify-medium] verified=ok")) is True
-    assert qemu.ENTRY_CHECKS["verify"](qemu.parse_marker("verified=failed")) == "medium check: failed"
+    assert checks.ENTRY_CHECKS["toram"](capture.parse_marker(line)) is True
+    assert checks.ENTRY_CHECKS["normal"](capture.parse_marker(line)) != True  # noqa: E712 (a message, not False)
+    assert "still mounted" in checks.ENTRY_CHECKS["toram"](capture.parse_marker("cmdline=[toram] medium_device=1"))
+    verified = capture.parse_marker("cmdline=[appliance.verify-medium] verified=ok")
+    assert checks.ENTRY_CHECKS["verify"](verified) is True
+    assert checks.ENTRY_CHECKS["verify"](capture.parse_marker("verified=failed")) == "medium check: failed"
 
 
 @pytest.mark.skipif(not __import__("shutil").which("mksquashfs"), reason="needs squashfs-tools")
@@ -208,7 +265,7 @@ def test_same_inputs_same_layer_bytes(tmp_path):
     """SOURCE_DATE_EPOCH: the files' own mtimes must not leak into the layer."""
     import os
 
-    from appliance.build import layers
+    from imagebuilder import layers
 
     digests = []
     for i in range(2):
@@ -229,8 +286,8 @@ def test_prune_keeps_recently_used_versions(tmp_path):
     import time
     from types import SimpleNamespace
 
-    from appliance.build import layers
-    from appliance.build.context import Layer
+    from imagebuilder import layers
+    from imagebuilder.context import Layer
 
     ctx = SimpleNamespace(layer_dir=lambda: tmp_path)
     ages = {"base-new": 0, "base-cpu": 3600, "base-gpu": 2 * 3600, "base-stale": 30 * 86400, "app-other": 90 * 86400}
@@ -249,7 +306,7 @@ def test_usb_image_gets_a_persistence_partition(tmp_path):
     import json
     import subprocess
 
-    from appliance.build import usb
+    from imagebuilder import usb
 
     image = tmp_path / "stick.img"
     with open(image, "wb") as f:  # stands in for the ISO: an MBR with one partition
@@ -266,17 +323,17 @@ def test_usb_image_gets_a_persistence_partition(tmp_path):
 
 
 def test_listeners_judged_by_address():
-    assert qemu.loopback_only("tcp:127.0.0.1:8000/appliance/1001")
-    assert qemu.loopback_only("127.0.0.1:8000/appliance")  # an image from before the proto:... format
-    assert not qemu.loopback_only("udp:0.0.0.0:16088//0")
-    assert not qemu.loopback_only("tcp:10.0.2.15:8000/appliance/1001")
+    assert checks.loopback_only("tcp:127.0.0.1:8000/appliance/1001")
+    assert checks.loopback_only("127.0.0.1:8000/appliance")  # an image from before the proto:... format
+    assert not checks.loopback_only("udp:0.0.0.0:16088//0")
+    assert not checks.loopback_only("tcp:10.0.2.15:8000/appliance/1001")
 
 
 def test_dead_builds_work_is_removed_with_its_mounts(tmp_path):
     """A killed build's work dir (its pid gone) goes, /proc-like mounts and all; a running build's stays."""
     import subprocess
 
-    from appliance.build.context import remove_dead_work
+    from imagebuilder.context import remove_dead_work
 
     gone = subprocess.Popen(["true"])
     gone.wait()

@@ -13,9 +13,9 @@ import shutil
 import time
 from pathlib import Path
 
-from appliance.build.context import BuildError, Context, run
-from appliance.build.layers import ISO_FILE_LIMIT
 from appliance.files import sha256_file
+from imagebuilder.context import BuildError, Context, run
+from imagebuilder.layers import ISO_FILE_LIMIT
 
 GRUB_MBR = Path("/usr/lib/grub/i386-pc/boot_hybrid.img")
 BIOS_IMAGE = "boot/grub/bios.img"  # GRUB's El Torito core, in the ISO tree

@@ -6,8 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
-from appliance.build import layers
-from appliance.build.context import BuildError, Context, hash_inputs, inputs_epoch, remove_tree, run
+from imagebuilder import layers
+from imagebuilder.context import BuildError, Context, hash_inputs, inputs_epoch, run
 
 ORDER = 0
 # Dropped at unpack time (dpkg path-exclude): man pages, docs except licences, translations.
@@ -58,7 +58,7 @@ def sources(ctx: Context) -> list[str]:
 
 # Paths whose last commit gives the layer's timestamps (and so its key). Not build/profiles: the settings that
 # matter (packages, suite, mirrors) are in the key already, and a new or edited profile must not rebuild this layer.
-INPUTS = ("build/packages", "appliance/build/rootfs.py")
+INPUTS = ("build/packages", "imagebuilder/rootfs.py")
 
 
 def base_key(ctx: Context) -> str:
@@ -69,16 +69,13 @@ def base_key(ctx: Context) -> str:
 
 def build_base_layer(ctx: Context) -> str:
     layer = layers.cached_layer(ctx, "base", ORDER, base_key(ctx), inputs_epoch(ctx, *INPUTS))
-    if not layer.cached:
-        root = ctx.work / "rootfs"
-        try:
-            bootstrap(ctx, root)
-            customize(ctx, root)
-            meta = collect(ctx, root, layer.path.parent)
-            layers.finish_layer(ctx, layer, root, meta, SQUASH_EXCLUDES)
-        finally:
-            remove_tree(root)
-    ctx.layers.append(layer)
+
+    def fill(root: Path) -> dict:
+        bootstrap(ctx, root)
+        customize(ctx, root)
+        return collect(ctx, root, layer.path.parent)
+
+    layers.reuse_or_build(ctx, layer, fill, SQUASH_EXCLUDES)
     d = layer.path.parent
     ctx.files.update(kernel=d / "vmlinuz", initrd=d / "initrd.img", passwd=d / "passwd", group=d / "group")
     ctx.info["debs"] = layer.meta["debs"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from appliance.settings import REPO
+from imagebuilder.settings import REPO
 
 LOCKS_DIR = REPO / "build" / "locks"
 
@@ -322,7 +322,7 @@ def resolve_stack(
         raise StackError(
             "vllm",
             f"vLLM {vllm} is not in the checked table ({', '.join(VLLM)}); pick one of those "
-            "or add its METADATA pins to appliance/build/stack.py VLLM after checking them.",
+            "or add its METADATA pins to imagebuilder/stack.py VLLM after checking them.",
         )
     hunyuan_vl = "transformers-backend" if at_least(vllm, VLLM_FIRST_TRANSFORMERS_BACKEND) else "native"
 
@@ -452,7 +452,7 @@ VLLM_BY_LOCK = {CUDA12_LOCK: "0.18.1", CUDA13_LOCK: "0.26.0"}
 
 def check_stack(ctx) -> str:
     """Build stage, first of the gpu profile: resolve and check the stack before a single byte is downloaded."""
-    from appliance.build.context import BuildError
+    from imagebuilder.context import BuildError
 
     c = ctx.config
     try:

@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-from appliance.build.context import BuildError
+from imagebuilder.context import BuildError
 
 # tool -> Debian package that provides it (the Makefile's `iso` target installs the missing packages).
 TOOLS = {

@@ -2,8 +2,8 @@
 
 import pytest
 
-from appliance import settings
-from appliance.settings import SettingsError, resolve
+from imagebuilder import settings
+from imagebuilder.settings import SettingsError, resolve
 
 
 def write(tmp_path, text, name="site.yaml"):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
-from appliance.build.context import Context, git_commit, hash_inputs
-from appliance.files import sha256_file
+from appliance.files import copy_atomic, sha256_file, write_atomic
+from imagebuilder.context import Context, git_commit, hash_inputs
 
 
 def write_manifest(ctx: Context) -> str:
@@ -56,12 +55,10 @@ def publish(ctx: Context) -> str:
         src = ctx.files.get(key)
         if src:
             dst = ctx.out_dir / src.name
-            tmp = ctx.out_dir / f".{src.name}.partial"
             try:
                 os.replace(src, dst)
             except OSError:  # out/ on another filesystem: copy beside, then rename
-                shutil.copyfile(src, tmp)
-                os.replace(tmp, dst)
+                copy_atomic(src, dst)
             done.append(dst)
     sums = ctx.out_dir / "SHA256SUMS"
     # One SHA256SUMS for the folder: keep lines of other images still present, refresh ours.
@@ -73,8 +70,6 @@ def publish(ctx: Context) -> str:
                 lines[name] = digest
     for p in done:
         lines[p.name] = sha256_file(p)
-    tmp = ctx.out_dir / ".SHA256SUMS.partial"
-    tmp.write_text("".join(f"{d}  {n}\n" for n, d in sorted(lines.items())))
-    os.replace(tmp, sums)
+    write_atomic(sums, "".join(f"{d}  {n}\n" for n, d in sorted(lines.items())).encode())
     return ", ".join(str(p.relative_to(ctx.repo) if p.is_relative_to(ctx.repo) else p) for p in done) + ", SHA256SUMS"
 

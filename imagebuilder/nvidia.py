@@ -20,10 +20,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from appliance.build import layers, rootfs
-from appliance.build.context import BuildError, Context, hash_inputs, inputs_epoch, remove_tree, run
-from appliance.build.stack import Driver, _driver_debs
 from appliance.files import sha256_file
+from imagebuilder import layers, rootfs
+from imagebuilder.context import BuildError, Context, hash_inputs, inputs_epoch, remove_tree, run
+from imagebuilder.stack import Driver, _driver_debs
 
 ORDER = 5  # right above the base OS: it is OS-level (modules, firmware, libcuda), below the Python layers
 MODULE_DIR = "usr/lib/appliance/nvidia"  # <flavour>/*.ko*; read by rootfs/usr/local/lib/appliance/nvidia-load
@@ -58,7 +58,7 @@ def sign_key_files(ctx: Context) -> tuple[Path, Path] | None:
     return key, pub
 
 
-INPUTS = ("appliance/build/nvidia.py",)
+INPUTS = ("imagebuilder/nvidia.py",)
 
 
 def driver_key(ctx: Context, base_key: str) -> str:
@@ -76,14 +76,7 @@ def build_driver_layer(ctx: Context) -> str:
     base = next(layer for layer in ctx.layers if layer.name == "base")
     kernel = ctx.info["kernel"]
     layer = layers.cached_layer(ctx, "nvidia", ORDER, driver_key(ctx, base.key), inputs_epoch(ctx, *INPUTS))
-    if not layer.cached:
-        tree = ctx.work / "nvidia-layer"
-        try:
-            meta = populate(ctx, base.path, kernel, tree)
-            layers.finish_layer(ctx, layer, tree, meta, rootfs.SQUASH_EXCLUDES)
-        finally:
-            remove_tree(tree)
-    ctx.layers.append(layer)
+    layers.reuse_or_build(ctx, layer, lambda tree: populate(ctx, base.path, kernel, tree), rootfs.SQUASH_EXCLUDES)
     ctx.info["debs"] = ctx.info.get("debs", []) + layer.meta["debs"]
     ctx.info["nvidia"] = {k: layer.meta[k] for k in ("kernel", "flavours", "modules", "signed")}
     return ("reused " if layer.cached else "built ") + layers.describe(layer) + \

@@ -3,8 +3,8 @@
 import pytest
 import yaml
 
-from appliance.build import stack
-from appliance.build.stack import StackError, resolve_stack
+from imagebuilder import stack
+from imagebuilder.stack import StackError, resolve_stack
 
 
 def deb_dir(tmp_path, version="580.95.05", packages=("nvidia-kernel-dkms", "nvidia-kernel-open-dkms")):

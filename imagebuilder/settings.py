@@ -80,7 +80,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("lan", "bool", RUNTIME.lan, "also serve the API on the network (DHCP on wired ports); needs lan_token",
             image=True),
     Setting("lan_token", "str", "", "bearer token the API demands in LAN mode", image=True, secret=True),
-    # GPU stack (gpu profile). gpu_stack empty = no GPU stack (the cpu image). Checked by appliance/build/stack.py
+    # GPU stack (gpu profile). gpu_stack empty = no GPU stack (the cpu image). Checked by imagebuilder/stack.py
     # before anything is downloaded; the lock's pins can be overridden one by one, and every pair is re-checked.
     Setting("gpu_stack", "str", "", "GPU stack lock from build/locks/ (cuda12-debian-driver, cuda13-user-driver), "
             "or 'custom' with all three versions below; empty: no GPU stack"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from appliance.build.context import Context, remove_tree, run
+from imagebuilder.context import Context, remove_tree, run
 
 IMAGE_PYTHON_FILES = ["usr/bin/python{v}", "usr/lib/python{v}", "usr/lib64",
                       *[f"usr/lib/x86_64-linux-gnu/{lib}" for lib in

@@ -22,10 +22,10 @@ def test_rule_unit_and_script_fit_together():
 
 
 def test_boot_test_data_stick_holds_the_picture(tmp_path):
-    from appliance.build import qemu
+    from imagebuilder.boottest import sticks
 
-    stick = qemu.data_stick(tmp_path / "stick.img")
+    stick = sticks.data_stick(tmp_path / "stick.img")
     listing = subprocess.run(["mdir", "-b", "-i", str(stick), "::/"], capture_output=True, text=True, check=True)
-    assert qemu.STICK_FILE in listing.stdout.lower()
+    assert sticks.STICK_FILE in listing.stdout.lower()
     label = subprocess.run(["mlabel", "-s", "-i", str(stick), "::"], capture_output=True, text=True, check=True)
-    assert qemu.STICK_LABEL in label.stdout
+    assert sticks.STICK_LABEL in label.stdout

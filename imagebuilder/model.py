@@ -22,11 +22,13 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from appliance.build.layers import ISO_FILE_LIMIT
-from appliance.files import sha256_file
+from appliance.files import sha256_file, write_atomic
 from appliance.gpu import COMPILE_CACHE
 from appliance.model_dir import IMAGE_MODEL_DIR as IMAGE_MODEL_PATH
 from appliance.model_dir import MANIFEST, MODEL_TYPE
+from imagebuilder import layers
+from imagebuilder.context import BuildError, hash_inputs, inputs_epoch
+from imagebuilder.layers import ISO_FILE_LIMIT
 
 DEFAULT_MODEL_ID = "tencent/HunyuanOCR"
 VERSIONS = ("1.5", "1.0")
@@ -285,10 +287,8 @@ def read_manifest(model_dir: str | os.PathLike) -> dict | None:
 
 def write_manifest(dest: str | os.PathLike, manifest: dict) -> Path:
     path = Path(dest) / MANIFEST
-    tmp = path.with_name(f".{MANIFEST}.partial")
-    tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.chmod(0o644)
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+    path.chmod(0o644)
     return path
 
 
@@ -365,8 +365,6 @@ PART_BUDGET = 3 * 2**30  # bytes of weights per squashfs: each stays under the 4
 
 def check_model(ctx) -> str:
     """Build stage: licence accepted, the version's directory complete and hashed, before anything is built."""
-    from appliance.build.context import BuildError
-
     c = ctx.config
     if not c.model_dir:
         raise BuildError(
@@ -389,8 +387,6 @@ def check_model(ctx) -> str:
 def compile_cache_architectures(cache_dir) -> list[str]:
     """The architectures (sm_89 ...) a vllm_compile_cache directory holds; BuildError unless it holds at least one
     and nothing else."""
-    from appliance.build.context import BuildError
-
     if not cache_dir:
         return []
     root = Path(cache_dir)
@@ -409,38 +405,31 @@ def compile_cache_architectures(cache_dir) -> list[str]:
 
 def build_model_layer(ctx) -> str:
     """The weights in their own squashfs layer(s), keyed by the files' hashes: a new app never re-squashes them."""
-    from appliance.build import layers
-    from appliance.build.context import hash_inputs, inputs_epoch, remove_tree
-
     prepared: PreparedModel = ctx.info["model"]
     parts = layers.pack([(e["path"], e["size"]) for e in prepared.files], PART_BUDGET)
-    epoch = inputs_epoch(ctx, "appliance/build/model.py")
+    epoch = inputs_epoch(ctx, "imagebuilder/model.py")
     cache = Path(ctx.config.vllm_compile_cache) if ctx.config.vllm_compile_cache else None
     key = hash_inputs("model", prepared.manifest, parts, ctx.config.compression, epoch, Path(__file__),
                       *([cache] if cache else []))
     made = []
     for i, paths in enumerate(parts):
         name = "model" if i == 0 else f"model{i + 1}"
-        layer = layers.cached_layer(ctx, name, ORDER + i, key, epoch)
-        if not layer.cached:
-            tree = ctx.work / f"{name}-layer"
-            try:
-                dest = tree / IMAGE_MODEL_DIR
-                part = PreparedModel(prepared.path, {**prepared.manifest, "files": [
-                    e for e in prepared.files if e["path"] in set(paths)]}, prepared.license_files)
-                install_model(part, dest)  # copies and verifies this part's files
-                if i == 0:  # the manifest (all files), the licence and any compile cache go with the first part
-                    write_manifest(dest, prepared.manifest)
-                    copy_license_files(prepared, tree / IMAGE_LICENSE_DIR)
-                    if cache:
-                        shutil.copytree(cache, tree / COMPILE_CACHE.relative_to("/"), symlinks=True)
-                else:
-                    (dest / MANIFEST).unlink()
-                layers.finish_layer(ctx, layer, tree, {"files": paths})
-            finally:
-                remove_tree(tree)
-        ctx.layers.append(layer)
-        made.append(layer)
+
+        def fill(tree: Path, i=i, paths=paths) -> dict:
+            dest = tree / IMAGE_MODEL_DIR
+            part = PreparedModel(prepared.path, {**prepared.manifest, "files": [
+                e for e in prepared.files if e["path"] in set(paths)]}, prepared.license_files)
+            install_model(part, dest)  # copies and verifies this part's files
+            if i == 0:  # the manifest (all files), the licence and any compile cache go with the first part
+                write_manifest(dest, prepared.manifest)
+                copy_license_files(prepared, tree / IMAGE_LICENSE_DIR)
+                if cache:
+                    shutil.copytree(cache, tree / COMPILE_CACHE.relative_to("/"), symlinks=True)
+            else:
+                (dest / MANIFEST).unlink()
+            return {"files": paths}
+
+        made.append(layers.reuse_or_build(ctx, layers.cached_layer(ctx, name, ORDER + i, key, epoch), fill))
     # The licence and notice also go beside the ISO: whoever receives the image gets them (a redistribution).
     lic = ctx.work / "model-license"
     for copied in copy_license_files(prepared, lic):

@@ -1,12 +1,14 @@
-"""The image builder: `appliance build` -> run_build(); `appliance doctor` -> host.check_host()."""
+"""The image builder, host only: `appliance build` -> run_build(); `appliance doctor` -> host.check_host();
+`appliance boot-test` -> boottest. Never copied into the image nor hashed into its app layer (app.py); it may import
+the runtime (appliance.*), the runtime never imports it (but the CLI's host-tools commands, lazily)."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from appliance.build.context import BuildError, make_context, remove_tree
-from appliance.settings import SettingsError, resolve
+from imagebuilder.context import BuildError, make_context, remove_tree
+from imagebuilder.settings import SettingsError, resolve
 
 __all__ = ["run_build", "BuildError", "SettingsError"]
 
@@ -20,7 +22,7 @@ def run_build(profile: str = "cpu", overrides: list[str] | tuple[str, ...] = (),
     Raises SettingsError (bad profile/override: names the key and the file) or BuildError (names the failed
     stage and why). On failure nothing is left in out_dir: everything is made in a work dir first.
     """
-    from appliance.build.stages import run_stages
+    from imagebuilder.stages import run_stages
 
     config = resolve(profile, overrides, model_dir=model, out_dir=out_dir, cache_dir=cache_dir,
                      accept_model_license=accept_model_license)

@@ -8,8 +8,8 @@ import traceback
 from dataclasses import dataclass
 from typing import Callable
 
-from appliance.build import app, boot, host, iso, manifest, model, nvidia, pyenv, rootfs, stack, usb
-from appliance.build.context import BuildError, Context
+from imagebuilder import app, boot, host, iso, manifest, model, nvidia, pyenv, rootfs, stack, usb
+from imagebuilder.context import BuildError, Context
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,217 @@
+"""What each boot must show: the API, the scan folder and the web UI checked through the port forward, the data
+stick pulled, and the verdict on the guest's own selftest line (boot menu entry, units, kiosk, GPU fallback,
+listeners). Each check returns the problems it found ([] when all is well) and adds its figures to `result`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import time
+from pathlib import Path
+
+from imagebuilder.boottest.sticks import INBOX_FILE, OCR_TEXT, STICK_FILE, STICK_LABEL, text_png
+from imagebuilder.boottest.vm import STICK_DEVICE, Vm
+
+# What the kiosk screen must show (read off the screenshot by our own CPU engine): the UI's navigation, so neither
+# an error page nor a blank browser passes.
+KIOSK_TEXT = ("OCR appliance", "New scan")
+NO_GPU_BANNER = "No NVIDIA graphics card"  # appliance.gpu.REASONS["no_card"], in the kiosk's banner
+
+
+def check_ocr(vm: Vm, token: str, result: dict) -> list[str]:
+    """Through the port forward: a picture of OCR_TEXT must come back as OCR_TEXT (CPU engine)."""
+    problems = []
+    sent = time.monotonic()
+    status, body = vm.http("/ocr", token, timeout=420, body={
+        "image": base64.b64encode(text_png(OCR_TEXT, 900)).decode(), "task_type": "plain_ocr"})
+    result["ocr_request_seconds"] = round(time.monotonic() - sent, 1)
+    result["seconds_to_first_ocr"] = round(time.monotonic() - vm.started, 1)
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = {}
+    result["ocr"] = {"status": status, "text": answer.get("text"), "engine": (answer.get("engine") or {}).get("name")}
+    if status != 200 or (answer.get("text") or "").strip() != OCR_TEXT:
+        problems.append(f"POST /ocr: {status} {answer.get('text') or body[:200]!r}, expected {OCR_TEXT!r}")
+    return problems
+
+
+def usb_names(vm: Vm, token: str, path: str) -> list[str] | None:
+    _, body = vm.http(f"/usb/list?path={path}", token, timeout=30)
+    try:
+        return [e["name"] for e in json.loads(body)["entries"]]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def check_scan_stick(vm: Vm, token: str, result: dict, timeout: float = 300) -> list[str]:
+    """The stick's OCR-INBOX scan goes through the scan folder: its .txt lands in OCR-OUTBOX on the stick (the text
+    itself is read back from the stick image after shutdown, see run.boot_once)."""
+    started = time.monotonic()
+    while True:
+        status, body = vm.http("/scan", token, timeout=30)
+        try:
+            states = {f["name"]: f["state"] for f in json.loads(body)["files"] if f.get("source") == STICK_LABEL}
+        except (ValueError, KeyError, TypeError):
+            states = {}
+        if states.get(INBOX_FILE) in ("done", "failed"):
+            break
+        if time.monotonic() - started > timeout:
+            return [f"the scan folder did not finish {INBOX_FILE} from the stick in {timeout:.0f}s: {status} "
+                    f"{body[:300]!r}"]
+        time.sleep(3)
+    if states[INBOX_FILE] != "done":
+        return [f"the scan folder failed {INBOX_FILE} from the stick: {body[:300]!r}"]
+    result["scan_stick_seconds"] = round(time.monotonic() - started, 1)
+    return []
+
+
+def check_read_only_stick(vm: Vm, token: str, result: dict, timeout: float = 120) -> list[str]:
+    """A stick the image could mount read-only only: the scan page lists it as read-only and the scan folder leaves
+    its OCR-INBOX alone (its files can still be OCR'd from the UI: check_ui_usb_upload)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        status, body = vm.http("/scan", token, timeout=30)
+        try:
+            scan = json.loads(body)
+            sticks = {s["label"]: s.get("read_only") for s in scan["sticks"]}
+        except (ValueError, KeyError, TypeError):
+            sticks = {}
+        if STICK_LABEL in sticks:
+            result["stick_read_only"] = sticks[STICK_LABEL]
+            taken = [f["name"] for f in scan.get("files", []) if f.get("source") == STICK_LABEL]
+            if not sticks[STICK_LABEL] or taken:
+                return [f"the dirty NTFS stick: read_only={sticks[STICK_LABEL]}, scan folder took {taken}"]
+            return []
+        time.sleep(3)
+    return [f"the scan page never listed the read-only stick {STICK_LABEL}: {status} {body[:300]!r}"]
+
+
+def check_ui_usb_upload(vm: Vm, token: str, shots: Path, result: dict) -> list[str]:
+    """The web UI in a real browser (host Chromium through the forward, as a LAN user): log in with the token, pick
+    STICK_FILE in the in-app USB browser, run plain text OCR, and see OCR_TEXT on the result page."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return ["the UI check needs playwright (pip install -e '.[dev]')"]
+    browser_path = shutil.which("chromium") or "/usr/bin/chromium"
+    base = f"http://127.0.0.1:{vm.port}"
+    started = time.monotonic()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=browser_path, headless=True, args=[
+                "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"])
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 800}, locale="en-US")
+                page.goto(base + "/login", timeout=60_000)
+                page.fill("input[name=token]", token)
+                page.click("button[type=submit]")
+                page.wait_for_selector("#usb-open", timeout=60_000)
+                page.click("#usb-open")
+                page.click(f"#usb-list button:has-text('{STICK_LABEL}')")
+                page.click(f"#usb-list button:has-text('{STICK_FILE}')")
+                page.check("input[value=text]", force=True)
+                page.click("#start")
+                page.wait_for_selector("#out-text", timeout=300_000)
+                shown = page.locator("#out-text").inner_text().strip()
+                # The scanned page itself must show under its boxes (the guest may still be rasterising it).
+                # (polled from here: wait_for_function would evaluate a string, which the page's CSP forbids)
+                for _ in range(120):
+                    if page.locator("img").evaluate_all("imgs => imgs.every(i => i.complete && i.naturalWidth > 0)"):
+                        break
+                    time.sleep(1)
+                else:
+                    raise TimeoutError("the page image did not load within 120 s")
+                page.screenshot(path=str(shots / "ui-usb-upload.png"), full_page=True)
+            finally:
+                browser.close()
+    except Exception as e:  # playwright's errors say which step timed out
+        return [f"UI upload from the USB browser failed: {type(e).__name__}: {str(e).splitlines()[0]}"]
+    result["ui_usb_upload"] = {"text": shown, "seconds": round(time.monotonic() - started, 1)}
+    return [] if shown == OCR_TEXT else [f"UI upload from the USB browser showed {shown!r}, expected {OCR_TEXT!r}"]
+
+
+def check_usb(vm: Vm, token: str, result: dict, pull: bool) -> list[str]:
+    """The data stick shows in the in-app USB browser; pulled (`pull`), it goes (unmounted, its folder removed).
+    Without `pull` the guest's clean shutdown unmounts it, so what the scan folder wrote is read back whole."""
+    names = usb_names(vm, token, STICK_LABEL)
+    result["usb_listing"] = names
+    if STICK_FILE not in (names or []):
+        return [f"the data stick is not in the USB browser: /usb/list?path={STICK_LABEL} -> {names}"]
+    if not pull:
+        return []
+    # Pull the stick: the image must unmount it and drop /media/STICK_LABEL (a stale mount point would stay listed).
+    vm.monitor(f"device_del {STICK_DEVICE}")
+    deadline = time.monotonic() + 90
+    # (None: no answer yet, keep asking; [] is an answer: no stick left)
+    while (left := usb_names(vm, token, "")) is None or STICK_LABEL in left:
+        if time.monotonic() > deadline:
+            result["usb_removed_cleanly"] = False
+            inside = usb_names(vm, token, STICK_LABEL)  # the dead mount's files, or an empty leftover folder
+            return [f"/media/{STICK_LABEL} still there after the stick was pulled: {left}; it holds {inside}"]
+        time.sleep(2)
+    result["usb_removed_cleanly"] = True
+    return []
+
+
+# What each boot menu entry must have done, judged from the selftest line.
+ENTRY_CHECKS = {
+    "normal": lambda r: not r.get("cmdline") or f"unexpected kernel flags {r.get('cmdline')}",
+    "toram": lambda r: ("toram" in r.get("cmdline", []) and r.get("medium_device") == "0")
+    or f"toram: cmdline {r.get('cmdline')}, boot device still mounted: {r.get('medium_device')}",
+    "safe": lambda r: "nomodeset" in r.get("cmdline", []) or f"safe graphics: cmdline {r.get('cmdline')}",
+    "verify": lambda r: r.get("verified") == "ok" or f"medium check: {r.get('verified')}",
+}
+
+
+def gpu_fallback_problems(report: dict, kiosk_text: str) -> list[str]:
+    """A gpu image booted without an NVIDIA card (QEMU has none): its NVIDIA units skipped by their ExecCondition,
+    not failed; the CPU engine serving; the kiosk's banner saying why. [] for a cpu image (no `gpu` units)."""
+    units = dict(item.split(":", 1) for item in report.get("gpu", []))
+    if not units:
+        return []
+    problems = [f"{unit} unit: Result={result}, expected exec-condition (skipped without a GPU)"
+                for unit, result in units.items() if result != "exec-condition"]
+    if report.get("engine") != "cpu":
+        problems.append(f"engine {report.get('engine')}, expected the CPU fallback")
+    if NO_GPU_BANNER not in kiosk_text:
+        problems.append(f"the kiosk screen does not say why the GPU is not used ({NO_GPU_BANNER!r})")
+    return problems
+
+
+def loopback_only(listener: str) -> bool:
+    """'tcp:127.0.0.1:8000/appliance/1001' (or an older image's '127.0.0.1:8000/appliance') -> True."""
+    address = listener.split(":", 1)[1] if listener.startswith(("tcp:", "udp:")) else listener
+    return address.startswith(("127.0.0.1:", "[::1]:"))
+
+
+def selftest_problems(report: dict, result: dict, entry: str, lan: bool, health: int, stick: bool) -> list[str]:
+    """The guest's selftest line judged, with what the host saw: the kiosk screen (result's kiosk_rendered and
+    kiosk_text) and `health`, the status of /health through the port forward (LAN mode)."""
+    problems = []
+    if stick and report.get("media") != [STICK_LABEL]:
+        problems.append(f"/media holds {report.get('media')}, expected only the data stick [{STICK_LABEL}]")
+    verdict = ENTRY_CHECKS[entry](report)
+    if verdict is not True:
+        problems.append(verdict)
+    if report.get("state") != "running":
+        problems.append(f"systemd state {report.get('state')}")
+    if report.get("failed"):
+        problems.append(f"failed units {report['failed']}")
+    if report.get("kiosk") != "active" or report.get("browser", "0") in ("0", ""):
+        problems.append("kiosk browser not running")
+    if not result["kiosk_rendered"]:
+        problems.append("the kiosk screen stayed blank (see screen.png)")
+    elif not all(words in result["kiosk_text"] for words in KIOSK_TEXT):
+        problems.append(f"the kiosk screen does not show the UI: {result['kiosk_text'][:120]!r}")
+    problems += gpu_fallback_problems(report, result.get("kiosk_text", ""))
+    if report.get("health") != "200":
+        problems.append(f"/health inside the guest: {report.get('health')}")
+    if lan and health != 200:
+        problems.append(f"/health through the port forward: {health}")
+    if not lan and not all(loopback_only(a) for a in report.get("listen", [])):
+        problems.append(f"listening beyond loopback: {report['listen']}")
+    return problems

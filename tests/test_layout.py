@@ -111,3 +111,15 @@ def test_runtime_never_imports_the_builder():
         if target.split(".")[0] == BUILDER
     )
     assert offenders == []
+
+
+def test_the_cli_imports_the_builder_only_inside_its_host_commands():
+    """At module level the CLI must import in the image, where imagebuilder is absent."""
+    tree = ast.parse((REPO / "appliance" / "cli.py").read_text())
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    names = [a.name for n in top if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module or "" for n in top if isinstance(n, ast.ImportFrom)]
+    assert not [name for name in names if name.split(".")[0] == BUILDER]
+    assert BUILDER in import_graph()[BUILDER_ENTRY] or any(
+        t.startswith(BUILDER) for t in import_graph()[BUILDER_ENTRY]
+    ), "the CLI's build command reaches the builder"

@@ -24,7 +24,10 @@ $(STAMP)/test-apt:
 
 deps: $(STAMP)/deps
 
+# Lint first (the project's ruff rules in pyproject.toml; `ruff format` fixes what --check reports), then the tests.
 test: $(STAMP)/deps $(STAMP)/test-apt
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q
 
 # OCR engine, scan folder, then the image (cold and app-only build, sizes, boot time against a bare image: ~25 min).

@@ -14,8 +14,11 @@ from appliance.ocr.tasks import LANGUAGES, Task
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=ENGINE_NAMES, help="OCR engine (default: the image's, else auto)")
-    p.add_argument("--model", metavar="DIR",
-                   help="local HunyuanOCR model directory (config.json + weights; default: the gpu image's)")
+    p.add_argument(
+        "--model",
+        metavar="DIR",
+        help="local HunyuanOCR model directory (config.json + weights; default: the gpu image's)",
+    )
     p.add_argument("--vllm-url", metavar="URL", help="vLLM OpenAI-compatible server (default: loopback :8001)")
 
 
@@ -27,11 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
     ocr = sub.add_parser("ocr", help="recognise images and PDFs", description="Recognise images and PDFs.")
     ocr.add_argument("files", nargs="+", metavar="FILE")
     ocr.add_argument(
-        "--task", help=f"one of: {', '.join(t.value for t in Task)} (or plain_ocr, doc_parser, translation); "
-        "default: the image's default_task, else spotting"
+        "--task",
+        help=f"one of: {', '.join(t.value for t in Task)} (or plain_ocr, doc_parser, translation); "
+        "default: the image's default_task, else spotting",
     )
     ocr.add_argument("--fields", help="field names for --task extract, comma separated")
-    ocr.add_argument("--to", dest="target_lang", default="en", help=f"target language for translate: {', '.join(LANGUAGES)}")
+    ocr.add_argument(
+        "--to", dest="target_lang", default="en", help=f"target language for translate: {', '.join(LANGUAGES)}"
+    )
     ocr.add_argument("--format", default="txt", choices=("json", "txt", "md"), help="json: one document per line")
     _engine_args(ocr)
 
@@ -41,14 +47,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     build = sub.add_parser("build", help="build the live ISO (out/<name>-<version>-<profile>.iso)")
     build.add_argument("--profile", default="cpu", help="a name in build/profiles/ or a YAML file (default: cpu)")
-    build.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a profile setting, e.g. --set lan=on --set lan_token=SECRET (repeatable)")
+    build.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a profile setting, e.g. --set lan=on --set lan_token=SECRET (repeatable)",
+    )
     build.add_argument("--model", metavar="DIR", help="local HunyuanOCR model directory (gpu profile)")
-    build.add_argument("--model-version", choices=("1.5", "1.0"),
-                       help="which HunyuanOCR in DIR: 1.5 (the repo's root) or 1.0 (its v1.0/); the same as "
-                       "--set model_version=...")
-    build.add_argument("--accept-model-license", action="store_true",
-                       help="you read and accept the Tencent Hunyuan Community License of the weights (gpu profile)")
+    build.add_argument(
+        "--model-version",
+        choices=("1.5", "1.0"),
+        help="which HunyuanOCR in DIR: 1.5 (the repo's root) or 1.0 (its v1.0/); the same as --set model_version=...",
+    )
+    build.add_argument(
+        "--accept-model-license",
+        action="store_true",
+        help="you read and accept the Tencent Hunyuan Community License of the weights (gpu profile)",
+    )
     build.add_argument("--out", metavar="DIR", help="output folder (default: out)")
     build.add_argument("--cache", metavar="DIR", help="downloaded packages and built layers (default: cache)")
     build.add_argument("--dump-config", action="store_true", help="print the effective settings first")
@@ -60,38 +77,59 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--timeout", type=int, default=600, help="seconds per boot (TCG is slow)")
     boot.add_argument("--lan-token", help="the token the image was built with (to call its API)")
     boot.add_argument("--persistence", action="store_true", help="also check that data survives a reboot (USB)")
-    boot.add_argument("--pull-stick", action="store_true",
-                      help="pull the data stick while the guest runs: its finished outputs must be on it")
-    boot.add_argument("--stick-fs", choices=("vfat", "exfat", "ntfs", "ntfs-dirty"), default="vfat",
-                      help="the data stick's filesystem (exfat and ntfs need root and FUSE tools on this host; "
-                      "ntfs-dirty: marked as pulled without ejecting, so the image can only read it)")
+    boot.add_argument(
+        "--pull-stick",
+        action="store_true",
+        help="pull the data stick while the guest runs: its finished outputs must be on it",
+    )
+    boot.add_argument(
+        "--stick-fs",
+        choices=("vfat", "exfat", "ntfs", "ntfs-dirty"),
+        default="vfat",
+        help="the data stick's filesystem (exfat and ntfs need root and FUSE tools on this host; "
+        "ntfs-dirty: marked as pulled without ejecting, so the image can only read it)",
+    )
 
     serve = sub.add_parser("serve", help="serve the web UI and the HTTP API (loopback by default)")
     serve.add_argument("--host", help="default: loopback, or every address when the image's lan is on")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--data", metavar="DIR", default=str(runtime.DATA_DIR),
-                       help=f"jobs, results and history (default: {runtime.DATA_DIR})")
+    serve.add_argument(
+        "--data",
+        metavar="DIR",
+        default=str(runtime.DATA_DIR),
+        help=f"jobs, results and history (default: {runtime.DATA_DIR})",
+    )
     serve.add_argument("--scan", metavar="ROOT", help="also run the scan folder on ROOT, through the same queue")
     serve.add_argument("--lan-token", metavar="SECRET", help="require 'Authorization: Bearer SECRET' on API calls")
     _engine_args(serve)
 
-    watch = sub.add_parser("watch", help="scan-to-folder: OCR every file dropped into ROOT/inbox (see docs/scan-folder.md)")
+    watch = sub.add_parser(
+        "watch", help="scan-to-folder: OCR every file dropped into ROOT/inbox (see docs/scan-folder.md)"
+    )
     watch.add_argument("root", help="folder holding inbox/, outbox/, done/, failed/ (created if missing)")
     watch.add_argument("--once", action="store_true", help="process what is in the inbox, then exit")
     watch.add_argument("--retry-failed", action="store_true", help="move failed files back into the inbox first")
     watch.add_argument("--quiet", type=float, help="seconds a file must stay unchanged before it is read (default 3)")
-    watch.add_argument("--give-up", type=float, help="seconds an unreadable, unchanged file waits before failing (60)")
+    watch.add_argument(
+        "--give-up", type=float, help="seconds an unreadable, unchanged file waits before failing (60)"
+    )
     watch.add_argument("--media", action="append", help="where USB sticks are mounted (repeatable)")
-    watch.add_argument("--outputs", type=lambda v: tuple(f.strip() for f in v.split(",") if f.strip()),
-                       help="outbox files to write, comma separated, e.g. txt,json,pdf (default: the runtime config's outputs)")
+    watch.add_argument(
+        "--outputs",
+        type=lambda v: tuple(f.strip() for f in v.split(",") if f.strip()),
+        help="outbox files to write, comma separated, e.g. txt,json,pdf (default: the runtime config's outputs)",
+    )
     _engine_args(watch)
 
     vllm = sub.add_parser("vllm-server", help="start vLLM serving the model on loopback (GPU machines)")
     vllm.add_argument("--model", metavar="DIR", help="model directory (default: the gpu image's)")
     vllm.add_argument("--port", type=int, default=8001)
     vllm.add_argument("--gpu-memory-utilization", type=float, default=0.8)
-    vllm.add_argument("--auto", action="store_true",
-                      help="size memory use and max model length from the card's memory (the image's unit uses this)")
+    vllm.add_argument(
+        "--auto",
+        action="store_true",
+        help="size memory use and max model length from the card's memory (the image's unit uses this)",
+    )
     return parser
 
 
@@ -110,8 +148,15 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             overrides = args.overrides + ([f"model_version={args.model_version}"] if args.model_version else [])
-            run_build(args.profile, overrides, args.model, args.out, args.cache, args.dump_config,
-                      accept_model_license=args.accept_model_license or None)
+            run_build(
+                args.profile,
+                overrides,
+                args.model,
+                args.out,
+                args.cache,
+                args.dump_config,
+                accept_model_license=args.accept_model_license or None,
+            )
         except (SettingsError, BuildError) as error:
             _fail(str(error))
             return 2
@@ -126,15 +171,30 @@ def main(argv: list[str] | None = None) -> int:
         except RuntimeError as error:
             _fail(str(error))
             return 2
-        return boot_test(Path(args.iso), args.modes.split(","), Path(args.artifacts), args.timeout,
-                         lan_token=args.lan_token, persistence=args.persistence,
-                         pull_stick=args.pull_stick, stick_fs=args.stick_fs)
+        return boot_test(
+            Path(args.iso),
+            args.modes.split(","),
+            Path(args.artifacts),
+            args.timeout,
+            lan_token=args.lan_token,
+            persistence=args.persistence,
+            pull_stick=args.pull_stick,
+            stick_fs=args.stick_fs,
+        )
     if args.command == "serve":
         from webui.server import serve
 
-        serve(args.host or config.listen_host, args.port, engine=args.engine, model_dir=args.model,
-              data_dir=args.data, lan_token=args.lan_token, vllm_url=args.vllm_url, scan_dir=args.scan,
-              runtime_config=config)
+        serve(
+            args.host or config.listen_host,
+            args.port,
+            engine=args.engine,
+            model_dir=args.model,
+            data_dir=args.data,
+            lan_token=args.lan_token,
+            vllm_url=args.vllm_url,
+            scan_dir=args.scan,
+            runtime_config=config,
+        )
         return 0
     if args.command == "watch":
         return cmd_watch(args)
@@ -146,8 +206,12 @@ def main(argv: list[str] | None = None) -> int:
 def _runtime_defaults(args) -> runtime.Runtime:
     """Fill the flags not given from the image's runtime config (a host without one gets its defaults)."""
     config = runtime.load()
-    for flag, value in (("engine", config.engine), ("model", config.model_dir), ("task", config.default_task),
-                        ("outputs", tuple(config.outputs))):
+    for flag, value in (
+        ("engine", config.engine),
+        ("model", config.model_dir),
+        ("task", config.default_task),
+        ("outputs", tuple(config.outputs)),
+    ):
         if hasattr(args, flag) and getattr(args, flag) is None:
             setattr(args, flag, value)
     return config
@@ -165,8 +229,10 @@ def _host_only(command: str, quiet: bool = False) -> bool:
         if not (error.name or "").startswith("imagebuilder"):
             raise  # the builder is here but one of its own imports failed: show that
         if not quiet:
-            _fail(f"{command}: the image builder is not installed here (it runs on a build host, from the source "
-                  "checkout or a host install of ocr-appliance)")
+            _fail(
+                f"{command}: the image builder is not installed here (it runs on a build host, from the source "
+                "checkout or a host install of ocr-appliance)"
+            )
         return False
     return True
 
@@ -186,7 +252,12 @@ class ProgressBar:
             filled = int(30 * done / total)
             secs = time.monotonic() - self.started
             end = "\n" if done == total else ""
-            print(f"\r{self.name} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} pages {secs:.0f}s", end=end, file=sys.stderr, flush=True)
+            print(
+                f"\r{self.name} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} pages {secs:.0f}s",
+                end=end,
+                file=sys.stderr,
+                flush=True,
+            )
         elif done:
             print(f"{self.name}: page {done}/{total}", file=sys.stderr, flush=True)
 
@@ -269,9 +340,11 @@ def cmd_vllm_server(args) -> int:
             capability = smi_query("compute_cap")
             cache = compile_cache_for(capability)
             sizing = {**settings, "compile_cache": cache}
-            print(f"vllm-server: {memory / 2**30:.1f} GiB card (compute capability {capability}) -> {settings}, "
-                  + (f"compiled from {cache}" if cache else "eager (no compile cache for this architecture)"),
-                  flush=True)
+            print(
+                f"vllm-server: {memory / 2**30:.1f} GiB card (compute capability {capability}) -> {settings}, "
+                + (f"compiled from {cache}" if cache else "eager (no compile cache for this architecture)"),
+                flush=True,
+            )
         run_dir = RUN_DIR if RUN_DIR.is_dir() else None  # the image's unit makes it; a dev machine has none
         server = start_server(args.model, args.port, **sizing, run_dir=run_dir)
     except (OcrError, ValueError) as error:  # ValueError: NotEnoughGpuMemory, with the UI's sentence
@@ -287,11 +360,25 @@ def cmd_watch(args) -> int:
     from appliance.ocr.errors import OcrError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    options = {k: v for k, v in (("quiet", args.quiet), ("give_up", args.give_up), ("media_dirs", args.media),
-                                 ("outputs", args.outputs)) if v is not None}
+    options = {
+        k: v
+        for k, v in (
+            ("quiet", args.quiet),
+            ("give_up", args.give_up),
+            ("media_dirs", args.media),
+            ("outputs", args.outputs),
+        )
+        if v is not None
+    }
     try:
-        return watch.run(args.root, engine=args.engine, model_dir=args.model, once=args.once,
-                         retry_failed=args.retry_failed, **options)
+        return watch.run(
+            args.root,
+            engine=args.engine,
+            model_dir=args.model,
+            once=args.once,
+            retry_failed=args.retry_failed,
+            **options,
+        )
     except (watch.WatchError, OcrError) as error:
         _fail(f"watch: {error}")
         return 1

@@ -24,8 +24,10 @@ def report(engine: str = "auto", model_dir=None, vllm_url=None) -> str:
         f"GPU:      {choice.gpu or 'none usable'}",
         f"model:    {model_dir or 'none given (--model DIR)'}",
         f"engine:   {choice.engine} ({choice.reason})",
-        "packages: " + ", ".join(
-            f"{p} {_version(p)}" for p in ("rapidocr", "onnxruntime", "torch", "transformers", "vllm", "pypdfium2", "pillow")
+        "packages: "
+        + ", ".join(
+            f"{p} {_version(p)}"
+            for p in ("rapidocr", "onnxruntime", "torch", "transformers", "vllm", "pypdfium2", "pillow")
         ),
     ]
     return "\n".join(lines)

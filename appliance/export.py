@@ -72,7 +72,7 @@ def _md_cell(value) -> str:
 
 
 def free_stem(folder: Path, stem: str, exts=FORMATS) -> str:
-    """`stem`, or `stem-1`, `stem-2`, ... : the first for which none of `stem.ext` exists in `folder` (never overwrite)."""
+    """`stem`, or `stem-1`, `stem-2`, ...: the first for which no `stem.ext` exists in `folder` (never overwrite)."""
     candidate, n = stem, 0
     while any((folder / f"{candidate}.{ext}").exists() for ext in exts):
         n += 1

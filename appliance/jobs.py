@@ -481,8 +481,14 @@ class Jobs:
                     "error_kind": "EngineUnavailable",
                 }
             if outcome["state"] == QUEUED:  # the engine was lost mid-job: first in line once it is back
-                self._set(job_id, state=QUEUED, retries=job.retries + 1, pages_done=0, started=None,
-                          error=f"the OCR engine stopped answering ({lost}); queued again")
+                self._set(
+                    job_id,
+                    state=QUEUED,
+                    retries=job.retries + 1,
+                    pages_done=0,
+                    started=None,
+                    error=f"the OCR engine stopped answering ({lost}); queued again",
+                )
                 self._pending.insert(0, job_id)
             elif self._stopping and outcome["state"] == CANCELLED:
                 # shutting down, not a user's cancel: leave it for the next start to resume

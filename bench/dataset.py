@@ -213,7 +213,8 @@ def receipt(rng: random.Random, chinese: bool):
     )
     row(("华联" if chinese else "") + shop + (f" {rng.randint(1, 99)}号店" if chinese else f" #{rng.randint(1, 99)}"))
     row(
-        f"20{rng.randint(20, 29)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d} {rng.randint(8, 21):02d}:{rng.randint(0, 59):02d}"
+        f"20{rng.randint(20, 29)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d} "
+        f"{rng.randint(8, 21):02d}:{rng.randint(0, 59):02d}"
     )
     total = 0.0
     for item in items:

@@ -75,8 +75,7 @@ BARE_STAGES = (
 
 
 def build_bare_iso(cache: Path, dest: Path) -> Path:
-    ctx = make_context(resolve("cpu", ["name=bare"], cache_dir=str(cache),
-                               out_dir=str(dest.parent)))
+    ctx = make_context(resolve("cpu", ["name=bare"], cache_dir=str(cache), out_dir=str(dest.parent)))
     try:
         run_stages(ctx, BARE_STAGES, log=lambda *a, **k: None)
         shutil.move(ctx.files["iso"], dest)
@@ -138,12 +137,25 @@ def gpu_figures(model: str | None, cold: bool, work: Path, log: list[str]) -> li
     if cold:
         cache = fresh_layer_cache(work / "gpu-cache")
         print("gpu image: cold build (fresh layer cache) ...", flush=True)
-        seconds, _ = timed_build(log, "gpu", settings, model=model, out_dir=str(work / "out-gpu-cold"),
-                                 cache_dir=str(cache), accept_model_license=True)
+        seconds, _ = timed_build(
+            log,
+            "gpu",
+            settings,
+            model=model,
+            out_dir=str(work / "out-gpu-cold"),
+            cache_dir=str(cache),
+            accept_model_license=True,
+        )
         figures.append(f"gpu cold build             {seconds:7.1f} s")
     print("gpu image: rebuild after an app-only change (UI language) ...", flush=True)
-    seconds, _ = timed_build(log, "gpu", [*settings, "language=zh"], model=model, out_dir=str(work / "out-gpu-zh"),
-                             accept_model_license=True)
+    seconds, _ = timed_build(
+        log,
+        "gpu",
+        [*settings, "language=zh"],
+        model=model,
+        out_dir=str(work / "out-gpu-zh"),
+        accept_model_license=True,
+    )
     return figures + [f"gpu app-only rebuild       {seconds:7.1f} s   (goal < 45 s)"]
 
 
@@ -159,8 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default=str(REPO / "out" / "bench-image"), help="scratch folder (kept for a look)")
     ap.add_argument("--no-boot", action="store_true", help="build figures only")
-    ap.add_argument("--gpu-model", metavar="DIR", help="the model directory of the gpu image in out/ (default: the "
-                    "one its manifest names), to time its app-only rebuild")
+    ap.add_argument(
+        "--gpu-model",
+        metavar="DIR",
+        help="the model directory of the gpu image in out/ (default: the "
+        "one its manifest names), to time its app-only rebuild",
+    )
     ap.add_argument("--gpu-cold", action="store_true", help="also time a cold gpu build (about 25 minutes)")
     args = ap.parse_args(argv)
     work = Path(args.work).resolve()
@@ -180,8 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if not args.no_boot:
         print("LAN-mode copy and bare image ...", flush=True)
-        _, lan_iso = timed_build(log, "cpu", ["lan=on", f"lan_token={TOKEN}"], out_dir=str(work / "out-lan"),
-                                 cache_dir=str(cache))
+        _, lan_iso = timed_build(
+            log, "cpu", ["lan=on", f"lan_token={TOKEN}"], out_dir=str(work / "out-lan"), cache_dir=str(cache)
+        )
         bare_iso = build_bare_iso(cache, work / "bare.iso")
         figures.append(f"bare ISO                   {bare_iso.stat().st_size / 1e6:7.1f} MB")
         print("booting the bare image (BIOS CD) ...", flush=True)

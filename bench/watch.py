@@ -8,8 +8,9 @@ Same pages, same engine object, same process: first the engine directly (`recogn
 model already loaded), then the same files dropped into a watched inbox at once (throughput: from the drop to the
 last file's JSON), then files dropped one at a time into an idle watcher (latency). The watcher's extra work per
 file is readiness (a full decode), the SHA-256, moving the file, the ledger commits, the job queue (a copy of the
-input, its own commits, the result file), four outputs with fsync, and the searchable PDF. The quiet period delays each file but costs no throughput when files arrive together (the
-next files settle while one is being recognised), so it is reported apart.
+input, its own commits, the result file), four outputs with fsync, and the searchable PDF. The quiet period delays
+each file but costs no throughput when files arrive together (the next files settle while one is being recognised),
+so it is reported apart.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-watch-"))
     try:
         files = make_files(work / "pages", args.per_kind)
-        # Different pages for the latency runs: the same bytes again would come from the queue's cache, not the engine.
+        # Different pages for the latency runs: the same bytes again would come from the queue's cache.
         singles = make_files(work / "singles", args.latency_files, seed=1, kinds=("receipt",))
         engine = CpuEngine()  # loaded before anything is timed
         recognize_file(engine, files[0], watch.FOLDERS[""])  # warm-up

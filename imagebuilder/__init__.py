@@ -13,9 +13,16 @@ from imagebuilder.settings import SettingsError, resolve
 __all__ = ["run_build", "BuildError", "SettingsError"]
 
 
-def run_build(profile: str = "cpu", overrides: list[str] | tuple[str, ...] = (), model: str | None = None,
-              out_dir: str | None = None, cache_dir: str | None = None, dump_config: bool = False,
-              log=print, accept_model_license: bool | None = None) -> Path:
+def run_build(
+    profile: str = "cpu",
+    overrides: list[str] | tuple[str, ...] = (),
+    model: str | None = None,
+    out_dir: str | None = None,
+    cache_dir: str | None = None,
+    dump_config: bool = False,
+    log=print,
+    accept_model_license: bool | None = None,
+) -> Path:
     """Build out/<name>-<version>-<profile>.iso (+ SHA256SUMS, <same name>.manifest.json); return the ISO's path.
 
     profile: a name in build/profiles/ or a YAML path; overrides: ["KEY=VALUE", ...] from --set; model: --model DIR.
@@ -24,8 +31,14 @@ def run_build(profile: str = "cpu", overrides: list[str] | tuple[str, ...] = (),
     """
     from imagebuilder.stages import run_stages
 
-    config = resolve(profile, overrides, model_dir=model, out_dir=out_dir, cache_dir=cache_dir,
-                     accept_model_license=accept_model_license)
+    config = resolve(
+        profile,
+        overrides,
+        model_dir=model,
+        out_dir=out_dir,
+        cache_dir=cache_dir,
+        accept_model_license=accept_model_license,
+    )
     if dump_config:
         log(config.dump())
     ctx = make_context(config)
@@ -37,6 +50,11 @@ def run_build(profile: str = "cpu", overrides: list[str] | tuple[str, ...] = (),
         remove_tree(ctx.work)
     total = time.monotonic() - started
     log("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()) + f"; total {total:.1f}s")
-    log("layers: " + ", ".join(f"{layer.filename} {layer.meta['size'] / 2**20:.1f} MiB"
-                               + (" (reused)" if layer.cached else "") for layer in ctx.layers))
+    log(
+        "layers: "
+        + ", ".join(
+            f"{layer.filename} {layer.meta['size'] / 2**20:.1f} MiB" + (" (reused)" if layer.cached else "")
+            for layer in ctx.layers
+        )
+    )
     return ctx.out_dir / f"{ctx.stem}.iso"

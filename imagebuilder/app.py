@@ -41,9 +41,15 @@ PRESETS = (
 )
 MASKED = (
     # No login prompt anywhere: the templates behind every VT and serial getty.
-    "getty@.service", "serial-getty@.service", "autovt@.service", "getty.target",
+    "getty@.service",
+    "serial-getty@.service",
+    "autovt@.service",
+    "getty.target",
     # Air-gapped: nothing may phone home on a timer.
-    "apt-daily.timer", "apt-daily-upgrade.timer", "apt-daily.service", "apt-daily-upgrade.service",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "apt-daily.service",
+    "apt-daily-upgrade.service",
 )
 UNIT_DIR = "usr/lib/systemd/system"
 
@@ -75,8 +81,9 @@ def enable_units(ctx: Context, tree: Path, base: Path) -> None:
         run([*systemctl, "mask", *MASKED], ctx)
         if ctx.config.kiosk:
             run([*systemctl, "set-default", "graphical.target"], ctx)
-        shutil.copytree(scratch / "etc/systemd/system", tree / "etc/systemd/system", symlinks=True,
-                        dirs_exist_ok=True)
+        shutil.copytree(
+            scratch / "etc/systemd/system", tree / "etc/systemd/system", symlinks=True, dirs_exist_ok=True
+        )
     finally:
         remove_tree(scratch)
 
@@ -86,8 +93,19 @@ def generated(ctx: Context) -> dict[str, tuple[str, int]]:
     c = ctx.config
     runtime_config = c.image_config()  # read by appliance.runtime, its only reader (engine, lan, outputs, ...)
     files = {
-        "etc/appliance/build.json": (json.dumps({"name": c.name, "version": c.version, "profile": c.profile,
-                                                 "source_date_epoch": inputs_epoch(ctx, *INPUTS)}, indent=1) + "\n", 0o644),
+        "etc/appliance/build.json": (
+            json.dumps(
+                {
+                    "name": c.name,
+                    "version": c.version,
+                    "profile": c.profile,
+                    "source_date_epoch": inputs_epoch(ctx, *INPUTS),
+                },
+                indent=1,
+            )
+            + "\n",
+            0o644,
+        ),
         "usr/local/bin/appliance": (LAUNCHER, 0o755),
     }
     if c.lan:
@@ -96,7 +114,9 @@ def generated(ctx: Context) -> dict[str, tuple[str, int]]:
         files["etc/systemd/network/80-appliance-lan.network"] = (
             "# LAN mode: DHCP on wired ports, IPv4 only, no IPv6 autoconfiguration chatter.\n"
             "[Match]\nType=ether\n\n[Network]\nDHCP=ipv4\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n"
-            "LLMNR=no\nMulticastDNS=no\n", 0o644)
+            "LLMNR=no\nMulticastDNS=no\n",
+            0o644,
+        )
     stack = ctx.info.get("stack")
     if stack:
         # appliance.gpu reads it at boot: which module flavours exist, whether they are signed, the CUDA version.
@@ -117,9 +137,20 @@ INPUTS = (*PACKAGES, "rootfs")
 def app_key(ctx: Context) -> str:
     sources = [ctx.repo / p for p in PACKAGES] + [ctx.repo / "rootfs"]
     # The base layer's key too: base units (networkd) are enabled here, from its unit files.
-    return hash_inputs("app", *sources, preset(ctx), MASKED, rootfs.base_key(ctx), generated(ctx),
-                       ctx.config.python_version, ctx.config.compression, inputs_epoch(ctx, *INPUTS),
-                       Path(__file__), Path(bytecode.__file__), Path(ctx.files["passwd"]))
+    return hash_inputs(
+        "app",
+        *sources,
+        preset(ctx),
+        MASKED,
+        rootfs.base_key(ctx),
+        generated(ctx),
+        ctx.config.python_version,
+        ctx.config.compression,
+        inputs_epoch(ctx, *INPUTS),
+        Path(__file__),
+        Path(bytecode.__file__),
+        Path(ctx.files["passwd"]),
+    )
 
 
 def build_app_layer(ctx: Context) -> str:

@@ -11,8 +11,27 @@ from pathlib import Path
 from imagebuilder.context import Context, run
 
 GRUB_LIB = Path("/usr/lib/grub")
-COMMON_MODULES = ["iso9660", "part_msdos", "part_gpt", "fat", "search", "search_fs_file", "normal", "configfile",
-                  "linux", "echo", "test", "serial", "terminal", "gzio", "ls", "cat", "halt", "reboot", "all_video"]
+COMMON_MODULES = [
+    "iso9660",
+    "part_msdos",
+    "part_gpt",
+    "fat",
+    "search",
+    "search_fs_file",
+    "normal",
+    "configfile",
+    "linux",
+    "echo",
+    "test",
+    "serial",
+    "terminal",
+    "gzio",
+    "ls",
+    "cat",
+    "halt",
+    "reboot",
+    "all_video",
+]
 BIOS_MODULES = ["biosdisk"]
 EFI_MODULES = ["efi_gop", "efi_uga"]
 EFI_IMG_KIB = 4096  # the ESP (partition 2): 4 MiB is plenty for one EFI binary
@@ -39,8 +58,10 @@ def marker(ctx: Context) -> str:
 
 
 def early_cfg(ctx: Context) -> str:
-    return (f"search --no-floppy --set=root --file {marker(ctx)}\n"
-            "set prefix=($root)/boot/grub\nconfigfile $prefix/grub.cfg\n")
+    return (
+        f"search --no-floppy --set=root --file {marker(ctx)}\n"
+        "set prefix=($root)/boot/grub\nconfigfile $prefix/grub.cfg\n"
+    )
 
 
 def grub_cfg(ctx: Context) -> str:
@@ -63,8 +84,13 @@ def grub_cfg(ctx: Context) -> str:
         "set default=0",
     ]
     for title, args, grub in entries:
-        lines += [f'menuentry "{title}" {{', *([f"  {grub}"] if grub else []), f"  linux /live/vmlinuz {args}",
-                  "  initrd /live/initrd.img", "}"]
+        lines += [
+            f'menuentry "{title}" {{',
+            *([f"  {grub}"] if grub else []),
+            f"  linux /live/vmlinuz {args}",
+            "  initrd /live/initrd.img",
+            "}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -74,15 +100,55 @@ def make_bootloader(ctx: Context) -> str:
     (d / "early.cfg").write_text(early_cfg(ctx))
     (d / "grub.cfg").write_text(grub_cfg(ctx))
     bios = d / "bios.img"
-    run(["grub-mkimage", "-O", "i386-pc-eltorito", "-p", "/boot/grub", "-c", d / "early.cfg", "-o", bios,
-         *COMMON_MODULES, *BIOS_MODULES], ctx)
+    run(
+        [
+            "grub-mkimage",
+            "-O",
+            "i386-pc-eltorito",
+            "-p",
+            "/boot/grub",
+            "-c",
+            d / "early.cfg",
+            "-o",
+            bios,
+            *COMMON_MODULES,
+            *BIOS_MODULES,
+        ],
+        ctx,
+    )
     efi = d / "BOOTX64.EFI"
-    run(["grub-mkimage", "-O", "x86_64-efi", "-p", "/boot/grub", "-c", d / "early.cfg", "-o", efi,
-         *COMMON_MODULES, *EFI_MODULES], ctx)
+    run(
+        [
+            "grub-mkimage",
+            "-O",
+            "x86_64-efi",
+            "-p",
+            "/boot/grub",
+            "-c",
+            d / "early.cfg",
+            "-o",
+            efi,
+            *COMMON_MODULES,
+            *EFI_MODULES,
+        ],
+        ctx,
+    )
     esp = d / "efi.img"
     # Fixed volume id and --invariant: the same inputs give the same ESP bytes.
-    run(["mkfs.vfat", "--invariant", "-i", f"{ctx.epoch & 0xFFFFFFFF:08X}", "-n", "EFIBOOT", "-C", esp,
-         str(EFI_IMG_KIB)], ctx)
+    run(
+        [
+            "mkfs.vfat",
+            "--invariant",
+            "-i",
+            f"{ctx.epoch & 0xFFFFFFFF:08X}",
+            "-n",
+            "EFIBOOT",
+            "-C",
+            esp,
+            str(EFI_IMG_KIB),
+        ],
+        ctx,
+    )
     run(["mmd", "-i", esp, "::/EFI", "::/EFI/BOOT"], ctx)
     run(["mcopy", "-i", esp, "-m", efi, "::/EFI/BOOT/BOOTX64.EFI"], ctx)
     ctx.files.update(bios_img=bios, efi_bin=efi, efi_img=esp, grub_cfg=d / "grub.cfg")

@@ -12,9 +12,15 @@ from pathlib import Path
 
 from imagebuilder.context import Context, remove_tree, run
 
-IMAGE_PYTHON_FILES = ["usr/bin/python{v}", "usr/lib/python{v}", "usr/lib64",
-                      *[f"usr/lib/x86_64-linux-gnu/{lib}" for lib in
-                        ("ld-linux-x86-64.so.2", "libc.so.6", "libm.so.6", "libz.so.1*", "libexpat.so.1*")]]
+IMAGE_PYTHON_FILES = [
+    "usr/bin/python{v}",
+    "usr/lib/python{v}",
+    "usr/lib64",
+    *[
+        f"usr/lib/x86_64-linux-gnu/{lib}"
+        for lib in ("ld-linux-x86-64.so.2", "libc.so.6", "libm.so.6", "libz.so.1*", "libexpat.so.1*")
+    ],
+]
 
 
 def image_python(ctx: Context) -> list[str]:
@@ -30,12 +36,31 @@ def image_python(ctx: Context) -> list[str]:
     libs = root / "usr" / "lib" / "x86_64-linux-gnu"
     # Started through the image's own loader and libc (so no -j for compileall: its workers would be started as
     # plain python3.X and get the host's libc); it finds its stdlib from its own path.
-    return [str(libs / "ld-linux-x86-64.so.2"), "--library-path", str(libs), str(root / "usr" / "bin" / f"python{v}"),
-            "-I"]
+    return [
+        str(libs / "ld-linux-x86-64.so.2"),
+        "--library-path",
+        str(libs),
+        str(root / "usr" / "bin" / f"python{v}"),
+        "-I",
+    ]
 
 
 def compile_tree(ctx: Context, tree: Path, folder: Path) -> None:
     """.pyc files for every .py under `folder` (inside the layer `tree`), named by their path in the image.
     unchecked-hash: trusted without comparing source timestamps, which squashfs rewrites anyway."""
-    run([*image_python(ctx), "-m", "compileall", "-q", "--invalidation-mode", "unchecked-hash",
-         "-s", str(tree), "-p", "/", str(folder)], ctx)
+    run(
+        [
+            *image_python(ctx),
+            "-m",
+            "compileall",
+            "-q",
+            "--invalidation-mode",
+            "unchecked-hash",
+            "-s",
+            str(tree),
+            "-p",
+            "/",
+            str(folder),
+        ],
+        ctx,
+    )

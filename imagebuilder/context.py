@@ -106,12 +106,20 @@ def hash_inputs(*parts) -> str:
 def git_commit(repo: Path = REPO) -> dict:
     """The commit the build came from and whether the tree had uncommitted changes."""
     try:
-        commit = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True).stdout.strip())
-        epoch = int(subprocess.run(["git", "-C", repo, "log", "-1", "--format=%ct"], capture_output=True,
-                                   text=True).stdout.strip() or 0)
+        commit = subprocess.run(
+            ["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+            ).stdout.strip()
+        )
+        epoch = int(
+            subprocess.run(
+                ["git", "-C", repo, "log", "-1", "--format=%ct"], capture_output=True, text=True
+            ).stdout.strip()
+            or 0
+        )
         return {"commit": commit, "dirty": dirty, "epoch": epoch}
     except (subprocess.CalledProcessError, FileNotFoundError, ValueError):
         return {"commit": None, "dirty": None, "epoch": 0}
@@ -135,7 +143,7 @@ def source_date_epoch(config: Config) -> int:
     return explicit if explicit is not None else (git_commit()["epoch"] or FALLBACK_EPOCH)
 
 
-def inputs_epoch(ctx: "Context", *paths: str) -> int:
+def inputs_epoch(ctx: Context, *paths: str) -> int:
     """A layer's timestamp: the explicit epoch, else the last commit that touched the layer's inputs.
 
     Not the repository's HEAD time: every unrelated commit would then change every layer's bytes and key.
@@ -143,8 +151,9 @@ def inputs_epoch(ctx: "Context", *paths: str) -> int:
     explicit = explicit_epoch(ctx.config)
     if explicit is not None:
         return explicit
-    out = subprocess.run(["git", "-C", ctx.repo, "log", "-1", "--format=%ct", "--", *paths], capture_output=True,
-                         text=True).stdout.strip()
+    out = subprocess.run(
+        ["git", "-C", ctx.repo, "log", "-1", "--format=%ct", "--", *paths], capture_output=True, text=True
+    ).stdout.strip()
     return int(out) if out.isdigit() else FALLBACK_EPOCH
 
 
@@ -161,8 +170,9 @@ def make_context(config: Config, repo: Path = REPO) -> Context:
     # Work next to the cache (same filesystem as out/ by default) so publishing is a rename, not a copy.
     work = work_root / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     work.mkdir()
-    return Context(config=config, repo=repo, out_dir=out_dir, cache_dir=cache_dir, work=work,
-                   epoch=source_date_epoch(config))
+    return Context(
+        config=config, repo=repo, out_dir=out_dir, cache_dir=cache_dir, work=work, epoch=source_date_epoch(config)
+    )
 
 
 def remove_dead_work(work_root: Path) -> None:

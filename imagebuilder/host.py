@@ -40,8 +40,13 @@ def check_host(cache_dir: str | Path = "cache", boot_test: bool = True) -> list[
         checks.append((tool, bool(path), path or f"missing: apt-get install {package}"))
     files = {**FILES, **(BOOT_TEST_FILES if boot_test else {})}
     for path, package in files.items():
-        checks.append((Path(path).name, Path(path).exists(), path if Path(path).exists() else
-                       f"missing {path}: apt-get install {package}"))
+        checks.append(
+            (
+                Path(path).name,
+                Path(path).exists(),
+                path if Path(path).exists() else f"missing {path}: apt-get install {package}",
+            )
+        )
     where = Path(cache_dir)
     while not where.exists():
         where = where.parent

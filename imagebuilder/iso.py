@@ -75,22 +75,54 @@ def populate_tree(ctx: Context) -> str:
 def make_iso(ctx: Context) -> str:
     iso = ctx.work / f"{ctx.stem}.iso"
     date = time.strftime("%Y%m%d%H%M%S00", time.gmtime(ctx.epoch))
-    cmd = ["xorriso", "-as", "mkisofs",
-           "-iso-level", "3",  # files over 2 GiB (a big model layer) need level 3
-           "-full-iso9660-filenames", "-joliet", "-rational-rock",
-           "-volid", volume_id(ctx), "-appid", f"{ctx.config.name} {ctx.config.version}",
-           "-publisher", ctx.config.name, "-preparer", "appliance.build",
-           "--modification-date=" + date, "--set_all_file_dates", date,  # SOURCE_DATE_EPOCH everywhere
-           # BIOS from a stick: GRUB's hybrid MBR; the ISO filesystem starts at 16 sectors (partition 1).
-           "--grub2-mbr", GRUB_MBR, "-partition_offset", "16", "--mbr-force-bootable",
-           # Partition 2: the FAT ESP, appended after the ISO filesystem.
-           "-append_partition", "2", "0xef", ctx.files["efi_img"],
-           # BIOS from CD.
-           "-b", BIOS_IMAGE, "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table",
-           "--grub2-boot-info",
-           # UEFI from CD: the El Torito EFI entry is the appended ESP itself.
-           "-eltorito-alt-boot", "-e", "--interval:appended_partition_2:all::", "-no-emul-boot",
-           "-o", iso, ctx.files["iso_tree"]]
+    cmd = [
+        "xorriso",
+        "-as",
+        "mkisofs",
+        "-iso-level",
+        "3",  # files over 2 GiB (a big model layer) need level 3
+        "-full-iso9660-filenames",
+        "-joliet",
+        "-rational-rock",
+        "-volid",
+        volume_id(ctx),
+        "-appid",
+        f"{ctx.config.name} {ctx.config.version}",
+        "-publisher",
+        ctx.config.name,
+        "-preparer",
+        "appliance.build",
+        "--modification-date=" + date,
+        "--set_all_file_dates",
+        date,  # SOURCE_DATE_EPOCH everywhere
+        # BIOS from a stick: GRUB's hybrid MBR; the ISO filesystem starts at 16 sectors (partition 1).
+        "--grub2-mbr",
+        GRUB_MBR,
+        "-partition_offset",
+        "16",
+        "--mbr-force-bootable",
+        # Partition 2: the FAT ESP, appended after the ISO filesystem.
+        "-append_partition",
+        "2",
+        "0xef",
+        ctx.files["efi_img"],
+        # BIOS from CD.
+        "-b",
+        BIOS_IMAGE,
+        "-no-emul-boot",
+        "-boot-load-size",
+        "4",
+        "-boot-info-table",
+        "--grub2-boot-info",
+        # UEFI from CD: the El Torito EFI entry is the appended ESP itself.
+        "-eltorito-alt-boot",
+        "-e",
+        "--interval:appended_partition_2:all::",
+        "-no-emul-boot",
+        "-o",
+        iso,
+        ctx.files["iso_tree"],
+    ]
     run(cmd, ctx)
     ctx.files["iso"] = iso
     return f"{iso.name} {iso.stat().st_size / 2**20:.0f} MiB"

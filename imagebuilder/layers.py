@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from appliance.files import sha256_file
 from imagebuilder.context import BuildError, Context, Layer, remove_tree, run
@@ -50,10 +50,25 @@ def finish_layer(ctx: Context, layer: Layer, tree: Path, meta: dict, excludes: l
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / f"layer.squashfs.partial-{os.getpid()}"  # two builds sharing cache/ may make the same layer at once
     tmp.unlink(missing_ok=True)
-    cmd = ["mksquashfs", tree, tmp, "-noappend", "-no-progress", "-quiet", "-comp", ctx.config.compression,
-           "-b", "1M", "-processors", str(os.cpu_count() or 1),
-           # SOURCE_DATE_EPOCH for the filesystem and every file (the variable alone only clamps newer files)
-           "-mkfs-time", str(layer.epoch), "-all-time", str(layer.epoch)]
+    cmd = [
+        "mksquashfs",
+        tree,
+        tmp,
+        "-noappend",
+        "-no-progress",
+        "-quiet",
+        "-comp",
+        ctx.config.compression,
+        "-b",
+        "1M",
+        "-processors",
+        str(os.cpu_count() or 1),
+        # SOURCE_DATE_EPOCH for the filesystem and every file (the variable alone only clamps newer files)
+        "-mkfs-time",
+        str(layer.epoch),
+        "-all-time",
+        str(layer.epoch),
+    ]
     if excludes:
         cmd += ["-wildcards", "-e", *excludes]
     env = ctx.env()
@@ -61,8 +76,10 @@ def finish_layer(ctx: Context, layer: Layer, tree: Path, meta: dict, excludes: l
     run(cmd, env=env)
     size = tmp.stat().st_size
     if size >= ISO_FILE_LIMIT:
-        raise BuildError(f"layer {layer.name} is {size / 2**30:.1f} GiB: no file on the ISO may reach 4 GiB "
-                         "(FAT32 writers break); split it into more layers")
+        raise BuildError(
+            f"layer {layer.name} is {size / 2**30:.1f} GiB: no file on the ISO may reach 4 GiB "
+            "(FAT32 writers break); split it into more layers"
+        )
     meta = {**meta, "key": layer.key, "epoch": layer.epoch, "size": size, "sha256": sha256_file(tmp)}
     (d / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
     os.replace(tmp, layer.path)
@@ -78,9 +95,12 @@ def prune(ctx: Context, keep: Layer, versions: int = 2) -> None:
     """Drop old versions of a layer so the cache does not grow without bound: all but the newest few, and of those
     only ones unused for KEEP_DAYS (the cpu and gpu profiles' base layers differ; building one must not evict the
     other, which a concurrent build may be using)."""
-    olds = sorted((p for p in ctx.layer_dir().glob(f"{keep.name}-*") if p != keep.path.parent),
-                  key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in olds[versions - 1:]:
+    olds = sorted(
+        (p for p in ctx.layer_dir().glob(f"{keep.name}-*") if p != keep.path.parent),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for old in olds[versions - 1 :]:
         if time.time() - old.stat().st_mtime > KEEP_DAYS * 86400:
             remove_tree(old)
 

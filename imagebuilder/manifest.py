@@ -13,22 +13,34 @@ def write_manifest(ctx: Context) -> str:
     iso = ctx.files["iso"]
     c = ctx.config
     manifest = {
-        "schema": "appliance.build.manifest", "schema_version": 1,
-        "name": c.name, "version": c.version, "profile": c.profile,
+        "schema": "appliance.build.manifest",
+        "schema_version": 1,
+        "name": c.name,
+        "version": c.version,
+        "profile": c.profile,
         "iso": {"file": iso.name, "size": iso.stat().st_size, "sha256": sha256_file(iso)},
         "source_date_epoch": ctx.epoch,
         "git": git_commit(ctx.repo),
         "settings": c.as_dict(),  # secrets masked
         "inputs": {
-            "package_lists": {name: hash_inputs(ctx.repo / "build" / "packages" / f"{name}.list")
-                              for name in c.package_lists},
+            "package_lists": {
+                name: hash_inputs(ctx.repo / "build" / "packages" / f"{name}.list") for name in c.package_lists
+            },
             "pyproject": hash_inputs(ctx.repo / "pyproject.toml"),
             "rootfs_overlay": hash_inputs(ctx.repo / "rootfs"),
         },
         "kernel": ctx.info.get("kernel"),
-        "layers": [{"file": layer.filename, "name": layer.name, "key": layer.key, "size": layer.meta.get("size"),
-                    "sha256": layer.meta["sha256"], "reused": layer.cached}
-                   for layer in sorted(ctx.layers, key=lambda x: x.order)],
+        "layers": [
+            {
+                "file": layer.filename,
+                "name": layer.name,
+                "key": layer.key,
+                "size": layer.meta.get("size"),
+                "sha256": layer.meta["sha256"],
+                "reused": layer.cached,
+            }
+            for layer in sorted(ctx.layers, key=lambda x: x.order)
+        ],
         "debs": ctx.info.get("debs", []),
         "wheels": ctx.info.get("wheels", []),
         "model_files": ctx.info.get("model_files", []),  # every weight file's path, size and sha256
@@ -72,4 +84,3 @@ def publish(ctx: Context) -> str:
         lines[p.name] = sha256_file(p)
     write_atomic(sums, "".join(f"{d}  {n}\n" for n, d in sorted(lines.items())).encode())
     return ", ".join(str(p.relative_to(ctx.repo) if p.is_relative_to(ctx.repo) else p) for p in done) + ", SHA256SUMS"
-

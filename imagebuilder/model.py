@@ -379,9 +379,11 @@ def check_model(ctx) -> str:
     ctx.info["compile_cache"] = compile_cache_architectures(c.vllm_compile_cache)
     size = sum(e["size"] for e in prepared.files)
     m = prepared.manifest
-    return (f"{m['model_id']} {m['version']} revision {m['revision']}: {len(prepared.files)} files, "
-            f"{size / 2**20:.1f} MiB, from {prepared.path}"
-            + (f"; vLLM compile cache for {', '.join(ctx.info['compile_cache'])}" if c.vllm_compile_cache else ""))
+    return (
+        f"{m['model_id']} {m['version']} revision {m['revision']}: {len(prepared.files)} files, "
+        f"{size / 2**20:.1f} MiB, from {prepared.path}"
+        + (f"; vLLM compile cache for {', '.join(ctx.info['compile_cache'])}" if c.vllm_compile_cache else "")
+    )
 
 
 def compile_cache_architectures(cache_dir) -> list[str]:
@@ -393,12 +395,15 @@ def compile_cache_architectures(cache_dir) -> list[str]:
     if not root.is_dir():
         raise BuildError(f"vllm_compile_cache: {root} is not a directory")
     folders = sorted(p.name for p in root.iterdir())
-    strangers = [name for name in folders if not re.fullmatch(r"sm_\d{2,3}", name) or not any((root / name).iterdir())]
+    strangers = [
+        name for name in folders if not re.fullmatch(r"sm_\d{2,3}", name) or not any((root / name).iterdir())
+    ]
     if strangers or not folders:
         raise BuildError(
             f"vllm_compile_cache: {root} must hold one non-empty folder per GPU architecture, named sm_<compute "
             f"capability> (sm_89 for an RTX 4090, sm_90 for an H100), each the VLLM_CACHE_ROOT of a server started "
-            f"once without --enforce-eager on such a card; {'found ' + ', '.join(strangers) if strangers else 'it is empty'}"
+            "once without --enforce-eager on such a card; "
+            + (f"found {', '.join(strangers)}" if strangers else "it is empty")
         )
     return folders
 
@@ -409,16 +414,20 @@ def build_model_layer(ctx) -> str:
     parts = layers.pack([(e["path"], e["size"]) for e in prepared.files], PART_BUDGET)
     epoch = inputs_epoch(ctx, "imagebuilder/model.py")
     cache = Path(ctx.config.vllm_compile_cache) if ctx.config.vllm_compile_cache else None
-    key = hash_inputs("model", prepared.manifest, parts, ctx.config.compression, epoch, Path(__file__),
-                      *([cache] if cache else []))
+    key = hash_inputs(
+        "model", prepared.manifest, parts, ctx.config.compression, epoch, Path(__file__), *([cache] if cache else [])
+    )
     made = []
     for i, paths in enumerate(parts):
         name = "model" if i == 0 else f"model{i + 1}"
 
         def fill(tree: Path, i=i, paths=paths) -> dict:
             dest = tree / IMAGE_MODEL_DIR
-            part = PreparedModel(prepared.path, {**prepared.manifest, "files": [
-                e for e in prepared.files if e["path"] in set(paths)]}, prepared.license_files)
+            part = PreparedModel(
+                prepared.path,
+                {**prepared.manifest, "files": [e for e in prepared.files if e["path"] in set(paths)]},
+                prepared.license_files,
+            )
             install_model(part, dest)  # copies and verifies this part's files
             if i == 0:  # the manifest (all files), the licence and any compile cache go with the first part
                 write_manifest(dest, prepared.manifest)
@@ -437,7 +446,8 @@ def build_model_layer(ctx) -> str:
         copied.rename(target)
         ctx.files[f"model_{copied.name.lower()}"] = target
     ctx.info["model_files"] = prepared.files
-    ctx.info["model_identity"] = {k: prepared.manifest[k] for k in ("model_id", "version", "revision",
-                                                                    "revision_source", "files_sha256")}
+    ctx.info["model_identity"] = {
+        k: prepared.manifest[k] for k in ("model_id", "version", "revision", "revision_source", "files_sha256")
+    }
     ctx.info["model_identity"]["vllm_compile_cache"] = ctx.info.get("compile_cache", [])
     return ", ".join(layers.describe(layer) + (" (reused)" if layer.cached else "") for layer in made)

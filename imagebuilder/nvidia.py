@@ -33,7 +33,9 @@ RUNTIME_PACKAGES = ("libcuda1", "libnvidia-ml1", "nvidia-smi", "firmware-nvidia-
 DEBIAN_DKMS = {"proprietary": "nvidia-kernel-dkms"}  # Debian's 550 offers only this flavour for trixie's kernel
 # The compute path never uses nouveau; it would grab the card before the NVIDIA modules load.
 MODPROBE_CONF = "etc/modprobe.d/appliance-nvidia.conf"
-MODPROBE_TEXT = "# gpu profile: the NVIDIA modules drive the card, never nouveau\nblacklist nouveau\noptions nouveau modeset=0\n"
+MODPROBE_TEXT = (
+    "# gpu profile: the NVIDIA modules drive the card, never nouveau\nblacklist nouveau\noptions nouveau modeset=0\n"
+)
 REPO_IN_CHROOT = "var/lib/appliance-nvidia-repo"  # the user's .debs, as a flat apt repository, while building
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "APT_LISTCHANGES_FRONTEND": "none"}
 
@@ -53,8 +55,10 @@ def sign_key_files(ctx: Context) -> tuple[Path, Path] | None:
     key, pub = d / "mok.key", d / "mok.pub"
     missing = [p.name for p in (key, pub) if not p.is_file()]
     if missing:
-        raise BuildError(f"nvidia_sign_key: {d} lacks {', '.join(missing)}: give a directory with the site's MOK "
-                         "private key (mok.key, PEM) and certificate (mok.pub, DER), DKMS's own file names")
+        raise BuildError(
+            f"nvidia_sign_key: {d} lacks {', '.join(missing)}: give a directory with the site's MOK "
+            "private key (mok.key, PEM) and certificate (mok.pub, DER), DKMS's own file names"
+        )
     return key, pub
 
 
@@ -67,9 +71,18 @@ def driver_key(ctx: Context, base_key: str) -> str:
     if stack.driver.source == "deb-dir":
         debs = [(p.name, p.stat().st_size) for p in sorted(stack.driver.path.glob("*.deb"))]
     keys = sign_key_files(ctx)
-    return hash_inputs("nvidia", base_key, stack.as_dict()["driver"], debs, RUNTIME_PACKAGES, MODPROBE_TEXT,
-                       sha256_file(keys[1]) if keys else None, ctx.config.compression,
-                       inputs_epoch(ctx, *INPUTS), Path(__file__))
+    return hash_inputs(
+        "nvidia",
+        base_key,
+        stack.as_dict()["driver"],
+        debs,
+        RUNTIME_PACKAGES,
+        MODPROBE_TEXT,
+        sha256_file(keys[1]) if keys else None,
+        ctx.config.compression,
+        inputs_epoch(ctx, *INPUTS),
+        Path(__file__),
+    )
 
 
 def build_driver_layer(ctx: Context) -> str:
@@ -79,8 +92,11 @@ def build_driver_layer(ctx: Context) -> str:
     layers.reuse_or_build(ctx, layer, lambda tree: populate(ctx, base.path, kernel, tree), rootfs.SQUASH_EXCLUDES)
     ctx.info["debs"] = ctx.info.get("debs", []) + layer.meta["debs"]
     ctx.info["nvidia"] = {k: layer.meta[k] for k in ("kernel", "flavours", "modules", "signed")}
-    return ("reused " if layer.cached else "built ") + layers.describe(layer) + \
-        f", modules for {kernel}: {', '.join(layer.meta['flavours'])}"
+    return (
+        ("reused " if layer.cached else "built ")
+        + layers.describe(layer)
+        + f", modules for {kernel}: {', '.join(layer.meta['flavours'])}"
+    )
 
 
 def populate(ctx: Context, base_squashfs: Path, kernel: str, tree: Path) -> dict:
@@ -101,8 +117,10 @@ def populate(ctx: Context, base_squashfs: Path, kernel: str, tree: Path) -> dict
             built = sorted((root / "lib/modules" / kernel / "updates").rglob("nvidia*.ko*"))
             if not built:
                 log = "\n".join(p.read_text(errors="replace")[-2000:] for p in root.glob("var/lib/dkms/**/make.log"))
-                raise BuildError(f"{package} installed but DKMS built no module for kernel {kernel} ({flavour} "
-                                 f"flavour); pin kernel, headers and driver together.\n{log}")
+                raise BuildError(
+                    f"{package} installed but DKMS built no module for kernel {kernel} ({flavour} "
+                    f"flavour); pin kernel, headers and driver together.\n{log}"
+                )
             dest = tree / MODULE_DIR / flavour
             dest.mkdir(parents=True, exist_ok=True)
             for ko in built:
@@ -114,19 +132,37 @@ def populate(ctx: Context, base_squashfs: Path, kernel: str, tree: Path) -> dict
             if vermagic.split()[0] != kernel:
                 raise BuildError(f"{built[0].name} was built for {vermagic.split()[0]}, not the image's {kernel}")
             signer = run(["chroot", root, "modinfo", "-F", "signer", inside], ctx).stdout.strip()
-            print(f"    {flavour}: {len(built)} modules for {kernel}"
-                  + (f", signed by {signer or 'nobody'}" if keys else ""), flush=True)
+            print(
+                f"    {flavour}: {len(built)} modules for {kernel}"
+                + (f", signed by {signer or 'nobody'}" if keys else ""),
+                flush=True,
+            )
     with chroot(ctx, base_squashfs, ctx.work / "nvidia-runtime", upper=tree) as root:
         apt_install(ctx, root, list(RUNTIME_PACKAGES))
-        out = run(["chroot", root, "dpkg-query", "-W", "-f", "${Package}\\t${Version}\\t${Architecture}\\n",
-                   *RUNTIME_PACKAGES], ctx).stdout
+        out = run(
+            [
+                "chroot",
+                root,
+                "dpkg-query",
+                "-W",
+                "-f",
+                "${Package}\\t${Version}\\t${Architecture}\\n",
+                *RUNTIME_PACKAGES,
+            ],
+            ctx,
+        ).stdout
     (tree / MODPROBE_CONF).parent.mkdir(parents=True, exist_ok=True)
     (tree / MODPROBE_CONF).write_text(MODPROBE_TEXT)
     keys = sign_key_files(ctx)
     if keys:  # the certificate (public) for `mokutil --import` on the target PCs; the private key stays out
         shutil.copyfile(keys[1], tree / MODULE_DIR / "mok.der")
-    info = {"kernel": kernel, "flavours": sorted(modules), "modules": modules, "signed": bool(keys),
-            "driver": stack.driver.version}
+    info = {
+        "kernel": kernel,
+        "flavours": sorted(modules),
+        "modules": modules,
+        "signed": bool(keys),
+        "driver": stack.driver.version,
+    }
     (tree / MODULE_DIR / "build.json").write_text(json.dumps(info, indent=1) + "\n")
     debs = [dict(zip(("package", "version", "arch"), line.split("\t"))) for line in out.splitlines() if line]
     return {**info, "debs": debs}
@@ -190,8 +226,10 @@ def apt_install(ctx: Context, root: Path, packages: list[str]) -> None:
         run(["chroot", root, "apt-get", "update", "-q"], env=env)
         run(["chroot", root, "apt-get", "install", "-y", "-q", "--no-install-recommends", *packages], env=env)
     except BuildError as e:
-        raise BuildError(f"installing {', '.join(packages)} in the image's chroot failed (from "
-                         f"{stack.driver.describe()}; kernel {ctx.info['kernel']}): {e}") from None
+        raise BuildError(
+            f"installing {', '.join(packages)} in the image's chroot failed (from "
+            f"{stack.driver.describe()}; kernel {ctx.info['kernel']}): {e}"
+        ) from None
     finally:
         lists.unlink(missing_ok=True)
         remove_tree(repo)

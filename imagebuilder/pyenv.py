@@ -48,8 +48,19 @@ def requirements(ctx: Context) -> list[str]:
 
 def target_args(ctx: Context) -> list[str]:
     pv = ctx.config.python_version
-    args = ["--python-version", pv, "--implementation", "cp", "--only-binary=:all:",
-            "--abi", f"cp{pv.replace('.', '')}", "--abi", "abi3", "--abi", "none"]
+    args = [
+        "--python-version",
+        pv,
+        "--implementation",
+        "cp",
+        "--only-binary=:all:",
+        "--abi",
+        f"cp{pv.replace('.', '')}",
+        "--abi",
+        "abi3",
+        "--abi",
+        "none",
+    ]
     for p in PLATFORMS:
         args += ["--platform", p]
     return args
@@ -60,8 +71,16 @@ INPUTS = ("pyproject.toml", "imagebuilder/pyenv.py")
 
 def python_key(ctx: Context) -> str:
     wheelhouse = sorted(p.name for p in Path(ctx.config.wheelhouse).glob("*.whl")) if ctx.config.wheelhouse else []
-    return hash_inputs("python", requirements(ctx), target_args(ctx), wheelhouse, PRUNE, ctx.config.compression,
-                       inputs_epoch(ctx, *INPUTS), Path(__file__))
+    return hash_inputs(
+        "python",
+        requirements(ctx),
+        target_args(ctx),
+        wheelhouse,
+        PRUNE,
+        ctx.config.compression,
+        inputs_epoch(ctx, *INPUTS),
+        Path(__file__),
+    )
 
 
 # Wheel bytes per layer: with the GPU stack (torch, vLLM, ~3 GB of CUDA wheels) one squashfs would pass 4 GiB, so
@@ -90,8 +109,11 @@ def build_python_layer(ctx: Context) -> str:
         layer.cached = reuse  # a new download is a new resolution: every part is made from it, none kept
         parts.append(layers.reuse_or_build(ctx, layer, partial(fill, group)))
     ctx.info["wheels"] = sorted((w for p in parts for w in p.meta["wheels"]), key=lambda w: w["name"].lower())
-    return ("reused " if all(p.cached for p in parts) else "built ") + "; ".join(
-        layers.describe(p) for p in parts) + f", {len(ctx.info['wheels'])} wheels"
+    return (
+        ("reused " if all(p.cached for p in parts) else "built ")
+        + "; ".join(layers.describe(p) for p in parts)
+        + f", {len(ctx.info['wheels'])} wheels"
+    )
 
 
 def download(ctx: Context) -> list[Path]:
@@ -119,8 +141,21 @@ def install(ctx: Context, files: list[Path], site: Path) -> list[dict]:
     """Unpack exactly these wheels into `site` (no resolving: download() did that for the whole set)."""
     # --no-compile: the host's Python would write .pyc files for the wrong version; the image's own Python
     # compiles them once the tree is pruned (bytecode.py).
-    run([*PIP, "install", "-q", "--no-deps", "--ignore-requires-python", "--no-compile", "--target", site,
-         *target_args(ctx), *files], ctx)
+    run(
+        [
+            *PIP,
+            "install",
+            "-q",
+            "--no-deps",
+            "--ignore-requires-python",
+            "--no-compile",
+            "--target",
+            site,
+            *target_args(ctx),
+            *files,
+        ],
+        ctx,
+    )
     for pattern in PRUNE:
         for p in site.glob(pattern):
             if p.is_dir():

@@ -20,8 +20,15 @@ DPKG_EXCLUDES = [
     "path-exclude=/usr/share/lintian/*",
 ]
 # Kernel and initrd sit on the ISO next to the layers; apt's caches are dead weight in a read-only image.
-SQUASH_EXCLUDES = ["boot/vmlinuz*", "boot/initrd.img*", "var/cache/apt/*.bin", "var/cache/apt/archives/*.deb",
-                   "var/lib/apt/lists/*_Packages", "var/lib/apt/lists/*_InRelease", "var/log/*"]
+SQUASH_EXCLUDES = [
+    "boot/vmlinuz*",
+    "boot/initrd.img*",
+    "var/cache/apt/*.bin",
+    "var/cache/apt/archives/*.deb",
+    "var/lib/apt/lists/*_Packages",
+    "var/lib/apt/lists/*_InRelease",
+    "var/log/*",
+]
 # Accounts: `ocr` runs the web app and owns /srv/ocr, `kiosk` runs Xorg + Chromium. root stays locked.
 CUSTOMIZE = """
 set -e
@@ -63,8 +70,18 @@ INPUTS = ("build/packages", "imagebuilder/rootfs.py")
 
 def base_key(ctx: Context) -> str:
     c = ctx.config
-    return hash_inputs("base", c.suite, sources(ctx), package_list(ctx), DPKG_EXCLUDES, SQUASH_EXCLUDES, CUSTOMIZE,
-                       c.compression, inputs_epoch(ctx, *INPUTS), Path(__file__))
+    return hash_inputs(
+        "base",
+        c.suite,
+        sources(ctx),
+        package_list(ctx),
+        DPKG_EXCLUDES,
+        SQUASH_EXCLUDES,
+        CUSTOMIZE,
+        c.compression,
+        inputs_epoch(ctx, *INPUTS),
+        Path(__file__),
+    )
 
 
 def build_base_layer(ctx: Context) -> str:
@@ -86,16 +103,23 @@ def build_base_layer(ctx: Context) -> str:
 def bootstrap(ctx: Context, root: Path) -> None:
     debs = ctx.cache_dir / "debs"
     debs.mkdir(parents=True, exist_ok=True)
-    cmd = ["mmdebstrap", "--mode=root", "--variant=minbase", f"--components={','.join(ctx.config.components)}",
-           "--aptopt=APT::Install-Recommends \"false\"",  # also stays in the image: later apt runs add no Recommends
-           *[f"--dpkgopt={x}" for x in DPKG_EXCLUDES],
-           f"--include={','.join(package_list(ctx))}",
-           # .debs kept in cache/debs between builds (sync-in before, sync-out after): no re-download
-           "--skip=essential/unlink",
-           "--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/",
-           f"--setup-hook=sync-in {debs} /var/cache/apt/archives/",
-           f"--customize-hook=sync-out /var/cache/apt/archives {debs}",
-           ctx.config.suite, root, *sources(ctx)]
+    cmd = [
+        "mmdebstrap",
+        "--mode=root",
+        "--variant=minbase",
+        f"--components={','.join(ctx.config.components)}",
+        '--aptopt=APT::Install-Recommends "false"',  # also stays in the image: later apt runs add no Recommends
+        *[f"--dpkgopt={x}" for x in DPKG_EXCLUDES],
+        f"--include={','.join(package_list(ctx))}",
+        # .debs kept in cache/debs between builds (sync-in before, sync-out after): no re-download
+        "--skip=essential/unlink",
+        '--setup-hook=mkdir -p "$1"/var/cache/apt/archives/',
+        f"--setup-hook=sync-in {debs} /var/cache/apt/archives/",
+        f"--customize-hook=sync-out /var/cache/apt/archives {debs}",
+        ctx.config.suite,
+        root,
+        *sources(ctx),
+    ]
     print(f"    mmdebstrap {ctx.config.suite}: {len(package_list(ctx))} packages asked for", flush=True)
     run(cmd, ctx)
 
@@ -127,7 +151,9 @@ def collect(ctx: Context, root: Path, dest: Path) -> dict:
     debs = [dict(zip(("package", "version", "arch"), line.split("\t"))) for line in out.splitlines() if line]
     python = run(["chroot", root, "python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], ctx)
     if python.stdout.strip() != ctx.config.python_version:
-        raise BuildError(f"the image's Python is {python.stdout.strip()} but python_version is "
-                         f"{ctx.config.python_version}: set python_version to match the suite")
+        raise BuildError(
+            f"the image's Python is {python.stdout.strip()} but python_version is "
+            f"{ctx.config.python_version}: set python_version to match the suite"
+        )
     (dest / "debs.json").write_text(json.dumps(debs, indent=0))
     return {"debs": debs, "kernel": version, "packages_asked": package_list(ctx)}

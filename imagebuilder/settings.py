@@ -59,8 +59,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("python_extras", "list", ["cpu"], "extras of pyproject.toml installed into the image"),
     Setting("wheelhouse", "path", None, "local directory of wheels: install from it only (no network)"),
     # Layers and boot
-    Setting("compression", "choice", "zstd", "squashfs compression (zstd: fast; xz: ~10% smaller, 6x slower)",
-            choices=("zstd", "xz")),
+    Setting(
+        "compression",
+        "choice",
+        "zstd",
+        "squashfs compression (zstd: fast; xz: ~10% smaller, 6x slower)",
+        choices=("zstd", "xz"),
+    ),
     Setting("kernel_cmdline", "str", "", "extra kernel command line for every boot entry"),
     Setting("boot_timeout", "int", 5, "seconds the boot menu waits"),
     Setting("persistence", "bool", True, "use a partition labelled 'persistence' when one is present"),
@@ -71,38 +76,91 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("source_date_epoch", "int", None, "timestamp for every file (default: $SOURCE_DATE_EPOCH or the commit)"),
     # What the appliance does at run time (written into the image)
     Setting("language", "choice", "en", "UI language", image=True, choices=("en", "zh")),
-    Setting("default_task", "choice", RUNTIME.default_task, "task preselected in the UI and the API's default task",
-            image=True, choices=tuple(t.value for t in Task)),
-    Setting("outputs", "list", list(RUNTIME.outputs), "export formats offered (UI downloads, the API's default, "
-            f"the scan folder's files): {', '.join(OUTPUT_FORMATS)}", image=True),
-    Setting("engine", "choice", RUNTIME.engine, "OCR engine", image=True,
-            choices=("auto", "cpu", "hunyuan-vllm", "hunyuan-transformers")),
-    Setting("lan", "bool", RUNTIME.lan, "also serve the API on the network (DHCP on wired ports); needs lan_token",
-            image=True),
+    Setting(
+        "default_task",
+        "choice",
+        RUNTIME.default_task,
+        "task preselected in the UI and the API's default task",
+        image=True,
+        choices=tuple(t.value for t in Task),
+    ),
+    Setting(
+        "outputs",
+        "list",
+        list(RUNTIME.outputs),
+        "export formats offered (UI downloads, the API's default, "
+        f"the scan folder's files): {', '.join(OUTPUT_FORMATS)}",
+        image=True,
+    ),
+    Setting(
+        "engine",
+        "choice",
+        RUNTIME.engine,
+        "OCR engine",
+        image=True,
+        choices=("auto", "cpu", "hunyuan-vllm", "hunyuan-transformers"),
+    ),
+    Setting(
+        "lan",
+        "bool",
+        RUNTIME.lan,
+        "also serve the API on the network (DHCP on wired ports); needs lan_token",
+        image=True,
+    ),
     Setting("lan_token", "str", "", "bearer token the API demands in LAN mode", image=True, secret=True),
     # GPU stack (gpu profile). gpu_stack empty = no GPU stack (the cpu image). Checked by imagebuilder/stack.py
     # before anything is downloaded; the lock's pins can be overridden one by one, and every pair is re-checked.
-    Setting("gpu_stack", "str", "", "GPU stack lock from build/locks/ (cuda12-debian-driver, cuda13-user-driver), "
-            "or 'custom' with all three versions below; empty: no GPU stack"),
-    Setting("nvidia_driver_source", "str", "debian", "NVIDIA driver: 'debian' (550 from non-free) or a directory "
-            "of NVIDIA's .deb packages (for driver >= 580)"),
+    Setting(
+        "gpu_stack",
+        "str",
+        "",
+        "GPU stack lock from build/locks/ (cuda12-debian-driver, cuda13-user-driver), "
+        "or 'custom' with all three versions below; empty: no GPU stack",
+    ),
+    Setting(
+        "nvidia_driver_source",
+        "str",
+        "debian",
+        "NVIDIA driver: 'debian' (550 from non-free) or a directory of NVIDIA's .deb packages (for driver >= 580)",
+    ),
     Setting("nvidia_driver_version", "str", None, "expected NVIDIA driver version (checked against the source)"),
     Setting("vllm_version", "str", None, "override the lock's vLLM pin"),
     Setting("torch_version", "str", None, "override the lock's torch pin"),
     Setting("transformers_version", "str", None, "override the lock's transformers pin"),
     Setting("gpu_require_blackwell", "bool", False, "fail the build unless Blackwell GPUs (RTX 50xx) are supported"),
-    Setting("nvidia_sign_key", "path", None, "directory with mok.key + mok.pub (DKMS names): sign the NVIDIA modules "
-            "for Secure Boot with this site key, enrolled with MOK; unset: unsigned modules"),
-    Setting("vllm_compile_cache", "path", None, "directory of vLLM compile caches, one folder per GPU architecture "
-            "(sm_89, sm_90 ...), each the VLLM_CACHE_ROOT of a server started once without --enforce-eager on such a "
-            "card with this image's model and stack: those cards run vLLM compiled; unset: eager everywhere"),
-    Setting("model_version", "choice", None, "HunyuanOCR version in --model DIR: 1.5 (repo root) or 1.0 (v1.0/); "
-            "needed when DIR has no v1.0/ beside it", choices=("1.5", "1.0")),
+    Setting(
+        "nvidia_sign_key",
+        "path",
+        None,
+        "directory with mok.key + mok.pub (DKMS names): sign the NVIDIA modules "
+        "for Secure Boot with this site key, enrolled with MOK; unset: unsigned modules",
+    ),
+    Setting(
+        "vllm_compile_cache",
+        "path",
+        None,
+        "directory of vLLM compile caches, one folder per GPU architecture "
+        "(sm_89, sm_90 ...), each the VLLM_CACHE_ROOT of a server started once without --enforce-eager on such a "
+        "card with this image's model and stack: those cards run vLLM compiled; unset: eager everywhere",
+    ),
+    Setting(
+        "model_version",
+        "choice",
+        None,
+        "HunyuanOCR version in --model DIR: 1.5 (repo root) or 1.0 (v1.0/); needed when DIR has no v1.0/ beside it",
+        choices=("1.5", "1.0"),
+    ),
     # Host side: where things go (CLI flags, not profile keys)
     Setting("profile", "str", "cpu", "profile name or path of a profile YAML", profile=False),
     Setting("model_dir", "path", None, "local model directory (gpu profile: --model DIR)", profile=False),
-    Setting("accept_model_license", "bool", False, "--accept-model-license: the Tencent Hunyuan Community License "
-            "was read and accepted (a per-build act, so not a profile key)", profile=False),
+    Setting(
+        "accept_model_license",
+        "bool",
+        False,
+        "--accept-model-license: the Tencent Hunyuan Community License "
+        "was read and accepted (a per-build act, so not a profile key)",
+        profile=False,
+    ),
     Setting("out_dir", "path", "out", "where the ISO, SHA256SUMS and manifest.json go", profile=False),
     Setting("cache_dir", "path", "cache", "debs, wheels and layers kept between builds", profile=False),
 )
@@ -265,11 +323,15 @@ def validate(config: Config) -> None:
     if not config.outputs:
         raise SettingsError(f"{config.source('outputs')}: outputs: at least one format is needed")
     if bad:
-        raise SettingsError(f"{config.source('outputs')}: outputs: unknown format(s) {', '.join(bad)}; "
-                            f"choose from {', '.join(OUTPUT_FORMATS)}")
+        raise SettingsError(
+            f"{config.source('outputs')}: outputs: unknown format(s) {', '.join(bad)}; "
+            f"choose from {', '.join(OUTPUT_FORMATS)}"
+        )
     if config.lan and len(config.lan_token or "") < 8:
-        raise SettingsError(f"{config.source('lan')}: lan is on but lan_token is missing or shorter than 8 "
-                            "characters: add --set lan_token=SECRET")
+        raise SettingsError(
+            f"{config.source('lan')}: lan is on but lan_token is missing or shorter than 8 "
+            "characters: add --set lan_token=SECRET"
+        )
     if config.lan_token and any(c.isspace() or c in "\"'\\$`" for c in config.lan_token):
         raise SettingsError(f"{config.source('lan_token')}: lan_token: no spaces, quotes, '\\', '$' or '`'")
     for key in ("name", "version"):

@@ -121,7 +121,7 @@ class Driver:
         return f"{where} {self.version}"
 
 
-# Package names that carry the kernel modules: Debian's and NVIDIA's own repositories name the open flavour differently.
+# Package names that carry the kernel modules: Debian's and NVIDIA's repositories name the open flavour differently.
 DKMS_PACKAGES = {
     "nvidia-kernel-dkms": "proprietary",
     "nvidia-open-kernel-dkms": "open",
@@ -226,7 +226,7 @@ def load_lock(name: str, locks_dir: Path = LOCKS_DIR) -> dict:
 
 @dataclass
 class Stack:
-    """A checked driver + CUDA + Python package set: what the gpu image is built from and what manifest.json records."""
+    """A checked driver + CUDA + Python package set: what the gpu image is built from and manifest.json records."""
 
     name: str  # the lock's name, or 'custom' (with '+overrides' when a lock's pins were changed)
     driver: Driver
@@ -476,5 +476,7 @@ def check_stack(ctx) -> str:
     ctx.info["stack"] = stack
     for warning in stack.warnings:
         print(f"    warning: {warning}", flush=True)
-    return (f"{stack.name}: driver {stack.driver.version} ({'/'.join(stack.driver.flavours)}), CUDA {stack.cuda}, "
-            f"vLLM {stack.vllm}, torch {stack.torch}, transformers {stack.transformers}")
+    return (
+        f"{stack.name}: driver {stack.driver.version} ({'/'.join(stack.driver.flavours)}), CUDA {stack.cuda}, "
+        f"vLLM {stack.vllm}, torch {stack.torch}, transformers {stack.transformers}"
+    )

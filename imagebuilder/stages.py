@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from imagebuilder import app, boot, host, iso, manifest, model, nvidia, pyenv, rootfs, stack, usb
 from imagebuilder.context import BuildError, Context
@@ -58,6 +58,9 @@ def run_stages(ctx: Context, stages=STAGES, log=print) -> dict[str, float]:
             traceback.print_exc(file=sys.stderr)
             raise BuildError(f"stage '{stage.name}' failed: {type(e).__name__}: {e}") from None
         timings[stage.name] = time.monotonic() - started
-        log(f"[{i}/{len(todo)}] {stage.name} done in {timings[stage.name]:.1f}s"
-            + (f": {summary}" if summary else ""), flush=True)
+        log(
+            f"[{i}/{len(todo)}] {stage.name} done in {timings[stage.name]:.1f}s"
+            + (f": {summary}" if summary else ""),
+            flush=True,
+        )
     return timings

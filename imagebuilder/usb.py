@@ -23,14 +23,32 @@ def add_persistence(image: Path, size_mb: int, work: Path, epoch: int | None = N
     size = size_mb * 2**20
     with open(image, "r+b") as f:
         f.truncate(start + size)
-    run(["sfdisk", "--no-reread", "--no-tell-kernel", "--append", image],
-        input=f"start={start // 512}, size={size // 512}, type=83\n")
+    run(
+        ["sfdisk", "--no-reread", "--no-tell-kernel", "--append", image],
+        input=f"start={start // 512}, size={size // 512}, type=83\n",
+    )
     content = work / "persistence-root"
     content.mkdir(parents=True, exist_ok=True)
     (content / "persistence.conf").write_text(PERSISTENCE_CONF)
     env = {**os.environ, "E2FSPROGS_FAKE_TIME": str(epoch)} if epoch else None  # mke2fs's own SOURCE_DATE_EPOCH
-    run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "persistence", "-d", content, "-E", f"offset={start}",
-         image, f"{size // 1024}k"], env=env)
+    run(
+        [
+            "mke2fs",
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-L",
+            "persistence",
+            "-d",
+            content,
+            "-E",
+            f"offset={start}",
+            image,
+            f"{size // 1024}k",
+        ],
+        env=env,
+    )
     shutil.rmtree(content)
 
 

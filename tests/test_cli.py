@@ -11,7 +11,9 @@ FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 
 
 def appliance(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "appliance", *args], capture_output=True, text=True, timeout=300, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "appliance", *args], capture_output=True, text=True, timeout=300, **kw
+    )
 
 
 def draw_lines(lines, size=(900, 260), font_size=40):
@@ -99,8 +101,17 @@ def test_build_model_version_flag_reaches_the_model_check(tmp_path, tiny_model_d
     run = appliance("build", "--profile", "gpu", "--model", str(tiny_model_dir), "--accept-model-license", *out)
     assert run.returncode == 2 and "--model-version 1.0 or --model-version 1.5" in run.stderr
     (tmp_path / "v1.0").symlink_to(tiny_model_dir)
-    run = appliance("build", "--profile", "gpu", "--model", str(tmp_path / "v1.0"), "--model-version", "1.5",
-                    "--accept-model-license", *out)
+    run = appliance(
+        "build",
+        "--profile",
+        "gpu",
+        "--model",
+        str(tmp_path / "v1.0"),
+        "--model-version",
+        "1.5",
+        "--accept-model-license",
+        *out,
+    )
     assert run.returncode == 2 and "(HunyuanOCR 1.0), not 1.5" in run.stderr
     assert not (tmp_path / "out").exists()
 
@@ -114,13 +125,18 @@ def test_the_images_cli_works_without_the_builder():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and run.stdout.strip() == "8123", run.stderr
     for args in (["build"], ["boot-test", "x.iso"], ["doctor", "--missing-packages"]):
-        run = subprocess.run([sys.executable, "-c", no_builder + f"sys.exit(main({args!r}))"], capture_output=True,
-                             text=True, timeout=60)
+        run = subprocess.run(
+            [sys.executable, "-c", no_builder + f"sys.exit(main({args!r}))"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert run.returncode == 2 and run.stdout == "", (args, run.stdout, run.stderr)
         assert run.stderr.startswith(f"appliance: {args[0]}") and "image builder is not installed" in run.stderr
         assert len(run.stderr.splitlines()) == 1, run.stderr
-    run = subprocess.run([sys.executable, "-c", no_builder + "sys.exit(main(['doctor']))"], capture_output=True,
-                         text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-c", no_builder + "sys.exit(main(['doctor']))"], capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0 and "engine:" in run.stdout and "build host" not in run.stdout, run.stderr
 
 

@@ -187,7 +187,7 @@ def test_engine_that_cannot_start_fails_jobs_with_its_reason(tmp_path):
 
 
 def test_engine_loading_reports_progress_words(tmp_path):
-    """An opener that takes `progress` tells what it is doing; engine_status() carries it (and extras) while loading."""
+    """An opener that takes `progress` says what it does; engine_status() carries it (and extras) while loading."""
     gate, reported = threading.Event(), threading.Event()
 
     def slow(progress):
@@ -351,7 +351,9 @@ def test_a_job_that_keeps_losing_the_engine_is_given_up_and_the_rest_run(tmp_pat
 
 
 def test_engine_that_cannot_be_opened_again_fails_the_queue_with_its_reason(tmp_path):
-    def opener(report, opened=[]):
+    opened = []
+
+    def opener(report):
         if opened:
             raise EngineUnavailable("hunyuan-vllm", "the model server did not come back")
         opened.append(1)

@@ -25,90 +25,124 @@ from appliance.ocr.tasks import Request, Task
     "raw, width, height, expected",
     [
         pytest.param(
-            "Hello(1,2),(3,4)World(5,6),(7,8)", 1000, 1000,
+            "Hello(1,2),(3,4)World(5,6),(7,8)",
+            1000,
+            1000,
             [("Hello", [1, 2, 3, 4]), ("World", [5, 6, 7, 8])],
             id="two-lines-no-separator",
         ),
         pytest.param(
-            "ATLANTA (AP)(12,34),(56,78)Second line(90,12),(134,156)", 2000, 500,
+            "ATLANTA (AP)(12,34),(56,78)Second line(90,12),(134,156)",
+            2000,
+            500,
             [("ATLANTA (AP)", [24, 17, 112, 39]), ("Second line", [180, 6, 268, 78])],
             id="parentheses-in-text",
         ),
         pytest.param(
-            "金额(小写)(10,20),(30,40)", 1000, 1000,
+            "金额(小写)(10,20),(30,40)",
+            1000,
+            1000,
             [("金额(小写)", [10, 20, 30, 40])],
             id="cjk-parentheses",
         ),
         # Decision: the box belongs to all the text before it, so the newline stays inside one block.
         pytest.param(
-            "line1\nline2(1,2),(3,4)", 1000, 1000,
+            "line1\nline2(1,2),(3,4)",
+            1000,
+            1000,
             [("line1\nline2", [1, 2, 3, 4])],
             id="newline-inside-text",
         ),
         pytest.param(
-            "字符串1(312,22),(493,49)字符串2(401,0),(666,194)", 640, 480,
+            "字符串1(312,22),(493,49)字符串2(401,0),(666,194)",
+            640,
+            480,
             [("字符串1", [200, 11, 316, 24]), ("字符串2", [257, 0, 426, 93])],
             id="scaled-to-pixels",
         ),
         pytest.param(
-            "<ref>Hello</ref><quad>(1,2),(3,4)</quad><ref>World</ref><quad>(5,6),(7,8)</quad>", 1000, 1000,
+            "<ref>Hello</ref><quad>(1,2),(3,4)</quad><ref>World</ref><quad>(5,6),(7,8)</quad>",
+            1000,
+            1000,
             [("Hello", [1, 2, 3, 4]), ("World", [5, 6, 7, 8])],
             id="special-tokens-kept",
         ),
         pytest.param(
-            "<ref>Point (1,2),(3,4)</ref><quad>(100,200),(300,400)</quad>", 1000, 1000,
+            "<ref>Point (1,2),(3,4)</ref><quad>(100,200),(300,400)</quad>",
+            1000,
+            1000,
             [("Point (1,2),(3,4)", [100, 200, 300, 400])],
             id="tagged-text-that-looks-like-coordinates",
         ),
         pytest.param(
-            "Hello(1,2),(3,4)World", 1000, 1000,
+            "Hello(1,2),(3,4)World",
+            1000,
+            1000,
             [("Hello", [1, 2, 3, 4]), ("World", None)],
             id="trailing-text-without-box",
         ),
         pytest.param(
-            "Hello(1,2),(3,4)World(5,6),(7", 1000, 1000,
+            "Hello(1,2),(3,4)World(5,6),(7",
+            1000,
+            1000,
             [("Hello", [1, 2, 3, 4]), ("World", None)],
             id="box-cut-off-by-token-limit",
         ),
         pytest.param(
-            "<ref>Hello</ref><quad>(1,2),(3,4)</quad><ref>World</ref><quad>(5,6", 1000, 1000,
+            "<ref>Hello</ref><quad>(1,2),(3,4)</quad><ref>World</ref><quad>(5,6",
+            1000,
+            1000,
             [("Hello", [1, 2, 3, 4]), ("World", None)],
             id="tagged-box-cut-off",
         ),
         pytest.param(
-            "  Hello(1,2),(3,4)\n\n  World(5,6),(7,8)\n", 1000, 1000,
+            "  Hello(1,2),(3,4)\n\n  World(5,6),(7,8)\n",
+            1000,
+            1000,
             [("Hello", [1, 2, 3, 4]), ("World", [5, 6, 7, 8])],
             id="whitespace-between-entries",
         ),
         pytest.param(
-            "Total( 12 , 34 ), (56,78)", 1000, 1000,
+            "Total( 12 , 34 ), (56,78)",
+            1000,
+            1000,
             [("Total", [12, 34, 56, 78])],
             id="spaces-in-coordinates",
         ),
         pytest.param(
-            "Wide(0,0),(1200,1005)", 500, 300,
+            "Wide(0,0),(1200,1005)",
+            500,
+            300,
             [("Wide", [0, 0, 500, 300])],
             id="values-over-1000-clamped",
         ),
         pytest.param(
-            "Flipped(30,40),(10,20)", 1000, 1000,
+            "Flipped(30,40),(10,20)",
+            1000,
+            1000,
             [("Flipped", [10, 20, 30, 40])],
             id="corners-normalised",
         ),
         pytest.param(
-            "Skew(10,20),(30,22),(31,40),(9,38)", 1000, 1000,
+            "Skew(10,20),(30,22),(31,40),(9,38)",
+            1000,
+            1000,
             [("Skew", [9, 20, 31, 40])],
             id="four-point-quad-to-bounding-box",
         ),
         pytest.param(
-            "Only text, no boxes", 1000, 1000,
+            "Only text, no boxes",
+            1000,
+            1000,
             [("Only text, no boxes", None)],
             id="no-boxes-at-all",
         ),
         # Decision: a box with no text is dropped (it tells the reader nothing); never a crash.
         pytest.param("(156,68),(783,758)", 1000, 1000, [], id="only-coordinates"),
         pytest.param(
-            "(1,2),(3,4)Hello(5,6),(7,8)", 1000, 1000,
+            "(1,2),(3,4)Hello(5,6),(7,8)",
+            1000,
+            1000,
             [("Hello", [5, 6, 7, 8])],
             id="leading-box-without-text-dropped",
         ),
@@ -120,9 +154,7 @@ def test_parse_spotting(raw, width, height, expected):
     assert all(isinstance(b, Block) and b.confidence is None for b in blocks)
 
 
-@pytest.mark.parametrize(
-    "raw", ["没有文字", "无文字", "no text", "No text.", "图片中没有文字。", "", "  \n "]
-)
+@pytest.mark.parametrize("raw", ["没有文字", "无文字", "no text", "No text.", "图片中没有文字。", "", "  \n "])
 def test_parse_spotting_no_text(raw):
     assert parse_spotting(raw, 800, 600) == []
     assert means_no_text(raw)
@@ -143,7 +175,9 @@ def test_text_that_says_no_text_with_a_box_is_text():
 @pytest.mark.parametrize(
     "raw, expected",
     [
-        pytest.param('```json\n{"name": "张三", "total": "12.50"}\n```', {"name": "张三", "total": "12.50"}, id="fence"),
+        pytest.param(
+            '```json\n{"name": "张三", "total": "12.50"}\n```', {"name": "张三", "total": "12.50"}, id="fence"
+        ),
         pytest.param('```\n{"a": 1}\n```', {"a": 1}, id="fence-without-language"),
         pytest.param('```json\n{"a": 1}', {"a": 1}, id="unclosed-fence"),
         pytest.param('Here is the result: {"a": 1} hope it helps', {"a": 1}, id="prose-around"),
@@ -193,9 +227,7 @@ TABLE = "<table><tr><td>(1,2)</td><td>f(3, 4)</td></tr><tr><td></td><td></td></t
             "# Report\n\nFigure 1: Sales\n\nText.",
             id="figure-caption-kept",
         ),
-        pytest.param(
-            "Figure 1: Sales (10,20),(300,400)\nNext line", "Figure 1: Sales\nNext line", id="stray-pair"
-        ),
+        pytest.param("Figure 1: Sales (10,20),(300,400)\nNext line", "Figure 1: Sales\nNext line", id="stray-pair"),
         pytest.param("<ref>Title</ref>(1,2),(3,4)", "Title", id="ref-tags-and-pair"),
         pytest.param("<pFig></pFig><quad>(1,2),(3,4)</quad>", "", id="figure-without-caption"),
         pytest.param("$f(1,2),(3,4)$", "$f(1,2),(3,4)$", id="inline-math-pair-kept"),
@@ -324,7 +356,14 @@ def test_clean_repetition_min_repeats():
 
 @pytest.mark.parametrize(
     "loop",
-    [SENTENCE * 8, "我们今天去公园玩。" * 8, "0" * 64, "-" * 512, "<td></td>" * 57, "<tr><td></td><td>x</td></tr>" * 8],
+    [
+        SENTENCE * 8,
+        "我们今天去公园玩。" * 8,
+        "0" * 64,
+        "-" * 512,
+        "<td></td>" * 57,
+        "<tr><td></td><td>x</td></tr>" * 8,
+    ],
 )
 def test_what_stops_generation_is_cut_afterwards(loop):
     text = PROSE + loop
@@ -338,7 +377,10 @@ def test_what_stops_generation_is_cut_afterwards(loop):
 def test_to_page_spotting():
     raw = "Hello(100,200),(300,400)\n世界(500,600),(700,800)"
     page = to_page(raw, Request.make("spotting"), 2000, 1000)
-    assert [(b.text, b.box) for b in page.blocks] == [("Hello", [200, 200, 600, 400]), ("世界", [1000, 600, 1400, 800])]
+    assert [(b.text, b.box) for b in page.blocks] == [
+        ("Hello", [200, 200, 600, 400]),
+        ("世界", [1000, 600, 1400, 800]),
+    ]
     assert page.text == "Hello\n世界"
     assert (page.raw, page.warnings, page.width, page.height) == (raw, [], 2000, 1000)
     assert page.markdown is None and page.fields is None and page.translation is None

@@ -51,8 +51,13 @@ def test_exif_rotated_photo_is_read_upright_with_boxes_on_the_upright_page(engin
 
 def test_pages_progress_and_numbering(engine):
     calls = []
-    result = recognize_file(engine, pdf_bytes("Alpha one", "Beta two"), Request.make("text"), name="two.pdf",
-                            progress=lambda done, total: calls.append((done, total)))
+    result = recognize_file(
+        engine,
+        pdf_bytes("Alpha one", "Beta two"),
+        Request.make("text"),
+        name="two.pdf",
+        progress=lambda done, total: calls.append((done, total)),
+    )
     assert calls == [(0, 2), (1, 2), (2, 2)]
     assert [(p.number, p.text) for p in result.pages] == [(1, "Alpha one"), (2, "Beta two")]
     assert result.source == "two.pdf" and result.task == "text"
@@ -62,8 +67,14 @@ def test_pages_progress_and_numbering(engine):
 def test_cancel_between_pages(engine):
     done = []
     with pytest.raises(Cancelled, match="after 1 of 3 pages"):
-        recognize_file(engine, pdf_bytes("a", "b", "c"), Request.make("text"), name="x.pdf",
-                       progress=lambda d, t: done.append(d), cancelled=lambda: len(done) >= 2)
+        recognize_file(
+            engine,
+            pdf_bytes("a", "b", "c"),
+            Request.make("text"),
+            name="x.pdf",
+            progress=lambda d, t: done.append(d),
+            cancelled=lambda: len(done) >= 2,
+        )
 
 
 def test_unsupported_task_is_refused_before_any_page_is_read(engine, monkeypatch):

@@ -8,12 +8,26 @@ from appliance.ocr.result import SCHEMA_VERSION, Block, EngineInfo, OcrResult, P
 @pytest.fixture
 def result():
     pages = [
-        Page(text="Hello\nWorld", blocks=[Block("Hello", [1, 2, 30, 12], 0.9), Block("World", [1, 20, 30, 32], 0.8)],
-             fields={"name": "", "total": "12.50"}, number=1, width=100, height=50),
-        Page(text="Page two", blocks=[Block("Page two", None)], fields={"name": "Ann", "total": "99"},
-             number=2, width=100, height=50),
+        Page(
+            text="Hello\nWorld",
+            blocks=[Block("Hello", [1, 2, 30, 12], 0.9), Block("World", [1, 20, 30, 32], 0.8)],
+            fields={"name": "", "total": "12.50"},
+            number=1,
+            width=100,
+            height=50,
+        ),
+        Page(
+            text="Page two",
+            blocks=[Block("Page two", None)],
+            fields={"name": "Ann", "total": "99"},
+            number=2,
+            width=100,
+            height=50,
+        ),
     ]
-    return OcrResult("scan.pdf", "spotting", {}, EngineInfo("cpu", "rapidocr/PP-OCRv6", "3.10.0"), pages, {"ocr": 1.5})
+    return OcrResult(
+        "scan.pdf", "spotting", {}, EngineInfo("cpu", "rapidocr/PP-OCRv6", "3.10.0"), pages, {"ocr": 1.5}
+    )
 
 
 def test_json_contract_top_level_text_and_pixel_boxes(result):

@@ -55,8 +55,9 @@ def test_every_image_setting_is_a_runtime_field_and_is_read():
 
 
 def test_the_builders_config_json_reads_back_as_built(tmp_path):
-    config = resolve("cpu", ["language=zh", "default_task=doc", "outputs=pdf,txt", "engine=cpu", "lan=on",
-                             "lan_token=abcdefgh1"])
+    config = resolve(
+        "cpu", ["language=zh", "default_task=doc", "outputs=pdf,txt", "engine=cpu", "lan=on", "lan_token=abcdefgh1"]
+    )
     written = json.dumps(config.image_config())
     loaded = load_text(tmp_path, written)
     assert loaded == Runtime(language="zh", default_task="doc", outputs=("pdf", "txt"), engine="cpu", lan=True)
@@ -89,9 +90,19 @@ def test_missing_broken_or_odd_files_give_the_defaults(tmp_path, caplog):
 
 
 def test_a_bad_value_keeps_its_default_and_the_rest_apply(tmp_path, caplog):
-    (tmp_path / "config.json").write_text(json.dumps(
-        {"language": "zh", "default_task": "poetry", "outputs": ["txt", "docx"], "lan": "yes", "engine": "cpu",
-         "unknown_key": 1, "model_dir": None}))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "language": "zh",
+                "default_task": "poetry",
+                "outputs": ["txt", "docx"],
+                "lan": "yes",
+                "engine": "cpu",
+                "unknown_key": 1,
+                "model_dir": None,
+            }
+        )
+    )
     with caplog.at_level(logging.WARNING, logger="appliance.runtime"):
         loaded = load(tmp_path / "config.json")
     assert loaded == Runtime(language="zh", engine="cpu")

@@ -5,8 +5,15 @@ from appliance.ocr.tasks import PROMPTS, Request, Task, parse_task
 
 @pytest.mark.parametrize(
     "name, task",
-    [("spotting", Task.SPOTTING), ("TEXT", Task.TEXT), ("plain_ocr", Task.TEXT), ("doc_parser", Task.DOC),
-     ("translation", Task.TRANSLATE), ("doc-parser", Task.DOC), (Task.CHART, Task.CHART)],
+    [
+        ("spotting", Task.SPOTTING),
+        ("TEXT", Task.TEXT),
+        ("plain_ocr", Task.TEXT),
+        ("doc_parser", Task.DOC),
+        ("translation", Task.TRANSLATE),
+        ("doc-parser", Task.DOC),
+        (Task.CHART, Task.CHART),
+    ],
 )
 def test_task_names_and_article_aliases(name, task):
     assert parse_task(name) is task

@@ -30,7 +30,7 @@ DEFAULTS = {
     "MOUNTS_FILE": "/proc/mounts",  # read to tell a persistent data partition from RAM (appliance.storage)
     "MEDIUM_MARKER": "/run/appliance/medium-verified",  # written by the image after a medium check; see storage.py
     "JOBS": None,  # a ready `Jobs` (tests); otherwise one is made from ENGINE/MODEL_DIR/DATA_DIR
-    "RUNTIME": None,  # a ready appliance.runtime.Runtime (`serve` loads it once); otherwise read from APPLIANCE_CONFIG
+    "RUNTIME": None,  # a ready appliance.runtime.Runtime (`serve` loads it once); else read from APPLIANCE_CONFIG
     "APPLIANCE_CONFIG": str(runtime.CONFIG_PATH),  # the image's runtime config (written by the image builder)
     "GPU_STACK_FILE": "/etc/appliance/gpu-stack.json",  # gpu images only: the banner says why OCR runs on the CPU
     "SYSFS": "/sys",  # where appliance.gpu looks for the card (tests use a fake tree)

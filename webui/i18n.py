@@ -36,8 +36,10 @@ MESSAGES = {
     "step_task": ("2. What do you need?", "2. 需要什么结果？"),
     "model_license": ("Model licence", "模型许可"),
     "model_license_note": (
-        ("The HunyuanOCR weights in this appliance are under the Tencent Hunyuan Community License; its text and "
-         "the Notice file are below."),
+        (
+            "The HunyuanOCR weights in this appliance are under the Tencent Hunyuan Community License; its text and "
+            "the Notice file are below."
+        ),
         "本设备中的 HunyuanOCR 模型权重依据《腾讯混元社区许可协议》提供；许可全文及 Notice 文件如下。",
     ),
     "needs_gpu": ("needs the GPU model", "需要 GPU 模型"),
@@ -241,7 +243,8 @@ MESSAGES = {
     "scan_stick_read_only": (
         "read-only: its OCR-INBOX is not watched (open its files on the New scan page; a stick Windows marked as "
         "not safely removed becomes writable again after Windows checks it)",
-        "只读：不处理其 OCR-INBOX（可在“新建识别”页打开其中的文件；Windows 标记为未安全移除的 U 盘经 Windows 检查后可恢复写入）",
+        "只读：不处理其 OCR-INBOX（可在“新建识别”页打开其中的文件；"
+        "Windows 标记为未安全移除的 U 盘经 Windows 检查后可恢复写入）",
     ),
     "scan_sticks_none": ("No stick with an OCR-INBOX folder is inserted.", "未插入含 OCR-INBOX 文件夹的 U 盘。"),
     "scan_pulled": ("Sticks removed before their files were finished", "文件未处理完就被拔出的 U 盘"),

@@ -296,8 +296,11 @@ def document(config, runtime) -> dict:
                         {
                             "name": "format",
                             "in": "query",
-                            "schema": {"type": "string", "enum": list(export.FORMATS),
-                                       "default": runtime.result_format},
+                            "schema": {
+                                "type": "string",
+                                "enum": list(export.FORMATS),
+                                "default": runtime.result_format,
+                            },
                             "description": "any of the formats works; without one: json, or this appliance's "
                             "first configured output format when json is not among them (its UI offers only "
                             f"those: {', '.join(runtime.outputs)})",

@@ -109,7 +109,7 @@ class _Sanitizer(HTMLParser):
 # The model writes LaTeX in its Markdown: $...$, $$...$$, \(...\), \[...\]. Markdown would eat the backslashes,
 # underscores and asterisks in it, so each formula is swapped for a placeholder before Markdown runs (in HTML tables
 # too) and put back after sanitizing as <span class="math" data-tex="TeX">source as written</span>. The result page's
-# script draws it with the vendored KaTeX (static/vendor/katex); LaTeX that KaTeX cannot read keeps showing the source.
+# script draws it with the vendored KaTeX (static/vendor/katex); LaTeX that KaTeX cannot read shows its source.
 
 _MATH = re.compile(
     r"(?P<keep>^ {0,3}(?P<fence>`{3,}|~{3,}).*?(?:^ {0,3}(?P=fence)|\Z)"  # fenced code: left as it is

@@ -16,7 +16,7 @@ from flask import Flask, abort, current_app, request, session
 # style-src-attr 'unsafe-inline': KaTeX (the result page's formulas) writes a few style="..." attributes with
 # setAttribute (the SVG pieces of \vec, tall braces as in cases, \oiint), which 'self' alone blocks. Only style
 # *attributes* are let in; <style> elements and stylesheets stay 'self' only, scripts stay 'self' only, and the
-# model's own Markdown can carry no style attribute (webui/render.py drops every attribute but colspan, rowspan, align).
+# model's own Markdown carries no style attribute (webui/render.py drops every attribute but colspan, rowspan, align).
 CSP = (
     "default-src 'self'; style-src 'self'; style-src-attr 'unsafe-inline'; img-src 'self' data: blob:; "
     "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"

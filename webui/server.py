@@ -73,12 +73,20 @@ def serve(
     # The image passes the token in the environment: a command-line argument shows in `ps` to every user.
     lan_token = lan_token or os.environ.get(TOKEN_ENV) or None
     if not is_loopback(host) and not lan_token:
-        raise SystemExit(f"refusing to listen on {host}: serving beyond this machine needs --lan-token SECRET "
-                         f"or {TOKEN_ENV}")
+        raise SystemExit(
+            f"refusing to listen on {host}: serving beyond this machine needs --lan-token SECRET or {TOKEN_ENV}"
+        )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = create_app(
-        {"ENGINE": engine, "MODEL_DIR": model_dir, "VLLM_URL": vllm_url, "DATA_DIR": data_dir, "LAN_TOKEN": lan_token,
-         "SCAN_DIR": scan_dir, "RUNTIME": runtime_config}
+        {
+            "ENGINE": engine,
+            "MODEL_DIR": model_dir,
+            "VLLM_URL": vllm_url,
+            "DATA_DIR": data_dir,
+            "LAN_TOKEN": lan_token,
+            "SCAN_DIR": scan_dir,
+            "RUNTIME": runtime_config,
+        }
     )
     server = make_server(app, host, port)
     signal.signal(signal.SIGTERM, _terminate)  # systemd stops services with SIGTERM

@@ -59,7 +59,9 @@ def scan_state(recent: int = 100) -> dict:
     # The status file's heartbeat says whether a watcher is alive; the thread says whether it is ours and running.
     state["running"] = bool(state["running"] and scanner is not None and scanner.thread.is_alive())
     state["inbox"] = str(Path(root) / "inbox")
-    for item in state["files"]:  # where the outputs went, said once, then their names (for people; `outputs` is whole)
+    for item in state[
+        "files"
+    ]:  # where the outputs went, said once, then their names (for people; `outputs` is whole)
         folders = {str(Path(p).parent) for p in item.get("outputs", [])}
         item["output_dir"] = _shorter(folders.pop(), root) if len(folders) == 1 else None
         item["output_names"] = [Path(p).name for p in item.get("outputs", [])]

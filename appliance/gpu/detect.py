@@ -143,8 +143,13 @@ def smi_query(field: str) -> str | None:
     if not smi:
         return None
     try:
-        out = subprocess.run([smi, f"--query-gpu={field}", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=20, check=True).stdout
+        out = subprocess.run(
+            [smi, f"--query-gpu={field}", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
         return out.splitlines()[0].strip() or None
     except (OSError, subprocess.SubprocessError, IndexError):
         return None

@@ -48,8 +48,9 @@ def unsupported_reason(gpu: Gpu, stack: dict) -> Reason | None:
     if generation in OPEN_REQUIRED and (
         module_flavour(gpu.device_id, flavours) is None or (major is not None and major < BLACKWELL_MIN_DRIVER)
     ):
-        return Reason("needs_open", **card, min_driver=BLACKWELL_MIN_DRIVER, version=version,
-                      flavours="/".join(flavours))
+        return Reason(
+            "needs_open", **card, min_driver=BLACKWELL_MIN_DRIVER, version=version, flavours="/".join(flavours)
+        )
     if module_flavour(gpu.device_id, flavours) is None:
         return Reason("needs_proprietary", **card)
     if generation in CUDA13_DROPS and str(stack.get("cuda", "")).startswith("13"):
@@ -116,8 +117,9 @@ def status(sysfs: str | Path = SYSFS, stack: dict | None = None, model_version: 
     }
 
 
-def banner(sysfs: str | Path = SYSFS, stack: dict | None = None,
-           model_dir: str | Path = IMAGE_MODEL_DIR) -> Reason | None:
+def banner(
+    sysfs: str | Path = SYSFS, stack: dict | None = None, model_dir: str | Path = IMAGE_MODEL_DIR
+) -> Reason | None:
     """The UI's one sentence on a GPU image when OCR runs on the CPU; None on a cpu image or when the GPU serves."""
     stack = load_stack_info() if stack is None else stack
     if not stack:

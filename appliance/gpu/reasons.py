@@ -14,7 +14,8 @@ REASONS = {
         "本系统镜像不含 GPU 组件（以 cpu 配置构建）。",
     ),
     "too_old": (
-        "This NVIDIA card ({pci_id}, {generation}) is too old for the model server, which needs a Volta or newer GPU.",
+        "This NVIDIA card ({pci_id}, {generation}) is too old for the model server, which needs a Volta or newer "
+        "GPU.",
         "此 NVIDIA 显卡（{pci_id}，{generation}）太旧，模型服务需要 Volta 或更新架构的 GPU。",
     ),
     "needs_open": (

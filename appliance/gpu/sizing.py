@@ -43,8 +43,14 @@ def vllm_settings(gpu_memory_bytes: int, model_version: str = "1.5") -> dict:
     """vLLM server settings for a card with this much memory; NotEnoughGpuMemory (the UI's sentence) below minimum."""
     minimum = MIN_GPU_MEMORY.get(model_version, max(MIN_GPU_MEMORY.values()))
     if gpu_memory_bytes < minimum:
-        raise NotEnoughGpuMemory(Reason("too_little_memory", memory_gib=f"{gpu_memory_bytes / GIB:.1f}",
-                                        version=model_version, minimum_gib=f"{minimum / GIB:.0f}"))
+        raise NotEnoughGpuMemory(
+            Reason(
+                "too_little_memory",
+                memory_gib=f"{gpu_memory_bytes / GIB:.1f}",
+                version=model_version,
+                minimum_gib=f"{minimum / GIB:.0f}",
+            )
+        )
     utilization = min(MAX_UTILIZATION, (gpu_memory_bytes - HEADROOM) / gpu_memory_bytes)
     _, max_model_len, max_pixels = next(t for t in TIERS if gpu_memory_bytes >= t[0])
     return {

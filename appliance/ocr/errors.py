@@ -22,8 +22,7 @@ class TaskNotSupported(OcrError):
         self.engine = engine
         names = ", ".join(sorted(str(t) for t in supported))
         super().__init__(
-            f"task '{task}' needs the HunyuanOCR model on an NVIDIA GPU; "
-            f"the '{engine}' engine only does: {names}"
+            f"task '{task}' needs the HunyuanOCR model on an NVIDIA GPU; the '{engine}' engine only does: {names}"
         )
 
 

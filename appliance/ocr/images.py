@@ -20,7 +20,7 @@ import math
 import os
 import stat
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import pypdfium2 as pdfium
 from PIL import (
@@ -321,7 +321,7 @@ class Document:
         self._closed = False
 
     @classmethod
-    def open(cls, source: str | os.PathLike | bytes, name: str | None = None) -> "Document":
+    def open(cls, source: str | os.PathLike | bytes, name: str | None = None) -> Document:
         """Read and validate a file (path) or an upload (bytes); InputError with a reason a person can act on."""
         if isinstance(source, (bytes, bytearray, memoryview)):
             name = name or "upload"
@@ -431,7 +431,7 @@ class Document:
             self._pdf = None
         self._data = b""
 
-    def __enter__(self) -> "Document":
+    def __enter__(self) -> Document:
         return self
 
     def __exit__(self, *exc) -> None:

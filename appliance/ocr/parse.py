@@ -278,7 +278,7 @@ def clean_repetition(text: str, min_repeats: int = 4) -> tuple[str, bool]:
         # Find runs with the smallest possible count; needed_repeats decides per run (runs are rare, so it's cheap).
         runs = re.compile(rf"(.{{{size}}})\1{{{min_repeats - 1},}}", re.S)
 
-        def collapse(run: re.Match) -> str:
+        def collapse(run: re.Match, size: int = size) -> str:
             nonlocal cut
             unit = run.group(1)
             if len(run.group(0)) // size < needed_repeats(unit, min_repeats):

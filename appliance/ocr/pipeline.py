@@ -6,7 +6,7 @@ This is the only place that loops over pages; the CLI, the web API and the scan 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from appliance.ocr.engines.base import Engine, check_task
 from appliance.ocr.images import Document

@@ -104,7 +104,7 @@ class OcrResult:
         return json.dumps(self.to_dict(), ensure_ascii=False, indent=indent)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "OcrResult":
+    def from_dict(cls, data: dict) -> OcrResult:
         if data.get("schema") != SCHEMA or data.get("schema_version") != SCHEMA_VERSION:
             raise ValueError(
                 f"not an OCR result of schema {SCHEMA} v{SCHEMA_VERSION}: "

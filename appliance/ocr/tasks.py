@@ -79,7 +79,9 @@ EXTRACT_PRESETS = {
     "receipt": ("merchant", "date", "items", "total", "payment method"),
 }
 
-_TRANSLATE_PROMPT = "先提取文字，再将文字内容翻译为{lang}。若是文档，则其中页眉、页脚忽略。公式用latex格式表示，表格用html格式表示。"
+_TRANSLATE_PROMPT = (
+    "先提取文字，再将文字内容翻译为{lang}。若是文档，则其中页眉、页脚忽略。公式用latex格式表示，表格用html格式表示。"
+)
 
 
 def parse_task(name: str | Task) -> Task:
@@ -106,7 +108,7 @@ class Request:
     target_lang: str = "en"  # for TRANSLATE
 
     @classmethod
-    def make(cls, task: str | Task, fields=None, target_lang: str | None = None) -> "Request":
+    def make(cls, task: str | Task, fields=None, target_lang: str | None = None) -> Request:
         """Validate and normalise: parse the task, split 'a,b' field lists, check the language code."""
         task = parse_task(task)
         if isinstance(fields, str):

@@ -58,4 +58,3 @@ class Inotify:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-

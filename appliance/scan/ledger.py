@@ -113,8 +113,9 @@ class Ledger:
 
     def active_at(self, tree: str, rel: str) -> bool:
         return bool(
-            self.db.execute(f"SELECT 1 FROM files WHERE tree=? AND rel=? AND state IN {ACTIVE_SQL}", (tree, rel))
-            .fetchone()
+            self.db.execute(
+                f"SELECT 1 FROM files WHERE tree=? AND rel=? AND state IN {ACTIVE_SQL}", (tree, rel)
+            ).fetchone()
         )
 
     def close(self) -> None:

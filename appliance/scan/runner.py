@@ -38,7 +38,6 @@ def run(
     watcher = Watcher(
         Path(root),
         None,  # its recognizer comes once the watcher holds ROOT's lock: one queue, one worker
-
         quiet=quiet,
         give_up=give_up,
         rescan=rescan,
@@ -92,8 +91,13 @@ class WatcherThread:
         media_dirs=MEDIA_DIRS,
         outputs=export.FORMATS,
     ):
-        options = {"quiet": quiet, "give_up": give_up, "rescan": rescan, "media_dirs": tuple(media_dirs),
-                   "outputs": tuple(outputs)}
+        options = {
+            "quiet": quiet,
+            "give_up": give_up,
+            "rescan": rescan,
+            "media_dirs": tuple(media_dirs),
+            "outputs": tuple(outputs),
+        }
         self.watcher = None
         self.error: Exception | None = None
         ready = threading.Event()

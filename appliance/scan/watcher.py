@@ -165,8 +165,11 @@ class Watcher(Steps):
         # could be written back, so each pass would take them again. The UI can still open them one by one.
         read_only = {key: tree for key, tree in found.items() if tree.read_only()}
         for key in set(read_only) - set(self.read_only_sticks):
-            log.warning("USB stick %s is read-only: its %s is not watched (open its files in the UI instead)",
-                        read_only[key].label, STICK_INBOX)
+            log.warning(
+                "USB stick %s is read-only: its %s is not watched (open its files in the UI instead)",
+                read_only[key].label,
+                STICK_INBOX,
+            )
         self.read_only_sticks = read_only
         found = {key: tree for key, tree in found.items() if key not in read_only}
         for key in set(self.sticks) - set(found):
@@ -294,7 +297,8 @@ class Watcher(Steps):
         # here), already ended here (the one in OCR when it was pulled is usually done before this is noticed), or
         # lost before they were copied off (still on the stick).
         rows = self.ledger.db.execute(
-            f"SELECT id, rel, state, out_dir, final FROM files WHERE tree=? AND (updated>=? OR state IN {ACTIVE_SQL}) "
+            "SELECT id, rel, state, out_dir, final FROM files "
+            f"WHERE tree=? AND (updated>=? OR state IN {ACTIVE_SQL}) "
             "ORDER BY id",
             (tree.key, self.stick_since.pop(tree.key, 0)),
         ).fetchall()

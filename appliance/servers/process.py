@@ -66,9 +66,18 @@ def follow(stream, log, run_dir: Path | None, start_phase: StartPhase) -> None:
             write_atomic(run_dir / PROGRESS, json.dumps({"step": phase[0], "percent": phase[1]}).encode())
 
 
-def start(command: list[str], url: str, env: dict, engine: str, what: str, start_phase: StartPhase,
-          timeout: float = 900, log=None, run_dir: Path | None = None, settings: dict | None = None,
-          ) -> subprocess.Popen:
+def start(
+    command: list[str],
+    url: str,
+    env: dict,
+    engine: str,
+    what: str,
+    start_phase: StartPhase,
+    timeout: float = 900,
+    log=None,
+    run_dir: Path | None = None,
+    settings: dict | None = None,
+) -> subprocess.Popen:
     """Run `command` and wait until a server answers at `url`; EngineUnavailable (and no process left) otherwise.
 
     `engine` names the engine in errors, `what` the command ("vllm serve"). `log`: a text file for the server's
@@ -80,8 +89,9 @@ def start(command: list[str], url: str, env: dict, engine: str, what: str, start
         (run_dir / PROGRESS).unlink(missing_ok=True)
         write_atomic(run_dir / SETTINGS, json.dumps({"url": url, **(settings or {})}).encode())
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    threading.Thread(target=follow, args=(process.stdout, log or sys.stdout, run_dir, start_phase),
-                     daemon=True).start()
+    threading.Thread(
+        target=follow, args=(process.stdout, log or sys.stdout, run_dir, start_phase), daemon=True
+    ).start()
     deadline = time.monotonic() + timeout
     while not server_ready(url):
         if process.poll() is not None:
@@ -100,15 +110,23 @@ def start(command: list[str], url: str, env: dict, engine: str, what: str, start
 def unit_state(unit: str) -> str:
     """systemd's word for the unit (active, activating, failed, inactive, ...); 'unknown' without systemd."""
     try:
-        out = subprocess.run(["systemctl", "is-active", unit], capture_output=True, text=True, timeout=10,
-                             check=False)
+        out = subprocess.run(
+            ["systemctl", "is-active", unit], capture_output=True, text=True, timeout=10, check=False
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() or "unknown"
 
 
-def wait_for_unit(url: str, state: Callable[[], str], run_dir: Path, waiting_step: str, progress=None,
-                  timeout: float = 1200, poll: float = 2.0) -> bool:
+def wait_for_unit(
+    url: str,
+    state: Callable[[], str],
+    run_dir: Path,
+    waiting_step: str,
+    progress=None,
+    timeout: float = 1200,
+    poll: float = 2.0,
+) -> bool:
     """On the image: wait while the server's unit is starting (or restarting after a crash) until the server
     answers, passing on how far its start-up got (`waiting_step` until its log says more). False when the unit is
     not running (skipped: no usable GPU; failed) or the time is up. `state()`: the unit's systemd state."""

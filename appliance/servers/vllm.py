@@ -56,11 +56,18 @@ def unit_state() -> str:
     return process.unit_state(VLLM_UNIT)
 
 
-def wait_for_server(url: str = DEFAULT_URL, progress=None, timeout: float = SERVER_START_TIMEOUT, state=None,
-                    poll: float = 2.0, run_dir: Path | None = None) -> bool:
+def wait_for_server(
+    url: str = DEFAULT_URL,
+    progress=None,
+    timeout: float = SERVER_START_TIMEOUT,
+    state=None,
+    poll: float = 2.0,
+    run_dir: Path | None = None,
+) -> bool:
     """On the image: wait while appliance-vllm.service starts the server (process.wait_for_unit)."""
-    return process.wait_for_unit(url, state or unit_state, run_dir or RUN_DIR, "vllm_waiting", progress, timeout,
-                                 poll)
+    return process.wait_for_unit(
+        url, state or unit_state, run_dir or RUN_DIR, "vllm_waiting", progress, timeout, poll
+    )
 
 
 # vLLM's start-up as its log shows it (vLLM 0.18; a line that changes wording only loses its splash step):
@@ -172,7 +179,21 @@ def start_server(
     command = server_command(model_dir, port, gpu_memory_utilization, max_model_len, extra, eager=not compile_cache)
     if command[0] != sys.executable and not Path(command[0]).is_file() and shutil.which(command[0]) is None:
         raise EngineUnavailable(NAME, "vLLM is not installed (it needs an NVIDIA GPU; pip install '.[gpu]')")
-    settings = {"gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len,
-                "max_pixels": max_pixels or images.MODEL_MAX_PIXELS, "compiled": bool(compile_cache)}
-    return process.start(command, f"http://127.0.0.1:{port}/v1", env, NAME, "vllm serve", start_phase,
-                         timeout=timeout, log=log, run_dir=run_dir, settings=settings)
+    settings = {
+        "gpu_memory_utilization": gpu_memory_utilization,
+        "max_model_len": max_model_len,
+        "max_pixels": max_pixels or images.MODEL_MAX_PIXELS,
+        "compiled": bool(compile_cache),
+    }
+    return process.start(
+        command,
+        f"http://127.0.0.1:{port}/v1",
+        env,
+        NAME,
+        "vllm serve",
+        start_phase,
+        timeout=timeout,
+        log=log,
+        run_dir=run_dir,
+        settings=settings,
+    )

@@ -36,8 +36,8 @@ def guest_traffic(pcap: Path, allow_dhcp: bool) -> list[str]:
     mac = bytes(int(x, 16) for x in GUEST_MAC.split(":"))
     seen, pos = [], 24
     while pos + 16 <= len(data):
-        _, _, incl, _ = struct.unpack(endian + "IIII", data[pos:pos + 16])
-        frame = data[pos + 16:pos + 16 + incl]
+        _, _, incl, _ = struct.unpack(endian + "IIII", data[pos : pos + 16])
+        frame = data[pos + 16 : pos + 16 + incl]
         pos += 16 + incl
         if frame[6:12] != mac:
             continue
@@ -48,7 +48,7 @@ def guest_traffic(pcap: Path, allow_dhcp: bool) -> list[str]:
             ihl = (frame[14] & 0xF) * 4
             proto = frame[23]
             dst = ".".join(str(b) for b in frame[30:34])
-            sport, dport = struct.unpack("!HH", frame[14 + ihl:14 + ihl + 4]) if proto in (6, 17) else (0, 0)
+            sport, dport = struct.unpack("!HH", frame[14 + ihl : 14 + ihl + 4]) if proto in (6, 17) else (0, 0)
             if proto == 17 and sport == 68 and dport == 67 and allow_dhcp:
                 continue
             if proto == 6 and sport == 8000:

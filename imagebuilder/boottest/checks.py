@@ -24,8 +24,12 @@ def check_ocr(vm: Vm, token: str, result: dict) -> list[str]:
     """Through the port forward: a picture of OCR_TEXT must come back as OCR_TEXT (CPU engine)."""
     problems = []
     sent = time.monotonic()
-    status, body = vm.http("/ocr", token, timeout=420, body={
-        "image": base64.b64encode(text_png(OCR_TEXT, 900)).decode(), "task_type": "plain_ocr"})
+    status, body = vm.http(
+        "/ocr",
+        token,
+        timeout=420,
+        body={"image": base64.b64encode(text_png(OCR_TEXT, 900)).decode(), "task_type": "plain_ocr"},
+    )
     result["ocr_request_seconds"] = round(time.monotonic() - sent, 1)
     result["seconds_to_first_ocr"] = round(time.monotonic() - vm.started, 1)
     try:
@@ -59,8 +63,10 @@ def check_scan_stick(vm: Vm, token: str, result: dict, timeout: float = 300) -> 
         if states.get(INBOX_FILE) in ("done", "failed"):
             break
         if time.monotonic() - started > timeout:
-            return [f"the scan folder did not finish {INBOX_FILE} from the stick in {timeout:.0f}s: {status} "
-                    f"{body[:300]!r}"]
+            return [
+                f"the scan folder did not finish {INBOX_FILE} from the stick in {timeout:.0f}s: {status} "
+                f"{body[:300]!r}"
+            ]
         time.sleep(3)
     if states[INBOX_FILE] != "done":
         return [f"the scan folder failed {INBOX_FILE} from the stick: {body[:300]!r}"]
@@ -101,9 +107,18 @@ def check_ui_usb_upload(vm: Vm, token: str, shots: Path, result: dict) -> list[s
     started = time.monotonic()
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=browser_path, headless=True, args=[
-                "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync"])
+            browser = p.chromium.launch(
+                executable_path=browser_path,
+                headless=True,
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                ],
+            )
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 800}, locale="en-US")
                 page.goto(base + "/login", timeout=60_000)
@@ -160,8 +175,10 @@ def check_usb(vm: Vm, token: str, result: dict, pull: bool) -> list[str]:
 # What each boot menu entry must have done, judged from the selftest line.
 ENTRY_CHECKS = {
     "normal": lambda r: not r.get("cmdline") or f"unexpected kernel flags {r.get('cmdline')}",
-    "toram": lambda r: ("toram" in r.get("cmdline", []) and r.get("medium_device") == "0")
-    or f"toram: cmdline {r.get('cmdline')}, boot device still mounted: {r.get('medium_device')}",
+    "toram": lambda r: (
+        ("toram" in r.get("cmdline", []) and r.get("medium_device") == "0")
+        or f"toram: cmdline {r.get('cmdline')}, boot device still mounted: {r.get('medium_device')}"
+    ),
     "safe": lambda r: "nomodeset" in r.get("cmdline", []) or f"safe graphics: cmdline {r.get('cmdline')}",
     "verify": lambda r: r.get("verified") == "ok" or f"medium check: {r.get('verified')}",
 }
@@ -173,8 +190,11 @@ def gpu_fallback_problems(report: dict, kiosk_text: str) -> list[str]:
     units = dict(item.split(":", 1) for item in report.get("gpu", []))
     if not units:
         return []
-    problems = [f"{unit} unit: Result={result}, expected exec-condition (skipped without a GPU)"
-                for unit, result in units.items() if result != "exec-condition"]
+    problems = [
+        f"{unit} unit: Result={result}, expected exec-condition (skipped without a GPU)"
+        for unit, result in units.items()
+        if result != "exec-condition"
+    ]
     if report.get("engine") != "cpu":
         problems.append(f"engine {report.get('engine')}, expected the CPU fallback")
     if NO_GPU_BANNER not in kiosk_text:

@@ -33,8 +33,17 @@ from imagebuilder.boottest.sticks import OCR_TEXT, OUTBOX_TEXT, data_stick, stic
 from imagebuilder.boottest.vm import MODES, Vm, accel, split_mode, usb_stick
 
 
-def boot_once(disk: Path, mode: str, out: Path, timeout: float, token: str | None, lan: bool,
-              stick: Path | None = None, pull_stick: bool = False, stick_fs: str = "vfat") -> dict:
+def boot_once(
+    disk: Path,
+    mode: str,
+    out: Path,
+    timeout: float,
+    token: str | None,
+    lan: bool,
+    stick: Path | None = None,
+    pull_stick: bool = False,
+    stick_fs: str = "vfat",
+) -> dict:
     base, entry = split_mode(mode)
     vm = Vm(disk=disk, mode=base, dir=out, stick=stick, entry=entry)
     result = {"mode": mode, "ok": False}
@@ -99,8 +108,16 @@ def boot_once(disk: Path, mode: str, out: Path, timeout: float, token: str | Non
         (out / "result.json").write_text(json.dumps(result, indent=1))
 
 
-def boot_test(iso: Path, modes: list[str], artifacts: Path, timeout: int = 600, lan_token: str | None = None,
-              persistence: bool = False, pull_stick: bool = False, stick_fs: str = "vfat") -> int:
+def boot_test(
+    iso: Path,
+    modes: list[str],
+    artifacts: Path,
+    timeout: int = 600,
+    lan_token: str | None = None,
+    persistence: bool = False,
+    pull_stick: bool = False,
+    stick_fs: str = "vfat",
+) -> int:
     """Boot `iso` in each mode; print one line per boot; 0 if every boot passed."""
     artifacts.mkdir(parents=True, exist_ok=True)
     lan = bool(lan_token)
@@ -118,11 +135,14 @@ def boot_test(iso: Path, modes: list[str], artifacts: Path, timeout: int = 600, 
         data = data_stick(out / "data-stick.img", stick_fs)  # fresh per boot: its inbox is consumed
         r = boot_once(disk, mode, out, timeout, lan_token, lan, stick=data, pull_stick=pull_stick, stick_fs=stick_fs)
         results.append(r)
-        print(f"  {mode}: {'PASS' if r['ok'] else 'FAIL'} selftest after {r.get('seconds_to_selftest')}s"
-              + (f", health after {r.get('seconds_to_health')}s" if lan else "")
-              + (f", first OCR after {r.get('seconds_to_first_ocr')}s" if r.get("seconds_to_first_ocr") else "")
-              + (f"; {'; '.join(r.get('problems', []))}" if r.get("problems") else "")
-              + (f"; {r['error']}" if r.get("error") else ""), flush=True)
+        print(
+            f"  {mode}: {'PASS' if r['ok'] else 'FAIL'} selftest after {r.get('seconds_to_selftest')}s"
+            + (f", health after {r.get('seconds_to_health')}s" if lan else "")
+            + (f", first OCR after {r.get('seconds_to_first_ocr')}s" if r.get("seconds_to_first_ocr") else "")
+            + (f"; {'; '.join(r.get('problems', []))}" if r.get("problems") else "")
+            + (f"; {r['error']}" if r.get("error") else ""),
+            flush=True,
+        )
         if not r["ok"]:  # CI shows this; the whole log, screen.png and the pcap are in `out`
             print(f"  --- end of {out / 'serial.log'} ---\n{serial_tail(out / 'serial.log')}\n  ---", flush=True)
     if persistence and stick:
@@ -135,6 +155,8 @@ def boot_test(iso: Path, modes: list[str], artifacts: Path, timeout: int = 600, 
     (artifacts / "summary.json").write_text(json.dumps(results, indent=1))
     failed = [r for r in results if not r["ok"]]
     for r in failed:  # again at the very end: CI keeps only the tail of a long log
-        print(f"FAILED {r['mode']}: {'; '.join(r.get('problems') or [r.get('error') or 'see summary.json'])}",
-              flush=True)
+        print(
+            f"FAILED {r['mode']}: {'; '.join(r.get('problems') or [r.get('error') or 'see summary.json'])}",
+            flush=True,
+        )
     return 0 if results and not failed else 1

@@ -48,8 +48,12 @@ PARTITION_START = 2**20  # exFAT/NTFS sticks come partitioned, as Windows format
 @contextlib.contextmanager
 def partition_device(image: Path):
     """A loop device on the stick image's partition, for as long as the `with` lasts."""
-    loop = subprocess.run(["losetup", "-f", "--show", "-o", str(PARTITION_START), str(image)], check=True,
-                          capture_output=True, text=True).stdout.strip()
+    loop = subprocess.run(
+        ["losetup", "-f", "--show", "-o", str(PARTITION_START), str(image)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     try:
         yield loop
     finally:
@@ -72,8 +76,10 @@ def require_stick_tools(fs: str) -> None:
     tools = STICK_TOOLS.get(fs.removesuffix("-dirty"), ())
     missing = [tool[0] for tool in tools[:2] if not shutil.which(tool[0])]
     if missing:
-        raise RuntimeError(f"an {fs} data stick needs {', '.join(missing)} on this host (apt-get install "
-                           f"{tools[2]}), and root for its loop device")
+        raise RuntimeError(
+            f"an {fs} data stick needs {', '.join(missing)} on this host (apt-get install "
+            f"{tools[2]}), and root for its loop device"
+        )
 
 
 def mark_ntfs_dirty(image: Path) -> None:

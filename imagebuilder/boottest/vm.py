@@ -23,8 +23,12 @@ from imagebuilder.usb import add_persistence
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
-MODES = {"bios-cd": ("bios", "cd"), "uefi-cd": ("uefi", "cd"), "bios-usb": ("bios", "usb"),
-         "uefi-usb": ("uefi", "usb")}
+MODES = {
+    "bios-cd": ("bios", "cd"),
+    "uefi-cd": ("uefi", "cd"),
+    "bios-usb": ("bios", "usb"),
+    "uefi-usb": ("uefi", "usb"),
+}
 GUEST_MAC = "52:54:00:12:34:56"
 STICK_DEVICE = "datastick"  # the data stick's QEMU device id, to pull it with device_del
 
@@ -47,8 +51,9 @@ def split_mode(mode: str) -> tuple[str, str]:
     base, _, entry = mode.partition(":")
     entry = entry or "normal"
     if base not in MODES or entry not in ENTRIES:
-        raise SystemExit(f"unknown mode {mode}: choose from {', '.join(MODES)}, "
-                         f"optionally with :{'|:'.join(ENTRIES)}")
+        raise SystemExit(
+            f"unknown mode {mode}: choose from {', '.join(MODES)}, optionally with :{'|:'.join(ENTRIES)}"
+        )
     return base, entry
 
 
@@ -85,26 +90,55 @@ class Vm:
     def command(self) -> list[str]:
         firmware, medium = MODES[self.mode]
         d = self.dir
-        cmd = ["qemu-system-x86_64", "-machine", "q35", *accel(), "-smp", "2", "-m", str(self.memory_mb),
-               "-vga", "std", "-display", "none", "-no-reboot",
-               # A socket (to pick a boot menu entry by typing to GRUB) that also logs everything to serial.log.
-               "-chardev", f"socket,id=ser0,path={d / 'serial.sock'},server=on,wait=off,logfile={self.serial_log}",
-               "-serial", "chardev:ser0",
-               "-monitor", f"unix:{d / 'monitor.sock'},server,nowait",
-               "-daemonize", "-pidfile", str(d / "qemu.pid"),
-               # restrict=on: the guest cannot reach anything, yet the pcap still shows every attempt it makes.
-               "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{self.port}-:8000",
-               "-device", "virtio-net-pci,netdev=net0",
-               "-object", f"filter-dump,id=dump0,netdev=net0,file={d / 'guest.pcap'}"]
+        cmd = [
+            "qemu-system-x86_64",
+            "-machine",
+            "q35",
+            *accel(),
+            "-smp",
+            "2",
+            "-m",
+            str(self.memory_mb),
+            "-vga",
+            "std",
+            "-display",
+            "none",
+            "-no-reboot",
+            # A socket (to pick a boot menu entry by typing to GRUB) that also logs everything to serial.log.
+            "-chardev",
+            f"socket,id=ser0,path={d / 'serial.sock'},server=on,wait=off,logfile={self.serial_log}",
+            "-serial",
+            "chardev:ser0",
+            "-monitor",
+            f"unix:{d / 'monitor.sock'},server,nowait",
+            "-daemonize",
+            "-pidfile",
+            str(d / "qemu.pid"),
+            # restrict=on: the guest cannot reach anything, yet the pcap still shows every attempt it makes.
+            "-netdev",
+            f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{self.port}-:8000",
+            "-device",
+            "virtio-net-pci,netdev=net0",
+            "-object",
+            f"filter-dump,id=dump0,netdev=net0,file={d / 'guest.pcap'}",
+        ]
         if firmware == "uefi":
             vars_copy = d / "OVMF_VARS.fd"
             shutil.copyfile(OVMF_VARS, vars_copy)
-            cmd += ["-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
-                    "-drive", f"if=pflash,format=raw,file={vars_copy}"]
+            cmd += [
+                "-drive",
+                f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+                "-drive",
+                f"if=pflash,format=raw,file={vars_copy}",
+            ]
         usb = []  # (drive id, image, extra device options)
         if medium == "cd":
-            cmd += ["-drive", f"file={self.disk},media=cdrom,readonly=on,if=none,id=cd0",
-                    "-device", "ide-cd,drive=cd0,bootindex=0"]
+            cmd += [
+                "-drive",
+                f"file={self.disk},media=cdrom,readonly=on,if=none,id=cd0",
+                "-device",
+                "ide-cd,drive=cd0,bootindex=0",
+            ]
         else:
             usb.append(("stick0", self.disk, ",bootindex=0"))
         if self.stick:
@@ -112,8 +146,12 @@ class Vm:
         if usb:
             cmd += ["-device", "qemu-xhci,id=xhci"]
         for drive, image, extra in usb:
-            cmd += ["-drive", f"file={image},format=raw,if=none,id={drive}",
-                    "-device", f"usb-storage,bus=xhci.0,drive={drive},removable=on{extra}"]
+            cmd += [
+                "-drive",
+                f"file={image},format=raw,if=none,id={drive}",
+                "-device",
+                f"usb-storage,bus=xhci.0,drive={drive},removable=on{extra}",
+            ]
         return cmd
 
     def start(self) -> None:
@@ -172,11 +210,12 @@ class Vm:
             time.sleep(1)
             try:
                 return s.recv(65536).decode(errors="replace")
-            except socket.timeout:
+            except TimeoutError:
                 return ""
 
-    def http(self, path: str, token: str | None = None, timeout: float = 5, body: dict | None = None
-             ) -> tuple[int, bytes]:
+    def http(
+        self, path: str, token: str | None = None, timeout: float = 5, body: dict | None = None
+    ) -> tuple[int, bytes]:
         """(status, body) of a GET, or a JSON POST when `body` is given; status 0 when nothing answered."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data)

@@ -96,6 +96,7 @@ def test_status_reports_flavour_and_reason(sysfs):
 
 def test_the_units_entry_point_answers_usage():
     """appliance-nvidia.service and appliance-vllm.service run `python3 -m appliance.gpu flavour|can-serve`."""
-    done = subprocess.run([sys.executable, "-m", "appliance.gpu", "no-such-command"], capture_output=True, text=True,
-                          check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "appliance.gpu", "no-such-command"], capture_output=True, text=True, check=False
+    )
     assert done.returncode == 2 and "flavour|can-serve|status" in done.stderr

@@ -15,10 +15,22 @@ from imagebuilder.settings import REPO, resolve
 
 def make_ctx(tmp_path, profile="cpu", *overrides, model=None, accept=None, repo=REPO) -> Context:
     tmp_path.mkdir(parents=True, exist_ok=True)
-    config = resolve(profile, list(overrides), model_dir=model, accept_model_license=accept,
-                     out_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"))
-    c = Context(config=config, repo=repo, out_dir=tmp_path / "out", cache_dir=tmp_path / "cache",
-                work=tmp_path / "work", epoch=1700000000)
+    config = resolve(
+        profile,
+        list(overrides),
+        model_dir=model,
+        accept_model_license=accept,
+        out_dir=str(tmp_path / "out"),
+        cache_dir=str(tmp_path / "cache"),
+    )
+    c = Context(
+        config=config,
+        repo=repo,
+        out_dir=tmp_path / "out",
+        cache_dir=tmp_path / "cache",
+        work=tmp_path / "work",
+        epoch=1700000000,
+    )
     passwd = tmp_path / "passwd"
     passwd.write_text("root:x:0:0::/root:/bin/sh\nocr:x:999:999::/srv/ocr:/usr/sbin/nologin\n")
     c.files["passwd"] = passwd

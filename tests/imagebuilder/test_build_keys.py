@@ -40,7 +40,9 @@ def test_app_change_touches_only_app_key(tmp_path):
         (repo / part).mkdir(parents=True)
     (repo / "build" / "packages").mkdir()
     for name in ("base", "kiosk"):
-        (repo / "build" / "packages" / f"{name}.list").write_text((REPO / "build/packages" / f"{name}.list").read_text())
+        (repo / "build" / "packages" / f"{name}.list").write_text(
+            (REPO / "build/packages" / f"{name}.list").read_text()
+        )
     (repo / "pyproject.toml").write_text((REPO / "pyproject.toml").read_text())
     (repo / "appliance" / "x.py").write_text("a = 1\n")
     c = ctx_for(tmp_path, repo=repo)
@@ -99,8 +101,11 @@ def test_explicit_epoch_is_an_input_but_unrelated_commits_are_not(tmp_path):
     assert app.app_key(c1) != app.app_key(c2)
     c3 = ctx_for(tmp_path)
     c3.epoch += 1  # HEAD moved (someone committed elsewhere): no layer may change
-    assert (rootfs.base_key(c1), pyenv.python_key(c1), app.app_key(c1)) == \
-        (rootfs.base_key(c3), pyenv.python_key(c3), app.app_key(c3))
+    assert (rootfs.base_key(c1), pyenv.python_key(c1), app.app_key(c1)) == (
+        rootfs.base_key(c3),
+        pyenv.python_key(c3),
+        app.app_key(c3),
+    )
 
 
 def test_source_date_epoch_order(monkeypatch):
@@ -135,7 +140,7 @@ def test_boot_menu_has_the_four_entries(tmp_path):
     assert "verify-checksums" not in cfg
     assert boot.marker(ctx_for(tmp_path)) in boot.early_cfg(ctx_for(tmp_path))
     # safe graphics: BIOS PCs get a VESA mode from GRUB, else nomodeset leaves no framebuffer to draw on
-    safe = cfg[cfg.index("(safe graphics)"):]
+    safe = cfg[cfg.index("(safe graphics)") :]
     safe = safe[: safe.index("}")]
     assert safe.index("set gfxpayload=") < safe.index("linux ") and " nomodeset" in safe
     assert cfg.count("gfxpayload") == 1
@@ -147,8 +152,12 @@ def test_units_and_generated_files(tmp_path):
     assert links["etc/systemd/system/getty@.service"] == "/dev/null"
     assert links["etc/systemd/system/default.target"] == "/usr/lib/systemd/system/graphical.target"
     # Each unit is linked where its own [Install] section says (the selftest's is graphical.target).
-    for unit, target in (("appliance-web", "multi-user"), ("appliance-verify-medium", "multi-user"),
-                         ("appliance-kiosk", "graphical"), ("appliance-selftest", "graphical")):
+    for unit, target in (
+        ("appliance-web", "multi-user"),
+        ("appliance-verify-medium", "multi-user"),
+        ("appliance-kiosk", "graphical"),
+        ("appliance-selftest", "graphical"),
+    ):
         link = f"etc/systemd/system/{target}.target.wants/{unit}.service"
         assert links[link] == f"/usr/lib/systemd/system/{unit}.service"
     assert not any("networkd" in k or "nvidia" in k or "vllm" in k for k in links), "no network unless LAN mode"
@@ -168,8 +177,10 @@ def test_units_and_generated_files(tmp_path):
     assert "TOKEN" not in execs[0] and not any(".service.d/" in k for k in files)
     assert "abcdefgh1" not in files["etc/appliance/config.json"][0]
     lan_links = enabled_links(lan)
-    assert lan_links["etc/systemd/system/multi-user.target.wants/systemd-networkd.service"] == \
-        "/usr/lib/systemd/system/systemd-networkd.service"
+    assert (
+        lan_links["etc/systemd/system/multi-user.target.wants/systemd-networkd.service"]
+        == "/usr/lib/systemd/system/systemd-networkd.service"
+    )
     assert "etc/systemd/system/sockets.target.wants/systemd-networkd.socket" in lan_links
 
 
@@ -206,7 +217,9 @@ def test_failed_stage_names_itself(tmp_path):
         raise BuildError("no disk")
 
     with pytest.raises(BuildError, match="stage 'two' failed: no disk"):
-        stages.run_stages(c, [stages.Stage("one", lambda ctx: "ok"), stages.Stage("two", boom)], log=lambda *a, **k: None)
+        stages.run_stages(
+            c, [stages.Stage("one", lambda ctx: "ok"), stages.Stage("two", boom)], log=lambda *a, **k: None
+        )
 
 
 def test_qemu_accel_falls_back_to_tcg(monkeypatch):
@@ -279,8 +292,10 @@ def test_prune_keeps_recently_used_versions(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["app-other", "base-cpu", "base-gpu", "base-new"]
 
 
-@pytest.mark.skipif(not (__import__("shutil").which("sfdisk") and __import__("shutil").which("mke2fs")),
-                    reason="needs fdisk and e2fsprogs")
+@pytest.mark.skipif(
+    not (__import__("shutil").which("sfdisk") and __import__("shutil").which("mke2fs")),
+    reason="needs fdisk and e2fsprogs",
+)
 def test_usb_image_gets_a_persistence_partition(tmp_path):
     """The .img stage (usb_image=on) with a fixed epoch: a partition after the ISO holding an ext4 `persistence`."""
     import json
@@ -293,8 +308,9 @@ def test_usb_image_gets_a_persistence_partition(tmp_path):
         f.truncate(3 * 2**20)
     subprocess.run(["sfdisk", "-q", str(image)], input="start=2048, size=2048, type=83\n", text=True, check=True)
     usb.add_persistence(image, 8, tmp_path, epoch=1700000000)
-    parts = json.loads(subprocess.run(["sfdisk", "-J", str(image)], capture_output=True, text=True,
-                                      check=True).stdout)["partitiontable"]["partitions"]
+    parts = json.loads(
+        subprocess.run(["sfdisk", "-J", str(image)], capture_output=True, text=True, check=True).stdout
+    )["partitiontable"]["partitions"]
     assert len(parts) == 2 and parts[1]["start"] * 512 == usb.ALIGN * 3 and parts[1]["size"] * 512 == 8 * 2**20
     with open(image, "rb") as f:  # ext4 superblock at +1024: magic at 0x38, volume name at 0x78
         f.seek(parts[1]["start"] * 512 + 1024)

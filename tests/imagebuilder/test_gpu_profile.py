@@ -26,8 +26,10 @@ def recording(ctx):
     def record(name):
         return lambda ctx: ran.append(name)
 
-    staged = [s if s.name in ("gpu-stack", "model-check") else stages.Stage(s.name, record(s.name), s.when)
-              for s in stages.STAGES]
+    staged = [
+        s if s.name in ("gpu-stack", "model-check") else stages.Stage(s.name, record(s.name), s.when)
+        for s in stages.STAGES
+    ]
     return staged, ran
 
 
@@ -60,8 +62,13 @@ def test_stage_lists_for_gpu_and_cpu(tmp_path):
     cpu, gpu = names(ctx_for(tmp_path / "c", "cpu")), names(ctx_for(tmp_path / "g"))
     assert not GPU_STAGES & set(cpu)
     assert gpu[:3] == ["gpu-stack", "model-check", "check-host"]
-    assert gpu.index("base-layer") < gpu.index("nvidia-layer") < gpu.index("python-layer") \
-        < gpu.index("model-layer") < gpu.index("app-layer")
+    assert (
+        gpu.index("base-layer")
+        < gpu.index("nvidia-layer")
+        < gpu.index("python-layer")
+        < gpu.index("model-layer")
+        < gpu.index("app-layer")
+    )
     assert [n for n in gpu if n not in GPU_STAGES] == cpu
 
 
@@ -109,16 +116,23 @@ def test_compile_cache_checked_with_the_model_and_shipped_in_its_layer(tmp_path,
     (cache / "sm_89" / "torch_compile_cache").mkdir(parents=True)
     (cache / "sm_89" / "torch_compile_cache" / "graph.py").write_text("compiled")
     (cache / "notes.txt").write_text("not an architecture")
-    ctx = ctx_for(tmp_path / "bad", "gpu", "model_version=1.5", f"vllm_compile_cache={cache}",
-                  model=str(model_dir), accept=True)
+    ctx = ctx_for(
+        tmp_path / "bad", "gpu", "model_version=1.5", f"vllm_compile_cache={cache}", model=str(model_dir), accept=True
+    )
     staged, ran = recording(ctx)
     with pytest.raises(BuildError, match=r"sm_<compute capability>.*found notes.txt"):
         stages.run_stages(ctx, staged, log=lambda *a, **k: None)
     assert ran == []  # refused before anything is built
 
     (cache / "notes.txt").unlink()
-    ctx = ctx_for(tmp_path / "good", "gpu", "model_version=1.5", f"vllm_compile_cache={cache}",
-                  model=str(model_dir), accept=True)
+    ctx = ctx_for(
+        tmp_path / "good",
+        "gpu",
+        "model_version=1.5",
+        f"vllm_compile_cache={cache}",
+        model=str(model_dir),
+        accept=True,
+    )
     model.check_model(ctx)
     shipped = {}
 
@@ -136,8 +150,12 @@ def test_compile_cache_checked_with_the_model_and_shipped_in_its_layer(tmp_path,
 def gpu_ctx_with_stack(tmp_path):
     ctx = ctx_for(tmp_path, model="/models/x")
     ctx.info["stack"] = resolve_stack()
-    ctx.info["nvidia"] = {"kernel": "6.12.117+deb13-amd64", "flavours": ["proprietary"], "signed": False,
-                          "modules": {"proprietary": ["nvidia-current.ko.xz"]}}
+    ctx.info["nvidia"] = {
+        "kernel": "6.12.117+deb13-amd64",
+        "flavours": ["proprietary"],
+        "signed": False,
+        "modules": {"proprietary": ["nvidia-current.ko.xz"]},
+    }
     return ctx
 
 
@@ -166,12 +184,17 @@ def test_dkms_packages_per_driver_source(tmp_path):
     assert nvidia.dkms_packages(resolve_stack().driver) == {"proprietary": "nvidia-kernel-dkms"}
     debs = tmp_path / "debs"
     debs.mkdir()
-    for name in ("nvidia-kernel-open-dkms_580.95.05-1_amd64.deb", "nvidia-kernel-dkms_580.95.05-1_amd64.deb",
-                 "libcuda1_580.95.05-1_amd64.deb"):
+    for name in (
+        "nvidia-kernel-open-dkms_580.95.05-1_amd64.deb",
+        "nvidia-kernel-dkms_580.95.05-1_amd64.deb",
+        "libcuda1_580.95.05-1_amd64.deb",
+    ):
         (debs / name).write_bytes(b"")
     stack = resolve_stack(str(debs), lock="cuda13-user-driver")
-    assert nvidia.dkms_packages(stack.driver) == {"open": "nvidia-kernel-open-dkms",
-                                                  "proprietary": "nvidia-kernel-dkms"}
+    assert nvidia.dkms_packages(stack.driver) == {
+        "open": "nvidia-kernel-open-dkms",
+        "proprietary": "nvidia-kernel-dkms",
+    }
 
 
 def test_sign_key_directory_must_hold_key_and_certificate(tmp_path):
@@ -219,8 +242,15 @@ def test_vllm_unit_is_skipped_cleanly_without_a_gpu_and_backs_off():
     text = unit("appliance-vllm.service")
     assert "ExecCondition=/usr/bin/python3 -m appliance.gpu can-serve" in text  # exit 1 = skipped, never failed
     assert "ExecStart=/usr/local/bin/appliance vllm-server --auto" in text
-    for line in ("Restart=on-failure", "RestartSteps=5", "RestartMaxDelaySec=120", "StartLimitIntervalSec=0",
-                 "User=ocr", "After=appliance-nvidia.service", "ConditionPathExists=/etc/appliance/gpu-stack.json"):
+    for line in (
+        "Restart=on-failure",
+        "RestartSteps=5",
+        "RestartMaxDelaySec=120",
+        "StartLimitIntervalSec=0",
+        "User=ocr",
+        "After=appliance-nvidia.service",
+        "ConditionPathExists=/etc/appliance/gpu-stack.json",
+    ):
         assert line in text
     assert "HF_HUB_OFFLINE=1" in text and "VLLM_NO_USAGE_STATS=1" in text
 
@@ -247,8 +277,10 @@ def test_flat_repo_indexes_the_users_debs(tmp_path):
         pytest.skip("dpkg-deb is not installed")
     pkg = tmp_path / "pkg"
     (pkg / "DEBIAN").mkdir(parents=True)
-    (pkg / "DEBIAN" / "control").write_text("Package: nvidia-kernel-open-dkms\nVersion: 580.95.05-1\n"
-                                            "Architecture: amd64\nMaintainer: t <t@t>\nDescription: test\n")
+    (pkg / "DEBIAN" / "control").write_text(
+        "Package: nvidia-kernel-open-dkms\nVersion: 580.95.05-1\n"
+        "Architecture: amd64\nMaintainer: t <t@t>\nDescription: test\n"
+    )
     debs = tmp_path / "debs"
     debs.mkdir()
     deb = debs / "nvidia-kernel-open-dkms_580.95.05-1_amd64.deb"

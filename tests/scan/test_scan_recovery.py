@@ -32,7 +32,7 @@ from appliance.scan.ledger import Ledger
 
 
 def test_kill_9_mid_batch_then_restart(root):
-    """The watcher as its own process, killed with SIGKILL while working: a restart finishes the batch exactly once."""
+    """The watcher in its own process, killed with SIGKILL while working: a restart ends the batch exactly once."""
     names = [f"page{i}" for i in range(4)]
     for name in names:
         save(text_image([f"Kill test {name}"]), root / "inbox" / f"{name}.png")
@@ -164,8 +164,19 @@ def test_a_ledger_from_an_older_image_opens(root):
             "INSERT INTO files (tree, rel, folder, state, source, work, sha256, size, out_dir, out_stem, final, "
             "engine, result_key, attempts, created, updated) VALUES ('', ?, '', ?, ?, ?, ?, ?, ?, ?, ?, 'fake', "
             "'fake|test|1', 1, ?, ?)",
-            (rel, state, str(root / "inbox" / rel), work_path, hashlib.sha256(data).hexdigest(), len(data),
-             str(root / "outbox"), Path(rel).stem, final, now, now),
+            (
+                rel,
+                state,
+                str(root / "inbox" / rel),
+                work_path,
+                hashlib.sha256(data).hexdigest(),
+                len(data),
+                str(root / "outbox"),
+                Path(rel).stem,
+                final,
+                now,
+                now,
+            ),
         )
     db.execute("INSERT INTO results VALUES (?, '[]', 'fake|test|1', '{}')", (hashlib.sha256(data).hexdigest(),))
     db.commit()

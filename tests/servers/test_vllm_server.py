@@ -71,8 +71,10 @@ def test_start_server_follows_the_start_up_and_writes_what_clients_need(tiny_mod
         assert [step["percent"] for step in seen_steps] == [5, 10, 35, 60, 65, 80, 90, 95]
         assert [step["step"] for step in seen_steps][:3] == ["vllm_engine", "vllm_weights", "vllm_weights"]
         assert process.read_run_file("progress.json", tmp_path) == {"step": "vllm_api", "percent": 95}
-        assert any(line.startswith("Loading safetensors checkpoint shards:  50% Completed | 1/2")
-                   for line in log.getvalue().splitlines())  # each carriage-return redraw is a line of its own
+        assert any(
+            line.startswith("Loading safetensors checkpoint shards:  50% Completed | 1/2")
+            for line in log.getvalue().splitlines()
+        )  # each carriage-return redraw is a line of its own
         settings = process.read_run_file("settings.json", tmp_path)
         assert settings["url"] == f"http://127.0.0.1:{port}/v1" and settings["max_pixels"] == 1280 * 1280
     finally:
@@ -86,7 +88,7 @@ def started_as(log: io.StringIO) -> dict:
     while "FAKE-VLLM " not in log.getvalue() and time.monotonic() < deadline:
         time.sleep(0.05)
     line = next(line for line in log.getvalue().splitlines() if line.startswith("FAKE-VLLM "))
-    return json.loads(line[len("FAKE-VLLM "):])
+    return json.loads(line[len("FAKE-VLLM ") :])
 
 
 def test_server_runs_compiled_only_from_a_compile_cache(tiny_model_dir, monkeypatch, tmp_path):
@@ -100,8 +102,9 @@ def test_server_runs_compiled_only_from_a_compile_cache(tiny_model_dir, monkeypa
     for cache in (None, compile_cache_for("8.9", tmp_path / "image-cache")):
         log, run_dir = io.StringIO(), tmp_path / f"run-{bool(cache)}"
         run_dir.mkdir()
-        server = vllm.start_server(tiny_model_dir, free_port(), timeout=60, log=log, run_dir=run_dir,
-                                   compile_cache=cache)
+        server = vllm.start_server(
+            tiny_model_dir, free_port(), timeout=60, log=log, run_dir=run_dir, compile_cache=cache
+        )
         try:
             started = started_as(log)
         finally:
@@ -128,8 +131,13 @@ def test_wait_for_server_passes_on_the_start_up_step(tmp_path):
             (tmp_path / "progress.json").write_text(json.dumps({"step": "vllm_weights", "percent": 35}))
         return "activating"
 
-    vllm.wait_for_server("http://127.0.0.1:9/v1", lambda words, **extra: heard.append((words, extra)),
-                         state=poll_then_start_up, poll=0, run_dir=tmp_path)
+    vllm.wait_for_server(
+        "http://127.0.0.1:9/v1",
+        lambda words, **extra: heard.append((words, extra)),
+        state=poll_then_start_up,
+        poll=0,
+        run_dir=tmp_path,
+    )
     (first, _), (words, extra) = heard
     assert first.startswith("NVIDIA driver loaded; waiting for the model server (")
     assert words.startswith("loading HunyuanOCR onto the GPU (")
@@ -144,6 +152,8 @@ def test_wait_for_server_gives_up_when_the_unit_is_not_running():
 
 def test_start_phase_reads_vllm_start_up_lines():
     assert vllm.start_phase("INFO [core.py:103] Initializing a V1 LLM engine (v0.18.1) with config") == (
-        "vllm_engine", 5)
+        "vllm_engine",
+        5,
+    )
     assert vllm.start_phase("Loading safetensors checkpoint shards:  50% Completed | 1/2") == ("vllm_weights", 35)
     assert vllm.start_phase("INFO some other line") is None

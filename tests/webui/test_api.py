@@ -239,5 +239,8 @@ def test_a_failed_jobs_status_comes_from_the_one_error_table():
     for exc in (InputError("a.png", "x"), TaskNotSupported("doc", "cpu", ["text"]), EngineUnavailable("cpu", "x")):
         assert errors.failed_job_status(type(exc).__name__) == errors.describe(exc)[0]
     assert [errors.failed_job_status(k) for k in ("InputError", "TaskNotSupported", "EngineUnavailable")] == [
-        422, 400, 503]
+        422,
+        400,
+        503,
+    ]
     assert errors.failed_job_status("internal") == errors.failed_job_status(None) == 500

@@ -262,7 +262,8 @@ def test_document_formulas_render_with_katex(page, model_server, tmp_path):
     letter = markdown.locator(".katex .accent .mathnormal").first.bounding_box()
     assert arrow["y"] < letter["y"] + letter["height"] / 2  # \vec's arrow starts above the v's middle (no CSS clash)
     page.wait_for_function(
-        "document.fonts.ready.then(() => [...document.fonts].some((f) => f.family === 'KaTeX_Main' && f.status === 'loaded'))"
+        "document.fonts.ready.then(() => [...document.fonts]"
+        ".some((f) => f.family === 'KaTeX_Main' && f.status === 'loaded'))"
     )  # the local woff2 fonts, not a system fallback
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=SHOTS / "formulas-en.png", full_page=True)
@@ -357,7 +358,7 @@ def test_scan_folder_page_follows_the_queue_without_reloading(page, scan_server)
 
 
 def test_start_screen_switches_to_the_form_when_the_engine_is_ready(page, tmp_path):
-    """Power-on: the kiosk opens before the engine has loaded. It shows the engine's words, then the form by itself."""
+    """Power-on: the kiosk opens before the engine has loaded. It shows the engine's words, then the form itself."""
     import threading
 
     from conftest import serve_in_thread
@@ -404,7 +405,8 @@ LAYOUT_JS = """([selector, minimum]) => ({
   innerWidth: window.innerWidth,
   small: Array.from(document.querySelectorAll(selector))
     .filter((el) => el.offsetParent !== null && !el.closest("dialog:not([open]), template"))
-    .map((el) => [el.id || el.className || el.tagName, el.textContent.trim().slice(0, 30), el.getBoundingClientRect().height])
+    .map((el) => [el.id || el.className || el.tagName, el.textContent.trim().slice(0, 30),
+                  el.getBoundingClientRect().height])
     .filter(([, , height]) => height < minimum - 0.5),
 })"""
 

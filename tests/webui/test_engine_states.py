@@ -75,7 +75,9 @@ def test_start_up_steps_in_the_pages_language(tmp_path):
         assert ">loading HunyuanOCR onto the GPU</p>" in client.get("/", headers=EN).get_data(as_text=True)
         zh = client.get("/", headers={"Accept-Language": "zh"}).get_data(as_text=True)
         assert ">正在将 HunyuanOCR 载入 GPU</p>" in zh
-        script_texts = json.loads(re.search(r'<script type="application/json" id="messages">(.*?)</script>', zh).group(1))
+        script_texts = json.loads(
+            re.search(r'<script type="application/json" id="messages">(.*?)</script>', zh).group(1)
+        )
         assert script_texts["steps"]["vllm_api"] == "正在启动模型服务接口"  # what the page says as it follows /health
     finally:
         gate.set()

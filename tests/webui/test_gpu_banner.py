@@ -11,8 +11,13 @@ from fake_engine import FakeEngine
 from appliance import gpu
 from appliance.ocr.tasks import Task
 
-STACK = {"name": "cuda12-debian-driver", "cuda": "12.8", "engines": ["hunyuan-vllm"], "modules_signed": False,
-         "driver": {"source": "debian", "version": "550.163.01", "flavours": ["proprietary"]}}
+STACK = {
+    "name": "cuda12-debian-driver",
+    "cuda": "12.8",
+    "engines": ["hunyuan-vllm"],
+    "modules_signed": False,
+    "driver": {"source": "debian", "version": "550.163.01", "flavours": ["proprietary"]},
+}
 
 
 @pytest.fixture
@@ -79,4 +84,3 @@ def test_every_reason_has_both_languages_with_the_same_fields():
         fields = {name for _, name, _, _ in string.Formatter().parse(english) if name}
         assert fields == {name for _, name, _, _ in string.Formatter().parse(chinese) if name}, key
         assert english.endswith(".") and chinese.endswith("。"), key
-

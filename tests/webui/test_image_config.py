@@ -102,8 +102,12 @@ def test_configured_default_task_is_the_apis_default(site_config, app):
     job_id = page.headers["Location"].rsplit("/", 1)[1]
     assert client.get(f"/jobs/{job_id}").get_json()["task"] == "text"  # the page's form sent no task
     openapi = client.get("/openapi.json").get_json()
-    assert openapi["paths"]["/ocr"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"][
-        "properties"]["task"]["default"] == "text"
+    assert (
+        openapi["paths"]["/ocr"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"][
+            "task"
+        ]["default"]
+        == "text"
+    )
 
 
 def test_without_a_config_every_format_is_offered_and_json_is_the_default(client):
@@ -152,14 +156,22 @@ def test_configured_outputs_are_what_the_scan_folder_writes(site_config, app_con
 
     monkeypatch.setattr(watch, "WatcherThread", Watcher)
     site_config.write_text(json.dumps({"outputs": ["md"]}))
-    app = create_app({**app_config, "DATA_DIR": str(tmp_path / "data"), "ENGINE": "cpu",
-                      "SCAN_DIR": str(tmp_path / "scan"), "SCAN_OPTIONS": {"quiet": 0.2}})
+    app = create_app(
+        {
+            **app_config,
+            "DATA_DIR": str(tmp_path / "data"),
+            "ENGINE": "cpu",
+            "SCAN_DIR": str(tmp_path / "scan"),
+            "SCAN_OPTIONS": {"quiet": 0.2},
+        }
+    )
     close_app(app, timeout=5)
     assert started == {"root": str(tmp_path / "scan"), "outputs": ("md",), "quiet": 0.2, "stopped": True}
 
 
-def test_configured_engine_is_the_apps_and_asked_only_when_needed(site_config, app_config, engine, monkeypatch,
-                                                                  tmp_path):
+def test_configured_engine_is_the_apps_and_asked_only_when_needed(
+    site_config, app_config, engine, monkeypatch, tmp_path
+):
     from appliance.jobs import Jobs
     from appliance.ocr import engines
     from webui import close_app, create_app

@@ -17,8 +17,12 @@ EN = {"Accept-Language": "en"}
 def use_scan_folder(app_config, root):
     """Run the app's scan folder on `root` with short waits, watching the fake USB_ROOT for sticks."""
     app_config["SCAN_DIR"] = str(root)
-    app_config["SCAN_OPTIONS"] = {"quiet": 0.2, "give_up": 0.6, "rescan": 0.3,
-                                  "media_dirs": (app_config["USB_ROOT"],)}
+    app_config["SCAN_OPTIONS"] = {
+        "quiet": 0.2,
+        "give_up": 0.6,
+        "rescan": 0.3,
+        "media_dirs": (app_config["USB_ROOT"],),
+    }
     return root
 
 

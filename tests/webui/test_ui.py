@@ -92,8 +92,8 @@ def test_markdown_from_a_document_cannot_inject_markup():
 
 
 def test_formulas_are_kept_whole_for_katex():
-    """LaTeX goes to the page untouched by Markdown (backslashes, _ and * intact), marked for the script; code, escaped
-    dollars and money stay text; the TeX cannot break out of its element."""
+    """LaTeX goes to the page untouched by Markdown (backslashes, _ and * intact), marked for the script; code,
+    escaped dollars and money stay text; the TeX cannot break out of its element."""
     from webui.render import markdown_html
 
     html = markdown_html(

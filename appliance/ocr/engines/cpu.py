@@ -158,13 +158,13 @@ def same_row(a: Line, b: Line) -> bool:
 def by_rows(lines: list[Line]) -> list[Line]:
     """Top to bottom; lines that share a row left to right (rapidocr's own sort compares only top-left corners)."""
     rows: list[list[Line]] = []
-    for line in sorted(lines, key=lambda l: (l.box[1] + l.box[3]) / 2):
+    for line in sorted(lines, key=lambda ln: (ln.box[1] + ln.box[3]) / 2):
         row = rows[-1] if rows else None
         if row and any(same_row(other, line) for other in row):
             row.append(line)
         else:
             rows.append([line])
-    return [line for row in rows for line in sorted(row, key=lambda l: l.box[0])]
+    return [line for row in rows for line in sorted(row, key=lambda ln: ln.box[0])]
 
 
 def reading_order(lines: list[Line], page_width: int) -> list[Line]:
@@ -176,10 +176,10 @@ def reading_order(lines: list[Line], page_width: int) -> list[Line]:
     """
     if len(lines) < 6:
         return by_rows(lines)
-    left = min(l.box[0] for l in lines)
-    right = max(l.box[2] for l in lines)
+    left = min(ln.box[0] for ln in lines)
+    right = max(ln.box[2] for ln in lines)
     span = max(right - left, 1)
-    narrow = [l for l in lines if l.box[2] - l.box[0] <= span / 2]
+    narrow = [ln for ln in lines if ln.box[2] - ln.box[0] <= span / 2]
     gutter = find_gutter(narrow, span)
     if gutter is None:
         return by_rows(lines)
@@ -187,8 +187,8 @@ def reading_order(lines: list[Line], page_width: int) -> list[Line]:
     section: list[Line] = []
 
     def flush():
-        west = [l for l in section if l.box[2] <= gutter]
-        east = [l for l in section if l.box[2] > gutter]
+        west = [ln for ln in section if ln.box[2] <= gutter]
+        east = [ln for ln in section if ln.box[2] > gutter]
         ordered.extend(reading_order(west, page_width) + reading_order(east, page_width))
         section.clear()
 
@@ -205,13 +205,13 @@ def reading_order(lines: list[Line], page_width: int) -> list[Line]:
 def find_gutter(lines: list[Line], span: int) -> float | None:
     """The middle of the widest vertical strip that no line crosses and that has running text on both sides."""
     best, best_width = None, 0
-    edges = sorted(lines, key=lambda l: l.box[0])
+    edges = sorted(lines, key=lambda ln: ln.box[0])
     reach = edges[0].box[2] if edges else 0
     for line in edges[1:]:
         if line.box[0] > reach:  # a strip from `reach` to this line's left edge that nothing crosses
             x = (reach + line.box[0]) / 2
-            west = [l.box[2] - l.box[0] for l in lines if l.box[2] <= x]
-            east = [l.box[2] - l.box[0] for l in lines if l.box[0] >= x]
+            west = [ln.box[2] - ln.box[0] for ln in lines if ln.box[2] <= x]
+            east = [ln.box[2] - ln.box[0] for ln in lines if ln.box[0] >= x]
             width = line.box[0] - reach
             if is_text_column(west, span) and is_text_column(east, span) and width > best_width:
                 best, best_width = x, width

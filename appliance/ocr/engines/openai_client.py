@@ -106,8 +106,15 @@ class OpenAIEngine(HunyuanEngine):
     """The Engine for HunyuanOCR behind one model server: `server` says which kind, `url` where it listens.
     `max_pixels`: the image pixel cap that server was sized for (its card's memory tier); None: the model's own."""
 
-    def __init__(self, model_dir, server: ModelServer, url: str | None = None, max_pixels: int | None = None,
-                 timeout: float = 600, max_tokens: int = 4096):
+    def __init__(
+        self,
+        model_dir,
+        server: ModelServer,
+        url: str | None = None,
+        max_pixels: int | None = None,
+        timeout: float = 600,
+        max_tokens: int = 4096,
+    ):
         self.name = server.engine  # before the directory check, whose errors name the engine
         super().__init__(model_dir, device=server.device)
         self.server = server

@@ -44,9 +44,12 @@ def choose(name: str = "auto", model_dir: str | os.PathLike | None = None, vllm_
         if vllm.unit_state() in RUNNING_STATES:
             return Choice("hunyuan-vllm", f"{gpu_why}; the model server ({vllm.VLLM_UNIT}) is starting", gpu)
         if "hunyuan-transformers" not in stack.get("engines", ()):
-            return Choice("cpu", f"{gpu_why}, but the model server ({vllm.VLLM_UNIT}) is not running "
-                          f"(journalctl -u {vllm.VLLM_UNIT} says why); the CPU engine does spotting and plain text",
-                          gpu)
+            return Choice(
+                "cpu",
+                f"{gpu_why}, but the model server ({vllm.VLLM_UNIT}) is not running "
+                f"(journalctl -u {vllm.VLLM_UNIT} says why); the CPU engine does spotting and plain text",
+                gpu,
+            )
     return Choice("hunyuan-transformers", f"{gpu_why}; no vLLM server running, using transformers in-process", gpu)
 
 

@@ -164,7 +164,7 @@ def test_model_commands_take_the_image_model_dir(image_config, monkeypatch, tmp_
 
 
 def test_ocr_without_a_task_uses_the_images_default_task(image_config, monkeypatch, tmp_path):
-    from appliance.ocr import engines
+    from appliance.ocr.engines import select
     from appliance.ocr.errors import OcrError
     from appliance.ocr.tasks import Request
 
@@ -179,7 +179,7 @@ def test_ocr_without_a_task_uses_the_images_default_task(image_config, monkeypat
         raise OcrError("not in this test")
 
     monkeypatch.setattr(Request, "make", staticmethod(spy))
-    monkeypatch.setattr(engines, "open_engine", no_engine)
+    monkeypatch.setattr(select, "open_engine", no_engine)
     image_config({})
     cli.main(["ocr", str(tmp_path / "x.png")])
     image_config({"default_task": "doc"})

@@ -103,7 +103,7 @@ def wait_rendered(vm: Vm, png: Path, timeout: float) -> bool:
 
 def screen_text(png: Path) -> str:
     """The kiosk screenshot read by the appliance's own CPU engine, on the host."""
-    from appliance.ocr.engines import open_engine
+    from appliance.ocr.engines.select import open_engine
     from appliance.ocr.pipeline import recognize_file
     from appliance.ocr.tasks import Request
 

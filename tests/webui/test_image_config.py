@@ -141,8 +141,8 @@ def test_configured_outputs_are_what_save_to_usb_writes(site_config, app_config,
 
 
 def test_configured_outputs_are_what_the_scan_folder_writes(site_config, app_config, monkeypatch, tmp_path):
-    """The scan folder's watcher gets the outputs (appliance.watch writes only those; its own tests show that)."""
-    from appliance import watch
+    """The scan folder's watcher gets the outputs (appliance.scan writes only those; its own tests show that)."""
+    from appliance import scan
     from webui import close_app, create_app
 
     started = {}
@@ -154,7 +154,7 @@ def test_configured_outputs_are_what_the_scan_folder_writes(site_config, app_con
         def stop(self, timeout=None):
             started["stopped"] = True
 
-    monkeypatch.setattr(watch, "WatcherThread", Watcher)
+    monkeypatch.setattr(scan, "WatcherThread", Watcher)
     site_config.write_text(json.dumps({"outputs": ["md"]}))
     app = create_app(
         {
@@ -173,17 +173,17 @@ def test_configured_engine_is_the_apps_and_asked_only_when_needed(
     site_config, app_config, engine, monkeypatch, tmp_path
 ):
     from appliance.jobs import Jobs
-    from appliance.ocr import engines
+    from appliance.ocr.engines import select
     from webui import close_app, create_app
 
     asked = []
-    real_choose = engines.choose
+    real_choose = select.choose
 
     def choose(name, *args):
         asked.append(name)
         return real_choose(name, *args)
 
-    monkeypatch.setattr(engines, "choose", choose)
+    monkeypatch.setattr(select, "choose", choose)
     site_config.write_text(json.dumps({"engine": "hunyuan-transformers"}))
     jobs = Jobs(tmp_path / "data", lambda report: engine)
     app = create_app({**app_config, "DATA_DIR": str(tmp_path / "data"), "JOBS": jobs})  # no ENGINE: the image's

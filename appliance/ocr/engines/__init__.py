@@ -7,10 +7,5 @@
   transformers.py    HunyuanOCR in-process
   openai_client.py   HunyuanOCR behind a model server on loopback (appliance.servers): the one OpenAI-protocol client
 
-Nothing is defined here; the names below are re-exported for callers that import them from the package.
+Nothing is defined here: import from the module that holds the name.
 """
-
-from appliance.ocr.engines.base import ENGINE_NAMES, ENGINE_TITLES, Engine, check_task
-from appliance.ocr.engines.select import Choice, choose, open_engine
-
-__all__ = ["ENGINE_NAMES", "ENGINE_TITLES", "Choice", "Engine", "check_task", "choose", "open_engine"]

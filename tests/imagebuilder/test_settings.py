@@ -1,9 +1,11 @@
 """The settings table: profile validation, --set overrides, type conversion, the dump."""
 
+import ast
+
 import pytest
 
 from imagebuilder import settings
-from imagebuilder.settings import SettingsError, resolve
+from imagebuilder.settings import REPO, SETTINGS, SettingsError, resolve
 
 
 def write(tmp_path, text, name="site.yaml"):
@@ -101,3 +103,24 @@ def test_missing_profile_lists_known():
 def test_flags_override_profile():
     c = resolve("cpu", out_dir="/tmp/o", cache_dir=None)
     assert c.out_dir == "/tmp/o" and c.cache_dir == "cache"
+
+
+def test_every_build_setting_is_read_by_the_builder():
+    """A row nothing reads is a setting that does nothing. Build settings are read off the build's Config
+    (`config.x`, `c.x`, `ctx.config.x`, `getattr(config, "x")`); image settings through appliance.runtime, whose own
+    test checks each one changes what the app does (tests/test_runtime.py)."""
+
+    def is_config(node):
+        return (isinstance(node, ast.Name) and node.id in ("config", "c")) or (
+            isinstance(node, ast.Attribute) and node.attr == "config"
+        )
+
+    reads = set()
+    for path in (REPO / "imagebuilder").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and is_config(node.value):
+                reads.add(node.attr)
+            elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "getattr" and len(node.args) > 1:
+                if is_config(node.args[0]) and isinstance(node.args[1], ast.Constant):
+                    reads.add(node.args[1].value)
+    assert [s.name for s in SETTINGS if not s.image and s.name not in reads] == []

@@ -70,7 +70,7 @@ def boot_once(
                     time.sleep(2)
             result["health_via_forward"] = health
             result["seconds_to_health"] = round(time.monotonic() - vm.started, 1)
-        result["kiosk_rendered"] = wait_rendered(vm, out / "screen.png", timeout=300)
+        result["kiosk_rendered"] = wait_rendered(vm, out / "screen.png", timeout=timeout)
         result["seconds_to_render"] = round(time.monotonic() - vm.started, 1)
         # The first drawn frame may be a page half painted (the start screen reloading into the form): read again.
         deadline = time.monotonic() + 60

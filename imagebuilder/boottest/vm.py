@@ -33,17 +33,22 @@ GUEST_MAC = "52:54:00:12:34:56"
 STICK_DEVICE = "datastick"  # the data stick's QEMU device id, to pull it with device_del
 
 
+# QEMU 7.2's TCG emulates AVX2/FMA wrongly: onnxruntime (the CPU engine) and Chromium's renderer fault or hang in
+# those kernels, so the emulated CPU goes without them (the software keeps its SSE paths).
+TCG = ["-accel", "tcg,thread=multi", "-cpu", "max,-avx2,-fma,-avx512f"]
+
+
 def accel() -> list[str]:
     """KVM only where it really is hardware KVM: KVM-PVM (a software nested hypervisor) hangs firmware and GRUB."""
     forced = os.environ.get("APPLIANCE_QEMU_ACCEL")
     if forced == "tcg":
-        return ["-accel", "tcg,thread=multi", "-cpu", "max"]
+        return TCG
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     hardware = bool(re.search(r"^flags\s*:.*\b(vmx|svm)\b", flags, re.M))
     usable = os.access("/dev/kvm", os.R_OK | os.W_OK) and not Path("/sys/module/kvm_pvm").exists()
     if forced == "kvm" or (usable and hardware):
         return ["-enable-kvm", "-cpu", "host"]
-    return ["-accel", "tcg,thread=multi", "-cpu", "max"]
+    return TCG
 
 
 def split_mode(mode: str) -> tuple[str, str]:

@@ -59,7 +59,7 @@ iso: $(STAMP)/deps host-tools
 BOOT_TEST_TOKEN ?= boot-test-token-not-secret
 ALL_LAN_MODES = bios-cd,uefi-cd:toram,bios-usb,uefi-usb
 BOOT_TEST_LAN_MODES ?= bios-usb,uefi-usb
-BOOT_TEST_TIMEOUT ?= 1200
+BOOT_TEST_TIMEOUT ?= 1500
 boot-test: iso $(STAMP)/test-apt
 	$(APPLIANCE) build --profile $(ISO_PROFILE) $(ISO_ARGS) --set lan=on --set lan_token=$(BOOT_TEST_TOKEN) \
 	  --set usb_image=on --out out/boot-test-image

@@ -20,6 +20,17 @@ KIOSK_TEXT = ("OCR appliance", "New scan")
 NO_GPU_BANNER = "No NVIDIA graphics card"  # appliance.gpu.REASONS["no_card"], in the kiosk's banner
 
 
+# The host's headless Chromium (the harness's UI check and the web UI's browser tests): quiet, offline, no GPU.
+HOST_CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
 def check_ocr(vm: Vm, token: str, result: dict) -> list[str]:
     """Through the port forward: a picture of OCR_TEXT must come back as OCR_TEXT (CPU engine)."""
     problems = []
@@ -110,14 +121,7 @@ def check_ui_usb_upload(vm: Vm, token: str, shots: Path, result: dict) -> list[s
             browser = p.chromium.launch(
                 executable_path=browser_path,
                 headless=True,
-                args=[
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--no-first-run",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                ],
+                args=HOST_CHROMIUM_FLAGS,
             )
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 800}, locale="en-US")

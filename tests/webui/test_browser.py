@@ -15,15 +15,10 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 if not Path(CHROMIUM).exists():
     pytest.skip("Debian chromium is not installed (make test installs it)", allow_module_level=True)
 
+from imagebuilder.boottest.checks import HOST_CHROMIUM_FLAGS  # noqa: E402
+
 SHOTS = Path(__file__).resolve().parents[2] / "out" / "webui"
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+FLAGS = HOST_CHROMIUM_FLAGS
 
 
 @pytest.fixture(scope="module")

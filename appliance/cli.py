@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -129,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--auto",
         action="store_true",
         help="size memory use and max model length from the card's memory (the image's unit uses this)",
+    )
+    vllm.add_argument(
+        "--max-pixels", type=int, help="image pixel cap for its clients (default: the card's, or 2048*2048)"
     )
     return parser
 
@@ -320,6 +324,7 @@ def cmd_doctor(args) -> int:
 
 def cmd_vllm_server(args) -> int:
     from appliance.ocr.errors import OcrError
+    from appliance.servers import process
     from appliance.servers.vllm import RUN_DIR, start_server
 
     if not args.model:
@@ -345,12 +350,16 @@ def cmd_vllm_server(args) -> int:
                 + (f"compiled from {cache}" if cache else "eager (no compile cache for this architecture)"),
                 flush=True,
             )
-        run_dir = RUN_DIR if RUN_DIR.is_dir() else None  # the image's unit makes it; a dev machine has none
+        if args.max_pixels:
+            sizing["max_pixels"] = args.max_pixels
+        # The unit's RuntimeDirectory, as systemd names it (RUN_DIR on the image); a dev machine has none.
+        run_dir = Path(os.environ.get("RUNTIME_DIRECTORY") or RUN_DIR)
+        run_dir = run_dir if run_dir.is_dir() else None
         server = start_server(args.model, args.port, **sizing, run_dir=run_dir)
     except (OcrError, ValueError) as error:  # ValueError: NotEnoughGpuMemory, with the UI's sentence
         _fail(f"vllm-server: {error}")
         return 1
-    return server.wait()
+    return process.run(server, "vllm serve")
 
 
 def cmd_watch(args) -> int:

@@ -11,12 +11,16 @@ the real model costs per token, for the benchmarks). The answers are noise.
 
 What is ours, not the published files': the ordinary vocabulary (byte-level BPE over the 256 bytes, then every
 pair of ASCII letters and digits as a merge, then filler words of three letters or digits, so that any id decodes to
-plain text); the names of the specials between 120003 and 120017; and untied output embeddings (the real model ties
-them; with tied random weights a model only echoes its last input token).
+plain text); the names of the specials between 120003 and 120017; and the last text layer's attention output scaled
+up 1000 times. The output embeddings are tied, as published: vLLM 0.18.1's HunYuanVL cannot load an untied `lm_head`
+(its weight mapper has no name for it). With tied random weights a model echoes its last input token for ever; with
+the scaled attention output deciding the next token instead, a text prompt gets a few hundred varied tokens (a page
+image's answer still falls into a short loop soon: the client's looping guard ends it).
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import os
@@ -162,7 +166,7 @@ def config_json(size: dict) -> dict:
         "mlp_bias": False,
         "use_qk_norm": True,
         "initializer_range": 0.02,
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": True,
         "bos_token_id": 120000,
         "eos_token_id": 120020,
         "pad_token_id": 120002,
@@ -196,8 +200,7 @@ def _write_json(path: Path, data: dict) -> None:
 def build_checkpoint(path: str | os.PathLike, size: str = "tiny", seed: int = 3) -> Path:
     """Write a random HunyuanOCR checkpoint of `size` ("tiny" or "real") into `path` and return it.
 
-    Seed 3 makes the tiny model answer a page with varied text instead of one token over and over (seeds 1, 2
-    and 8 loop at once), so streams last long enough to be cut and answers differ between prompts."""
+    Seed 3 gives the tiny model's text answers a few hundred varied tokens before they loop."""
     import torch
     from transformers import HunYuanVLConfig, HunYuanVLForConditionalGeneration
 
@@ -205,9 +208,12 @@ def build_checkpoint(path: str | os.PathLike, size: str = "tiny", seed: int = 3)
     path.mkdir(parents=True, exist_ok=True)
     config = config_json(SIZES[size])
     torch.manual_seed(seed)
-    model_config = HunYuanVLConfig(**config)
-    model_config.tie_word_embeddings = model_config.text_config.tie_word_embeddings = False  # see the docstring
-    model = HunYuanVLForConditionalGeneration(model_config).eval()
+    # A copy: transformers 5 rewrites rope_scaling in place (xdrope -> "dynamic" with an "mrope_section", which
+    # vLLM 0.18.1 then takes for M-RoPE and fails on the first request); config.json must keep the published shape.
+    model = HunYuanVLForConditionalGeneration(HunYuanVLConfig(**copy.deepcopy(config))).eval()
+    last = config["num_hidden_layers"] - 1
+    with torch.no_grad():  # see the docstring
+        model.get_parameter(f"model.language_model.layers.{last}.self_attn.o_proj.weight").mul_(1000.0)
     if size == "real":
         model = model.to(torch.bfloat16)  # as published: 2 GB instead of 4
     model.save_pretrained(path)

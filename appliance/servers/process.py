@@ -6,12 +6,17 @@ and wait until the server answers. The web app's side, `wait_for_unit`: while th
 server, wait and pass on how far its start-up got.
 
 The run directory is the server unit's RuntimeDirectory (e.g. /run/appliance-vllm); a dev machine has none.
+
+A server is the leader of its own process group, and `run` ends the whole group when it ends: vLLM's engine runs in
+a child process that outlives a killed API server, holding its memory and ports (hunyuanocr.md, "Served for real").
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -88,23 +93,90 @@ def start(
     if run_dir:
         (run_dir / PROGRESS).unlink(missing_ok=True)
         write_atomic(run_dir / SETTINGS, json.dumps({"url": url, **(settings or {})}).encode())
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # A session of its own: its process group is the server and every process it starts (stop_group).
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
     threading.Thread(
         target=follow, args=(process.stdout, log or sys.stdout, run_dir, start_phase), daemon=True
     ).start()
     deadline = time.monotonic() + timeout
-    while not server_ready(url):
-        if process.poll() is not None:
-            raise EngineUnavailable(engine, f"{what} exited with status {process.returncode} before it was ready")
-        if time.monotonic() > deadline:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            raise EngineUnavailable(engine, f"{what} did not answer at {url} within {timeout:.0f} s")
-        time.sleep(1.0)
+    try:
+        while not server_ready(url):
+            if process.poll() is not None:
+                raise EngineUnavailable(engine, f"{what} exited with status {process.returncode} before it was ready")
+            if time.monotonic() > deadline:
+                raise EngineUnavailable(engine, f"{what} did not answer at {url} within {timeout:.0f} s")
+            time.sleep(1.0)
+    except BaseException:  # not ready, or interrupted (Ctrl-C): nothing of it may stay behind
+        stop_group(process)
+        raise
     return process
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live processes of process group `pgid` (zombies hold no memory or ports, so they do not count)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # it ended while we looked
+            continue
+        # The command name may hold spaces and parentheses: the fixed fields start after its last ')'.
+        state, _ppid, pgrp, *_ = text[text.rindex(")") + 2 :].split()
+        if int(pgrp) == pgid and state not in ("Z", "X"):
+            members.append(int(stat.parent.name))
+    return members
+
+
+def stop_group(process: subprocess.Popen, grace: float = 20.0) -> None:
+    """End a server started by `start` and everything it started: SIGTERM to its process group, SIGKILL to what is
+    left after `grace` seconds (vLLM's engine shuts down cleanly in a few)."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while group_members(process.pid) and time.monotonic() < deadline:
+            if process.poll() is None:
+                try:
+                    process.wait(timeout=0.2)
+                except subprocess.TimeoutExpired:
+                    pass
+            else:
+                time.sleep(0.2)
+        if not group_members(process.pid):
+            break
+    process.poll()  # reap the leader
+
+
+def run(process: subprocess.Popen, what: str) -> int:
+    """Serve until the server ends, then end what it left behind; our exit status (systemd restarts on failure).
+
+    SIGTERM or SIGINT (systemd stopping the unit, Ctrl-C) stops the server's whole group: status 0. A server that
+    ends by itself has failed, whatever its own status says: vLLM exits 0 after its engine process died.
+    """
+    stopping = []
+
+    def stop(signum, frame):
+        stopping.append(signum)
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        status = process.wait()
+    finally:
+        stop_group(process)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stopping:
+        return 0
+    print(f"{what} ended by itself (status {status}); its process group is stopped", file=sys.stderr, flush=True)
+    return status if status > 0 else 1
 
 
 def unit_state(unit: str) -> str:

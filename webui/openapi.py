@@ -353,9 +353,15 @@ def document(config, runtime) -> dict:
                         "200": {
                             "description": "`web`, `engine` (state loading|ready|failed|stopped, `since`, "
                             "while loading the engine's `progress` words and any extra keys it reports, "
-                            "which engine and why), `queue`"
+                            "which engine and why), `queue`, `kiosk` (`seen`: when the kiosk's page last checked in)"
                         }
                     },
+                }
+            },
+            "/kiosk/alive": {
+                "get": {
+                    "summary": "The kiosk's page checks in (this machine's browser only; appliance.kiosk watches it)",
+                    "responses": {"204": {"description": "noted"}, "403": {"description": "not from this machine"}},
                 }
             },
             "/scan": {

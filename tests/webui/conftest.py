@@ -85,14 +85,14 @@ class LiveServer:
         self.jobs = app.extensions["backend"].jobs
 
 
-def serve_in_thread(app):
-    """Start waitress on a free loopback port; returns (LiveServer, stop)."""
+def serve_in_thread(app, port: int = 0):
+    """Start waitress on loopback (port 0: a free one); returns (LiveServer, stop)."""
     import threading
 
     from webui.server import make_server
     from webui.server import stop as stop_server
 
-    server = make_server(app, "127.0.0.1", 0)
+    server = make_server(app, "127.0.0.1", port)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
 

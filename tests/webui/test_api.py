@@ -276,3 +276,11 @@ def test_a_file_set_aside_for_crashing_the_service_says_so_in_the_pages_language
         assert "此文件已 3 次导致 OCR 服务中断" in page
     finally:
         close_app(app, timeout=5)
+
+
+def test_only_this_machines_kiosk_checks_in(client):
+    assert client.get("/health").get_json()["kiosk"] == {"seen": None}
+    refused = client.get("/kiosk/alive", environ_base={"REMOTE_ADDR": "192.0.2.5"})
+    assert refused.status_code == 403 and client.get("/health").get_json()["kiosk"]["seen"] is None
+    assert client.get("/kiosk/alive").status_code == 204  # the test client is loopback, as the kiosk is
+    assert client.get("/health").get_json()["kiosk"]["seen"] > 0

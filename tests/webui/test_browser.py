@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -437,3 +438,44 @@ def test_touch_layout_fits_the_screen(page, model_server, scan_server, tmp_path,
             problems.append(f"{name}: {layout['scrollWidth']} px wide in a {layout['innerWidth']} px window")
         problems += [f"{name}: {what!r} '{text}' is {h:.0f} px tall" for what, text, h in layout["small"]]
     assert problems == [], "\n".join(problems)
+
+
+def test_kiosk_page_checks_in_and_comes_back_after_the_app_restarts(browser, tmp_path):
+    """What appliance.kiosk relies on: a page opened with ?kiosk=1 checks in; while the web app is away it says
+    so; once the app is back (a new process: it knows nothing of the page) the page reloads and checks in again."""
+    from conftest import serve_in_thread
+    from fake_engine import FakeEngine
+
+    from appliance.jobs import Jobs
+    from webui import create_app
+
+    def start(port=0):
+        data = tmp_path / "data"
+        app = create_app({"DATA_DIR": str(data), "ENGINE": "cpu", "JOBS": Jobs(data, lambda r: FakeEngine())})
+        return serve_in_thread(app, port)
+
+    live, stop = start()
+    page = browser.new_page()  # not the `page` fixture: the refused requests while the app is away are expected
+    try:
+        page.goto(live.url + "/?kiosk=1")
+        page.wait_for_function("true")
+        seen = live.app.extensions["backend"]
+        deadline = time.monotonic() + 20
+        while seen.kiosk_seen is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert seen.kiosk_seen is not None
+        page.click("nav a[href='/history']")  # the kiosk flag stays with the tab, not with one URL
+        page.wait_for_url("**/history")
+        port = int(live.url.rsplit(":", 1)[1])
+        stop()
+        page.wait_for_selector("#reconnecting", state="visible", timeout=20_000)
+        live, stop = start(port)
+        page.wait_for_selector("#reconnecting", state="hidden", timeout=20_000)  # reloaded from the new app
+        assert page.url.endswith("/history")
+        deadline = time.monotonic() + 20
+        while live.app.extensions["backend"].kiosk_seen is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert live.app.extensions["backend"].kiosk_seen is not None
+    finally:
+        page.close()
+        stop()

@@ -247,7 +247,29 @@ function pollScan(main) {
   setTimeout(tick, 2000);
 }
 
+// ---- the kiosk: pages opened by `appliance kiosk` (?kiosk=1, remembered for the tab) check in every few seconds,
+// so the supervisor can restart a browser whose page died; while the web app is away they say so, and they reload
+// once it is back (the start page, or this job's page).
+function kioskCheckIn() {
+  if (new URLSearchParams(location.search).has("kiosk")) sessionStorage.setItem("kiosk", "1");
+  if (!sessionStorage.getItem("kiosk")) return;
+  let lost = false;
+  const tick = async () => {
+    try {
+      const response = await fetch("/kiosk/alive", {cache: "no-store"});
+      if (!response.ok) throw new Error(String(response.status));
+      if (lost) { location.reload(); return; }
+    } catch (err) {
+      lost = true;
+      $("#reconnecting").hidden = false;
+    }
+    setTimeout(tick, 5000);
+  };
+  tick();
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  kioskCheckIn();
   const form = $("#upload-form");
   if (form) setupUpload(form);
   const main = $("main[data-job]");

@@ -113,7 +113,7 @@ def create_job():
 @bp.get("/jobs")
 def list_jobs():
     limit = min(max(request.args.get("limit", 50, type=int), 1), 500)
-    offset = max(request.args.get("offset", 0, type=int), 0)
+    offset = min(max(request.args.get("offset", 0, type=int), 0), 2**62)  # SQLite integers are 64-bit
     return jsonify({"jobs": [job_json(j) for j in jobs().list(limit, offset)], "counts": jobs().counts()})
 
 

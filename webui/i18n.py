@@ -278,6 +278,7 @@ MESSAGES = {
         "本设备已在网络上共享，请输入管理员提供的访问令牌。",
     ),
     "login_failed": ("That token is not right.", "令牌不正确。"),
+    "login_wait": ("Too many wrong tokens. Try again in {n} seconds.", "令牌错误次数过多，请 {n} 秒后再试。"),
     "login": ("Continue", "继续"),
 }
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, session, url_for
+from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, url_for
 
 from appliance import __version__, export, storage
 from appliance.ocr.tasks import EXTRACT_PRESETS, LANGUAGES, Request, Task
@@ -311,9 +311,16 @@ def login():
         target = url_for("ui.home")
     if request.method == "POST":
         security.check_csrf()
+        limiter = current_app.extensions.setdefault("login_limiter", security.LoginLimiter())
+        address = request.remote_addr or ""
+        wait = limiter.retry_after(address)
+        if wait:
+            page = render_template("login.html", next=target, failed=True, wait=wait)
+            return page, 429, {"Retry-After": str(wait)}
         if security.token_ok(request.form.get("token", "")):
-            session["lan_ok"] = True
+            security.log_in()
             return redirect(target, code=303)
+        limiter.failed(address)
         return render_template("login.html", next=target, failed=True), 401
     return render_template("login.html", next=target, failed=False)
 

@@ -284,3 +284,32 @@ def test_only_this_machines_kiosk_checks_in(client):
     assert refused.status_code == 403 and client.get("/health").get_json()["kiosk"]["seen"] is None
     assert client.get("/kiosk/alive").status_code == 204  # the test client is loopback, as the kiosk is
     assert client.get("/health").get_json()["kiosk"]["seen"] > 0
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"task": "extract", "fields": [1, 2, 3]},
+        {"task": "extract", "fields": 5},
+        {"task": "translate", "target_lang": 5},
+        {"task": "translate", "target_lang": ["en"]},
+        {"task": 7},
+    ],
+)
+@pytest.mark.parametrize("path", ["/ocr", "/jobs"])
+def test_options_of_the_wrong_type_are_a_400_that_says_which(client, png_bytes, path, options):
+    body = {"image": base64.b64encode(png_bytes).decode(), **options}
+    response = client.post(path, json=body)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    detail = response.get_json()["detail"]
+    assert "Traceback" not in detail and "TypeError" not in detail
+    assert any(word in detail for word in ("fields", "target_lang", "task"))
+
+
+def test_odd_listing_and_paging_requests_are_answered_in_json(client):
+    response = client.get("/usb/list?path=" + "a" * 5000)
+    assert response.status_code == 400 and response.is_json
+    response = client.get("/usb/list?path=" + "b" * 300)  # one name longer than any filesystem allows
+    assert response.status_code == 400 and response.is_json
+    response = client.get(f"/jobs?offset={2**70}")
+    assert response.status_code == 200 and response.get_json()["jobs"] == []

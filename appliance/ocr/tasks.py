@@ -115,9 +115,7 @@ class Request:
         task = parse_task(task)
         if isinstance(fields, str):
             fields = fields.split(",")
-        if fields is not None and not (
-            isinstance(fields, list | tuple) and all(isinstance(f, str) for f in fields)
-        ):
+        if fields is not None and not (isinstance(fields, list | tuple) and all(isinstance(f, str) for f in fields)):
             raise ValueError("fields must be names: a list of strings or one comma-separated string")
         if target_lang is not None and not isinstance(target_lang, str):
             raise ValueError("target_lang must be a language code such as 'en'")

@@ -356,6 +356,11 @@ class Jobs:
             self._changed.wait_for(lambda: self._engine_state != "loading", timeout)
             return self.engine_status()
 
+    def retry_after(self) -> int:
+        """Seconds until the queue has likely moved on by its current length (for Retry-After)."""
+        with self._lock:
+            return self._retry_after(max(1, len(self._pending)))
+
     def counts(self) -> dict:
         with self._lock:
             rows = self._db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()

@@ -80,11 +80,30 @@ def read_submission() -> tuple[bytes, str, Request]:
     return data, name, Request.make(task, fields=options.get("fields"), target_lang=options.get("target_lang"))
 
 
+def wait_for_caller(job):
+    """Wait for the job while its caller is still there: a client that hung up gets its job cancelled (nobody will
+    read the result) and its thread back."""
+    hung_up = request.environ.get("waitress.client_disconnected", lambda: False)
+    deadline = time.monotonic() + current_app.config["SYNC_TIMEOUT"]
+    while True:
+        job = jobs().wait(job.id, timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+        if job.finished_state or time.monotonic() >= deadline:
+            return job
+        if hung_up():
+            return jobs().cancel(job.id)
+
+
 @bp.post("/ocr")
 def ocr():
     """Synchronous: queue the file, wait for it, answer with the result document (top-level `text`)."""
-    job = submit(*read_submission())
-    job = jobs().wait(job.id, timeout=current_app.config["SYNC_TIMEOUT"])
+    slots = backend().sync_slots
+    if not slots.acquire(blocking=False):
+        raise errors.Busy(current_app.config["SYNC_SLOTS"], jobs().retry_after())
+    try:
+        job = submit(*read_submission())
+        job = wait_for_caller(job)
+    finally:
+        slots.release()
     if job.state == DONE:
         body = jobs().result(job.id).to_dict()
         body.update({"job_id": job.id, "cached": job.cached})

@@ -17,6 +17,17 @@ class Unsupported(Exception):
     """Not an image or PDF we can read: 415 with this message."""
 
 
+class Busy(Exception):
+    """Every synchronous slot is taken (POST /ocr waiting for results): 503, try again or use POST /jobs."""
+
+    def __init__(self, slots: int, retry_after: int):
+        self.retry_after = retry_after
+        super().__init__(
+            f"{slots} synchronous requests are already waiting for their results; try again in about "
+            f"{retry_after} s, or send the file to POST /jobs and poll it"
+        )
+
+
 SUPPORTED = f"an image or PDF ({images.SUPPORTED_TEXT})"
 
 
@@ -29,6 +40,7 @@ STATUSES: tuple[tuple[type[BaseException], int, str], ...] = (
     (ValueError, 400, "bad request"),
     (TaskNotSupported, 400, "task not available"),
     (QueueFull, 503, "busy"),
+    (Busy, 503, "busy"),
     (EngineUnavailable, 503, "engine unavailable"),
     (JobNotFound, 404, "not found"),
 )
@@ -51,7 +63,8 @@ def describe(exc: BaseException, max_bytes: int | None = None) -> tuple[int, str
         )
     for kind, status, error in STATUSES:
         if isinstance(exc, kind):
-            headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, QueueFull) else {}
+            retry_after = getattr(exc, "retry_after", None)
+            headers = {"Retry-After": str(retry_after)} if retry_after else {}
             return status, error, f"{exc}{ADVICE.get(kind, '')}", headers
     if isinstance(exc, HTTPException):
         return exc.code or 500, (exc.name or "error").lower(), exc.description or "", {}

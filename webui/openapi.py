@@ -82,7 +82,11 @@ def document(config, runtime) -> dict:
         "413": _error(f"body over the size limit ({config['MAX_CONTENT_LENGTH']} bytes)"),
         "415": _error("not an image or PDF"),
         "422": _error("an image or PDF that cannot be read (corrupt, truncated, empty)"),
-        "503": _error("queue full (`Retry-After` header says when to try again) or engine unavailable"),
+        "503": _error(
+            "queue full, or (POST /ocr) as many synchronous requests already waiting as the app allows "
+            f"({config['SYNC_SLOTS']}; use POST /jobs instead): `Retry-After` says when to try again; or the engine "
+            "is unavailable"
+        ),
     }
     job_ref = {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}
     return {

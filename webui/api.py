@@ -152,7 +152,8 @@ def job_result(job_id):
         return error_response(
             409, f"job {job.state}", job.error or f"the job is {job.state}; poll GET /jobs/{job_id}"
         )
-    body = export.export(jobs().result(job_id), fmt, source=jobs().input_path(job_id))
+    with render.heavy_work():  # the searchable PDF decodes every page
+        body = export.export(jobs().result(job_id), fmt, source=jobs().input_path(job_id))
     response = Response(body, content_type=export.MEDIA_TYPES[fmt])
     if request.args.get("download"):
         response.headers["Content-Disposition"] = render.attachment(job.name, fmt)

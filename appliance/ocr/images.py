@@ -358,17 +358,21 @@ class Document:
         for index in range(self.page_count):
             yield self.page(index)
 
-    def page(self, index: int) -> Image.Image:
-        """Page `index` (0-based) as an RGB image. IndexError outside 0..page_count-1."""
+    def page(self, index: int, longest: int | None = None) -> Image.Image:
+        """Page `index` (0-based) as an RGB image. IndexError outside 0..page_count-1.
+
+        `longest`: a preview, at most this many pixels on its longest side, made without ever holding the full-size
+        RGB page (a 100 MP page is 300 MB in RGB: PDFs render small, JPEGs decode at a fraction, other images
+        shrink in their own mode before the conversion)."""
         if self._closed:
             raise ValueError(f"document {self.name} is closed")
         if not isinstance(index, int) or not 0 <= index < self.page_count:
             raise IndexError(f"page index {index} out of range: {self.name} has {self.page_count} page(s)")
         if self._pdf is not None:
-            return self._render_pdf_page(index)
-        return self._decode_raster_page(index)
+            return self._render_pdf_page(index, longest)
+        return self._decode_raster_page(index, longest)
 
-    def _decode_raster_page(self, index: int) -> Image.Image:
+    def _decode_raster_page(self, index: int, longest: int | None = None) -> Image.Image:
         number = index + 1
         # A fresh header parse per page: cheap, keeps no decoded frame alive between pages, and lets two threads
         # read different pages of one document.
@@ -379,6 +383,18 @@ class Document:
             reason = _pixel_reason(*image.size)  # each TIFF frame has its own size
             if reason:
                 raise InputError(self.name, f"page {number}: {reason}")
+            if longest:
+                image.draft("RGB", (longest, longest))  # JPEG: decode at 1/2, 1/4 or 1/8 scale
+                image.load()
+                small = image.convert("L") if image.mode == "1" else image  # "1" cannot be resampled
+                try:
+                    factor = max(1, max(small.size) // longest)
+                    small = small.reduce(factor) if factor > 1 else small
+                    small.thumbnail((longest, longest))
+                except ValueError:  # a mode Pillow cannot resample (16-bit): convert first, then shrink
+                    small = to_rgb(small)
+                    small.thumbnail((longest, longest))
+                return to_rgb(ImageOps.exif_transpose(small))
             image.load()
             return to_rgb(ImageOps.exif_transpose(image))
         except InputError:
@@ -391,7 +407,7 @@ class Document:
         finally:
             image.close()
 
-    def _render_pdf_page(self, index: int) -> Image.Image:
+    def _render_pdf_page(self, index: int, longest: int | None = None) -> Image.Image:
         number = index + 1
         with _PDFIUM_LOCK:
             if self._pdf is None:  # closed by another thread since page() checked
@@ -404,7 +420,10 @@ class Document:
                 width_pt, height_pt = page.get_size()
                 if width_pt < 1 or height_pt < 1:
                     raise InputError(self.name, f"page {number}: PDF page has no area ({width_pt}x{height_pt} pt)")
-                bitmap = page.render(scale=pdf_render_scale(width_pt, height_pt))  # white background, forms drawn
+                scale = pdf_render_scale(width_pt, height_pt)
+                if longest:
+                    scale = min(scale, longest / max(width_pt, height_pt))
+                bitmap = page.render(scale=scale)  # white background, forms drawn
                 try:
                     image = bitmap.to_pil()  # BGR bitmap -> a copied RGB image, independent of the bitmap
                 finally:

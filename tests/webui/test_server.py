@@ -267,3 +267,53 @@ def png(seed: int) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (40 + seed, 20), "white").save(buf, format="PNG")
     return buf.getvalue()
+
+
+PREVIEW_SERVER = """
+import sys, threading
+sys.path[:0] = sys.argv[2:4]
+from fake_engine import FakeEngine
+from appliance.jobs import Jobs
+from webui import create_app
+from webui.server import make_server
+
+app = create_app({"DATA_DIR": sys.argv[1], "ENGINE": "cpu", "JOBS": Jobs(sys.argv[1], lambda r: FakeEngine())})
+server = make_server(app, "127.0.0.1", 0)
+print(server.effective_port, flush=True)
+server.run()
+"""
+PREVIEW_MEMORY_BOUND = 1024 * 2**20  # bytes of peak RSS for the web app serving 16 previews of a 100 MP page at once
+
+
+def test_sixteen_previews_of_a_100_megapixel_page_stay_under_the_memory_bound(tmp_path):
+    """Issue 14: a 25 KB 10000x10000 1-bit PNG took the server from 1.1 to 2.8 GB with four previews and kept it.
+    Previews now decode small, two at a time, and hand the memory back."""
+    import concurrent.futures
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parents[1]
+    server = subprocess.Popen(
+        [sys.executable, "-c", PREVIEW_SERVER, str(tmp_path / "data"), str(tests.parent), str(tests)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{server.stdout.readline().strip()}"
+        buf = io.BytesIO()
+        Image.new("1", (10000, 10000), 1).save(buf, format="PNG")
+        job = requests.post(f"{url}/jobs", files={"file": ("huge.png", buf.getvalue(), "image/png")}, timeout=60)
+        assert job.status_code == 202, job.text
+        job_id = job.json()["id"]
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            previews = list(pool.map(lambda _: requests.get(f"{url}/jobs/{job_id}/pages/1", timeout=120), range(16)))
+        assert all(p.status_code == 200 and p.headers["Content-Type"] == "image/jpeg" for p in previews)
+        assert Image.open(io.BytesIO(previews[0].content)).size == (1600, 1600)
+        status = Path(f"/proc/{server.pid}/status").read_text()
+        peak = int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) * 1024
+        print(f"peak RSS with 16 previews of a 100 MP page: {peak / 2**20:.0f} MiB")
+        assert peak < PREVIEW_MEMORY_BOUND
+    finally:
+        server.terminate()
+        server.wait(10)

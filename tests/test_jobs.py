@@ -13,8 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from fake_engine import FakeEngine
-from PIL import Image
+from fake_engine import FakeEngine, page_image
 
 from appliance.jobs import MAX_RETRIES, JobNotFound, Jobs, QueueFull
 from appliance.ocr.errors import EngineLost, EngineUnavailable, InputError, TaskNotSupported
@@ -25,12 +24,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def png(width=64, height=32, color="white") -> bytes:
     buf = io.BytesIO()
-    Image.new("RGB", (width, height), color).save(buf, format="PNG")
+    page_image((width, height), color).save(buf, format="PNG")
     return buf.getvalue()
 
 
 def pdf(pages=3) -> bytes:
-    images = [Image.new("RGB", (100, 140), "white") for _ in range(pages)]
+    images = [page_image((100, 140)) for _ in range(pages)]
     buf = io.BytesIO()
     images[0].save(buf, format="PDF", save_all=True, append_images=images[1:], resolution=72)
     return buf.getvalue()
@@ -229,7 +228,7 @@ def test_close_keeps_queued_jobs_for_the_next_start(make_jobs, tmp_path):
 CRASHING_SERVICE = """
 import io, sys, threading, time
 from PIL import Image
-from fake_engine import FakeEngine
+from fake_engine import FakeEngine, page_image
 from appliance.jobs import Jobs
 from appliance.ocr.tasks import Request
 
@@ -238,7 +237,7 @@ jobs = Jobs(sys.argv[1], lambda report: engine)
 jobs.wait_engine(10)
 if sys.argv[2] == "submit":
     for color in ("red", "blue"):
-        buf = io.BytesIO(); Image.new("RGB", (40, 20), color).save(buf, format="PNG")
+        buf = io.BytesIO(); page_image((40, 20), color).save(buf, format="PNG")
         jobs.submit(buf.getvalue(), color + ".png", Request.make("spotting"))
 engine.started.wait(10)
 print("RUNNING", flush=True)
@@ -283,7 +282,7 @@ def test_restart_after_kill_resumes_queued_and_retries_interrupted(make_jobs, tm
 POISONED_SERVICE = """
 import io, os, sys, threading, time
 from PIL import Image
-from fake_engine import FakeEngine
+from fake_engine import FakeEngine, page_image
 from appliance.jobs import Jobs
 from appliance.ocr.tasks import Request
 
@@ -300,7 +299,7 @@ submitted = threading.Event()  # the engine opens once all three are queued
 jobs = Jobs(sys.argv[1], lambda report: submitted.wait(10) and PoisonedEngine())
 if sys.argv[3] == "submit":
     for color in ("red", "blue", "green"):
-        buf = io.BytesIO(); Image.new("RGB", (40, 20), color).save(buf, format="PNG")
+        buf = io.BytesIO(); page_image((40, 20), color).save(buf, format="PNG")
         jobs.submit(buf.getvalue(), color + ".png", Request.make("spotting"))
 submitted.set()
 while any(job.state in ("queued", "running") for job in jobs.list()):

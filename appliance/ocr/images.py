@@ -192,6 +192,26 @@ def _number(value: float) -> str:
     return f"{rounded:.{decimals}f}".rstrip("0").rstrip(".")
 
 
+BLANK_SPREAD = 32  # grey levels away from the paper's (the median's) that count as ink
+BLANK_INK_PIXELS = 4  # fewer such pixels in a 512-pixel copy: a blank page (a separator sheet, an empty back side)
+
+
+def is_blank(image: Image.Image) -> bool:
+    """No ink on the page: nothing clearly darker or lighter than the paper in a box-averaged 512-pixel grey copy
+    (averaging keeps a thin stroke tens of levels away from the paper; scanner noise stays within a few)."""
+    grey = image.convert("L")
+    grey.thumbnail((512, 512), Image.Resampling.BOX)
+    histogram = grey.histogram()
+    half, seen, paper = sum(histogram) / 2, 0, 0
+    for level, count in enumerate(histogram):
+        seen += count
+        if seen >= half:
+            paper = level
+            break
+    ink = sum(histogram[: max(0, paper - BLANK_SPREAD)]) + sum(histogram[paper + BLANK_SPREAD + 1 :])
+    return ink < BLANK_INK_PIXELS
+
+
 def _pixel_reason(width: int, height: int) -> str | None:
     """Why an image of this size is refused, or None when it is acceptable."""
     if width * height <= MAX_PAGE_PIXELS:

@@ -6,7 +6,7 @@ import io
 import re
 
 import pytest
-from fake_engine import FakeEngine
+from fake_engine import FakeEngine, page_image
 from PIL import Image
 
 from appliance.jobs import Jobs
@@ -49,7 +49,7 @@ def png_bytes():
 
 def image_bytes(fmt="PNG", size=(120, 60), color="white") -> bytes:
     buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, format=fmt)
+    page_image(size, color).save(buf, format=fmt)
     return buf.getvalue()
 
 

@@ -269,9 +269,9 @@ def test_progress_page_by_page_and_cancel(page, model_server, tmp_path):
     import io
     import threading
 
-    from PIL import Image
+    from fake_engine import page_image
 
-    pages = [Image.new("RGB", (300, 400), "white") for _ in range(3)]
+    pages = [page_image((300, 400)) for _ in range(3)]
     pdf = tmp_path / "long.pdf"
     buf = io.BytesIO()
     pages[0].save(buf, format="PDF", save_all=True, append_images=pages[1:])

@@ -10,7 +10,7 @@ import json
 import pytest
 import requests
 from conftest import serve_in_thread, text_image
-from fake_engine import FakeEngine
+from fake_engine import FakeEngine, page_image
 from PIL import Image
 
 from appliance.jobs import Jobs
@@ -265,14 +265,14 @@ def test_many_waiting_ocr_requests_leave_the_app_answering(tmp_path):
 def png(seed: int) -> bytes:
     """A small distinct image per request (so none is answered from the result cache)."""
     buf = io.BytesIO()
-    Image.new("RGB", (40 + seed, 20), "white").save(buf, format="PNG")
+    page_image((40 + seed, 20)).save(buf, format="PNG")
     return buf.getvalue()
 
 
 PREVIEW_SERVER = """
 import sys, threading
 sys.path[:0] = sys.argv[2:4]
-from fake_engine import FakeEngine
+from fake_engine import FakeEngine, page_image
 from appliance.jobs import Jobs
 from webui import create_app
 from webui.server import make_server

@@ -29,7 +29,7 @@ from pathlib import Path
 APP_URL = "http://127.0.0.1:8000/"
 CHECK_EVERY = 5  # seconds between two looks at the web app
 FIRST_PAGE_GRACE = 240  # seconds a new browser may take to show a page that checks in (doubles after each miss)
-STALE_AFTER = 60  # seconds without a check-in from a page that had been checking in
+STALE_AFTER = 120  # seconds without a check-in from a page that had been checking in (a busy emulated PC lags)
 RECONNECT_GRACE = 30  # seconds a live page gets to check in again after the web app came back
 BOOT_WAIT = 600  # seconds the web app may take to answer at boot before the offline page is shown
 DOWN_LIMIT = 90  # seconds the web app may be away (a restart) before the offline page is shown

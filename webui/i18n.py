@@ -134,6 +134,7 @@ MESSAGES = {
     "tap_box": ("Tap a box to see its text.", "点击方框查看文字。"),
     "new_scan": ("New scan", "再识别一个"),
     "try_again": ("Try again", "重试"),
+    "skip_to_text": ("Skip to the text and downloads", "跳到文字和下载"),
     "reconnecting": (
         "The OCR service is restarting; this page comes back by itself in a moment. Nothing is lost.",
         "OCR 服务正在重新启动，本页面稍后会自动恢复，任务不会丢失。",

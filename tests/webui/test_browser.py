@@ -479,3 +479,38 @@ def test_kiosk_page_checks_in_and_comes_back_after_the_app_restarts(browser, tmp
     finally:
         page.close()
         stop()
+
+
+def test_keyboard_reaches_copy_and_download_in_a_few_tabs(page, cpu_server, tmp_path):
+    """Issue 14: a 3-page result took 268 Tab presses to reach Copy. Now: one Tab stop per page's boxes (arrow keys
+    go from box to box) and a skip link to the text; the drop zone shows where the focus is."""
+    import io
+
+    from PIL import Image
+
+    lines = [f"Line {n} of the page" for n in range(1, 13)]
+    pages = [Image.open(io.BytesIO(text_image(lines, size=(900, 900)))).convert("RGB") for _ in range(3)]
+    pdf = tmp_path / "three.pdf"
+    pages[0].save(pdf, format="PDF", save_all=True, append_images=pages[1:], resolution=100)
+    page.goto(cpu_server.url + "/")
+    page.keyboard.press("Tab")
+    for _ in range(30):  # to the file input inside the drop zone
+        if page.evaluate("document.activeElement.id") == "file":
+            break
+        page.keyboard.press("Tab")
+    outline = page.evaluate("getComputedStyle(document.querySelector('#drop')).outlineStyle")
+    assert outline == "solid"
+    page.set_input_files("#file", str(pdf))
+    page.check("input[value=spotting]", force=True)
+    page.click("#start")
+    page.wait_for_selector("#out-text", timeout=180_000)
+    assert page.locator("svg.overlay rect.box").count() >= 30
+    presses = 0
+    while page.evaluate("document.activeElement.dataset.copy || ''") != "out-text":
+        page.keyboard.press("Tab")
+        presses += 1
+        assert presses <= 25, page.evaluate("document.activeElement.outerHTML.slice(0, 120)")
+    first_box = page.locator("svg.overlay").first.locator("rect.box")
+    first_box.first.focus()
+    page.keyboard.press("ArrowRight")
+    assert page.evaluate("document.activeElement.dataset.text") == first_box.nth(1).get_attribute("data-text")

@@ -110,7 +110,15 @@ function setupResult() {
       caption.hidden = false;
     };
     box.addEventListener("click", show);
-    box.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); show(); } });
+    box.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" || e.key === " ") { e.preventDefault(); show(); return; }
+      // One Tab stop per page; the arrow keys go from box to box (a page can hold hundreds).
+      const step = {ArrowRight: 1, ArrowDown: 1, ArrowLeft: -1, ArrowUp: -1}[e.key];
+      if (!step) return;
+      const boxes = $$(".box", box.closest("svg"));
+      const next = boxes[boxes.indexOf(box) + step];
+      if (next) { e.preventDefault(); box.tabIndex = -1; next.tabIndex = 0; next.focus(); }
+    });
   });
   $$(".tabs [data-tab]").forEach((tab) => tab.addEventListener("click", () => {
     $$(".tabs [data-tab]").forEach((t) => t.setAttribute("aria-selected", String(t === tab)));

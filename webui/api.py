@@ -73,8 +73,6 @@ def read_submission() -> tuple[bytes, str, Request]:
                 "Content-Type: application/json"
             )
         data, name, options = upload.read(), upload.filename or "upload", request.form
-    if not data:
-        raise errors.BadRequest(f"{name}: the file is empty")
     # No task named (the reference articles' multipart request): the image's default task.
     task = options.get("task") or options.get("task_type") or runtime_config().default_task
     return data, name, Request.make(task, fields=options.get("fields"), target_lang=options.get("target_lang"))

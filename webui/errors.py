@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from flask import has_request_context, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from appliance.jobs import CRASHED, JobNotFound, QueueFull
@@ -54,6 +55,9 @@ ADVICE = {
 def describe(exc: BaseException, max_bytes: int | None = None) -> tuple[int, str, str, dict]:
     """(status, error, detail, extra headers) for an exception; `detail` says what to do about it."""
     if isinstance(exc, RequestEntityTooLarge):
+        if has_request_context() and max_bytes and (request.content_length or 0) <= max_bytes:
+            # Werkzeug says "too large" for a form of too many parts too (its max_form_parts): not the file.
+            return 413, "too many form parts", "the form has too many fields; send the file with a few fields", {}
         limit = f" ({_size(max_bytes)})" if max_bytes else ""
         return (
             413,
@@ -65,7 +69,10 @@ def describe(exc: BaseException, max_bytes: int | None = None) -> tuple[int, str
         if isinstance(exc, kind):
             retry_after = getattr(exc, "retry_after", None)
             headers = {"Retry-After": str(retry_after)} if retry_after else {}
-            return status, error, f"{exc}{ADVICE.get(kind, '')}", headers
+            advice = ADVICE.get(kind, "")
+            if kind is InputError and "the limit is" in str(exc):  # too big or too many pages, not damaged
+                advice = "; scan or save it at a lower resolution (300 dpi is plenty), or split it"
+            return status, error, f"{exc}{advice}", headers
     if isinstance(exc, HTTPException):
         return exc.code or 500, (exc.name or "error").lower(), exc.description or "", {}
     return 500, "internal error", f"{type(exc).__name__}: {exc}; the log has the details", {}

@@ -33,6 +33,11 @@ MESSAGES = {
         "Choose a file first: drop one, pick one, or browse the USB stick.",
         "请先选择文件：拖入、点击选择，或从 U 盘中选取。",
     ),
+    "upload_too_big": (
+        "That file is larger than {mb} MB, the most one upload can take. Copy it to a USB stick and pick it with "
+        "“Browse USB stick” (files up to 200 MB), or split it.",
+        "该文件超过 {mb} MB，超出单次上传上限。请将其复制到 U 盘并通过“浏览 U 盘”选择（最大 200 MB），或将其拆分。",
+    ),
     "step_task": ("2. What do you need?", "2. 需要什么结果？"),
     "model_license": ("Model licence", "模型许可"),
     "model_license_note": (

@@ -29,6 +29,8 @@ def runtime_config() -> Runtime:
 
 def submit(data: bytes, name: str, req) -> Job:
     """Queue a file (the pages' upload and the API's POST /ocr and /jobs); not an image or PDF at all: 415."""
+    if not data:
+        raise errors.BadRequest(f"{name}: the file is empty")
     errors.check_type(data, name)
     return jobs().submit(data, name, req)
 

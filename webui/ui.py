@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, url_for
 
 from appliance import __version__, export, storage
+from appliance.ocr import images
 from appliance.ocr.tasks import EXTRACT_PRESETS, LANGUAGES, Request, Task
 from webui import errors, i18n, render, security, usb
 from webui.services import backend, jobs, runtime_config, scan_state, submit
@@ -160,8 +161,7 @@ def upload():
             path = usb.resolve(current_app.config["USB_ROOT"], form["usb_path"])
             if not path.is_file():
                 raise errors.BadRequest(f"'{form['usb_path']}' is not a file")
-            if path.stat().st_size > current_app.config["MAX_CONTENT_LENGTH"]:
-                raise errors.RequestEntityTooLarge()
+            images.check_size(path.stat().st_size, path.name)  # a stick's file is no upload: the files' own limit
             # Read now: the stick may be pulled while the job waits, and the job keeps its own copy anyway.
             data, name = path.read_bytes(), path.name
         else:

@@ -301,7 +301,7 @@ def _read_file(path: str | os.PathLike, name: str) -> bytes:
         if not stat.S_ISREG(info.st_mode):
             # A FIFO or device would block or never end.
             raise InputError(name, "is not a regular file")
-        _check_size(info.st_size, name)
+        check_size(info.st_size, name)
         with open(path, "rb") as file:
             data = file.read(MAX_FILE_BYTES + 1)  # + 1: notice a file that grew after stat()
     except FileNotFoundError:
@@ -312,11 +312,11 @@ def _read_file(path: str | os.PathLike, name: str) -> bytes:
         raise InputError(name, "is a directory, not a file") from None
     except OSError as error:
         raise InputError(name, f"cannot read the file: {error.strerror or error}") from None
-    _check_size(len(data), name)
+    check_size(len(data), name)
     return data
 
 
-def _check_size(size: int, name: str) -> None:
+def check_size(size: int, name: str) -> None:
     if size == 0:
         raise InputError(name, "empty file (0 bytes)")
     if size > MAX_FILE_BYTES:
@@ -346,7 +346,7 @@ class Document:
         if isinstance(source, (bytes, bytearray, memoryview)):
             name = name or "upload"
             data = bytes(source)
-            _check_size(len(data), name)
+            check_size(len(data), name)
         else:
             name = name or os.path.basename(os.fspath(source)) or os.fspath(source)
             data = _read_file(source, name)

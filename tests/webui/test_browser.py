@@ -514,3 +514,31 @@ def test_keyboard_reaches_copy_and_download_in_a_few_tabs(page, cpu_server, tmp_
     first_box.first.focus()
     page.keyboard.press("ArrowRight")
     assert page.evaluate("document.activeElement.dataset.text") == first_box.nth(1).get_attribute("data-text")
+
+
+def test_a_file_over_the_upload_limit_is_refused_before_it_is_sent(browser, tmp_path):
+    """Issue 14: an oversized body got the server's bare text/plain 413, a page with no way back in the kiosk."""
+    from conftest import serve_in_thread
+    from fake_engine import FakeEngine
+
+    from appliance.jobs import Jobs
+    from webui import create_app
+
+    data = tmp_path / "data"
+    config = {"DATA_DIR": str(data), "ENGINE": "cpu", "JOBS": Jobs(data, lambda r: FakeEngine())}
+    live, stop = serve_in_thread(create_app({**config, "MAX_CONTENT_LENGTH": 3 * 2**20}))
+    page = browser.new_page()
+    try:
+        big = tmp_path / "big.pdf"
+        big.write_bytes(b"%PDF-1.4\n" + b"0" * (3 * 2**20))
+        page.goto(live.url + "/")
+        page.set_input_files("#file", str(big))
+        assert page.locator("#too-big").is_visible() and "2 MB" in page.locator("#too-big").inner_text()
+        assert page.locator("#chosen").is_hidden() and page.evaluate("document.querySelector('#file').value") == ""
+        small = tmp_path / "small.png"
+        small.write_bytes(text_image(["ok"]))
+        page.set_input_files("#file", str(small))
+        assert page.locator("#too-big").is_hidden() and page.locator("#chosen-name").inner_text() == "small.png"
+    finally:
+        page.close()
+        stop()

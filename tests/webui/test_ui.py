@@ -325,3 +325,31 @@ def test_a_non_ascii_csrf_token_is_a_400_not_a_crash(client):
     csrf(client, "/")
     response = client.post("/job/x/cancel", data={"csrf_token": "令牌"})
     assert response.status_code == 400
+
+
+def test_an_empty_file_says_so_in_the_ui_as_in_the_api(client):
+    token = csrf(client, "/")
+    page = client.post(
+        "/upload", data={"csrf_token": token, "task": "text", "file": (io.BytesIO(b""), "empty.png")}
+    ).get_data(as_text=True)
+    assert "the file is empty" in page and "unrecognised" not in page
+
+
+def test_a_form_of_too_many_parts_is_not_called_a_large_file(client):
+    token = csrf(client, "/")
+    fields = {f"x{n}": "1" for n in range(3000)}
+    data = {"csrf_token": token, "task": "text", "file": (io.BytesIO(b"x"), "a.png"), **fields}  # multipart
+    response = client.post("/upload", data=data)
+    assert response.status_code == 413 and "too many fields" in response.get_data(as_text=True)
+    assert "file too large" not in response.get_data(as_text=True)
+
+
+def test_a_too_large_picture_is_not_told_to_be_scanned_again(client):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("1", (12000, 10000), 1).save(buf, format="PNG")  # 120 MP: over the pixel limit, a few KB
+    response = client.post("/ocr", data={"file": (io.BytesIO(buf.getvalue()), "huge.png"), "task": "text"})
+    detail = response.get_json()["detail"]
+    assert response.status_code == 422 and "the limit is" in detail
+    assert "scan it again" not in detail and "lower resolution" in detail

@@ -13,7 +13,11 @@ function setupUpload(form) {
   const chosen = $("#chosen"), chosenName = $("#chosen-name");
   const show = (name) => { chosenName.textContent = name; chosen.hidden = !name; };
 
+  const tooBig = $("#too-big"), maxBytes = Number(form.dataset.maxBytes);
   fileInput.addEventListener("change", () => {
+    // Refused here, before the upload: the server's own refusal of an oversized body is a bare page.
+    tooBig.hidden = !(fileInput.files.length && fileInput.files[0].size > maxBytes);
+    if (!tooBig.hidden) { fileInput.value = ""; show(""); return; }
     if (fileInput.files.length) { usbPath.value = ""; show(fileInput.files[0].name); }
   });
   const drop = $("#drop");

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
 MAX_RETRIES = 2  # a job interrupted this often (restarts, a lost engine) is probably what crashes it: stop retrying
+PARTIAL = ".partial"  # suffix of a cancelled job's result key: the pages it read before the cancel
 # error_kind of a job set aside because the process died under it MAX_RETRIES + 1 times (the UI says it in words).
 CRASHED = "Crashed"
 
@@ -119,6 +120,11 @@ class Job:
     @property
     def finished_state(self) -> bool:
         return self.state in FINISHED
+
+    @property
+    def has_result(self) -> bool:
+        """Done, or cancelled while running after reading some pages (a partial result)."""
+        return self.state == DONE or (self.state == CANCELLED and (self.cache_key or "").endswith(PARTIAL))
 
     def request(self) -> Request:
         return Request.make(self.task, fields=self.options.get("fields"), target_lang=self.options.get("target_lang"))
@@ -280,8 +286,9 @@ class Jobs:
         return OcrResult.from_dict(json.loads(self.result_path(job_id).read_text(encoding="utf-8")))
 
     def result_path(self, job_id: str) -> Path:
+        """The job's result; a job cancelled while running has the pages it read (a partial result) when any."""
         job = self.get(job_id)
-        if job.state != DONE:
+        if not job.has_result:
             raise LookupError(
                 f"job '{job_id}' has no result: it is {job.state}" + (f" ({job.error})" if job.error else "")
             )
@@ -301,6 +308,11 @@ class Jobs:
             ).fetchone()
             if job.finished_state and not busy:
                 (self.inputs / job.sha256).unlink(missing_ok=True)
+
+    def cancelling(self, job_id: str) -> bool:
+        """A cancel was asked for this running job; it stops before its next page."""
+        with self._lock:
+            return job_id in self._cancel
 
     def cancel(self, job_id: str) -> Job:
         """A queued job is cancelled at once; a running one stops before its next page."""
@@ -474,8 +486,16 @@ class Jobs:
             )
             write_atomic(self.results / f"{key}.json", result.to_json().encode("utf-8"))
             outcome = {"state": DONE}
-        except Cancelled:
+        except Cancelled as e:
             outcome = {"state": CANCELLED, "error": "cancelled while running"}
+            if e.partial is not None and not self._stopping:  # the pages read so far stay, as a partial result
+                partial_key = f"{key}{PARTIAL}"  # never the full result's key: the cache must not serve it
+                write_atomic(self.results / f"{partial_key}.json", e.partial.to_json().encode("utf-8"))
+                outcome.update(
+                    cache_key=partial_key,
+                    error=f"cancelled after {len(e.partial.pages)} of "
+                    f"{job.pages_total} pages; the pages read are kept",
+                )
         except EngineLost as e:
             outcome = {"state": QUEUED, "lost": e.reason}
         except OcrError as e:

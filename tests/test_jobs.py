@@ -141,13 +141,20 @@ def test_cancel_queued_and_running(make_jobs, tmp_path):
     assert engine.started.wait(10)
     assert jobs.cancel(queued.id).state == "cancelled"
     jobs.cancel(running.id)
+    assert jobs.cancelling(running.id) and jobs.get(running.id).state == "running"  # says so at once
     gate.set()
     job = jobs.wait(running.id, timeout=10)
     assert job.state == "cancelled" and job.pages_done == 1  # stopped before the second page
-    assert engine.calls == 1
-    assert not any((tmp_path / "data" / "results").iterdir())
+    assert engine.calls == 1 and not jobs.cancelling(running.id)
+    # The page it read is kept as a partial result, never as the cached result of the whole file.
+    assert job.has_result and "1 of 3 pages" in job.error
+    partial = jobs.result(running.id)
+    assert [page.number for page in partial.pages] == [1] and partial.pages[0].text.startswith("HELLO ")
+    assert [p.name for p in (tmp_path / "data" / "results").iterdir()] == [f"{job.cache_key}.json"]
+    again = jobs.wait(jobs.submit(pdf(3), "long again.pdf", SPOT).id, timeout=10)
+    assert (again.state, again.cached, len(jobs.result(again.id).pages)) == ("done", False, 3)
     with pytest.raises(LookupError, match="cancelled"):
-        jobs.result(running.id)
+        jobs.result(queued.id)  # cancelled before it started: nothing to show
 
 
 def test_delete_removes_files_no_other_job_uses(make_jobs, tmp_path):

@@ -146,7 +146,7 @@ def job_result(job_id):
     if fmt not in export.FORMATS:
         raise errors.BadRequest(f"unknown format '{fmt}'; choose one of: {', '.join(export.FORMATS)}")
     job = jobs().get(job_id)
-    if job.state != DONE:
+    if not job.has_result:
         return error_response(
             409, f"job {job.state}", job.error or f"the job is {job.state}; poll GET /jobs/{job_id}"
         )

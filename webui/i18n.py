@@ -121,6 +121,12 @@ MESSAGES = {
     "queue_position": ("Place in queue: {n}", "排队位置：{n}"),
     "page_progress": ("Page {done} of {total}", "第 {done} / {total} 页"),
     "cancel": ("Cancel", "取消"),
+    "cancelling": ("Cancelling after this page…", "正在取消（本页完成后停止）…"),
+    "job_cancelled": ("Cancelled before any page was read.", "已取消，尚未识别任何页面。"),
+    "job_cancelled_partial": (
+        "Cancelled after {done} of {total} pages: the pages read are below and can be copied or downloaded.",
+        "已在第 {done} 页（共 {total} 页）后取消：已识别的页面如下，可复制或下载。",
+    ),
     "cached_note": (
         "Same file and settings as before: the earlier result is shown.",
         "文件和设置与之前相同，直接显示之前的结果。",

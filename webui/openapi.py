@@ -217,6 +217,11 @@ def document(config, runtime) -> dict:
                         "pages_done": {"type": "integer"},
                         "pages_total": {"type": "integer"},
                         "position": {"type": ["integer", "null"], "description": "place in the queue, 1 = next"},
+                        "cancelling": {
+                            "type": "boolean",
+                            "description": "a cancel was asked; the job stops before its next page and keeps the "
+                            "pages read as a partial result (GET /jobs/{id}/result)",
+                        },
                         "error": {"type": ["string", "null"]},
                         "error_kind": {"type": ["string", "null"]},
                         "cached": {"type": "boolean"},

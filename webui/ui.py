@@ -178,7 +178,7 @@ def upload():
 @bp.get("/job/<job_id>")
 def job(job_id):
     job = jobs().get(job_id)
-    result = jobs().result(job_id) if job.state == "done" else None
+    result = jobs().result(job_id) if job.has_result else None
     markdown = render.markdown_html(result.markdown) if result else ""
     return render_template(
         "job.html",
@@ -186,6 +186,7 @@ def job(job_id):
         result=result,
         markdown=markdown,
         position=jobs().position(job_id),
+        cancelling=jobs().cancelling(job_id),
         formats=runtime_config().outputs,  # the image's configured download formats
     )
 

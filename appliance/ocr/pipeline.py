@@ -19,7 +19,11 @@ Progress = Callable[[int, int], None]
 
 
 class Cancelled(Exception):
-    """The caller's `cancelled()` said stop between two pages."""
+    """The caller's `cancelled()` said stop between two pages. `partial`: the pages read until then (None: none)."""
+
+    def __init__(self, message: str, partial: OcrResult | None = None):
+        super().__init__(message)
+        self.partial = partial
 
 
 def recognize_document(
@@ -35,9 +39,21 @@ def recognize_document(
     pages = []
     if progress:
         progress(0, total)
+
+    def result() -> OcrResult:
+        return OcrResult(
+            source=document.name,
+            task=request.task.value,
+            options=request.options(),
+            engine=engine.info,
+            pages=pages,
+            timings={"ocr": round(time.perf_counter() - started, 3)},
+        )
+
     for number, image in enumerate(document.pages(), start=1):
         if cancelled and cancelled():
-            raise Cancelled(f"{document.name}: cancelled after {number - 1} of {total} pages")
+            partial = result() if pages else None
+            raise Cancelled(f"{document.name}: cancelled after {number - 1} of {total} pages", partial)
         page_started = time.perf_counter()
         # A blank page (separator sheets, empty back sides of duplex scans) costs a model seconds to minutes and
         # can only give noise: it is not sent to the engine.
@@ -47,14 +63,7 @@ def recognize_document(
         pages.append(page)
         if progress:
             progress(number, total)
-    return OcrResult(
-        source=document.name,
-        task=request.task.value,
-        options=request.options(),
-        engine=engine.info,
-        pages=pages,
-        timings={"ocr": round(time.perf_counter() - started, 3)},
-    )
+    return result()
 
 
 def recognize_file(

@@ -286,9 +286,13 @@ def test_progress_page_by_page_and_cancel(page, model_server, tmp_path):
         page.screenshot(path=SHOTS / "progress-en.png")
         page.click("#cancel")
         page.wait_for_selector("#progress-text:has-text('Page 1 of 3')")  # still on page 1: stops before page 2
+        cancel = page.locator("#cancel")
+        assert cancel.is_disabled() and "Cancelling" in cancel.inner_text()  # said at once, not clickable twice
         gate.set()
         page.wait_for_selector("#job-state:has-text('Cancelled')")
-        assert "cancelled" in page.locator("#job-error").inner_text()
+        note = page.locator("#job-error")
+        assert "Cancelled after 1 of 3 pages" in note.inner_text() and "info" in note.get_attribute("class")
+        assert page.locator("#out-text").inner_text().startswith("HELLO")  # the page read is kept
     finally:
         gate.set()
         model_server.engine.gate = None

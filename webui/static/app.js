@@ -93,6 +93,8 @@ function pollJob(main) {
     } catch (err) { setTimeout(tick, 2000); return; }  // server restarting: keep trying
     if (["done", "failed", "cancelled"].includes(job.state)) { location.reload(); return; }
     badge.textContent = messages[job.state];
+    const cancel = $("#cancel");
+    if (cancel && job.cancelling) { cancel.disabled = true; cancel.textContent = messages.cancelling; }
     bar.max = Math.max(job.pages_total, 1);
     bar.value = job.pages_done;
     text.textContent = job.position

@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
+# History: finished jobs (their inputs and results) are kept this long and at most this many (newest first);
+# `prune()` runs at every start and after every job.
+KEEP_DAYS = 30
+KEEP_JOBS = 2000
 MAX_RETRIES = 2  # a job interrupted this often (restarts, a lost engine) is probably what crashes it: stop retrying
 PARTIAL = ".partial"  # suffix of a cancelled job's result key: the pages it read before the cancel
 # error_kind of a job set aside because the process died under it MAX_RETRIES + 1 times (the UI says it in words).
@@ -175,6 +179,7 @@ class Jobs:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._recover()
+        self.prune()
         self._worker = threading.Thread(target=self._run, name="ocr-worker", daemon=True)
         self._worker.start()
 
@@ -283,7 +288,26 @@ class Jobs:
                 self._changed.wait(left)
 
     def result(self, job_id: str) -> OcrResult:
-        return OcrResult.from_dict(json.loads(self.result_path(job_id).read_text(encoding="utf-8")))
+        result = OcrResult.from_dict(json.loads(self.result_path(job_id).read_text(encoding="utf-8")))
+        result.source = self.get(job_id).name  # a cached result was first made for another upload's name
+        return result
+
+    def prune(self, keep_days: float = KEEP_DAYS, keep_jobs: int = KEEP_JOBS) -> int:
+        """Forget finished jobs older than `keep_days`, and the oldest beyond the newest `keep_jobs`; their inputs
+        and results go when no remaining job uses them. Returns how many were forgotten."""
+        with self._lock:
+            finished = ", ".join("?" * len(FINISHED))
+            rows = self._db.execute(
+                f"SELECT id, sha256, cache_key FROM jobs WHERE state IN ({finished}) AND (finished < ? OR seq <= "
+                f"(SELECT seq FROM jobs ORDER BY seq DESC LIMIT 1 OFFSET ?))",
+                (*FINISHED, time.time() - keep_days * 86400, keep_jobs),
+            ).fetchall()
+            for row in rows:
+                self._db.execute("DELETE FROM jobs WHERE id=?", (row["id"],))
+                self._collect(row["sha256"], row["cache_key"])
+            if rows:
+                self._changed.notify_all()
+            return len(rows)
 
     def result_path(self, job_id: str) -> Path:
         """The job's result; a job cancelled while running has the pages it read (a partial result) when any."""
@@ -403,6 +427,7 @@ class Jobs:
                         return
                     job_id = self._pending.pop(0)
                 lost = self._process(engine, job_id)
+                self.prune()
                 if lost:
                     # The model server crashed or restarted: open the engine again the way it was opened at start
                     # (which waits while systemd restarts the server, or falls back to the CPU engine).

@@ -440,3 +440,19 @@ def test_drop_input_keeps_the_result_and_spares_a_waiting_job(tmp_path):
         if engine.gate:
             engine.gate.set()
         jobs.close()
+
+
+def test_history_is_pruned_by_age_and_count_and_files_go_with_it(make_jobs, tmp_path):
+    jobs = make_jobs()
+    done = [jobs.wait(jobs.submit(png(color=c), f"{c}.png", SPOT).id, timeout=10) for c in ("red", "green", "blue")]
+    again = jobs.wait(jobs.submit(png(color="blue"), "blue again.png", SPOT).id, timeout=10)
+    assert again.cached and jobs.result(again.id).source == "blue again.png"  # its own name, not the first's
+    with sqlite3.connect(tmp_path / "data" / "jobs.sqlite") as db:
+        db.execute("UPDATE jobs SET finished=finished-40*86400 WHERE name='red.png'")
+    assert jobs.prune() == 1  # older than 30 days
+    assert {j.name for j in jobs.list()} == {"green.png", "blue.png", "blue again.png"}
+    assert not (tmp_path / "data" / "inputs" / done[0].sha256).exists()
+    assert not (tmp_path / "data" / "results" / f"{done[0].cache_key}.json").exists()
+    assert jobs.prune(keep_jobs=1) == 2  # only the newest stays; the blue result it shares stays with it
+    assert [j.name for j in jobs.list()] == ["blue again.png"]
+    assert jobs.result(again.id).pages[0].text.startswith("HELLO")

@@ -194,6 +194,7 @@ MESSAGES = {
     "medium_verified": ("verified", "已校验"),
     "medium_failed": ("check failed", "校验失败"),
     "medium_unchecked": ("not checked on this boot", "本次启动未校验"),
+    "medium_none": ("not booted from the appliance's medium", "未从本设备的启动介质启动"),
     "medium_how": (
         'Choose "check medium integrity" in the boot menu to check it.',
         "可在启动菜单中选择“检查介质完整性”进行校验。",

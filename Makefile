@@ -52,6 +52,7 @@ test: $(STAMP)/deps $(STAMP)/test-apt $(STAMP)/vllm-venv
 bench: $(STAMP)/deps $(STAMP)/test-apt host-tools
 	$(PY) -m bench.cpu_engine
 	$(PY) -m bench.watch
+	$(PY) -m bench.api_load
 	$(PY) -m bench.image
 
 # The live ISO (default: CPU profile). Installs the missing host tools with apt first (Debian host, root).

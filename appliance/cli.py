@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     vllm.add_argument(
         "--max-pixels", type=int, help="image pixel cap for its clients (default: the card's, or 2048*2048)"
     )
+    kiosk = sub.add_parser("kiosk", help="run the kiosk browser and keep it on the appliance's page (X session)")
+    kiosk.add_argument("--url", default="http://127.0.0.1:8000/", help="the web app")
+    kiosk.add_argument("--window-size", metavar="W,H", help="the screen's size, for the browser window")
+    kiosk.add_argument("--browser", default="chromium", help="the browser's executable")
     return parser
 
 
@@ -204,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_watch(args)
     if args.command == "vllm-server":
         return cmd_vllm_server(args)
+    if args.command == "kiosk":
+        from appliance import kiosk
+
+        browser = kiosk.browser_command(args.window_size, args.browser)
+        kiosk.Kiosk(browser, args.url, language=runtime.load().language).run()
+        return 0
     raise AssertionError(args.command)
 
 

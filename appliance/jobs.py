@@ -40,7 +40,14 @@ log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
+# History: finished jobs (their inputs and results) are kept this long and at most this many (newest first);
+# `prune()` runs at every start and after every job.
+KEEP_DAYS = 30
+KEEP_JOBS = 2000
 MAX_RETRIES = 2  # a job interrupted this often (restarts, a lost engine) is probably what crashes it: stop retrying
+PARTIAL = ".partial"  # suffix of a cancelled job's result key: the pages it read before the cancel
+# error_kind of a job set aside because the process died under it MAX_RETRIES + 1 times (the UI says it in words).
+CRASHED = "Crashed"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -118,6 +125,11 @@ class Job:
     def finished_state(self) -> bool:
         return self.state in FINISHED
 
+    @property
+    def has_result(self) -> bool:
+        """Done, or cancelled while running after reading some pages (a partial result)."""
+        return self.state == DONE or (self.state == CANCELLED and (self.cache_key or "").endswith(PARTIAL))
+
     def request(self) -> Request:
         return Request.make(self.task, fields=self.options.get("fields"), target_lang=self.options.get("target_lang"))
 
@@ -167,19 +179,25 @@ class Jobs:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._recover()
+        self.prune()
         self._worker = threading.Thread(target=self._run, name="ocr-worker", daemon=True)
         self._worker.start()
 
     # ---- state after a restart -------------------------------------------------------------------------------
 
     def _recover(self) -> None:
-        """Jobs that were running when the process died go back in the queue (a few times), queued ones resume."""
+        """Jobs that were running when the process died go back in the queue, queued ones resume.
+
+        A job under which the process died is probably what kills it (a decoder's native crash, the OOM killer):
+        the first time it resumes in its place (a power cut is nobody's fault), after that it waits behind every
+        other queued job, and the (MAX_RETRIES + 1)th death sets it aside as failed, its input kept."""
         with self._lock:
             self._db.execute(
-                "UPDATE jobs SET state=?, error=?, finished=? WHERE state=? AND retries>=?",
+                "UPDATE jobs SET state=?, error=?, error_kind=?, finished=? WHERE state=? AND retries>=?",
                 (
                     FAILED,
-                    "interrupted by a restart too many times; not retried again",
+                    f"this file stopped the OCR service {MAX_RETRIES + 1} times; it was set aside",
+                    CRASHED,
                     time.time(),
                     RUNNING,
                     MAX_RETRIES,
@@ -189,8 +207,9 @@ class Jobs:
                 "UPDATE jobs SET state=?, retries=retries+1, pages_done=0, started=NULL, error=? WHERE state=?",
                 (QUEUED, "interrupted by a restart; queued again", RUNNING),
             )
-            rows = self._db.execute("SELECT id FROM jobs WHERE state=? ORDER BY seq", (QUEUED,)).fetchall()
-            self._pending = [r["id"] for r in rows]
+            rows = self._db.execute("SELECT id, retries FROM jobs WHERE state=? ORDER BY seq", (QUEUED,)).fetchall()
+            suspects = [r["id"] for r in rows if r["retries"] > 1]  # interrupted twice now: the others go first
+            self._pending = [r["id"] for r in rows if r["retries"] <= 1] + suspects
 
     # ---- what callers use ------------------------------------------------------------------------------------
 
@@ -269,11 +288,31 @@ class Jobs:
                 self._changed.wait(left)
 
     def result(self, job_id: str) -> OcrResult:
-        return OcrResult.from_dict(json.loads(self.result_path(job_id).read_text(encoding="utf-8")))
+        result = OcrResult.from_dict(json.loads(self.result_path(job_id).read_text(encoding="utf-8")))
+        result.source = self.get(job_id).name  # a cached result was first made for another upload's name
+        return result
+
+    def prune(self, keep_days: float = KEEP_DAYS, keep_jobs: int = KEEP_JOBS) -> int:
+        """Forget finished jobs older than `keep_days`, and the oldest beyond the newest `keep_jobs`; their inputs
+        and results go when no remaining job uses them. Returns how many were forgotten."""
+        with self._lock:
+            finished = ", ".join("?" * len(FINISHED))
+            rows = self._db.execute(
+                f"SELECT id, sha256, cache_key FROM jobs WHERE state IN ({finished}) AND (finished < ? OR seq <= "
+                f"(SELECT seq FROM jobs ORDER BY seq DESC LIMIT 1 OFFSET ?))",
+                (*FINISHED, time.time() - keep_days * 86400, keep_jobs),
+            ).fetchall()
+            for row in rows:
+                self._db.execute("DELETE FROM jobs WHERE id=?", (row["id"],))
+                self._collect(row["sha256"], row["cache_key"])
+            if rows:
+                self._changed.notify_all()
+            return len(rows)
 
     def result_path(self, job_id: str) -> Path:
+        """The job's result; a job cancelled while running has the pages it read (a partial result) when any."""
         job = self.get(job_id)
-        if job.state != DONE:
+        if not job.has_result:
             raise LookupError(
                 f"job '{job_id}' has no result: it is {job.state}" + (f" ({job.error})" if job.error else "")
             )
@@ -293,6 +332,11 @@ class Jobs:
             ).fetchone()
             if job.finished_state and not busy:
                 (self.inputs / job.sha256).unlink(missing_ok=True)
+
+    def cancelling(self, job_id: str) -> bool:
+        """A cancel was asked for this running job; it stops before its next page."""
+        with self._lock:
+            return job_id in self._cancel
 
     def cancel(self, job_id: str) -> Job:
         """A queued job is cancelled at once; a running one stops before its next page."""
@@ -348,6 +392,11 @@ class Jobs:
             self._changed.wait_for(lambda: self._engine_state != "loading", timeout)
             return self.engine_status()
 
+    def retry_after(self) -> int:
+        """Seconds until the queue has likely moved on by its current length (for Retry-After)."""
+        with self._lock:
+            return self._retry_after(max(1, len(self._pending)))
+
     def counts(self) -> dict:
         with self._lock:
             rows = self._db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
@@ -378,6 +427,7 @@ class Jobs:
                         return
                     job_id = self._pending.pop(0)
                 lost = self._process(engine, job_id)
+                self.prune()
                 if lost:
                     # The model server crashed or restarted: open the engine again the way it was opened at start
                     # (which waits while systemd restarts the server, or falls back to the CPU engine).
@@ -461,8 +511,16 @@ class Jobs:
             )
             write_atomic(self.results / f"{key}.json", result.to_json().encode("utf-8"))
             outcome = {"state": DONE}
-        except Cancelled:
+        except Cancelled as e:
             outcome = {"state": CANCELLED, "error": "cancelled while running"}
+            if e.partial is not None and not self._stopping:  # the pages read so far stay, as a partial result
+                partial_key = f"{key}{PARTIAL}"  # never the full result's key: the cache must not serve it
+                write_atomic(self.results / f"{partial_key}.json", e.partial.to_json().encode("utf-8"))
+                outcome.update(
+                    cache_key=partial_key,
+                    error=f"cancelled after {len(e.partial.pages)} of "
+                    f"{job.pages_total} pages; the pages read are kept",
+                )
         except EngineLost as e:
             outcome = {"state": QUEUED, "lost": e.reason}
         except OcrError as e:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 MEDIUM_MARKER = Path("/run/appliance/medium-verified")
+LIVE_MEDIUM = "/run/live/medium"  # where live-boot mounts the medium the image booted from
 RAM_FILESYSTEMS = {"tmpfs", "ramfs"}
 
 
@@ -87,7 +88,7 @@ class Storage:
     in_ram: bool | None  # None: could not tell
     free: int
     total: int
-    medium: str  # verified | failed | unchecked
+    medium: str  # verified | failed | unchecked | none (not booted from the appliance's medium)
     medium_detail: str
 
     def to_dict(self) -> dict:
@@ -115,6 +116,8 @@ def storage(path: str | os.PathLike, mounts_file: str = "/proc/mounts", marker: 
     mount = mount_of(path, mounts)
     disk = shutil.disk_usage(path)
     medium, detail = medium_state(marker)
+    if medium == "unchecked" and not any(m.point == LIVE_MEDIUM for m in mounts):
+        medium = "none"  # not running from the appliance's medium (a PC with `appliance serve`): nothing to check
     return Storage(
         path=str(path),
         mount=mount.point if mount else None,

@@ -14,39 +14,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import sys
 import time
 
-import numpy as np
-
 from bench.dataset import KINDS, make_set
-
-
-def edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance, one numpy row at a time (pages have thousands of characters)."""
-    if not a or not b:
-        return len(a) or len(b)
-    codes_b = np.array([ord(c) for c in b])
-    positions = np.arange(len(b) + 1)
-    previous = positions.copy()
-    for i, char in enumerate(a, start=1):
-        # Deletion or substitution from the row above; insertions (moving right in this row) via a running minimum.
-        candidate = np.empty_like(previous)
-        candidate[0] = i
-        candidate[1:] = np.minimum(previous[1:] + 1, previous[:-1] + (codes_b != ord(char)))
-        previous = np.minimum.accumulate(candidate - positions) + positions
-    return int(previous[-1])
-
-
-def normalise(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip()
-
-
-def cer(truth: str, guess: str) -> float:
-    truth, guess = normalise(truth), normalise(guess)
-    return edit_distance(truth, guess) / max(len(truth), 1)
+from imagebuilder.boottest.checks import cer
 
 
 def parse_setting(text: str):

@@ -38,3 +38,22 @@ class FakeEngine:
 
     def close(self) -> None:
         self.closed = True
+
+
+def page_image(size=(64, 32), color="white", mode="RGB"):
+    """A page for FakeEngine tests: `color` paper with a mark in the middle that stands out from it (the corners
+    keep the paper's colour), so the pipeline does not skip it as blank."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new(mode, size, color)
+    width, height = size
+    box = (
+        width * 3 // 8,
+        height * 3 // 8,
+        max(width * 5 // 8, width * 3 // 8 + 2),
+        max(height * 5 // 8, height * 3 // 8 + 2),
+    )
+    dark = image.convert("L").getpixel((0, 0)) < 128
+    ink = (255 if dark else 0) if mode in ("1", "L") else ("white" if dark else "black")
+    ImageDraw.Draw(image).rectangle(box, fill=ink)
+    return image

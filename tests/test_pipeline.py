@@ -81,3 +81,29 @@ def test_unsupported_task_is_refused_before_any_page_is_read(engine, monkeypatch
     monkeypatch.setattr(engine, "recognize", lambda *a: pytest.fail("must not run"))
     with pytest.raises(TaskNotSupported, match="task 'extract'"):
         recognize_file(engine, pdf_bytes("a"), Request.make("extract", fields="total"), name="x.pdf")
+
+
+def test_blank_pages_are_not_sent_to_the_engine_and_faint_text_is(engine, monkeypatch):
+    """A duplex scan's empty back sides and separator sheets cost a model minutes and give only noise. Blank (even
+    with scanner noise, or a uniform grey or dark paper) is skipped; a page with one small, light word is not."""
+    import random
+
+    noisy = Image.new("L", (1240, 1754), 235)
+    rng = random.Random(1)
+    noisy.putdata([235 + rng.randint(-6, 6) for _ in range(1240 * 1754)])  # a scanner's noise on empty paper
+    faint = Image.new("RGB", (1240, 1754), "white")
+    ImageDraw.Draw(faint).text((900, 1600), "p. 7", fill=(150, 150, 150), font=ImageFont.truetype(FONT, 20))
+    pages = [Image.new("RGB", (1240, 1754), "white"), noisy.convert("RGB"), Image.new("RGB", (1240, 1754), "navy")]
+    pages += [faint, page_with("Alpha one")]
+    buf = io.BytesIO()
+    pages[0].save(buf, format="PDF", save_all=True, append_images=pages[1:], resolution=150)
+    sent = []
+    recognize = engine.recognize
+    monkeypatch.setattr(
+        engine, "recognize", lambda image, request: sent.append(image.size) or recognize(image, request)
+    )
+    result = recognize_file(engine, buf.getvalue(), Request.make("text"), name="duplex.pdf")
+    assert len(sent) == 2  # the faint page number and the text page
+    assert [bool(page.warnings) for page in result.pages] == [True, True, True, False, False]
+    assert result.pages[0].warnings == ["blank page: not sent to the OCR engine"] and result.pages[0].text == ""
+    assert result.pages[4].text == "Alpha one"

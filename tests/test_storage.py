@@ -65,5 +65,9 @@ def test_medium_marker(tmp_path):
 
 def test_storage_of_a_real_folder(tmp_path):
     state = storage.storage(tmp_path, marker=tmp_path / "none")
-    assert state.total >= state.free > 0 and state.mount and state.medium == "unchecked"
+    # This host did not boot from the appliance's medium: nothing to check (not "not checked").
+    assert state.total >= state.free > 0 and state.mount and state.medium == "none"
     assert state.to_dict()["path"] == str(tmp_path)
+    mounts = tmp_path / "mounts"
+    mounts.write_text(LIVE)
+    assert storage.storage(tmp_path, mounts_file=str(mounts), marker=tmp_path / "none").medium == "unchecked"

@@ -24,6 +24,9 @@ DEFAULTS = {
     "MAX_QUEUE": 32,
     "MAX_CONTENT_LENGTH": 64 * 1024 * 1024,  # bytes of request body (413 above)
     "SYNC_TIMEOUT": 600,  # seconds POST /ocr waits for its job
+    # POST /ocr requests waiting at once; more get 503 + Retry-After. Below the server's 16 threads, so the pages,
+    # GET /health and cancels always find a thread, however many programs wait.
+    "SYNC_SLOTS": 8,
     "SCAN_DIR": None,  # set: run the scan-to-folder watcher on this folder, through the same job queue
     "SCAN_OPTIONS": {},  # keyword arguments for the watcher (quiet, give_up, rescan, media_dirs); tests shorten them
     "USB_ROOT": "/media",  # where removable media are mounted; the in-app file browser shows only this tree

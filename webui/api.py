@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import time
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
@@ -72,18 +73,35 @@ def read_submission() -> tuple[bytes, str, Request]:
                 "Content-Type: application/json"
             )
         data, name, options = upload.read(), upload.filename or "upload", request.form
-    if not data:
-        raise errors.BadRequest(f"{name}: the file is empty")
     # No task named (the reference articles' multipart request): the image's default task.
     task = options.get("task") or options.get("task_type") or runtime_config().default_task
     return data, name, Request.make(task, fields=options.get("fields"), target_lang=options.get("target_lang"))
 
 
+def wait_for_caller(job):
+    """Wait for the job while its caller is still there: a client that hung up gets its job cancelled (nobody will
+    read the result) and its thread back."""
+    hung_up = request.environ.get("waitress.client_disconnected", lambda: False)
+    deadline = time.monotonic() + current_app.config["SYNC_TIMEOUT"]
+    while True:
+        job = jobs().wait(job.id, timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+        if job.finished_state or time.monotonic() >= deadline:
+            return job
+        if hung_up():
+            return jobs().cancel(job.id)
+
+
 @bp.post("/ocr")
 def ocr():
     """Synchronous: queue the file, wait for it, answer with the result document (top-level `text`)."""
-    job = submit(*read_submission())
-    job = jobs().wait(job.id, timeout=current_app.config["SYNC_TIMEOUT"])
+    slots = backend().sync_slots
+    if not slots.acquire(blocking=False):
+        raise errors.Busy(current_app.config["SYNC_SLOTS"], jobs().retry_after())
+    try:
+        job = submit(*read_submission())
+        job = wait_for_caller(job)
+    finally:
+        slots.release()
     if job.state == DONE:
         body = jobs().result(job.id).to_dict()
         body.update({"job_id": job.id, "cached": job.cached})
@@ -112,7 +130,7 @@ def create_job():
 @bp.get("/jobs")
 def list_jobs():
     limit = min(max(request.args.get("limit", 50, type=int), 1), 500)
-    offset = max(request.args.get("offset", 0, type=int), 0)
+    offset = min(max(request.args.get("offset", 0, type=int), 0), 2**62)  # SQLite integers are 64-bit
     return jsonify({"jobs": [job_json(j) for j in jobs().list(limit, offset)], "counts": jobs().counts()})
 
 
@@ -128,11 +146,12 @@ def job_result(job_id):
     if fmt not in export.FORMATS:
         raise errors.BadRequest(f"unknown format '{fmt}'; choose one of: {', '.join(export.FORMATS)}")
     job = jobs().get(job_id)
-    if job.state != DONE:
+    if not job.has_result:
         return error_response(
             409, f"job {job.state}", job.error or f"the job is {job.state}; poll GET /jobs/{job_id}"
         )
-    body = export.export(jobs().result(job_id), fmt, source=jobs().input_path(job_id))
+    with render.heavy_work():  # the searchable PDF decodes every page
+        body = export.export(jobs().result(job_id), fmt, source=jobs().input_path(job_id))
     response = Response(body, content_type=export.MEDIA_TYPES[fmt])
     if request.args.get("download"):
         response.headers["Content-Disposition"] = render.attachment(job.name, fmt)
@@ -171,8 +190,23 @@ def health():
     engine = jobs().engine_status() | {"choice": choice.engine, "reason": choice.reason, "gpu": choice.gpu}
     waiting = jobs().counts().get("queued", 0)
     return jsonify(
-        {"web": {"ready": True}, "engine": engine, "queue": {"waiting": waiting, "limit": jobs().max_queue}}
+        {
+            "web": {"ready": True},
+            "engine": engine,
+            "queue": {"waiting": waiting, "limit": jobs().max_queue},
+            "kiosk": {"seen": backend().kiosk_seen},  # epoch of the kiosk page's last check-in (appliance.kiosk)
+        }
     )
+
+
+@bp.get("/kiosk/alive")
+def kiosk_alive():
+    """The kiosk's page checks in (app.js, on pages `appliance kiosk` opened): GET /health then tells the kiosk's
+    supervisor the page is alive. Only this machine's browser counts."""
+    if not security.is_loopback():
+        return error_response(403, "forbidden", "only the kiosk on this machine checks in")
+    backend().kiosk_seen = time.time()
+    return "", 204
 
 
 @bp.get("/scan")

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import threading
 from functools import cached_property
 from pathlib import Path
 
@@ -22,6 +23,8 @@ class Backend:
     def __init__(self, app: Flask | None = None):
         self.jobs: Jobs | None = None
         self.scanner = None  # appliance.scan.WatcherThread when the app runs the scan folder
+        self.kiosk_seen: float | None = None  # epoch of the kiosk page's last check-in (GET /kiosk/alive)
+        self.sync_slots: threading.BoundedSemaphore | None = None  # POST /ocr requests waiting (SYNC_SLOTS)
         if app is not None:
             self.init_app(app)
 
@@ -29,6 +32,7 @@ class Backend:
         config = app.config
         self.runtime: runtime.Runtime = config["RUNTIME"] or runtime.load(config["APPLIANCE_CONFIG"])
         self.engine: str = config["ENGINE"] or self.runtime.engine
+        self.sync_slots = threading.BoundedSemaphore(config["SYNC_SLOTS"])
         self.model_dir: str | None = config["MODEL_DIR"] or self.runtime.model_dir
         self.vllm_url: str | None = config["VLLM_URL"]
         self.jobs = config["JOBS"] or Jobs(Path(config["DATA_DIR"]), self._open_engine, config["MAX_QUEUE"])

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from flask import has_request_context, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from appliance.jobs import JobNotFound, QueueFull
+from appliance.jobs import CRASHED, JobNotFound, QueueFull
 from appliance.ocr import images
 from appliance.ocr.errors import EngineUnavailable, InputError, TaskNotSupported
 
@@ -15,6 +16,17 @@ class BadRequest(Exception):
 
 class Unsupported(Exception):
     """Not an image or PDF we can read: 415 with this message."""
+
+
+class Busy(Exception):
+    """Every synchronous slot is taken (POST /ocr waiting for results): 503, try again or use POST /jobs."""
+
+    def __init__(self, slots: int, retry_after: int):
+        self.retry_after = retry_after
+        super().__init__(
+            f"{slots} synchronous requests are already waiting for their results; try again in about "
+            f"{retry_after} s, or send the file to POST /jobs and poll it"
+        )
 
 
 SUPPORTED = f"an image or PDF ({images.SUPPORTED_TEXT})"
@@ -29,6 +41,7 @@ STATUSES: tuple[tuple[type[BaseException], int, str], ...] = (
     (ValueError, 400, "bad request"),
     (TaskNotSupported, 400, "task not available"),
     (QueueFull, 503, "busy"),
+    (Busy, 503, "busy"),
     (EngineUnavailable, 503, "engine unavailable"),
     (JobNotFound, 404, "not found"),
 )
@@ -42,6 +55,9 @@ ADVICE = {
 def describe(exc: BaseException, max_bytes: int | None = None) -> tuple[int, str, str, dict]:
     """(status, error, detail, extra headers) for an exception; `detail` says what to do about it."""
     if isinstance(exc, RequestEntityTooLarge):
+        if has_request_context() and max_bytes and (request.content_length or 0) <= max_bytes:
+            # Werkzeug says "too large" for a form of too many parts too (its max_form_parts): not the file.
+            return 413, "too many form parts", "the form has too many fields; send the file with a few fields", {}
         limit = f" ({_size(max_bytes)})" if max_bytes else ""
         return (
             413,
@@ -51,8 +67,12 @@ def describe(exc: BaseException, max_bytes: int | None = None) -> tuple[int, str
         )
     for kind, status, error in STATUSES:
         if isinstance(exc, kind):
-            headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, QueueFull) else {}
-            return status, error, f"{exc}{ADVICE.get(kind, '')}", headers
+            retry_after = getattr(exc, "retry_after", None)
+            headers = {"Retry-After": str(retry_after)} if retry_after else {}
+            advice = ADVICE.get(kind, "")
+            if kind is InputError and "the limit is" in str(exc):  # too big or too many pages, not damaged
+                advice = "; scan or save it at a lower resolution (300 dpi is plenty), or split it"
+            return status, error, f"{exc}{advice}", headers
     if isinstance(exc, HTTPException):
         return exc.code or 500, (exc.name or "error").lower(), exc.description or "", {}
     return 500, "internal error", f"{type(exc).__name__}: {exc}; the log has the details", {}
@@ -60,6 +80,8 @@ def describe(exc: BaseException, max_bytes: int | None = None) -> tuple[int, str
 
 def failed_job_status(error_kind: str | None) -> int:
     """The status for a job that failed with an exception of class `error_kind` (appliance.jobs keeps the name)."""
+    if error_kind == CRASHED:  # the file itself kept killing the service: unprocessable, like an unreadable one
+        return 422
     return next((status for kind, status, _ in STATUSES if kind.__name__ == error_kind), 500)
 
 

@@ -33,6 +33,11 @@ MESSAGES = {
         "Choose a file first: drop one, pick one, or browse the USB stick.",
         "请先选择文件：拖入、点击选择，或从 U 盘中选取。",
     ),
+    "upload_too_big": (
+        "That file is larger than {mb} MB, the most one upload can take. Copy it to a USB stick and pick it with "
+        "“Browse USB stick” (files up to 200 MB), or split it.",
+        "该文件超过 {mb} MB，超出单次上传上限。请将其复制到 U 盘并通过“浏览 U 盘”选择（最大 200 MB），或将其拆分。",
+    ),
     "step_task": ("2. What do you need?", "2. 需要什么结果？"),
     "model_license": ("Model licence", "模型许可"),
     "model_license_note": (
@@ -116,6 +121,12 @@ MESSAGES = {
     "queue_position": ("Place in queue: {n}", "排队位置：{n}"),
     "page_progress": ("Page {done} of {total}", "第 {done} / {total} 页"),
     "cancel": ("Cancel", "取消"),
+    "cancelling": ("Cancelling after this page…", "正在取消（本页完成后停止）…"),
+    "job_cancelled": ("Cancelled before any page was read.", "已取消，尚未识别任何页面。"),
+    "job_cancelled_partial": (
+        "Cancelled after {done} of {total} pages: the pages read are below and can be copied or downloaded.",
+        "已在第 {done} 页（共 {total} 页）后取消：已识别的页面如下，可复制或下载。",
+    ),
     "cached_note": (
         "Same file and settings as before: the earlier result is shown.",
         "文件和设置与之前相同，直接显示之前的结果。",
@@ -134,6 +145,15 @@ MESSAGES = {
     "tap_box": ("Tap a box to see its text.", "点击方框查看文字。"),
     "new_scan": ("New scan", "再识别一个"),
     "try_again": ("Try again", "重试"),
+    "skip_to_text": ("Skip to the text and downloads", "跳到文字和下载"),
+    "reconnecting": (
+        "The OCR service is restarting; this page comes back by itself in a moment. Nothing is lost.",
+        "OCR 服务正在重新启动，本页面稍后会自动恢复，任务不会丢失。",
+    ),
+    "job_crashed": (
+        "This file stopped the OCR service {n} times, so it was set aside; the queue went on. The file is kept.",
+        "此文件已 {n} 次导致 OCR 服务中断，已被搁置，队列继续处理其他任务；原文件已保留。",
+    ),
     "delete": ("Delete", "删除"),
     "confirm_delete": ("Delete this job and its files?", "删除此任务及其文件？"),
     # history
@@ -174,6 +194,7 @@ MESSAGES = {
     "medium_verified": ("verified", "已校验"),
     "medium_failed": ("check failed", "校验失败"),
     "medium_unchecked": ("not checked on this boot", "本次启动未校验"),
+    "medium_none": ("not booted from the appliance's medium", "未从本设备的启动介质启动"),
     "medium_how": (
         'Choose "check medium integrity" in the boot menu to check it.',
         "可在启动菜单中选择“检查介质完整性”进行校验。",
@@ -270,6 +291,7 @@ MESSAGES = {
         "本设备已在网络上共享，请输入管理员提供的访问令牌。",
     ),
     "login_failed": ("That token is not right.", "令牌不正确。"),
+    "login_wait": ("Too many wrong tokens. Try again in {n} seconds.", "令牌错误次数过多，请 {n} 秒后再试。"),
     "login": ("Continue", "继续"),
 }
 

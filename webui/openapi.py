@@ -82,7 +82,11 @@ def document(config, runtime) -> dict:
         "413": _error(f"body over the size limit ({config['MAX_CONTENT_LENGTH']} bytes)"),
         "415": _error("not an image or PDF"),
         "422": _error("an image or PDF that cannot be read (corrupt, truncated, empty)"),
-        "503": _error("queue full (`Retry-After` header says when to try again) or engine unavailable"),
+        "503": _error(
+            "queue full, or (POST /ocr) as many synchronous requests already waiting as the app allows "
+            f"({config['SYNC_SLOTS']}; use POST /jobs instead): `Retry-After` says when to try again; or the engine "
+            "is unavailable"
+        ),
     }
     job_ref = {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}
     return {
@@ -213,6 +217,11 @@ def document(config, runtime) -> dict:
                         "pages_done": {"type": "integer"},
                         "pages_total": {"type": "integer"},
                         "position": {"type": ["integer", "null"], "description": "place in the queue, 1 = next"},
+                        "cancelling": {
+                            "type": "boolean",
+                            "description": "a cancel was asked; the job stops before its next page and keeps the "
+                            "pages read as a partial result (GET /jobs/{id}/result)",
+                        },
                         "error": {"type": ["string", "null"]},
                         "error_kind": {"type": ["string", "null"]},
                         "cached": {"type": "boolean"},
@@ -353,9 +362,15 @@ def document(config, runtime) -> dict:
                         "200": {
                             "description": "`web`, `engine` (state loading|ready|failed|stopped, `since`, "
                             "while loading the engine's `progress` words and any extra keys it reports, "
-                            "which engine and why), `queue`"
+                            "which engine and why), `queue`, `kiosk` (`seen`: when the kiosk's page last checked in)"
                         }
                     },
+                }
+            },
+            "/kiosk/alive": {
+                "get": {
+                    "summary": "The kiosk's page checks in (this machine's browser only; appliance.kiosk watches it)",
+                    "responses": {"204": {"description": "noted"}, "403": {"description": "not from this machine"}},
                 }
             },
             "/scan": {

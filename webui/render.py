@@ -4,9 +4,14 @@ The downloadable forms themselves (txt, md, json, searchable PDF) come from `app
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
+import gc
 import html
 import re
 import secrets
+import threading
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import quote
@@ -26,14 +31,30 @@ def attachment(source_name: str, fmt: str) -> str:
     return f"attachment; filename=\"{ascii_name}.{fmt}\"; filename*=UTF-8''{quote(stem)}.{fmt}"
 
 
+# Decoding pages for previews and PDF exports is what costs the web app memory (not the OCR: that is the worker's,
+# one page at a time). Two at once at most; other requests wait their turn. After each, the C heap's free pages go
+# back to the system: glibc keeps them otherwise, and one 100 MP page would leave the app GBs larger for good.
+_HEAVY = threading.BoundedSemaphore(2)
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
+@contextlib.contextmanager
+def heavy_work():
+    with _HEAVY:
+        try:
+            yield
+        finally:
+            gc.collect()
+            if hasattr(_libc, "malloc_trim"):
+                _libc.malloc_trim(0)
+
+
 def page_preview(path: Path, name: str, number: int) -> Image.Image | None:
     """Page `number` (1-based) of the stored input, RGB, longest side at most PREVIEW_PIXELS; None if no such page."""
-    with Document.open(path, name=name) as document:
+    with heavy_work(), Document.open(path, name=name) as document:
         if not 1 <= number <= document.page_count:
             return None
-        image = document.page(number - 1)
-    image.thumbnail((PREVIEW_PIXELS, PREVIEW_PIXELS))
-    return image
+        return document.page(number - 1, longest=PREVIEW_PIXELS)
 
 
 # ---- Markdown -> HTML ---------------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import secrets
+import threading
+import time
 
 from flask import Flask, abort, current_app, request, session
 
@@ -24,8 +26,11 @@ CSP = (
 
 
 def init_app(app: Flask) -> None:
-    app.config.setdefault("SESSION_COOKIE_SAMESITE", "Strict")  # no cross-site request carries the session
-    app.config.setdefault("SESSION_COOKIE_HTTPONLY", True)
+    # Not setdefault: Flask defines both keys already (SameSite as None). Strict: no request from another site
+    # carries the session, so another page cannot make a logged-in LAN browser post to the API.
+    if app.config.get("SESSION_COOKIE_SAMESITE") is None:
+        app.config["SESSION_COOKIE_SAMESITE"] = "Strict"
+    app.config["SESSION_COOKIE_HTTPONLY"] = True
     app.jinja_env.globals["csrf_token"] = csrf_token
 
     @app.after_request
@@ -47,7 +52,7 @@ def check_csrf() -> None:
     """For the pages' POSTs: the form field (or the X-CSRF-Token header, for fetch) must match the session's."""
     sent = request.form.get("csrf_token") or request.headers.get("X-CSRF-Token") or ""
     expected = session.get("csrf")
-    if not expected or not hmac.compare_digest(sent, expected):
+    if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):  # bytes: any text compares
         abort(400, description="this form has expired or did not come from this page; reload the page and try again")
 
 
@@ -63,9 +68,49 @@ def token_ok(sent: str) -> bool:
     return bool(token) and hmac.compare_digest(sent.encode(), token.encode())
 
 
+def token_fingerprint() -> str:
+    """What a logged-in session holds: tied to the token it was given for, so a new token ends every old login."""
+    token = current_app.config.get("LAN_TOKEN") or ""
+    return hmac.new(current_app.secret_key.encode(), token.encode(), "sha256").hexdigest()[:32]
+
+
+def log_in() -> None:
+    session["lan_ok"] = token_fingerprint()
+
+
+def logged_in() -> bool:
+    return hmac.compare_digest(str(session.get("lan_ok", "")).encode(), token_fingerprint().encode())
+
+
 def trusted() -> bool:
-    """No LAN token configured, or a loopback caller, or a valid bearer token, or a logged-in session."""
-    if not current_app.config.get("LAN_TOKEN") or is_loopback() or session.get("lan_ok"):
+    """No LAN token configured, or a loopback caller, or a valid bearer token, or a session logged in with the
+    current token."""
+    if not current_app.config.get("LAN_TOKEN") or is_loopback() or logged_in():
         return True
     scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
     return scheme.lower() == "bearer" and token_ok(sent.strip())
+
+
+class LoginLimiter:
+    """At most MAX_FAILURES wrong tokens per caller address in WINDOW seconds; then 429 until the window passes."""
+
+    MAX_FAILURES = 10
+    WINDOW = 60.0
+
+    def __init__(self):
+        self._failures: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def retry_after(self, address: str, now: float | None = None) -> int:
+        """0 when this caller may try; else the seconds until it may."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            recent = [t for t in self._failures.get(address, ()) if now - t < self.WINDOW]
+            self._failures[address] = recent
+            if len(recent) < self.MAX_FAILURES:
+                return 0
+            return max(1, int(self.WINDOW - (now - recent[0])) + 1)
+
+    def failed(self, address: str, now: float | None = None) -> None:
+        with self._lock:
+            self._failures.setdefault(address, []).append(time.monotonic() if now is None else now)

@@ -18,7 +18,7 @@ from webui import close_app, create_app
 log = logging.getLogger(__name__)
 
 TOKEN_ENV = "APPLIANCE_LAN_TOKEN"
-THREADS = 16  # each synchronous POST /ocr holds a thread while it waits for the queue
+THREADS = 16  # each synchronous POST /ocr holds a thread while it waits for the queue (at most SYNC_SLOTS of them)
 
 
 def make_server(app, host: str = "127.0.0.1", port: int = 8000):
@@ -30,6 +30,9 @@ def make_server(app, host: str = "127.0.0.1", port: int = 8000):
         threads=THREADS,
         ident="ocr-appliance",
         max_request_body_size=app.config["MAX_CONTENT_LENGTH"] + 1024 * 1024,
+        # Read ahead on each connection, so a waiting POST /ocr learns when its client hung up
+        # (environ["waitress.client_disconnected"]) and gives its thread back.
+        channel_request_lookahead=1,
     )
 
 

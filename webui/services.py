@@ -8,7 +8,7 @@ from pathlib import Path
 from flask import current_app, url_for
 
 from appliance import export
-from appliance.jobs import DONE, Job, Jobs
+from appliance.jobs import Job, Jobs
 from appliance.runtime import Runtime
 from webui import errors, i18n
 from webui.backend import KEY, Backend
@@ -29,6 +29,8 @@ def runtime_config() -> Runtime:
 
 def submit(data: bytes, name: str, req) -> Job:
     """Queue a file (the pages' upload and the API's POST /ocr and /jobs); not an image or PDF at all: 415."""
+    if not data:
+        raise errors.BadRequest(f"{name}: the file is empty")
     errors.check_type(data, name)
     return jobs().submit(data, name, req)
 
@@ -37,8 +39,9 @@ def job_json(job: Job) -> dict:
     body = job.to_dict()
     del body["cache_key"]
     body["position"] = jobs().position(job.id)
+    body["cancelling"] = jobs().cancelling(job.id)
     body["links"] = {"self": url_for("api.job_status", job_id=job.id)}
-    if job.state == DONE:  # every format: a program may ask for any (the UI offers only the configured outputs)
+    if job.has_result:  # every format: a program may ask for any (the UI offers only the configured outputs)
         body["links"].update({fmt: url_for("api.job_result", job_id=job.id, format=fmt) for fmt in export.FORMATS})
     return body
 

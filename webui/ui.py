@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, session, url_for
+from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, url_for
 
 from appliance import __version__, export, storage
+from appliance.ocr import images
 from appliance.ocr.tasks import EXTRACT_PRESETS, LANGUAGES, Request, Task
 from webui import errors, i18n, render, security, usb
 from webui.services import backend, jobs, runtime_config, scan_state, submit
@@ -160,8 +161,7 @@ def upload():
             path = usb.resolve(current_app.config["USB_ROOT"], form["usb_path"])
             if not path.is_file():
                 raise errors.BadRequest(f"'{form['usb_path']}' is not a file")
-            if path.stat().st_size > current_app.config["MAX_CONTENT_LENGTH"]:
-                raise errors.RequestEntityTooLarge()
+            images.check_size(path.stat().st_size, path.name)  # a stick's file is no upload: the files' own limit
             # Read now: the stick may be pulled while the job waits, and the job keeps its own copy anyway.
             data, name = path.read_bytes(), path.name
         else:
@@ -178,7 +178,7 @@ def upload():
 @bp.get("/job/<job_id>")
 def job(job_id):
     job = jobs().get(job_id)
-    result = jobs().result(job_id) if job.state == "done" else None
+    result = jobs().result(job_id) if job.has_result else None
     markdown = render.markdown_html(result.markdown) if result else ""
     return render_template(
         "job.html",
@@ -186,6 +186,7 @@ def job(job_id):
         result=result,
         markdown=markdown,
         position=jobs().position(job_id),
+        cancelling=jobs().cancelling(job_id),
         formats=runtime_config().outputs,  # the image's configured download formats
     )
 
@@ -311,9 +312,16 @@ def login():
         target = url_for("ui.home")
     if request.method == "POST":
         security.check_csrf()
+        limiter = current_app.extensions.setdefault("login_limiter", security.LoginLimiter())
+        address = request.remote_addr or ""
+        wait = limiter.retry_after(address)
+        if wait:
+            page = render_template("login.html", next=target, failed=True, wait=wait)
+            return page, 429, {"Retry-After": str(wait)}
         if security.token_ok(request.form.get("token", "")):
-            session["lan_ok"] = True
+            security.log_in()
             return redirect(target, code=303)
+        limiter.failed(address)
         return render_template("login.html", next=target, failed=True), 401
     return render_template("login.html", next=target, failed=False)
 

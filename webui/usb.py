@@ -11,9 +11,13 @@ from pathlib import Path
 from appliance.ocr.images import EXTENSIONS
 from webui.errors import BadRequest
 
+MAX_PATH = 4096  # Linux's PATH_MAX: anything longer is no path on a stick (and os calls fail on it)
+
 
 def resolve(root: str | Path, rel: str) -> Path:
     """USB_ROOT/rel, refusing anything that leaves USB_ROOT or passes through a symbolic link."""
+    if len(rel or "") > MAX_PATH:
+        raise BadRequest("that path is too long for a USB stick's folder")
     base = Path(root).resolve()
     path = base
     for part in Path(rel or ".").parts:
@@ -22,7 +26,11 @@ def resolve(root: str | Path, rel: str) -> Path:
         if part == ".." or part.startswith("/"):
             raise BadRequest(f"'{rel}' is outside the USB media folder")
         path = path / part
-        if path.is_symlink():
+        try:
+            link = path.is_symlink()
+        except OSError:  # a name too long for any filesystem, an I/O error
+            raise BadRequest(f"'{rel[:200]}' is not a path on the USB stick") from None
+        if link:
             raise BadRequest(f"'{rel}' is a link; pick the file itself")
     if not path.exists():
         raise BadRequest(f"'{rel}' is no longer there; was the USB stick removed?")
@@ -42,6 +50,8 @@ def listing(root: str | Path, rel: str = "") -> dict:
         children = sorted(folder.iterdir(), key=lambda p: (not p.is_dir(), p.name.lower()))
     except PermissionError:
         raise BadRequest(f"'{rel}' cannot be read (permission denied)") from None
+    except OSError as error:  # a stick pulled while listing, an I/O error on a failing stick
+        raise BadRequest(f"'{rel}' cannot be read ({error.strerror or error}); was the USB stick removed?") from None
     for child in children:
         if child.name.startswith((".", "~$")) or child.is_symlink():
             continue

@@ -192,6 +192,26 @@ def _number(value: float) -> str:
     return f"{rounded:.{decimals}f}".rstrip("0").rstrip(".")
 
 
+BLANK_SPREAD = 32  # grey levels away from the paper's (the median's) that count as ink
+BLANK_INK_PIXELS = 4  # fewer such pixels in a 512-pixel copy: a blank page (a separator sheet, an empty back side)
+
+
+def is_blank(image: Image.Image) -> bool:
+    """No ink on the page: nothing clearly darker or lighter than the paper in a box-averaged 512-pixel grey copy
+    (averaging keeps a thin stroke tens of levels away from the paper; scanner noise stays within a few)."""
+    grey = image.convert("L")
+    grey.thumbnail((512, 512), Image.Resampling.BOX)
+    histogram = grey.histogram()
+    half, seen, paper = sum(histogram) / 2, 0, 0
+    for level, count in enumerate(histogram):
+        seen += count
+        if seen >= half:
+            paper = level
+            break
+    ink = sum(histogram[: max(0, paper - BLANK_SPREAD)]) + sum(histogram[paper + BLANK_SPREAD + 1 :])
+    return ink < BLANK_INK_PIXELS
+
+
 def _pixel_reason(width: int, height: int) -> str | None:
     """Why an image of this size is refused, or None when it is acceptable."""
     if width * height <= MAX_PAGE_PIXELS:
@@ -281,7 +301,7 @@ def _read_file(path: str | os.PathLike, name: str) -> bytes:
         if not stat.S_ISREG(info.st_mode):
             # A FIFO or device would block or never end.
             raise InputError(name, "is not a regular file")
-        _check_size(info.st_size, name)
+        check_size(info.st_size, name)
         with open(path, "rb") as file:
             data = file.read(MAX_FILE_BYTES + 1)  # + 1: notice a file that grew after stat()
     except FileNotFoundError:
@@ -292,11 +312,11 @@ def _read_file(path: str | os.PathLike, name: str) -> bytes:
         raise InputError(name, "is a directory, not a file") from None
     except OSError as error:
         raise InputError(name, f"cannot read the file: {error.strerror or error}") from None
-    _check_size(len(data), name)
+    check_size(len(data), name)
     return data
 
 
-def _check_size(size: int, name: str) -> None:
+def check_size(size: int, name: str) -> None:
     if size == 0:
         raise InputError(name, "empty file (0 bytes)")
     if size > MAX_FILE_BYTES:
@@ -326,7 +346,7 @@ class Document:
         if isinstance(source, (bytes, bytearray, memoryview)):
             name = name or "upload"
             data = bytes(source)
-            _check_size(len(data), name)
+            check_size(len(data), name)
         else:
             name = name or os.path.basename(os.fspath(source)) or os.fspath(source)
             data = _read_file(source, name)
@@ -358,17 +378,21 @@ class Document:
         for index in range(self.page_count):
             yield self.page(index)
 
-    def page(self, index: int) -> Image.Image:
-        """Page `index` (0-based) as an RGB image. IndexError outside 0..page_count-1."""
+    def page(self, index: int, longest: int | None = None) -> Image.Image:
+        """Page `index` (0-based) as an RGB image. IndexError outside 0..page_count-1.
+
+        `longest`: a preview, at most this many pixels on its longest side, made without ever holding the full-size
+        RGB page (a 100 MP page is 300 MB in RGB: PDFs render small, JPEGs decode at a fraction, other images
+        shrink in their own mode before the conversion)."""
         if self._closed:
             raise ValueError(f"document {self.name} is closed")
         if not isinstance(index, int) or not 0 <= index < self.page_count:
             raise IndexError(f"page index {index} out of range: {self.name} has {self.page_count} page(s)")
         if self._pdf is not None:
-            return self._render_pdf_page(index)
-        return self._decode_raster_page(index)
+            return self._render_pdf_page(index, longest)
+        return self._decode_raster_page(index, longest)
 
-    def _decode_raster_page(self, index: int) -> Image.Image:
+    def _decode_raster_page(self, index: int, longest: int | None = None) -> Image.Image:
         number = index + 1
         # A fresh header parse per page: cheap, keeps no decoded frame alive between pages, and lets two threads
         # read different pages of one document.
@@ -379,6 +403,18 @@ class Document:
             reason = _pixel_reason(*image.size)  # each TIFF frame has its own size
             if reason:
                 raise InputError(self.name, f"page {number}: {reason}")
+            if longest:
+                image.draft("RGB", (longest, longest))  # JPEG: decode at 1/2, 1/4 or 1/8 scale
+                image.load()
+                small = image.convert("L") if image.mode == "1" else image  # "1" cannot be resampled
+                try:
+                    factor = max(1, max(small.size) // longest)
+                    small = small.reduce(factor) if factor > 1 else small
+                    small.thumbnail((longest, longest))
+                except ValueError:  # a mode Pillow cannot resample (16-bit): convert first, then shrink
+                    small = to_rgb(small)
+                    small.thumbnail((longest, longest))
+                return to_rgb(ImageOps.exif_transpose(small))
             image.load()
             return to_rgb(ImageOps.exif_transpose(image))
         except InputError:
@@ -391,7 +427,7 @@ class Document:
         finally:
             image.close()
 
-    def _render_pdf_page(self, index: int) -> Image.Image:
+    def _render_pdf_page(self, index: int, longest: int | None = None) -> Image.Image:
         number = index + 1
         with _PDFIUM_LOCK:
             if self._pdf is None:  # closed by another thread since page() checked
@@ -404,7 +440,10 @@ class Document:
                 width_pt, height_pt = page.get_size()
                 if width_pt < 1 or height_pt < 1:
                     raise InputError(self.name, f"page {number}: PDF page has no area ({width_pt}x{height_pt} pt)")
-                bitmap = page.render(scale=pdf_render_scale(width_pt, height_pt))  # white background, forms drawn
+                scale = pdf_render_scale(width_pt, height_pt)
+                if longest:
+                    scale = min(scale, longest / max(width_pt, height_pt))
+                bitmap = page.render(scale=scale)  # white background, forms drawn
                 try:
                     image = bitmap.to_pil()  # BGR bitmap -> a copied RGB image, independent of the bitmap
                 finally:

@@ -9,16 +9,21 @@ import time
 from collections.abc import Callable
 
 from appliance.ocr.engines.base import Engine, check_task
-from appliance.ocr.images import Document
-from appliance.ocr.result import OcrResult
+from appliance.ocr.images import Document, is_blank
+from appliance.ocr.result import OcrResult, Page
 from appliance.ocr.tasks import Request
 
+BLANK_PAGE = "blank page: not sent to the OCR engine"  # the page's warning when it had no ink
 # progress(done_pages, total_pages); called once before the first page and after each page.
 Progress = Callable[[int, int], None]
 
 
 class Cancelled(Exception):
-    """The caller's `cancelled()` said stop between two pages."""
+    """The caller's `cancelled()` said stop between two pages. `partial`: the pages read until then (None: none)."""
+
+    def __init__(self, message: str, partial: OcrResult | None = None):
+        super().__init__(message)
+        self.partial = partial
 
 
 def recognize_document(
@@ -34,24 +39,31 @@ def recognize_document(
     pages = []
     if progress:
         progress(0, total)
+
+    def result() -> OcrResult:
+        return OcrResult(
+            source=document.name,
+            task=request.task.value,
+            options=request.options(),
+            engine=engine.info,
+            pages=pages,
+            timings={"ocr": round(time.perf_counter() - started, 3)},
+        )
+
     for number, image in enumerate(document.pages(), start=1):
         if cancelled and cancelled():
-            raise Cancelled(f"{document.name}: cancelled after {number - 1} of {total} pages")
+            partial = result() if pages else None
+            raise Cancelled(f"{document.name}: cancelled after {number - 1} of {total} pages", partial)
         page_started = time.perf_counter()
-        page = engine.recognize(image, request)
+        # A blank page (separator sheets, empty back sides of duplex scans) costs a model seconds to minutes and
+        # can only give noise: it is not sent to the engine.
+        page = Page(warnings=[BLANK_PAGE]) if is_blank(image) else engine.recognize(image, request)
         page.number, page.width, page.height = number, image.width, image.height
         page.seconds = round(time.perf_counter() - page_started, 3)
         pages.append(page)
         if progress:
             progress(number, total)
-    return OcrResult(
-        source=document.name,
-        task=request.task.value,
-        options=request.options(),
-        engine=engine.info,
-        pages=pages,
-        timings={"ocr": round(time.perf_counter() - started, 3)},
-    )
+    return result()
 
 
 def recognize_file(

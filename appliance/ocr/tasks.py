@@ -110,9 +110,15 @@ class Request:
     @classmethod
     def make(cls, task: str | Task, fields=None, target_lang: str | None = None) -> Request:
         """Validate and normalise: parse the task, split 'a,b' field lists, check the language code."""
+        if not isinstance(task, str | Task):
+            raise ValueError(f"the task must be a name such as 'text', not {type(task).__name__}")
         task = parse_task(task)
         if isinstance(fields, str):
             fields = fields.split(",")
+        if fields is not None and not (isinstance(fields, list | tuple) and all(isinstance(f, str) for f in fields)):
+            raise ValueError("fields must be names: a list of strings or one comma-separated string")
+        if target_lang is not None and not isinstance(target_lang, str):
+            raise ValueError("target_lang must be a language code such as 'en'")
         fields = tuple(f.strip() for f in (fields or ()) if f and f.strip())
         if task is Task.EXTRACT and not fields:
             raise ValueError("task 'extract' needs field names, e.g. --fields 'name,date,total'")

@@ -7,11 +7,22 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 import time
 from pathlib import Path
 
-from imagebuilder.boottest.sticks import INBOX_FILE, OCR_TEXT, STICK_FILE, STICK_LABEL, text_png
+import numpy as np
+
+from imagebuilder.boottest.sticks import (
+    INBOX_FILE,
+    LETTER_TEXT,
+    OCR_TEXT,
+    STICK_FILE,
+    STICK_LABEL,
+    letter_png,
+    text_png,
+)
 from imagebuilder.boottest.vm import STICK_DEVICE, Vm
 
 # What the kiosk screen must show (read off the screenshot by our own CPU engine): the UI's navigation, so neither
@@ -29,6 +40,34 @@ HOST_CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+# ---- reading text back: character error rate (the boot test's full page, bench.cpu_engine) -------------------
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance, one numpy row at a time (pages have thousands of characters)."""
+    if not a or not b:
+        return len(a) or len(b)
+    codes_b = np.array([ord(c) for c in b])
+    positions = np.arange(len(b) + 1)
+    previous = positions.copy()
+    for i, char in enumerate(a, start=1):
+        # Deletion or substitution from the row above; insertions (moving right in this row) via a running minimum.
+        candidate = np.empty_like(previous)
+        candidate[0] = i
+        candidate[1:] = np.minimum(previous[1:] + 1, previous[:-1] + (codes_b != ord(char)))
+        previous = np.minimum.accumulate(candidate - positions) + positions
+    return int(previous[-1])
+
+
+def normalise(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def cer(truth: str, guess: str) -> float:
+    truth, guess = normalise(truth), normalise(guess)
+    return edit_distance(truth, guess) / max(len(truth), 1)
 
 
 def check_ocr(vm: Vm, token: str, result: dict) -> list[str]:
@@ -51,6 +90,40 @@ def check_ocr(vm: Vm, token: str, result: dict) -> list[str]:
     if status != 200 or (answer.get("text") or "").strip() != OCR_TEXT:
         problems.append(f"POST /ocr: {status} {answer.get('text') or body[:200]!r}, expected {OCR_TEXT!r}")
     return problems
+
+
+FULL_PAGE_MAX_CER = 0.05  # what the CPU engine reads on this clean letter is far better; 5% leaves room for a line
+
+
+def check_full_page(vm: Vm, token: str, result: dict, timeout: float = 1200) -> list[str]:
+    """A full A4 letter through the async jobs API (a page takes minutes under emulation: no request waits that
+    long), read back with a character error rate of at most FULL_PAGE_MAX_CER."""
+    sent = time.monotonic()
+    status, body = vm.http(
+        "/jobs",
+        token,
+        timeout=60,
+        body={"image": base64.b64encode(letter_png()).decode(), "task": "text", "filename": "letter.png"},
+    )
+    if status != 202:
+        return [f"POST /jobs with a full page: {status} {body[:200]!r}"]
+    job_id = json.loads(body)["id"]
+    job: dict = {}
+    while time.monotonic() - sent < timeout:
+        status, body = vm.http(f"/jobs/{job_id}", token, timeout=30)
+        job = json.loads(body) if status == 200 else {}
+        if job.get("state") in ("done", "failed", "cancelled"):
+            break
+        time.sleep(10)
+    result["full_page_seconds"] = round(time.monotonic() - sent, 1)
+    if job.get("state") != "done":
+        return [f"full page job {job_id}: {job.get('state', 'no answer')} {job.get('error') or ''}".strip()]
+    status, body = vm.http(f"/jobs/{job_id}/result?format=json", token, timeout=60)
+    text = (json.loads(body).get("text") or "") if status == 200 else ""
+    result["full_page_cer"] = round(cer(LETTER_TEXT, text), 4)
+    if result["full_page_cer"] > FULL_PAGE_MAX_CER:
+        return [f"full page read with CER {result['full_page_cer']} (> {FULL_PAGE_MAX_CER}): {text[:200]!r}"]
+    return []
 
 
 def usb_names(vm: Vm, token: str, path: str) -> list[str] | None:

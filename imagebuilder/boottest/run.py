@@ -22,6 +22,7 @@ from imagebuilder.boottest.capture import (
 )
 from imagebuilder.boottest.checks import (
     KIOSK_TEXT,
+    check_full_page,
     check_ocr,
     check_read_only_stick,
     check_scan_stick,
@@ -83,6 +84,7 @@ def boot_once(
         api_problems = []
         if lan and health == 200:
             api_problems += check_ocr(vm, token, result)
+            api_problems += check_full_page(vm, token, result)
             if stick:
                 scan_check = check_read_only_stick if stick_fs.endswith("-dirty") else check_scan_stick
                 api_problems += scan_check(vm, token, result)

@@ -38,6 +38,40 @@ def text_png(text: str, width: int = 900) -> bytes:
     return buf.getvalue()
 
 
+# A real, full page (issue 18): an A4 letter at 150 dpi (1240x1754), a dozen lines of ordinary text in two sizes,
+# the kind of page people scan. The boot test reads it back through the jobs API and checks the text.
+LETTER_LINES = (
+    ("Northfield Water Authority", 44),
+    ("Customer Services, 14 Mill Lane, Northfield NF2 8QT", 26),
+    ("Account number 4471 2093 Invoice 2026-118", 26),
+    ("Dear Ms Alvarez,", 30),
+    ("Thank you for your letter of 12 November about the reading", 30),
+    ("taken at your property on 3 October. We have checked the", 30),
+    ("meter and found that the reading was entered as 18432", 30),
+    ("instead of 14832. Your account has been corrected and the", 30),
+    ("balance of 63.40 will be refunded within ten working days.", 30),
+    ("If you have any questions, please call 0800 555 0199", 30),
+    ("between 8am and 6pm, Monday to Friday.", 30),
+    ("Yours sincerely,", 30),
+    ("Daniel Okafor, Billing Team", 30),
+)
+LETTER_TEXT = "\n".join(line for line, _ in LETTER_LINES)
+
+
+def letter_png() -> bytes:
+    """LETTER_LINES typeset on an A4 page at 150 dpi, black on white, as a PNG."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    page = Image.new("RGB", (1240, 1754), "white")
+    draw, y = ImageDraw.Draw(page), 150
+    for line, size in LETTER_LINES:
+        draw.text((120, y), line, fill="black", font=ImageFont.truetype(FONT, size))
+        y += int(size * 2.2)
+    buf = io.BytesIO()
+    page.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 STICK_TOOLS = {  # filesystem -> (format command, FUSE mount command, Debian packages)
     "exfat": (["mkfs.exfat", "-L", STICK_LABEL], ["mount.exfat-fuse"], "exfatprogs exfat-fuse"),
     "ntfs": (["mkntfs", "-F", "-Q", "-L", STICK_LABEL], ["ntfs-3g"], "ntfs-3g"),

@@ -17,8 +17,8 @@ pytest.importorskip("rapidocr")
 from appliance.ocr.engines.cpu import CpuEngine
 from appliance.ocr.errors import TaskNotSupported
 from appliance.ocr.tasks import Request, Task
-from bench.cpu_engine import cer
 from bench.dataset import CJK, SANS, make_sample
+from imagebuilder.boottest.checks import cer
 
 SPOTTING = Request.make("spotting")
 TEXT = Request.make("text")

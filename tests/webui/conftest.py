@@ -6,7 +6,7 @@ import io
 import re
 
 import pytest
-from fake_engine import FakeEngine
+from fake_engine import FakeEngine, page_image
 from PIL import Image
 
 from appliance.jobs import Jobs
@@ -49,7 +49,7 @@ def png_bytes():
 
 def image_bytes(fmt="PNG", size=(120, 60), color="white") -> bytes:
     buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, format=fmt)
+    page_image(size, color).save(buf, format=fmt)
     return buf.getvalue()
 
 
@@ -85,14 +85,14 @@ class LiveServer:
         self.jobs = app.extensions["backend"].jobs
 
 
-def serve_in_thread(app):
-    """Start waitress on a free loopback port; returns (LiveServer, stop)."""
+def serve_in_thread(app, port: int = 0):
+    """Start waitress on loopback (port 0: a free one); returns (LiveServer, stop)."""
     import threading
 
     from webui.server import make_server
     from webui.server import stop as stop_server
 
-    server = make_server(app, "127.0.0.1", 0)
+    server = make_server(app, "127.0.0.1", port)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
 

@@ -244,3 +244,72 @@ def test_a_failed_jobs_status_comes_from_the_one_error_table():
         503,
     ]
     assert errors.failed_job_status("internal") == errors.failed_job_status(None) == 500
+
+
+def test_a_file_set_aside_for_crashing_the_service_says_so_in_the_pages_language(tmp_path, png_bytes):
+    import sqlite3
+    import threading
+
+    from fake_engine import FakeEngine
+
+    from appliance.jobs import MAX_RETRIES, Jobs
+    from appliance.ocr.tasks import Request
+    from webui import close_app, create_app, errors
+
+    data = tmp_path / "data"
+    never = threading.Event()  # the first service never gets its engine: the job stays queued until it "dies"
+    jobs = Jobs(data, lambda report: never.wait())
+    job = jobs.submit(png_bytes, "poison.png", Request.make("spotting"))
+    jobs.close(timeout=0.1)
+    with sqlite3.connect(data / "jobs.sqlite") as db:  # as the process left it when it died for the last time allowed
+        db.execute("UPDATE jobs SET state='running', retries=? WHERE id=?", (MAX_RETRIES, job.id))
+    app = create_app(
+        {"DATA_DIR": str(data), "ENGINE": "cpu", "JOBS": Jobs(data, lambda r: FakeEngine()), "TESTING": True}
+    )
+    try:
+        client = app.test_client()
+        response = client.get(f"/jobs/{job.id}/result")
+        assert response.status_code == 409 and "stopped the OCR service 3 times" in response.get_json()["detail"]
+        assert errors.failed_job_status("Crashed") == 422  # what POST /ocr answers for it: the file is the cause
+        client.set_cookie("lang", "zh")
+        page = client.get(f"/job/{job.id}").get_data(as_text=True)
+        assert "此文件已 3 次导致 OCR 服务中断" in page
+    finally:
+        close_app(app, timeout=5)
+
+
+def test_only_this_machines_kiosk_checks_in(client):
+    assert client.get("/health").get_json()["kiosk"] == {"seen": None}
+    refused = client.get("/kiosk/alive", environ_base={"REMOTE_ADDR": "192.0.2.5"})
+    assert refused.status_code == 403 and client.get("/health").get_json()["kiosk"]["seen"] is None
+    assert client.get("/kiosk/alive").status_code == 204  # the test client is loopback, as the kiosk is
+    assert client.get("/health").get_json()["kiosk"]["seen"] > 0
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"task": "extract", "fields": [1, 2, 3]},
+        {"task": "extract", "fields": 5},
+        {"task": "translate", "target_lang": 5},
+        {"task": "translate", "target_lang": ["en"]},
+        {"task": 7},
+    ],
+)
+@pytest.mark.parametrize("path", ["/ocr", "/jobs"])
+def test_options_of_the_wrong_type_are_a_400_that_says_which(client, png_bytes, path, options):
+    body = {"image": base64.b64encode(png_bytes).decode(), **options}
+    response = client.post(path, json=body)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    detail = response.get_json()["detail"]
+    assert "Traceback" not in detail and "TypeError" not in detail
+    assert any(word in detail for word in ("fields", "target_lang", "task"))
+
+
+def test_odd_listing_and_paging_requests_are_answered_in_json(client):
+    response = client.get("/usb/list?path=" + "a" * 5000)
+    assert response.status_code == 400 and response.is_json
+    response = client.get("/usb/list?path=" + "b" * 300)  # one name longer than any filesystem allows
+    assert response.status_code == 400 and response.is_json
+    response = client.get(f"/jobs?offset={2**70}")
+    assert response.status_code == 200 and response.get_json()["jobs"] == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -268,9 +269,9 @@ def test_progress_page_by_page_and_cancel(page, model_server, tmp_path):
     import io
     import threading
 
-    from PIL import Image
+    from fake_engine import page_image
 
-    pages = [Image.new("RGB", (300, 400), "white") for _ in range(3)]
+    pages = [page_image((300, 400)) for _ in range(3)]
     pdf = tmp_path / "long.pdf"
     buf = io.BytesIO()
     pages[0].save(buf, format="PDF", save_all=True, append_images=pages[1:])
@@ -285,9 +286,13 @@ def test_progress_page_by_page_and_cancel(page, model_server, tmp_path):
         page.screenshot(path=SHOTS / "progress-en.png")
         page.click("#cancel")
         page.wait_for_selector("#progress-text:has-text('Page 1 of 3')")  # still on page 1: stops before page 2
+        cancel = page.locator("#cancel")
+        assert cancel.is_disabled() and "Cancelling" in cancel.inner_text()  # said at once, not clickable twice
         gate.set()
         page.wait_for_selector("#job-state:has-text('Cancelled')")
-        assert "cancelled" in page.locator("#job-error").inner_text()
+        note = page.locator("#job-error")
+        assert "Cancelled after 1 of 3 pages" in note.inner_text() and "info" in note.get_attribute("class")
+        assert page.locator("#out-text").inner_text().startswith("HELLO")  # the page read is kept
     finally:
         gate.set()
         model_server.engine.gate = None
@@ -437,3 +442,107 @@ def test_touch_layout_fits_the_screen(page, model_server, scan_server, tmp_path,
             problems.append(f"{name}: {layout['scrollWidth']} px wide in a {layout['innerWidth']} px window")
         problems += [f"{name}: {what!r} '{text}' is {h:.0f} px tall" for what, text, h in layout["small"]]
     assert problems == [], "\n".join(problems)
+
+
+def test_kiosk_page_checks_in_and_comes_back_after_the_app_restarts(browser, tmp_path):
+    """What appliance.kiosk relies on: a page opened with ?kiosk=1 checks in; while the web app is away it says
+    so; once the app is back (a new process: it knows nothing of the page) the page reloads and checks in again."""
+    from conftest import serve_in_thread
+    from fake_engine import FakeEngine
+
+    from appliance.jobs import Jobs
+    from webui import create_app
+
+    def start(port=0):
+        data = tmp_path / "data"
+        app = create_app({"DATA_DIR": str(data), "ENGINE": "cpu", "JOBS": Jobs(data, lambda r: FakeEngine())})
+        return serve_in_thread(app, port)
+
+    live, stop = start()
+    page = browser.new_page()  # not the `page` fixture: the refused requests while the app is away are expected
+    try:
+        page.goto(live.url + "/?kiosk=1")
+        page.wait_for_function("true")
+        seen = live.app.extensions["backend"]
+        deadline = time.monotonic() + 20
+        while seen.kiosk_seen is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert seen.kiosk_seen is not None
+        page.click("nav a[href='/history']")  # the kiosk flag stays with the tab, not with one URL
+        page.wait_for_url("**/history")
+        port = int(live.url.rsplit(":", 1)[1])
+        stop()
+        page.wait_for_selector("#reconnecting", state="visible", timeout=20_000)
+        live, stop = start(port)
+        page.wait_for_selector("#reconnecting", state="hidden", timeout=20_000)  # reloaded from the new app
+        assert page.url.endswith("/history")
+        deadline = time.monotonic() + 20
+        while live.app.extensions["backend"].kiosk_seen is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert live.app.extensions["backend"].kiosk_seen is not None
+    finally:
+        page.close()
+        stop()
+
+
+def test_keyboard_reaches_copy_and_download_in_a_few_tabs(page, cpu_server, tmp_path):
+    """Issue 14: a 3-page result took 268 Tab presses to reach Copy. Now: one Tab stop per page's boxes (arrow keys
+    go from box to box) and a skip link to the text; the drop zone shows where the focus is."""
+    import io
+
+    from PIL import Image
+
+    lines = [f"Line {n} of the page" for n in range(1, 13)]
+    pages = [Image.open(io.BytesIO(text_image(lines, size=(900, 900)))).convert("RGB") for _ in range(3)]
+    pdf = tmp_path / "three.pdf"
+    pages[0].save(pdf, format="PDF", save_all=True, append_images=pages[1:], resolution=100)
+    page.goto(cpu_server.url + "/")
+    page.keyboard.press("Tab")
+    for _ in range(30):  # to the file input inside the drop zone
+        if page.evaluate("document.activeElement.id") == "file":
+            break
+        page.keyboard.press("Tab")
+    outline = page.evaluate("getComputedStyle(document.querySelector('#drop')).outlineStyle")
+    assert outline == "solid"
+    page.set_input_files("#file", str(pdf))
+    page.check("input[value=spotting]", force=True)
+    page.click("#start")
+    page.wait_for_selector("#out-text", timeout=180_000)
+    assert page.locator("svg.overlay rect.box").count() >= 30
+    presses = 0
+    while page.evaluate("document.activeElement.dataset.copy || ''") != "out-text":
+        page.keyboard.press("Tab")
+        presses += 1
+        assert presses <= 25, page.evaluate("document.activeElement.outerHTML.slice(0, 120)")
+    first_box = page.locator("svg.overlay").first.locator("rect.box")
+    first_box.first.focus()
+    page.keyboard.press("ArrowRight")
+    assert page.evaluate("document.activeElement.dataset.text") == first_box.nth(1).get_attribute("data-text")
+
+
+def test_a_file_over_the_upload_limit_is_refused_before_it_is_sent(browser, tmp_path):
+    """Issue 14: an oversized body got the server's bare text/plain 413, a page with no way back in the kiosk."""
+    from conftest import serve_in_thread
+    from fake_engine import FakeEngine
+
+    from appliance.jobs import Jobs
+    from webui import create_app
+
+    data = tmp_path / "data"
+    config = {"DATA_DIR": str(data), "ENGINE": "cpu", "JOBS": Jobs(data, lambda r: FakeEngine())}
+    live, stop = serve_in_thread(create_app({**config, "MAX_CONTENT_LENGTH": 3 * 2**20}))
+    page = browser.new_page()
+    try:
+        big = tmp_path / "big.pdf"
+        big.write_bytes(b"%PDF-1.4\n" + b"0" * (3 * 2**20))
+        page.goto(live.url + "/")
+        page.set_input_files("#file", str(big))
+        assert page.locator("#too-big").is_visible() and "2 MB" in page.locator("#too-big").inner_text()
+        assert page.locator("#chosen").is_hidden() and page.evaluate("document.querySelector('#file').value") == ""
+        small = tmp_path / "small.png"
+        small.write_bytes(text_image(["ok"]))
+        page.set_input_files("#file", str(small))
+        assert page.locator("#too-big").is_hidden() and page.locator("#chosen-name").inner_text() == "small.png"
+    finally:
+        page.close()
+        stop()

@@ -111,10 +111,13 @@ def test_configured_default_task_is_the_apis_default(site_config, app):
 
 
 def test_without_a_config_every_format_is_offered_and_json_is_the_default(client):
-    job_id = done_job(client)
+    job_id = done_job(client, {"task": "doc"})
     html = client.get(f"/job/{job_id}").get_data(as_text=True)
     assert re.findall(r'data-format="(\w+)"', html) == ["txt", "md", "json", "pdf"]
     assert client.get(f"/jobs/{job_id}/result").mimetype == "application/json"
+    # A task without Markdown offers no .md: it would only repeat the .txt.
+    html = client.get(f"/job/{done_job(client)}").get_data(as_text=True)
+    assert re.findall(r'data-format="(\w+)"', html) == ["txt", "json", "pdf"]
 
 
 def test_configured_outputs_are_the_job_pages_downloads_and_the_apis_default(site_config, app):

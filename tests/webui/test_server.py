@@ -4,14 +4,17 @@ the reference articles' two client snippets run as published (only the address a
 from __future__ import annotations
 
 import base64
+import io
 import json
 
 import pytest
 import requests
 from conftest import serve_in_thread, text_image
-from fake_engine import FakeEngine
+from fake_engine import FakeEngine, page_image
+from PIL import Image
 
 from appliance.jobs import Jobs
+from appliance.ocr.tasks import Request
 from webui import create_app
 from webui.server import is_loopback, serve
 
@@ -188,3 +191,129 @@ def test_appliance_serve_command_starts_and_stops_cleanly(tmp_path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     assert (tmp_path / "jobs.sqlite").exists()
+
+
+def test_many_waiting_ocr_requests_leave_the_app_answering(tmp_path):
+    """Issue 14's freeze: 1 long + 15 small synchronous POST /ocr at once used to take every server thread. Now
+    at most SYNC_SLOTS wait; the rest get 503 + Retry-After at once; GET /health and the pages stay quick; a client
+    that hangs up gives its thread back and its job is cancelled."""
+    import concurrent.futures
+    import socket
+    import threading
+    import time
+
+    gate = threading.Event()  # the engine is busy with the first page until the test opens it
+    jobs = Jobs(tmp_path / "data", lambda report: FakeEngine(gate=gate))
+    app = create_app({"DATA_DIR": str(tmp_path / "data"), "ENGINE": "cpu", "JOBS": jobs})
+    live, stop = serve_in_thread(app)
+    slots = app.config["SYNC_SLOTS"]
+    try:
+
+        def ocr(i):
+            files = {"file": (f"p{i}.png", png(i), "image/png")}
+            return requests.post(f"{live.url}/ocr", files=files, data={"task": "text"}, timeout=60)
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            answers = [pool.submit(ocr, i) for i in range(16)]
+            deadline = time.monotonic() + 20
+            while sum(a.done() for a in answers) < 16 - slots and time.monotonic() < deadline:
+                time.sleep(0.1)
+            refused = [a.result() for a in answers if a.done()]
+            assert len(refused) == 16 - slots and all(r.status_code == 503 for r in refused)
+            assert all(int(r.headers["Retry-After"]) >= 1 and "POST /jobs" in r.json()["detail"] for r in refused)
+            for path in ("/health", "/", "/jobs"):
+                started = time.monotonic()
+                assert requests.get(live.url + path, timeout=5).status_code == 200
+                assert time.monotonic() - started < 1.0, path
+            gate.set()
+            assert sorted(a.result().status_code for a in answers) == [200] * slots + [503] * (16 - slots)
+
+        gate.clear()
+        jobs.submit(png(98), "blocker.png", Request.make("text"))  # holds the engine: the next job waits queued
+        raw = socket.create_connection(("127.0.0.1", int(live.url.rsplit(":", 1)[1])))
+        body = png(99)
+        boundary = "b0undary"
+        form = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="gone.png"\r\n'
+                f"Content-Type: image/png\r\n\r\n"
+            ).encode()
+            + body
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        head = (
+            f"POST /ocr HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
+            f"Content-Length: {len(form)}\r\n\r\n"
+        )
+        raw.sendall(head.encode() + form)
+        deadline = time.monotonic() + 10
+        while not any(j.name == "gone.png" for j in jobs.list()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        raw.close()  # the caller hangs up while its page waits behind the gated one
+        deadline = time.monotonic() + 10
+        gone = next(j for j in jobs.list() if j.name == "gone.png")
+        while jobs.get(gone.id).state not in ("cancelled",) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert jobs.get(gone.id).state == "cancelled"
+        assert app.extensions["backend"].sync_slots._value == slots  # its thread and slot are free again
+        gate.set()
+    finally:
+        gate.set()
+        stop()
+
+
+def png(seed: int) -> bytes:
+    """A small distinct image per request (so none is answered from the result cache)."""
+    buf = io.BytesIO()
+    page_image((40 + seed, 20)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+PREVIEW_SERVER = """
+import sys, threading
+sys.path[:0] = sys.argv[2:4]
+from fake_engine import FakeEngine, page_image
+from appliance.jobs import Jobs
+from webui import create_app
+from webui.server import make_server
+
+app = create_app({"DATA_DIR": sys.argv[1], "ENGINE": "cpu", "JOBS": Jobs(sys.argv[1], lambda r: FakeEngine())})
+server = make_server(app, "127.0.0.1", 0)
+print(server.effective_port, flush=True)
+server.run()
+"""
+PREVIEW_MEMORY_BOUND = 1024 * 2**20  # bytes of peak RSS for the web app serving 16 previews of a 100 MP page at once
+
+
+def test_sixteen_previews_of_a_100_megapixel_page_stay_under_the_memory_bound(tmp_path):
+    """Issue 14: a 25 KB 10000x10000 1-bit PNG took the server from 1.1 to 2.8 GB with four previews and kept it.
+    Previews now decode small, two at a time, and hand the memory back."""
+    import concurrent.futures
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parents[1]
+    server = subprocess.Popen(
+        [sys.executable, "-c", PREVIEW_SERVER, str(tmp_path / "data"), str(tests.parent), str(tests)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{server.stdout.readline().strip()}"
+        buf = io.BytesIO()
+        Image.new("1", (10000, 10000), 1).save(buf, format="PNG")
+        job = requests.post(f"{url}/jobs", files={"file": ("huge.png", buf.getvalue(), "image/png")}, timeout=60)
+        assert job.status_code == 202, job.text
+        job_id = job.json()["id"]
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            previews = list(pool.map(lambda _: requests.get(f"{url}/jobs/{job_id}/pages/1", timeout=120), range(16)))
+        assert all(p.status_code == 200 and p.headers["Content-Type"] == "image/jpeg" for p in previews)
+        assert Image.open(io.BytesIO(previews[0].content)).size == (1600, 1600)
+        status = Path(f"/proc/{server.pid}/status").read_text()
+        peak = int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) * 1024
+        print(f"peak RSS with 16 previews of a 100 MP page: {peak / 2**20:.0f} MiB")
+        assert peak < PREVIEW_MEMORY_BOUND
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -291,3 +291,65 @@ def test_save_to_usb_writes_every_format_without_overwriting(client, usb_stick):
     assert "Saved to /KINGSTON/scans: scan-1.pdf, scan-1.md, scan-1.txt, scan-1.json" in html
     for bad in ("", "../data", "KINGSTON/escape.png", "KINGSTON/photo.JPG"):
         assert client.post(f"/job/{job_id}/save-usb", data={"csrf_token": token, "folder": bad}).status_code == 400
+
+
+@pytest.mark.parametrize("app_config", [{"LAN_TOKEN": "s3cret", "USB_ROOT": "/media"}])
+def test_lan_session_is_same_site_only_and_ends_when_the_token_changes(client, app):
+    lan = {"REMOTE_ADDR": "10.0.0.5"}
+    token = csrf(client, "/login")
+    good = client.post("/login", data={"csrf_token": token, "token": "s3cret"}, environ_base=lan)
+    assert "SameSite=Strict" in good.headers["Set-Cookie"] and "HttpOnly" in good.headers["Set-Cookie"]
+    assert client.get("/jobs", environ_base=lan).status_code == 200
+    app.config["LAN_TOKEN"] = "n3w-token"  # a restart with another --lan-token: old logins must not count
+    assert client.get("/jobs", environ_base=lan).status_code == 401
+    assert client.get("/history", environ_base=lan).status_code == 302
+
+
+@pytest.mark.parametrize("app_config", [{"LAN_TOKEN": "s3cret", "USB_ROOT": "/media"}])
+def test_login_guessing_is_slowed_down(client):
+    lan = {"REMOTE_ADDR": "10.0.0.6"}
+    token = csrf(client, "/login")
+    for _ in range(10):
+        assert (
+            client.post("/login", data={"csrf_token": token, "token": "guess"}, environ_base=lan).status_code == 401
+        )
+    blocked = client.post("/login", data={"csrf_token": token, "token": "s3cret"}, environ_base=lan)
+    assert blocked.status_code == 429 and int(blocked.headers["Retry-After"]) > 0  # even the right token waits
+    other = client.post(
+        "/login", data={"csrf_token": token, "token": "s3cret"}, environ_base={"REMOTE_ADDR": "10.0.0.7"}
+    )
+    assert other.status_code == 303  # another machine is not locked out
+
+
+def test_a_non_ascii_csrf_token_is_a_400_not_a_crash(client):
+    csrf(client, "/")
+    response = client.post("/job/x/cancel", data={"csrf_token": "令牌"})
+    assert response.status_code == 400
+
+
+def test_an_empty_file_says_so_in_the_ui_as_in_the_api(client):
+    token = csrf(client, "/")
+    page = client.post(
+        "/upload", data={"csrf_token": token, "task": "text", "file": (io.BytesIO(b""), "empty.png")}
+    ).get_data(as_text=True)
+    assert "the file is empty" in page and "unrecognised" not in page
+
+
+def test_a_form_of_too_many_parts_is_not_called_a_large_file(client):
+    token = csrf(client, "/")
+    fields = {f"x{n}": "1" for n in range(3000)}
+    data = {"csrf_token": token, "task": "text", "file": (io.BytesIO(b"x"), "a.png"), **fields}  # multipart
+    response = client.post("/upload", data=data)
+    assert response.status_code == 413 and "too many fields" in response.get_data(as_text=True)
+    assert "file too large" not in response.get_data(as_text=True)
+
+
+def test_a_too_large_picture_is_not_told_to_be_scanned_again(client):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("1", (12000, 10000), 1).save(buf, format="PNG")  # 120 MP: over the pixel limit, a few KB
+    response = client.post("/ocr", data={"file": (io.BytesIO(buf.getvalue()), "huge.png"), "task": "text"})
+    detail = response.get_json()["detail"]
+    assert response.status_code == 422 and "the limit is" in detail
+    assert "scan it again" not in detail and "lower resolution" in detail

@@ -13,7 +13,11 @@ function setupUpload(form) {
   const chosen = $("#chosen"), chosenName = $("#chosen-name");
   const show = (name) => { chosenName.textContent = name; chosen.hidden = !name; };
 
+  const tooBig = $("#too-big"), maxBytes = Number(form.dataset.maxBytes);
   fileInput.addEventListener("change", () => {
+    // Refused here, before the upload: the server's own refusal of an oversized body is a bare page.
+    tooBig.hidden = !(fileInput.files.length && fileInput.files[0].size > maxBytes);
+    if (!tooBig.hidden) { fileInput.value = ""; show(""); return; }
     if (fileInput.files.length) { usbPath.value = ""; show(fileInput.files[0].name); }
   });
   const drop = $("#drop");
@@ -89,6 +93,8 @@ function pollJob(main) {
     } catch (err) { setTimeout(tick, 2000); return; }  // server restarting: keep trying
     if (["done", "failed", "cancelled"].includes(job.state)) { location.reload(); return; }
     badge.textContent = messages[job.state];
+    const cancel = $("#cancel");
+    if (cancel && job.cancelling) { cancel.disabled = true; cancel.textContent = messages.cancelling; }
     bar.max = Math.max(job.pages_total, 1);
     bar.value = job.pages_done;
     text.textContent = job.position
@@ -110,7 +116,15 @@ function setupResult() {
       caption.hidden = false;
     };
     box.addEventListener("click", show);
-    box.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); show(); } });
+    box.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" || e.key === " ") { e.preventDefault(); show(); return; }
+      // One Tab stop per page; the arrow keys go from box to box (a page can hold hundreds).
+      const step = {ArrowRight: 1, ArrowDown: 1, ArrowLeft: -1, ArrowUp: -1}[e.key];
+      if (!step) return;
+      const boxes = $$(".box", box.closest("svg"));
+      const next = boxes[boxes.indexOf(box) + step];
+      if (next) { e.preventDefault(); box.tabIndex = -1; next.tabIndex = 0; next.focus(); }
+    });
   });
   $$(".tabs [data-tab]").forEach((tab) => tab.addEventListener("click", () => {
     $$(".tabs [data-tab]").forEach((t) => t.setAttribute("aria-selected", String(t === tab)));
@@ -247,7 +261,29 @@ function pollScan(main) {
   setTimeout(tick, 2000);
 }
 
+// ---- the kiosk: pages opened by `appliance kiosk` (?kiosk=1, remembered for the tab) check in every few seconds,
+// so the supervisor can restart a browser whose page died; while the web app is away they say so, and they reload
+// once it is back (the start page, or this job's page).
+function kioskCheckIn() {
+  if (new URLSearchParams(location.search).has("kiosk")) sessionStorage.setItem("kiosk", "1");
+  if (!sessionStorage.getItem("kiosk")) return;
+  let lost = false;
+  const tick = async () => {
+    try {
+      const response = await fetch("/kiosk/alive", {cache: "no-store"});
+      if (!response.ok) throw new Error(String(response.status));
+      if (lost) { location.reload(); return; }
+    } catch (err) {
+      lost = true;
+      $("#reconnecting").hidden = false;
+    }
+    setTimeout(tick, 5000);
+  };
+  tick();
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  kioskCheckIn();
   const form = $("#upload-form");
   if (form) setupUpload(form);
   const main = $("main[data-job]");

@@ -49,10 +49,11 @@ test: $(STAMP)/deps $(STAMP)/test-apt $(STAMP)/vllm-venv
 	APPLIANCE_TEST_REQUIRE=vllm,llama $(PY) -m pytest -q
 
 # OCR engine, scan folder, then the image (cold and app-only build, sizes, boot time against a bare image: ~25 min).
-bench: $(STAMP)/deps $(STAMP)/test-apt host-tools
+bench: $(STAMP)/deps $(STAMP)/test-apt $(STAMP)/vllm-venv host-tools
 	$(PY) -m bench.cpu_engine
 	$(PY) -m bench.watch
 	$(PY) -m bench.api_load
+	$(PY) -m bench.vllm_server
 	$(PY) -m bench.image
 
 # The live ISO (default: CPU profile). Installs the missing host tools with apt first (Debian host, root).

@@ -166,7 +166,7 @@ def main(argv=None) -> int:
         engine.close()
 
     print(f"tiny real-layout checkpoint, {image.width}x{image.height} page, text task, {args.tokens} tokens, "
-          f"median of {args.runs} after a warm-up, {os.cpu_count()} CPUs")  # fmt: skip
+          f"median of {args.runs} after a warm-up, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")  # fmt: skip
     print(summary("vLLM 0.18.1 (CPU build)", vllm_ready, vllm_runs, "appliance vllm-server, streamed"))
     print(summary("transformers in-process", transformers_ready, transformers_runs, f"{engine.dtype}"))
     if kv:

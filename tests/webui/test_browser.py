@@ -254,6 +254,7 @@ def test_document_formulas_render_with_katex(page, model_server, tmp_path):
     assert tables.first.locator("thead th").all_inner_texts() == ["quantity", "formula"]
     assert tables.first.locator("tbody tr").count() == 3 and tables.first.locator("td .katex").count() == 1
     assert tables.nth(1).locator("td .katex-display").count() == 1  # math inside the model's HTML table too
+    markdown.locator(".katex .accent .overlay").first.wait_for(state="visible")  # laid out (slow on a busy host)
     arrow = markdown.locator(".katex .accent .overlay").first.bounding_box()
     letter = markdown.locator(".katex .accent .mathnormal").first.bounding_box()
     assert arrow["y"] < letter["y"] + letter["height"] / 2  # \vec's arrow starts above the v's middle (no CSS clash)

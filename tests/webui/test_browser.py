@@ -240,7 +240,9 @@ def test_document_formulas_render_with_katex(page, model_server, tmp_path):
         page.locator("label.task:has(input[value=doc])").click()
         page.set_input_files("#file", str(image))
         page.click("#start")
+        page.wait_for_selector("#out-text")  # the result page (after the progress page's reload, if there was one)
         page.click("[data-tab=markdown]")
+        page.wait_for_selector("[data-panel=markdown]", state="visible")
     finally:
         model_server.engine.markdown = None
     markdown = page.locator(".markdown")
@@ -254,7 +256,6 @@ def test_document_formulas_render_with_katex(page, model_server, tmp_path):
     assert tables.first.locator("thead th").all_inner_texts() == ["quantity", "formula"]
     assert tables.first.locator("tbody tr").count() == 3 and tables.first.locator("td .katex").count() == 1
     assert tables.nth(1).locator("td .katex-display").count() == 1  # math inside the model's HTML table too
-    markdown.locator(".katex .accent .overlay").first.wait_for(state="visible")  # laid out (slow on a busy host)
     arrow = markdown.locator(".katex .accent .overlay").first.bounding_box()
     letter = markdown.locator(".katex .accent .mathnormal").first.bounding_box()
     assert arrow["y"] < letter["y"] + letter["height"] / 2  # \vec's arrow starts above the v's middle (no CSS clash)

@@ -240,7 +240,9 @@ def test_document_formulas_render_with_katex(page, model_server, tmp_path):
         page.locator("label.task:has(input[value=doc])").click()
         page.set_input_files("#file", str(image))
         page.click("#start")
+        page.wait_for_selector("#out-text")  # the result page (after the progress page's reload, if there was one)
         page.click("[data-tab=markdown]")
+        page.wait_for_selector("[data-panel=markdown]", state="visible")
     finally:
         model_server.engine.markdown = None
     markdown = page.locator(".markdown")

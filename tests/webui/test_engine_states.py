@@ -131,7 +131,10 @@ def test_cpu_fallback_says_which_tasks_still_work(app, client, monkeypatch):
 def mounts_file(tmp_path, data_dir: str, fstype: str) -> str:
     path = tmp_path / "mounts"
     device = "tmpfs" if fstype == "tmpfs" else "/dev/sdb3"
-    path.write_text(f"overlay / overlay rw,upperdir=/run/live/overlay/rw 0 0\n{device} {data_dir} {fstype} rw 0 0\n")
+    path.write_text(
+        "/dev/sr0 /run/live/medium iso9660 ro 0 0\n"  # booted from the appliance's medium
+        f"overlay / overlay rw,upperdir=/run/live/overlay/rw 0 0\n{device} {data_dir} {fstype} rw 0 0\n"
+    )
     return str(path)
 
 

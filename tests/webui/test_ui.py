@@ -59,8 +59,9 @@ def test_upload_shows_result_with_boxes_and_downloads(client, engine):
     assert '<pre id="out-text" class="out">HELLO 120x60</pre>' in html
     assert re.search(r'<rect class="box" x="2" y="3" width="58" height="27" data-text="HELLO 120x60"', html)
     assert 'viewBox="0 0 120 60"' in html and f"/jobs/{job_id}/pages/1" in html
-    for fmt in ("txt", "md", "json", "pdf"):
+    for fmt in ("txt", "json", "pdf"):
         assert f"/jobs/{job_id}/result?format={fmt}&amp;download=1" in html
+    assert "format=md&amp;download=1" not in html  # spotting makes no Markdown: a .md would repeat the .txt
 
 
 def test_result_tabs_for_markdown_fields_translation(client):

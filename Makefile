@@ -3,7 +3,7 @@ PY ?= python3
 PIP = $(PY) -m pip install -q --disable-pip-version-check
 STAMP = .make
 
-.PHONY: deps host-tools test bench iso boot-test clean
+.PHONY: deps host-tools llama-cpp test bench iso boot-test clean
 
 # torch is pinned first on its own: 2.13.0 is the CPU wheel on these hosts; an unpinned torch pulls GBs of CUDA.
 $(STAMP)/deps: pyproject.toml
@@ -24,11 +24,19 @@ $(STAMP)/test-apt:
 
 deps: $(STAMP)/deps
 
+# llama.cpp's llama-server + llama-quantize for this host, from the pinned llama-cpp-python sdist (PyPI), built under
+# cache/llama.cpp (cmake rebuilds only what changed; ~40 min cold with -j2 here): the real llama.cpp tests use it.
+$(STAMP)/llama-cpp: imagebuilder/llamacpp_source.py
+	mkdir -p $(STAMP)
+	$(PY) -m imagebuilder.llamacpp_source --cache cache
+	touch $@
+llama-cpp: $(STAMP)/llama-cpp
+
 # Lint first (the project's ruff rules in pyproject.toml; `ruff format` fixes what --check reports), then the tests.
-test: $(STAMP)/deps $(STAMP)/test-apt
+test: $(STAMP)/deps $(STAMP)/test-apt $(STAMP)/llama-cpp
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest -q
+	APPLIANCE_TEST_REQUIRE=vllm,llama $(PY) -m pytest -q
 
 # OCR engine, scan folder, then the image (cold and app-only build, sizes, boot time against a bare image: ~25 min).
 bench: $(STAMP)/deps $(STAMP)/test-apt host-tools

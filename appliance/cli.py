@@ -130,12 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="size memory use and max model length from the card's memory (the image's unit uses this)",
     )
+
+    llama = sub.add_parser("llama-server", help="start llama.cpp's llama-server serving the model on loopback (CPU)")
+    llama.add_argument("--model", metavar="DIR", help="model directory with gguf/ (default: the image's)")
+    llama.add_argument("--port", type=int, default=8002)
+    llama.add_argument("--threads", type=int, help="CPU threads (default: the physical cores)")
+    llama.add_argument("--ctx-size", type=int, help="context tokens: image + prompt + answer (default: 8192)")
+    llama.add_argument("--max-pixels", type=int, help="image pixel cap the clients keep (default: the model's)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("ocr", "doctor", "serve", "watch", "vllm-server"):
+    if args.command in ("ocr", "doctor", "serve", "watch", "vllm-server", "llama-server"):
         config = _runtime_defaults(args)
     if args.command == "ocr":
         return cmd_ocr(args)
@@ -200,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_watch(args)
     if args.command == "vllm-server":
         return cmd_vllm_server(args)
+    if args.command == "llama-server":
+        return cmd_llama_server(args)
     raise AssertionError(args.command)
 
 
@@ -349,6 +358,29 @@ def cmd_vllm_server(args) -> int:
         server = start_server(args.model, args.port, **sizing, run_dir=run_dir)
     except (OcrError, ValueError) as error:  # ValueError: NotEnoughGpuMemory, with the UI's sentence
         _fail(f"vllm-server: {error}")
+        return 1
+    return server.wait()
+
+
+def cmd_llama_server(args) -> int:
+    from appliance.ocr.errors import OcrError
+    from appliance.servers.llamacpp import DEFAULT_CTX_SIZE, RUN_DIR, start_server
+
+    if not args.model:
+        _fail(f"llama-server: give --model DIR (or set model_dir in {runtime.CONFIG_PATH})")
+        return 2
+    try:
+        run_dir = RUN_DIR if RUN_DIR.is_dir() else None  # the image's unit makes it; a dev machine has none
+        server = start_server(
+            args.model,
+            args.port,
+            threads=args.threads,
+            ctx_size=args.ctx_size or DEFAULT_CTX_SIZE,
+            max_pixels=args.max_pixels,
+            run_dir=run_dir,
+        )
+    except OcrError as error:
+        _fail(f"llama-server: {error}")
         return 1
     return server.wait()
 

@@ -45,6 +45,7 @@ class ModelServer:
     # Request fields beyond the OpenAI standard that keep decoding greedy on this server, e.g. vLLM's {"top_k": 1}.
     greedy: dict = field(default_factory=dict)
     penalty_field: str = "repetition_penalty"  # the name this server gives the repetition penalty
+    gguf: bool = False  # it serves the model's GGUF files (appliance.model_dir.find_gguf), not the checkpoint
 
 
 # No proxy: an http_proxy in the environment must not see (or break) loopback traffic.
@@ -116,7 +117,7 @@ class OpenAIEngine(HunyuanEngine):
         max_tokens: int = 4096,
     ):
         self.name = server.engine  # before the directory check, whose errors name the engine
-        super().__init__(model_dir, device=server.device)
+        super().__init__(model_dir, device=server.device, gguf=server.gguf)
         self.server = server
         self.url = (url or server.default_url).rstrip("/")
         if max_pixels is not None:

@@ -70,6 +70,13 @@ def open_engine(
         from appliance.ocr.engines.transformers import TransformersEngine
 
         return TransformersEngine(model_dir, device=device)
+    if choice.engine == "hunyuan-llamacpp":
+        from appliance.servers import llamacpp
+
+        engine = llamacpp.open_client(model_dir)
+        steps.report(progress, "warm_up", percent=98)
+        engine.warm_up()
+        return engine
     if name == "auto" and not vllm.wait_for_server(vllm_url or vllm.DEFAULT_URL, progress):
         # The image's model server did not come up (skipped, failed, or too slow): serve on the CPU meanwhile.
         from appliance.ocr.engines.cpu import CpuEngine

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
 MAX_RETRIES = 2  # a job interrupted this often (restarts, a lost engine) is probably what crashes it: stop retrying
+# error_kind of a job set aside because the process died under it MAX_RETRIES + 1 times (the UI says it in words).
+CRASHED = "Crashed"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -174,13 +176,18 @@ class Jobs:
     # ---- state after a restart -------------------------------------------------------------------------------
 
     def _recover(self) -> None:
-        """Jobs that were running when the process died go back in the queue (a few times), queued ones resume."""
+        """Jobs that were running when the process died go back in the queue, queued ones resume.
+
+        A job under which the process died is probably what kills it (a decoder's native crash, the OOM killer):
+        the first time it resumes in its place (a power cut is nobody's fault), after that it waits behind every
+        other queued job, and the (MAX_RETRIES + 1)th death sets it aside as failed, its input kept."""
         with self._lock:
             self._db.execute(
-                "UPDATE jobs SET state=?, error=?, finished=? WHERE state=? AND retries>=?",
+                "UPDATE jobs SET state=?, error=?, error_kind=?, finished=? WHERE state=? AND retries>=?",
                 (
                     FAILED,
-                    "interrupted by a restart too many times; not retried again",
+                    f"this file stopped the OCR service {MAX_RETRIES + 1} times; it was set aside",
+                    CRASHED,
                     time.time(),
                     RUNNING,
                     MAX_RETRIES,
@@ -190,8 +197,9 @@ class Jobs:
                 "UPDATE jobs SET state=?, retries=retries+1, pages_done=0, started=NULL, error=? WHERE state=?",
                 (QUEUED, "interrupted by a restart; queued again", RUNNING),
             )
-            rows = self._db.execute("SELECT id FROM jobs WHERE state=? ORDER BY seq", (QUEUED,)).fetchall()
-            self._pending = [r["id"] for r in rows]
+            rows = self._db.execute("SELECT id, retries FROM jobs WHERE state=? ORDER BY seq", (QUEUED,)).fetchall()
+            suspects = [r["id"] for r in rows if r["retries"] > 1]  # interrupted twice now: the others go first
+            self._pending = [r["id"] for r in rows if r["retries"] <= 1] + suspects
 
     # ---- what callers use ------------------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from appliance.jobs import JobNotFound, QueueFull
+from appliance.jobs import CRASHED, JobNotFound, QueueFull
 from appliance.ocr import images
 from appliance.ocr.errors import EngineUnavailable, InputError, TaskNotSupported
 
@@ -60,6 +60,8 @@ def describe(exc: BaseException, max_bytes: int | None = None) -> tuple[int, str
 
 def failed_job_status(error_kind: str | None) -> int:
     """The status for a job that failed with an exception of class `error_kind` (appliance.jobs keeps the name)."""
+    if error_kind == CRASHED:  # the file itself kept killing the service: unprocessable, like an unreadable one
+        return 422
     return next((status for kind, status, _ in STATUSES if kind.__name__ == error_kind), 500)
 
 

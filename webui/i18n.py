@@ -139,6 +139,10 @@ MESSAGES = {
     "tap_box": ("Tap a box to see its text.", "点击方框查看文字。"),
     "new_scan": ("New scan", "再识别一个"),
     "try_again": ("Try again", "重试"),
+    "job_crashed": (
+        "This file stopped the OCR service {n} times, so it was set aside; the queue went on. The file is kept.",
+        "此文件已 {n} 次导致 OCR 服务中断，已被搁置，队列继续处理其他任务；原文件已保留。",
+    ),
     "delete": ("Delete", "删除"),
     "confirm_delete": ("Delete this job and its files?", "删除此任务及其文件？"),
     # history

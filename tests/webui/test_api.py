@@ -244,3 +244,35 @@ def test_a_failed_jobs_status_comes_from_the_one_error_table():
         503,
     ]
     assert errors.failed_job_status("internal") == errors.failed_job_status(None) == 500
+
+
+def test_a_file_set_aside_for_crashing_the_service_says_so_in_the_pages_language(tmp_path, png_bytes):
+    import sqlite3
+    import threading
+
+    from fake_engine import FakeEngine
+
+    from appliance.jobs import MAX_RETRIES, Jobs
+    from appliance.ocr.tasks import Request
+    from webui import close_app, create_app, errors
+
+    data = tmp_path / "data"
+    never = threading.Event()  # the first service never gets its engine: the job stays queued until it "dies"
+    jobs = Jobs(data, lambda report: never.wait())
+    job = jobs.submit(png_bytes, "poison.png", Request.make("spotting"))
+    jobs.close(timeout=0.1)
+    with sqlite3.connect(data / "jobs.sqlite") as db:  # as the process left it when it died for the last time allowed
+        db.execute("UPDATE jobs SET state='running', retries=? WHERE id=?", (MAX_RETRIES, job.id))
+    app = create_app(
+        {"DATA_DIR": str(data), "ENGINE": "cpu", "JOBS": Jobs(data, lambda r: FakeEngine()), "TESTING": True}
+    )
+    try:
+        client = app.test_client()
+        response = client.get(f"/jobs/{job.id}/result")
+        assert response.status_code == 409 and "stopped the OCR service 3 times" in response.get_json()["detail"]
+        assert errors.failed_job_status("Crashed") == 422  # what POST /ocr answers for it: the file is the cause
+        client.set_cookie("lang", "zh")
+        page = client.get(f"/job/{job.id}").get_data(as_text=True)
+        assert "此文件已 3 次导致 OCR 服务中断" in page
+    finally:
+        close_app(app, timeout=5)

@@ -208,7 +208,6 @@ class OpenAIEngine(HunyuanEngine):
         pieces: list[str] = []
         length = checked_at = 0
         self.last_stopped_looping = False
-        self.last_timings = {}  # llama-server's timings of this answer (prompt_ms, predicted_per_second ...)
         for line in response:
             line = line.strip()
             if not line.startswith(b"data:"):
@@ -219,7 +218,6 @@ class OpenAIEngine(HunyuanEngine):
             chunk = json.loads(payload)
             if "error" in chunk:
                 raise EngineUnavailable(self.name, f"the server failed mid-answer: {_server_message(payload)}")
-            self.last_timings = chunk.get("timings") or self.last_timings
             for choice in chunk.get("choices") or []:
                 delta = (choice.get("delta") or {}).get("content") or ""
                 pieces.append(delta)

@@ -13,8 +13,15 @@ pytest_plugins = ("llama_fixtures",)  # the real llama.cpp build, GGUF files and
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    """A tiny random HunyuanOCR-shaped model directory (tests/tiny_model.py), built once per session."""
-    from tiny_model import build_tiny_model
+def hunyuan_checkpoint(tmp_path_factory):
+    """A tiny random HunyuanOCR checkpoint in the real 1.5 layout (tests/hunyuan_checkpoint.py), built once per
+    session: transformers, vLLM and llama.cpp's converter all load it."""
+    from hunyuan_checkpoint import build_checkpoint
 
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-hunyuan"))
+    return build_checkpoint(tmp_path_factory.mktemp("hunyuan-checkpoint"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(hunyuan_checkpoint):
+    """The model directory the engine and builder tests use: the real-layout tiny checkpoint."""
+    return hunyuan_checkpoint

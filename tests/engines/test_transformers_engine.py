@@ -1,4 +1,4 @@
-"""The in-process HunyuanOCR engine on the tiny random model (tests/tiny_model.py): the real load + generate path.
+"""The in-process HunyuanOCR engine on the tiny random model (tests/hunyuan_checkpoint.py): the real load + generate path.
 
 The tiny model's answers are noise, so these tests check the plumbing: what is loaded and how, the prompt that
 reaches the model, the token budget, the repetition guard, and the errors for unusable model directories.

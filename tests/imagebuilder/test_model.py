@@ -93,10 +93,10 @@ def test_missing_file_against_manifest(snapshot, tmp_path):
     prepared = model.prepare_model(snapshot, accepted=True)
     dest = tmp_path / "copy"
     model.install_model(prepared, dest)
-    (dest / "processor_config.json").unlink()
+    (dest / "preprocessor_config.json").unlink()
     with pytest.raises(ModelError) as e:
         model.verify(dest, prepared.manifest)
-    assert f"{dest / 'processor_config.json'} is missing" in str(e.value)
+    assert f"{dest / 'preprocessor_config.json'} is missing" in str(e.value)
 
 
 @pytest.mark.parametrize(
@@ -106,7 +106,7 @@ def test_missing_file_against_manifest(snapshot, tmp_path):
         ("model.safetensors", "has no weights (*.safetensors)"),
         ("tokenizer.json", "has no tokenizer vocabulary"),
         ("tokenizer_config.json", "tokenizer_config.json is missing"),
-        ("processor_config.json", "has no image processor config"),
+        ("preprocessor_config.json", "has no image processor config"),
     ],
 )
 def test_required_files(plain_dir, name, phrase):

@@ -67,7 +67,9 @@ def llama_server(hunyuan_gguf, tmp_path_factory):
     log_path = run_dir.parent / "llama-server.log"
     port = free_port()
     with open(log_path, "w") as log:
-        server = llamacpp.start_server(hunyuan_gguf, port, threads=2, max_pixels=TEST_MAX_PIXELS, log=log, run_dir=run_dir)
+        server = llamacpp.start_server(
+            hunyuan_gguf, port, threads=2, max_pixels=TEST_MAX_PIXELS, log=log, run_dir=run_dir
+        )
         try:
             yield f"http://127.0.0.1:{port}/v1", run_dir, log_path
         finally:

@@ -39,8 +39,9 @@ test: $(STAMP)/deps $(STAMP)/test-apt $(STAMP)/llama-cpp
 	APPLIANCE_TEST_REQUIRE=vllm,llama $(PY) -m pytest -q
 
 # OCR engine, scan folder, then the image (cold and app-only build, sizes, boot time against a bare image: ~25 min).
-bench: $(STAMP)/deps $(STAMP)/test-apt host-tools
+bench: $(STAMP)/deps $(STAMP)/test-apt host-tools $(STAMP)/llama-cpp
 	$(PY) -m bench.cpu_engine
+	$(PY) -m bench.llamacpp
 	$(PY) -m bench.watch
 	$(PY) -m bench.image
 

@@ -55,7 +55,7 @@ def _run_converter(tree: Path, argv: list[str]) -> None:
         try:
             return original(self, tokenizer)
         except NotImplementedError:
-            if "HunYuanVLForConditionalGeneration" not in self.hparams.get("architectures", ()):
+            if type(self).__name__ != "HunyuanVLTextModel":
                 raise
             logging.getLogger("imagebuilder.gguf").warning(
                 "unknown pre-tokenizer hash for a HunyuanOCR tokenizer: writing %r", _FALLBACK_PRE
@@ -105,7 +105,7 @@ def convert(
         raise ValueError(f"unknown quantization {quant!r}; choose one of: {', '.join(QUANTS)}")
     model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tree = llamacpp_source.source_tree(cache_dir)
+    tree = llamacpp_source.source_tree(cache_dir).resolve()
     mmproj = _convert(tree, model_dir, out_dir / MMPROJ_NAME, "f16", mmproj=True, log=log)
     text = out_dir / text_name(quant)
     if quant in _CONVERTER_TYPES:

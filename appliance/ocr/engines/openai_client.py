@@ -124,6 +124,8 @@ class OpenAIEngine(HunyuanEngine):
             self.max_pixels = min(max_pixels, images.MODEL_MAX_PIXELS)
         self.timeout = timeout
         self.max_tokens = max_tokens
+        self.last_usage: dict | None = None  # the last answer's token counts (the server's "usage")
+        self.last_timings: dict | None = None  # llama-server's timings of the last answer (prompt_ms, ...)
         if not _is_loopback(self.url):
             raise EngineUnavailable(
                 self.name, f"{self.url} is not a loopback address; the model server must run here"
@@ -175,6 +177,7 @@ class OpenAIEngine(HunyuanEngine):
             self.server.penalty_field: self.repetition_penalty,
             "max_tokens": max_tokens or self.max_tokens,
             "stream": True,
+            "stream_options": {"include_usage": True},  # the token counts, in the last chunk
         }
 
     def generate(self, image: Image.Image, prompt: str, max_tokens: int | None = None) -> str:
@@ -208,6 +211,7 @@ class OpenAIEngine(HunyuanEngine):
         pieces: list[str] = []
         length = checked_at = 0
         self.last_stopped_looping = False
+        self.last_usage = self.last_timings = None
         for line in response:
             line = line.strip()
             if not line.startswith(b"data:"):
@@ -218,6 +222,9 @@ class OpenAIEngine(HunyuanEngine):
             chunk = json.loads(payload)
             if "error" in chunk:
                 raise EngineUnavailable(self.name, f"the server failed mid-answer: {_server_message(payload)}")
+            # What the answer cost, for tests and benchmarks: token counts; llama-server adds its own timings.
+            self.last_usage = chunk.get("usage") or self.last_usage
+            self.last_timings = chunk.get("timings") or self.last_timings
             for choice in chunk.get("choices") or []:
                 delta = (choice.get("delta") or {}).get("content") or ""
                 pieces.append(delta)

@@ -37,7 +37,12 @@ class Choice:
     gpu: str | None  # e.g. "NVIDIA H100 80GB HBM3", None when no usable NVIDIA GPU
 
 
-def choose(name: str = "auto", model_dir: str | os.PathLike | None = None, vllm_url: str | None = None) -> Choice:
+def choose(
+    name: str = "auto",
+    model_dir: str | os.PathLike | None = None,
+    vllm_url: str | None = None,
+    llama_url: str | None = None,
+) -> Choice:
     """Resolve `auto`: NVIDIA GPU + model directory -> HunyuanOCR (vLLM if its server answers), otherwise `cpu`."""
     gpu, gpu_why = find_gpu()
     if name != "auto":
@@ -45,7 +50,7 @@ def choose(name: str = "auto", model_dir: str | os.PathLike | None = None, vllm_
             raise ValueError(f"unknown engine '{name}'; choose one of: {', '.join(ENGINE_NAMES)}")
         return Choice(name, "chosen explicitly", gpu)
     if gpu is None:
-        return on_the_cpu(model_dir, gpu_why, None)
+        return on_the_cpu(model_dir, gpu_why, None, llama_url)
     if not model_dir or not (Path(model_dir) / "config.json").is_file():
         return Choice("cpu", f"{gpu_why}, but no HunyuanOCR model directory was given (--model DIR)", gpu)
     url = vllm_url or vllm.DEFAULT_URL
@@ -59,11 +64,11 @@ def choose(name: str = "auto", model_dir: str | os.PathLike | None = None, vllm_
             why = (
                 f"{gpu_why}, but the model server ({vllm.VLLM_UNIT}) is not running (journalctl -u {vllm.VLLM_UNIT})"
             )
-            return on_the_cpu(model_dir, why, gpu)
+            return on_the_cpu(model_dir, why, gpu, llama_url)
     return Choice("hunyuan-transformers", f"{gpu_why}; no vLLM server running, using transformers in-process", gpu)
 
 
-def on_the_cpu(model_dir, why: str, gpu: str | None) -> Choice:
+def on_the_cpu(model_dir, why: str, gpu: str | None, llama_url: str | None = None) -> Choice:
     """No usable GPU: HunyuanOCR through llama.cpp when this machine has its GGUF files and its server answers or
     is starting; else the CPU engine, with the reason (not enough free memory, the server not running)."""
     cpu = Choice("cpu", f"{why}; the CPU engine does spotting and plain text", gpu)
@@ -74,8 +79,9 @@ def on_the_cpu(model_dir, why: str, gpu: str | None) -> Choice:
     except EngineUnavailable:
         return cpu
     tasks = "every task on the CPU, rapidocr keeping spotting and plain text"
-    if server_ready(llamacpp.DEFAULT_URL):
-        return Choice("hunyuan-llamacpp", f"{why}; llama.cpp answers at {llamacpp.DEFAULT_URL}: {tasks}", gpu)
+    url = llama_url or llamacpp.DEFAULT_URL
+    if server_ready(url):
+        return Choice("hunyuan-llamacpp", f"{why}; llama.cpp answers at {url}: {tasks}", gpu)
     if llamacpp.unit_state() in RUNNING_STATES:
         return Choice("hunyuan-llamacpp", f"{why}; llama.cpp ({llamacpp.LLAMA_UNIT}) is starting: {tasks}", gpu)
     short = ram.shortfall(model_dir, llamacpp.DEFAULT_CTX_SIZE)
@@ -90,11 +96,16 @@ def on_the_cpu(model_dir, why: str, gpu: str | None) -> Choice:
 
 
 def open_engine(
-    name: str = "auto", model_dir=None, vllm_url: str | None = None, device: str | None = None, progress=None
+    name: str = "auto",
+    model_dir=None,
+    vllm_url: str | None = None,
+    device: str | None = None,
+    progress=None,
+    llama_url: str | None = None,
 ) -> Engine:
     """Start the named engine (resolving `auto` first). Raises EngineUnavailable with the reason if it cannot run.
     `progress(words)` hears what is being loaded, for a start screen."""
-    choice = choose(name, model_dir, vllm_url)
+    choice = choose(name, model_dir, vllm_url, llama_url)
     steps.report(progress, "opening", choice.reason, engine=ENGINE_TITLES[choice.engine])
     if choice.engine == "cpu":
         from appliance.ocr.engines.cpu import CpuEngine
@@ -107,7 +118,7 @@ def open_engine(
 
         return TransformersEngine(model_dir, device=device)
     if choice.engine == "hunyuan-llamacpp":
-        return open_llamacpp(name, model_dir, progress)
+        return open_llamacpp(name, model_dir, progress, llama_url)
     if name == "auto" and not vllm.wait_for_server(vllm_url or vllm.DEFAULT_URL, progress):
         # The image's model server did not come up (skipped, failed, or too slow): serve on the CPU meanwhile.
         from appliance.ocr.engines.cpu import CpuEngine
@@ -120,7 +131,7 @@ def open_engine(
     return engine
 
 
-def open_llamacpp(name: str, model_dir, progress=None) -> Engine:
+def open_llamacpp(name: str, model_dir, progress=None, url: str | None = None) -> Engine:
     """The llama.cpp client, warmed up, with its page times on this PC (appliance.ocr.pace); on `auto`, behind a
     RoutedEngine that leaves FAST_CPU_TASKS to rapidocr. `auto` falls back to the CPU engine when the image's
     server does not come up."""
@@ -128,10 +139,11 @@ def open_llamacpp(name: str, model_dir, progress=None) -> Engine:
     from appliance.ocr.engines.cpu import CpuEngine
     from appliance.ocr.engines.routed import RoutedEngine
 
-    if name == "auto" and not llamacpp.wait_for_server(llamacpp.DEFAULT_URL, progress):
+    url = url or llamacpp.DEFAULT_URL
+    if name == "auto" and not llamacpp.wait_for_server(url, progress):
         steps.report(progress, "vllm_gone")
         return CpuEngine()
-    engine = llamacpp.open_client(model_dir)
+    engine = llamacpp.open_client(model_dir, url=url)
     steps.report(progress, "warm_up", percent=98)
     engine.warm_up()
     engine.page_seconds = pace.from_timings(getattr(engine, "last_timings", {}), engine.max_pixels)

@@ -55,7 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a profile setting, e.g. --set lan=on --set lan_token=SECRET (repeatable)",
     )
-    build.add_argument("--model", metavar="DIR", help="local HunyuanOCR model directory (gpu profile)")
+    build.add_argument(
+        "--model",
+        metavar="DIR",
+        help="local HunyuanOCR model directory (gpu profile; cpu profile: every task on the CPU)",
+    )
     build.add_argument(
         "--model-version",
         choices=("1.5", "1.0"),

@@ -27,7 +27,6 @@ import shutil
 import time
 from pathlib import Path
 
-from appliance.files import sha256_file
 from imagebuilder import layers, llamacpp_source, nvidia
 from imagebuilder.context import BuildError, Context, hash_inputs, inputs_epoch, run
 
@@ -73,15 +72,14 @@ def layer_key(ctx: Context, base_key: str, sdist_sha256: str) -> str:
 
 def build_llamacpp_layer(ctx: Context) -> str:
     base = next(layer for layer in ctx.layers if layer.name == "base")
-    sdist = llamacpp_source.fetch_sdist(ctx.cache_dir)
-    digest = sha256_file(sdist)
+    sdist = llamacpp_source.fetch_sdist(ctx.cache_dir)  # checked against its pinned sha256
+    digest = llamacpp_source.SDIST.sha256
     layer = layers.cached_layer(ctx, "llama.cpp", ORDER, layer_key(ctx, base.key, digest), inputs_epoch(ctx, *INPUTS))
+    sdist_facts = {"file": sdist.name, "sha256": digest}
+    source = llamacpp_source.source_tree(ctx.cache_dir)
     layers.reuse_or_build(
-        ctx,
-        layer,
-        lambda tree: populate(ctx, base.path, llamacpp_source.source_tree(ctx.cache_dir), cmake_flags(), tree),
+        ctx, layer, lambda tree: {**populate(ctx, base.path, source, cmake_flags(), tree), "sdist": sdist_facts}
     )
-    layer.meta.setdefault("sdist", {"file": sdist.name, "sha256": digest})
     ctx.info["llamacpp"] = {k: layer.meta.get(k) for k in ("sdist", "variants", "toolchain", "build_seconds")}
     return (
         ("reused " if layer.cached else "built ")

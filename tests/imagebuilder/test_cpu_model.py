@@ -236,3 +236,19 @@ def test_a_directory_with_its_own_gguf_files_is_used_as_it_is(tmp_path, checkpoi
     (own / "gguf" / "hunyuanocr-f16.gguf").write_bytes(b"GGUF second text model")
     with pytest.raises(BuildError, match="one HunyuanOCR text model"):
         cpu_model.own_gguf(own)
+
+
+def test_manifest_of_a_cpu_image_names_the_model_and_the_llama_build(tmp_path):
+    from imagebuilder import manifest
+
+    ctx = make_ctx(tmp_path, "cpu", model="/models/x")
+    ctx.work.mkdir()
+    ctx.files["iso"] = ctx.work / "x.iso"
+    ctx.files["iso"].write_bytes(b"iso")
+    ctx.info["model_identity"] = {"model_id": "tencent/HunyuanOCR", "gguf": {"quant": "q8_0", "origin": "converted"}}
+    ctx.info["llamacpp"] = {"sdist": {"sha256": llamacpp_source.SDIST.sha256}, "variants": ["x64", "haswell"]}
+    manifest.write_manifest(ctx)
+    data = json.loads(ctx.files["manifest"].read_text())
+    assert data["model"]["gguf"]["quant"] == "q8_0" and "gpu_stack" not in data
+    assert data["llamacpp"]["variants"] == ["x64", "haswell"]
+    assert data["settings"]["cpu_model"] is True and data["settings"]["cpu_model_quant"] == "q8_0"

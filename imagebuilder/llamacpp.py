@@ -119,6 +119,11 @@ def dpkg_versions(ctx: Context, root: Path, packages: list[str]) -> dict[str, st
     return dict(line.split("\t") for line in out.splitlines() if line)
 
 
+def opened_backends(ld_debug: str) -> list[str]:
+    """The CPU variants ggml dlopen()ed, from the dynamic loader's LD_DEBUG=files lines."""
+    return sorted(set(re.findall(r"file=\S*libggml-cpu-([\w.]+?)\.so \[0\];\s+dynamically loaded", ld_debug)))
+
+
 def variants_in(bin_dir: Path) -> list[str]:
     return sorted(m.group(1) for p in bin_dir.iterdir() if (m := re.fullmatch(r"libggml-cpu-(.+)\.so", p.name)))
 
@@ -142,10 +147,28 @@ def build_check(ctx: Context, base_squashfs: Path, tree: Path) -> dict:
         )
         if missing:
             raise BuildError(f"llama.cpp in the image would miss libraries: {'; '.join(missing)}")
-        said = run(["chroot", root, f"/{PREFIX}/bin/llama-server", "--list-devices"], ctx)
-        loaded = re.search(r"loaded CPU backend from \S*libggml-cpu-(\S+)\.so", said.stdout + said.stderr)
-        if not loaded:
-            raise BuildError(f"llama-server loaded no CPU backend from /{PREFIX}/bin: {said.stderr[-500:]}")
-    print(f"    llama-server runs on the base layer alone; this CPU gets its {loaded.group(1)} backend", flush=True)
+        # The dynamic loader says which CPU backends ggml opened (dlopen by path, from the binary's directory):
+        # llama-server's own log filters its "loaded CPU backend" line unless -lv is raised, so that is extra.
+        command = [
+            "chroot",
+            root,
+            "env",
+            "LD_DEBUG=files",
+            f"/{PREFIX}/bin/llama-server",
+            "-lv",
+            "4",
+            "--list-devices",
+        ]
+        said = run(command, ctx)
+        out = said.stdout + said.stderr
+        opened = opened_backends(out)
+        if not opened:
+            raise BuildError(f"llama-server opened no CPU backend from /{PREFIX}/bin: {out[-800:]}")
+    best = re.search(r"loaded CPU backend from \S*libggml-cpu-([\w.]+?)\.so", out)
+    chosen = best.group(1) if best else "(not logged)"
+    print(
+        f"    llama-server runs on the base layer alone: probed {len(opened)} CPU backends, chose {chosen}",
+        flush=True,
+    )
     sizes = {p.name: p.stat().st_size for p in sorted(bin_dir.iterdir()) if not p.is_symlink()}
-    return {"variants": variants, "files": sizes, "host_variant": loaded.group(1)}
+    return {"variants": variants, "files": sizes, "host_variant": chosen}

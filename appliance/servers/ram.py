@@ -44,10 +44,10 @@ def needed_bytes(model_dir: str | Path, ctx_size: int) -> int:
     return text.stat().st_size + mmproj.stat().st_size + kv_cache_bytes(Path(model_dir), ctx_size) + RESERVE
 
 
-def available_bytes(meminfo: Path = MEMINFO) -> int | None:
+def available_bytes(meminfo: Path | None = None) -> int | None:
     """MemAvailable: what can be had without swapping (None where /proc/meminfo says nothing)."""
     try:
-        for line in meminfo.read_text().splitlines():
+        for line in (meminfo or MEMINFO).read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
@@ -55,7 +55,7 @@ def available_bytes(meminfo: Path = MEMINFO) -> int | None:
     return None
 
 
-def shortfall(model_dir: str | Path, ctx_size: int, meminfo: Path = MEMINFO) -> str | None:
+def shortfall(model_dir: str | Path, ctx_size: int, meminfo: Path | None = None) -> str | None:
     """The sentence saying why the CPU model cannot be loaded for lack of memory, or None when it fits."""
     need, free = needed_bytes(model_dir, ctx_size), available_bytes(meminfo)
     if free is None or free >= need:

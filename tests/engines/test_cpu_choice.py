@@ -59,7 +59,7 @@ def test_auto_picks_llamacpp_when_its_server_answers(no_gpu, llama_server, hunyu
 def test_auto_without_gguf_files_or_server_stays_on_rapidocr(no_gpu, tmp_path, hunyuan_gguf, monkeypatch):
     assert select.choose("auto", tmp_path, llama_url="http://127.0.0.1:9/v1").engine == "cpu"  # no GGUF files
     monkeypatch.setattr(llamacpp, "unit_state", lambda: "inactive")
-    monkeypatch.setattr(ram, "available_bytes", lambda meminfo=ram.MEMINFO: 64 * 2**30)
+    monkeypatch.setattr(ram, "available_bytes", lambda meminfo=None: 64 * 2**30)
     choice = select.choose("auto", hunyuan_gguf, llama_url="http://127.0.0.1:9/v1")
     assert choice.engine == "cpu" and "journalctl -u appliance-llama.service" in choice.reason
     monkeypatch.setattr(llamacpp, "unit_state", lambda: "activating")  # the image's unit is loading the model

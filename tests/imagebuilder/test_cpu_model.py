@@ -142,6 +142,17 @@ def test_build_script_is_the_portable_build_without_the_amx_variant():
     assert sum("ggml_add_cpu_backend_variant(sapphirerapids " in line for line in lines) == 1
 
 
+def test_backends_opened_are_read_off_the_loader():
+    ld_debug = (
+        "     16529:\tfile=/opt/llama.cpp/bin/libggml-cpu-x64.so [0];  dynamically loaded by "
+        "/opt/llama.cpp/bin/libggml.so.0 [0]\n"
+        "     16529:\tfile=/opt/llama.cpp/bin/libggml-cpu-haswell.so [0];  dynamically loaded by x [0]\n"
+        "     16529:\tfile=libggml-base.so.0 [0];  needed by /opt/llama.cpp/bin/llama-server [0]\n"
+    )
+    assert llamacpp.opened_backends(ld_debug) == ["haswell", "x64"]
+    assert llamacpp.opened_backends("Available devices:\n  (none)\n") == []
+
+
 def test_amx_scan():
     assert llamacpp.has_amx("  4012a0:\tldtilecfg (%rax)\n")
     assert llamacpp.has_amx("tileloadd (%rsi,%rdx,1),%tmm0")

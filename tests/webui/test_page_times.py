@@ -3,6 +3,8 @@ this PC (the engine's warm-up estimate, then this PC's finished pages), in the p
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from fake_engine import FakeEngine
 from PIL import Image
@@ -19,10 +21,18 @@ def card(html: str, task: str) -> str:
     return html.split(f'value="{task}"', 1)[1].split("</label>", 1)[0]
 
 
+class SlowEngine(FakeEngine):
+    """A page takes 1.2 s: long enough to be measured."""
+
+    def recognize(self, image, request):
+        time.sleep(1.2)
+        return super().recognize(image, request)
+
+
 @pytest.fixture
 def llama_like(tmp_path):
     """An app whose engine does every task and says its pages take 75 s (doc) and 130 s (table) here."""
-    engine = FakeEngine()
+    engine = SlowEngine()
     engine.info = EngineInfo("hunyuan-llamacpp", "tencent/HunyuanOCR")
     engine.page_seconds = {"doc": 75.0, "table": 130.0}
     jobs = Jobs(tmp_path / "data", lambda report: engine)

@@ -132,7 +132,11 @@ def bench_llamacpp(caps, threads: int, short_tokens: int, long_tokens: int, long
     from appliance.ocr.engines.openai_client import OpenAIEngine
     from appliance.ocr.tasks import Request
     from appliance.servers import llamacpp
+    from imagebuilder import llamacpp_source
 
+    host_build = llamacpp_source.host_bin_dir(ROOT / "cache") / "llama-server"  # `make llama-cpp`
+    if host_build.is_file():
+        os.environ.setdefault(llamacpp.BINARY_ENV, str(host_build))
     port = 8092
     started = time.perf_counter()
     server = llamacpp.start_server(GGUF, port, threads=threads, log=log, timeout=1200)

@@ -26,8 +26,10 @@ deps: $(STAMP)/deps
 
 # llama.cpp's llama-server + llama-quantize for this host, from the pinned llama-cpp-python sdist (PyPI), built under
 # cache/llama.cpp (cmake rebuilds only what changed; ~40 min cold with -j2 here): the real llama.cpp tests use it.
-$(STAMP)/llama-cpp: imagebuilder/llamacpp_source.py
+$(STAMP)/llama-cpp: imagebuilder/llamacpp_source.py $(STAMP)/deps
 	mkdir -p $(STAMP)
+	if ! command -v cmake >/dev/null || ! command -v ninja >/dev/null || ! command -v g++ >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake ninja-build g++ >/dev/null; fi
 	$(PY) -m imagebuilder.llamacpp_source --cache cache
 	touch $@
 llama-cpp: $(STAMP)/llama-cpp

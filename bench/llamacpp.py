@@ -132,7 +132,11 @@ def bench_llamacpp(caps, threads: int, short_tokens: int, long_tokens: int, long
     from appliance.ocr.engines.openai_client import OpenAIEngine
     from appliance.ocr.tasks import Request
     from appliance.servers import llamacpp
+    from imagebuilder import llamacpp_source
 
+    host_build = llamacpp_source.host_bin_dir(ROOT / "cache") / "llama-server"  # `make llama-cpp`
+    if host_build.is_file():
+        os.environ.setdefault(llamacpp.BINARY_ENV, str(host_build))
     port = 8092
     started = time.perf_counter()
     server = llamacpp.start_server(GGUF, port, threads=threads, log=log, timeout=1200)
@@ -171,9 +175,22 @@ def bench_llamacpp(caps, threads: int, short_tokens: int, long_tokens: int, long
 # ---- transformers (its own process, so its peak RSS is its own) --------------------------------------------------
 
 
+class TokenTimes:
+    """A generate() streamer that only notes when each token arrives (the first put() is the prompt)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, value) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
 def transformers_worker(caps, threads: int, tokens: int) -> dict:
-    """In a child process: load the transformers engine, then per cap time 1 token (encode + prefill) and
-    `tokens` forced tokens (decode rate from the difference)."""
+    """In a child process: load the transformers engine, then per cap generate `tokens` forced tokens, timing the
+    first (encode + prefill) and the rest (decode)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -191,18 +208,19 @@ def transformers_worker(caps, threads: int, tokens: int) -> dict:
         capped = images.cap_pixels(page, int(cap * 1e6))
         text = engine.chat_text(capped, prompt)
         inputs = engine.processor(text=[text], images=[capped], return_tensors="pt")
-        times = {}
-        for n in (1, tokens):
-            start = time.perf_counter()
-            with torch.inference_mode():
-                engine.model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-            times[n] = time.perf_counter() - start
+        stamps = TokenTimes()
+        start = time.perf_counter()
+        with torch.inference_mode():
+            engine.model.generate(
+                **inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, streamer=stamps
+            )
+        first, last = stamps.times[1] - start, stamps.times[-1] - start  # times[0]: the prompt handed to the streamer
         rows.append(
             {
                 "cap_mp": cap,
                 "prompt_tokens": int(inputs["input_ids"].shape[1]),
-                "encode_prefill_s": times[1],
-                "decode_tok_s": (tokens - 1) / (times[tokens] - times[1]),
+                "encode_prefill_s": first,
+                "decode_tok_s": (len(stamps.times) - 2) / (last - first),
             }
         )
         print(f"  transformers {rows[-1]}", file=sys.stderr, flush=True)

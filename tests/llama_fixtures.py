@@ -62,13 +62,14 @@ def hunyuan_gguf(hunyuan_checkpoint, llama_bin, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def llama_server(hunyuan_gguf, tmp_path_factory):
     """A running llama-server for the session: (url, run_dir, log path), started through `start_server` with a
-    pixel cap; stopped (and checked gone) at the end."""
+    pixel cap; stopped at the end. One thread: on a busy 2-core machine, two threads of a tiny model spend most of
+    their time waiting for each other at every op (hundreds of ms per token)."""
     run_dir = tmp_path_factory.mktemp("appliance-llama")
     log_path = run_dir.parent / "llama-server.log"
     port = free_port()
     with open(log_path, "w") as log:
         server = llamacpp.start_server(
-            hunyuan_gguf, port, threads=2, max_pixels=TEST_MAX_PIXELS, log=log, run_dir=run_dir
+            hunyuan_gguf, port, threads=1, max_pixels=TEST_MAX_PIXELS, log=log, run_dir=run_dir
         )
         try:
             yield f"http://127.0.0.1:{port}/v1", run_dir, log_path

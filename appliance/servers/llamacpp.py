@@ -80,14 +80,16 @@ def wait_for_server(
     )
 
 
-# llama-server's start-up as its log shows it (llama.cpp of llama-cpp-python 0.3.36, read from a real start):
+# llama-server's start-up as its log shows it (llama.cpp of llama-cpp-python 0.3.36, read from a real start:
+# "0.00.005.206 I srv    load_model: loading model '/m/hunyuanocr-q8_0.gguf'", "... load_model: loaded multimodal
+# model, '/m/mmproj-hunyuanocr-f16.gguf'", "... load_model: initializing, n_slots = 1, n_ctx_slot = 8192, ...",
+# "... llama_server: model loaded", then "llama_server: listening on http://127.0.0.1:8002"):
 # (pattern, step in appliance.ocr.steps, percent of the way to ready).
 START_PHASES = (
-    (re.compile(r"srv +load_model: loading model '"), "llama_weights", 10),
-    (re.compile(r"load_tensors: +CPU_Mapped model buffer size"), "llama_weights", 40),
-    (re.compile(r"srv +load_model: loaded multimodal model"), "llama_vision", 70),
-    (re.compile(r"srv +load_model: initializing slots"), "llama_cache", 80),
-    (re.compile(r"main: model loaded"), "llama_api", 95),
+    (re.compile(r"load_model: loading model '"), "llama_weights", 10),
+    (re.compile(r"load_model: loaded multimodal model"), "llama_vision", 60),
+    (re.compile(r"load_model: initializing, n_slots"), "llama_cache", 80),
+    (re.compile(r"llama_server: model loaded"), "llama_api", 95),
 )
 
 

@@ -81,7 +81,7 @@ def test_install_tree_copies_the_targets_and_their_libraries(tmp_path):
 
 def test_conversion_of_the_real_layout_checkpoint(hunyuan_gguf, gguf_reader):
     text, mmproj = hunyuan_gguf / "hunyuanocr-q8_0.gguf", hunyuan_gguf / "mmproj-hunyuanocr-f16.gguf"
-    assert sorted(p.name for p in hunyuan_gguf.iterdir()) == [mmproj.name, text.name]  # no partial files left
+    assert sorted(p.name for p in hunyuan_gguf.iterdir()) == [text.name, mmproj.name]  # no partial files left
     reader = gguf_reader(text)
     meta = fields(reader)
     assert meta["general.architecture"] == "hunyuan_vl"

@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from llama_fixtures import TEST_MAX_PIXELS, free_port, server_processes
@@ -52,7 +53,7 @@ def test_start_up_steps_in_order_and_settings_for_clients(llama_server):
     assert [phase for i, phase in enumerate(phases) if phase not in phases[:i]] == expected
     assert process.read_run_file(process.PROGRESS, run_dir) == {"step": "llama_api", "percent": 95}
     settings = process.read_run_file(process.SETTINGS, run_dir)
-    assert settings["url"] == url and settings["max_pixels"] == TEST_MAX_PIXELS and settings["threads"] == 2
+    assert settings["url"] == url and settings["max_pixels"] == TEST_MAX_PIXELS and settings["threads"] == 1
 
 
 def test_every_task_through_the_client_with_an_image(llama_server, hunyuan_gguf):
@@ -64,6 +65,8 @@ def test_every_task_through_the_client_with_an_image(llama_server, hunyuan_gguf)
     for request in requests_for_every_task():
         result = engine.recognize(image, request)
         assert result is not None
+        if engine.last_stopped_looping:  # the repetition guard closed the stream before the counts came
+            continue
         usage = engine.last_usage
         # The image's tokens reached the model: far more prompt tokens than the prompt text has.
         assert usage["prompt_tokens"] > 200, (request.task, usage)
@@ -75,7 +78,9 @@ def test_answers_are_streamed(llama_server, hunyuan_gguf):
     """The answer arrives as many server-sent chunks, the last one with the token counts, then [DONE]."""
     url, run_dir, _ = llama_server
     engine = llamacpp.open_client(hunyuan_gguf, url=url, run_dir=run_dir)
-    body = engine.request_body(page(), Request.make("doc").prompt(), max_tokens=32)
+    # (A blank page and the plain-text prompt: the tiny model answers it with text, not with special tokens,
+    # which llama-server does not stream.)
+    body = engine.request_body(Image.new("RGB", (900, 1200), "white"), Request.make("text").prompt(), max_tokens=32)
     connection = http.client.HTTPConnection("127.0.0.1", int(url.split(":")[2].split("/")[0]), timeout=120)
     try:
         connection.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
@@ -112,19 +117,24 @@ def test_a_client_for_another_model_is_refused(llama_server, hunyuan_checkpoint)
         llamacpp.open_client(hunyuan_checkpoint, url=url, run_dir=run_dir)
 
 
-def test_server_killed_mid_answer_job_requeued_first_and_finished_when_back(hunyuan_gguf, tmp_path):
+@pytest.fixture
+def server_log(tmp_path):
+    """A log file for servers a test starts, open until the test's end (their output is followed until they die)."""
+    with open(tmp_path / "llama-server.log", "a") as log:
+        yield log
+
+
+def test_server_killed_mid_answer_job_requeued_first_and_finished_when_back(hunyuan_gguf, tmp_path, server_log):
     """kill -9 of llama-server while it answers: the client raises EngineLost, the job goes back to the head of the
     queue, the queue opens the engine again (here: starts the server again, as systemd's Restart= does on the
     image), and both jobs finish, the interrupted one first. No llama-server is left behind."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1"
-    log_path = tmp_path / "llama-server.log"
     servers = []
 
     def open_engine(report):
         if not server_ready(url):
-            with open(log_path, "a") as log:
-                servers.append(llamacpp.start_server(hunyuan_gguf, port, threads=1, log=log, run_dir=tmp_path))
+            servers.append(llamacpp.start_server(hunyuan_gguf, port, threads=1, log=server_log, run_dir=tmp_path))
         return llamacpp.open_client(hunyuan_gguf, url=url, run_dir=tmp_path, max_tokens=4096)
 
     jobs = Jobs(tmp_path / "data", open_engine)
@@ -134,7 +144,8 @@ def test_server_killed_mid_answer_job_requeued_first_and_finished_when_back(huny
         # ~2500 image tokens on one thread: seconds of work before the answer can end
         first = jobs.submit(png(page(1600, 1600)), "first.png", Request.make("doc"))
         second = jobs.submit(png(page(640, 480)), "second.png", Request.make("text"))
-        _wait_for(lambda: "new prompt" in log_path.read_text() or "launch_slot" in log_path.read_text(), 120)
+        log_path = Path(server_log.name)
+        _wait_for(lambda: "processing task" in log_path.read_text(), 120)  # llama-server took the first page
         os.kill(first_server.pid, signal.SIGKILL)
         first_server.wait(timeout=30)
         first, second = jobs.wait(first.id, 600), jobs.wait(second.id, 600)
@@ -150,10 +161,9 @@ def test_server_killed_mid_answer_job_requeued_first_and_finished_when_back(huny
     assert server_processes(str(port)) == []
 
 
-def test_engine_lost_when_the_server_dies_mid_stream(hunyuan_gguf, tmp_path):
+def test_engine_lost_when_the_server_dies_mid_stream(hunyuan_gguf, tmp_path, server_log):
     port = free_port()
-    with open(tmp_path / "llama-server.log", "w") as log:
-        server = llamacpp.start_server(hunyuan_gguf, port, threads=1, log=log)
+    server = llamacpp.start_server(hunyuan_gguf, port, threads=1, log=server_log)
     try:
         engine = llamacpp.open_client(hunyuan_gguf, url=f"http://127.0.0.1:{port}/v1", run_dir=tmp_path)
         killer = threading.Timer(1.0, os.kill, (server.pid, signal.SIGKILL))

@@ -3,7 +3,7 @@ PY ?= python3
 PIP = $(PY) -m pip install -q --disable-pip-version-check
 STAMP = .make
 
-.PHONY: deps vllm-venv host-tools test bench iso boot-test clean
+.PHONY: deps vllm-venv llama-cpp host-tools test bench iso boot-test clean
 
 # torch is pinned first on its own: 2.13.0 is the CPU wheel on these hosts; an unpinned torch pulls GBs of CUDA.
 $(STAMP)/deps: pyproject.toml
@@ -41,16 +41,27 @@ $(STAMP)/vllm-venv: $(VLLM_LOCK)
 
 vllm-venv: $(STAMP)/vllm-venv
 
+# llama.cpp's llama-server + llama-quantize for this host, from the pinned llama-cpp-python sdist (PyPI), built under
+# cache/llama.cpp (cmake rebuilds only what changed; ~40 min cold with -j2 here): the real llama.cpp tests use it.
+$(STAMP)/llama-cpp: imagebuilder/llamacpp_source.py $(STAMP)/deps
+	mkdir -p $(STAMP)
+	if ! command -v cmake >/dev/null || ! command -v ninja >/dev/null || ! command -v g++ >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake ninja-build g++ >/dev/null; fi
+	$(PY) -m imagebuilder.llamacpp_source --cache cache
+	touch $@
+llama-cpp: $(STAMP)/llama-cpp
+
 # Lint first (the project's ruff rules in pyproject.toml; `ruff format` fixes what --check reports), then the tests.
 # APPLIANCE_TEST_REQUIRE: the real model servers' tests fail, not skip, when their runtime is missing.
-test: $(STAMP)/deps $(STAMP)/test-apt $(STAMP)/vllm-venv
+test: $(STAMP)/deps $(STAMP)/test-apt $(STAMP)/vllm-venv $(STAMP)/llama-cpp
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	APPLIANCE_TEST_REQUIRE=vllm,llama $(PY) -m pytest -q
 
 # OCR engine, scan folder, then the image (cold and app-only build, sizes, boot time against a bare image: ~25 min).
-bench: $(STAMP)/deps $(STAMP)/test-apt $(STAMP)/vllm-venv host-tools
+bench: $(STAMP)/deps $(STAMP)/test-apt $(STAMP)/vllm-venv $(STAMP)/llama-cpp host-tools
 	$(PY) -m bench.cpu_engine
+	$(PY) -m bench.llamacpp
 	$(PY) -m bench.watch
 	$(PY) -m bench.api_load
 	$(PY) -m bench.vllm_server

@@ -56,7 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a profile setting, e.g. --set lan=on --set lan_token=SECRET (repeatable)",
     )
-    build.add_argument("--model", metavar="DIR", help="local HunyuanOCR model directory (gpu profile)")
+    build.add_argument(
+        "--model",
+        metavar="DIR",
+        help="local HunyuanOCR model directory (gpu profile; cpu profile: every task on the CPU)",
+    )
     build.add_argument(
         "--model-version",
         choices=("1.5", "1.0"),
@@ -138,12 +142,19 @@ def build_parser() -> argparse.ArgumentParser:
     kiosk.add_argument("--url", default="http://127.0.0.1:8000/", help="the web app")
     kiosk.add_argument("--window-size", metavar="W,H", help="the screen's size, for the browser window")
     kiosk.add_argument("--browser", default="chromium", help="the browser's executable")
+
+    llama = sub.add_parser("llama-server", help="start llama.cpp's llama-server serving the model on loopback (CPU)")
+    llama.add_argument("--model", metavar="DIR", help="model directory with gguf/ (default: the image's)")
+    llama.add_argument("--port", type=int, default=8002)
+    llama.add_argument("--threads", type=int, help="CPU threads (default: the physical cores)")
+    llama.add_argument("--ctx-size", type=int, help="context tokens: image + prompt + answer (default: 8192)")
+    llama.add_argument("--max-pixels", type=int, help="image pixel cap the clients keep (default: the model's)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("ocr", "doctor", "serve", "watch", "vllm-server"):
+    if args.command in ("ocr", "doctor", "serve", "watch", "vllm-server", "llama-server"):
         config = _runtime_defaults(args)
     if args.command == "ocr":
         return cmd_ocr(args)
@@ -214,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         browser = kiosk.browser_command(args.window_size, args.browser)
         kiosk.Kiosk(browser, args.url, language=runtime.load().language).run()
         return 0
+    if args.command == "llama-server":
+        return cmd_llama_server(args)
     raise AssertionError(args.command)
 
 
@@ -370,6 +383,32 @@ def cmd_vllm_server(args) -> int:
         _fail(f"vllm-server: {error}")
         return 1
     return process.run(server, "vllm serve")
+
+
+def cmd_llama_server(args) -> int:
+    from appliance.ocr.errors import OcrError
+    from appliance.servers import process
+    from appliance.servers.llamacpp import DEFAULT_CTX_SIZE, RUN_DIR, start_server
+
+    if not args.model:
+        _fail(f"llama-server: give --model DIR (or set model_dir in {runtime.CONFIG_PATH})")
+        return 2
+    try:
+        # The unit's RuntimeDirectory, as systemd names it (RUN_DIR on the image); a dev machine has none.
+        run_dir = Path(os.environ.get("RUNTIME_DIRECTORY") or RUN_DIR)
+        run_dir = run_dir if run_dir.is_dir() else None
+        server = start_server(
+            args.model,
+            args.port,
+            threads=args.threads,
+            ctx_size=args.ctx_size or DEFAULT_CTX_SIZE,
+            max_pixels=args.max_pixels,
+            run_dir=run_dir,
+        )
+    except OcrError as error:
+        _fail(f"llama-server: {error}")
+        return 1
+    return process.run(server, "llama-server")  # ends its whole group; a server that stops by itself has failed
 
 
 def cmd_watch(args) -> int:

@@ -28,8 +28,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from appliance.files import write_atomic
-from appliance.ocr import steps
+from appliance.ocr import pace, steps
 from appliance.ocr.engines.base import Engine, check_task
+from appliance.ocr.engines.routed import serving
 from appliance.ocr.errors import EngineLost, EngineUnavailable, OcrError
 from appliance.ocr.images import Document
 from appliance.ocr.pipeline import Cancelled, recognize_file
@@ -225,7 +226,7 @@ class Jobs:
             key = None
             if self._engine is not None:
                 check_task(self._engine, request)
-                key = cache_key(sha256, request, self._engine.info)
+                key = cache_key(sha256, request, serving(self._engine, request.task).info)
             if key is None or not (self.results / f"{key}.json").exists():
                 waiting = len(self._pending)
                 if waiting >= self.max_queue:
@@ -375,10 +376,33 @@ class Jobs:
                 "tasks": sorted(t.value for t in engine.tasks) if engine else None,
                 "since": self._engine_since,
                 "progress": None,
+                "page_seconds": self._page_seconds(engine) if engine else {},
             }
             if self._engine_state == "loading":
                 status.update(self._engine_progress)
             return status
+
+    def _page_seconds(self, engine: Engine) -> dict[str, dict]:
+        """{task: {"seconds", "measured"}}: this PC's median seconds per page of each task's engine from finished
+        jobs, else that engine's own estimate from its warm-up (appliance.ocr.pace); tasks with neither are left
+        out."""
+        rows = self._db.execute(
+            "SELECT task, engine, finished - started, pages_total FROM jobs WHERE state=? AND cached=0 AND started "
+            "IS NOT NULL ORDER BY seq DESC LIMIT 500",
+            (DONE,),
+        ).fetchall()
+        figures = {}
+        for task in sorted(engine.tasks):
+            worker = serving(engine, task)
+            measured = pace.from_jobs(
+                (r[0], r[2], r[3]) for r in rows if r[0] == task.value and r[1] == worker.info.name
+            )
+            estimate = (getattr(worker, "page_seconds", None) or {}).get(task.value)
+            if task.value in measured:
+                figures[task.value] = {"seconds": measured[task.value], "measured": True}
+            elif estimate:
+                figures[task.value] = {"seconds": estimate, "measured": False}
+        return figures
 
     def report_engine_progress(self, progress: str, **extra) -> None:
         """What the engine is doing while it loads, in words for a person (e.g. "loading the model: 3 of 8 files")."""
@@ -477,7 +501,8 @@ class Jobs:
             except JobNotFound:
                 return None
             request = job.request()
-            key = cache_key(job.sha256, request, engine.info)
+            worker = serving(engine, request.task)  # a routed task: the engine that runs it
+            key = cache_key(job.sha256, request, worker.info)
             if (self.results / f"{key}.json").exists():  # an identical job finished while this one waited
                 self._finish_cached(job_id, key)
                 self._changed.notify_all()
@@ -486,7 +511,7 @@ class Jobs:
                 job_id,
                 state=RUNNING,
                 started=time.time(),
-                engine=engine.info.name,
+                engine=worker.info.name,
                 cache_key=key,
                 error=None,
                 error_kind=None,

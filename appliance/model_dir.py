@@ -34,13 +34,17 @@ def read_manifest(model_dir: str | os.PathLike) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def check_model_dir(model_dir: str | os.PathLike | None, engine: str) -> Path:
-    """A usable HunyuanOCR directory, or EngineUnavailable saying what is wrong with it."""
+def check_model_dir(model_dir: str | os.PathLike | None, engine: str, gguf: bool = False) -> Path:
+    """A usable HunyuanOCR directory, or EngineUnavailable saying what is wrong with it. `gguf`: the engine loads
+    the GGUF files (find_gguf), so a directory of only those will do."""
     if not model_dir:
         raise EngineUnavailable(engine, "it needs the HunyuanOCR model directory (--model DIR)")
     path = Path(model_dir).expanduser()
     if not path.is_dir():
         raise EngineUnavailable(engine, f"model directory {path} does not exist")
+    if gguf:
+        find_gguf(path, engine)
+        return path
     config_path = path / "config.json"
     if not config_path.is_file():
         raise EngineUnavailable(engine, f"{path} has no config.json: not a model directory")
@@ -93,3 +97,32 @@ def model_version(model_dir: str | os.PathLike) -> str:
         return str(version)
     match = _VERSION_DIR.fullmatch(Path(model_dir).resolve().name)
     return match.group(1) if match else DEFAULT_VERSION
+
+
+GGUF_DIR = "gguf"  # <model_dir>/gguf/: the GGUF files llama-server loads (imagebuilder.gguf writes them)
+MMPROJ_PREFIX = "mmproj-"  # the vision projector's file; the text model is the other *.gguf
+
+
+def find_gguf(model_dir: str | os.PathLike, engine: str = "hunyuan-llamacpp") -> tuple[Path, Path]:
+    """(text model, vision projector) GGUF files of a HunyuanOCR model: in `<dir>/gguf/`, or in DIR itself when it
+    holds them. EngineUnavailable saying what is missing otherwise. With several text models (e.g. q8_0 and
+    f16) none is guessed: the folder must hold exactly one."""
+    path = Path(model_dir).expanduser()
+    if not path.is_dir():
+        raise EngineUnavailable(engine, f"model directory {path} does not exist")
+    for folder in (path / GGUF_DIR, path):
+        files = sorted(folder.glob("*.gguf")) if folder.is_dir() else []
+        if not files:
+            continue
+        mmproj = [f for f in files if f.name.startswith(MMPROJ_PREFIX)]
+        text = [f for f in files if not f.name.startswith(MMPROJ_PREFIX)]
+        if len(text) != 1 or len(mmproj) != 1:
+            raise EngineUnavailable(
+                engine,
+                f"{folder} must hold one HunyuanOCR text model and one '{MMPROJ_PREFIX}*.gguf' vision projector; "
+                f"it holds {', '.join(f.name for f in files)}",
+            )
+        return text[0], mmproj[0]
+    raise EngineUnavailable(
+        engine, f"{path} has no GGUF files (in {path / GGUF_DIR} or itself): convert the model with 'appliance build'"
+    )

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from appliance import runtime
-from imagebuilder import bytecode, layers, model, pyenv, rootfs
+from imagebuilder import bytecode, cpu_model, layers, model, pyenv, rootfs
 from imagebuilder.context import BuildError, Context, hash_inputs, inputs_epoch, remove_tree, run
 
 ORDER = 30
@@ -37,6 +37,8 @@ PRESETS = (
     # driver loading and the model server: each skips itself cleanly on a PC without a usable GPU
     ("appliance-nvidia.service", lambda c: bool(c.gpu_stack)),
     ("appliance-vllm.service", lambda c: bool(c.gpu_stack)),
+    # llama.cpp for the CPU model: skips itself where a usable NVIDIA GPU serves (the gpu image on such a PC)
+    ("appliance-llama.service", cpu_model.wanted),
     ("systemd-networkd.service", lambda c: c.lan),  # LAN mode only: no network otherwise
 )
 MASKED = (
@@ -126,7 +128,8 @@ def generated(ctx: Context) -> dict[str, tuple[str, int]]:
         info["modules_signed"] = bool(built.get("signed"))
         info["kernel"] = built.get("kernel")
         files["etc/appliance/gpu-stack.json"] = (json.dumps(info, indent=1, sort_keys=True) + "\n", 0o644)
-        runtime_config["model_dir"] = f"/{model.IMAGE_MODEL_DIR}"  # `appliance serve|ocr|vllm-server` default --model
+    if stack or c.model_dir:  # the image bundles the model: `appliance serve|ocr|*-server` default --model
+        runtime_config["model_dir"] = f"/{model.IMAGE_MODEL_DIR}"
     files["etc/appliance/config.json"] = (json.dumps(runtime_config, indent=1, sort_keys=True) + "\n", 0o644)
     return files
 

@@ -46,9 +46,12 @@ def write_manifest(ctx: Context) -> str:
         "model_files": ctx.info.get("model_files", []),  # every weight file's path, size and sha256
     }
     stack = ctx.info.get("stack")
-    if stack:  # gpu profile: the resolved versions, the modules built and the model's identity
+    if stack:  # gpu profile: the resolved versions and the modules built
         manifest["gpu_stack"] = {**stack.as_dict(), "nvidia_modules": ctx.info.get("nvidia")}
-        manifest["model"] = ctx.info.get("model_identity")
+    if ctx.info.get("model_identity"):  # the bundled model's identity (and its GGUF files' origin)
+        manifest["model"] = ctx.info["model_identity"]
+    if ctx.info.get("llamacpp"):  # the llama.cpp layer: sdist, toolchain, CPU variants
+        manifest["llamacpp"] = ctx.info["llamacpp"]
     # Named after the image, like the ISO: a cpu and a gpu build in one out/ folder keep one manifest each.
     path = ctx.work / f"{ctx.stem}.manifest.json"
     path.write_text(json.dumps(manifest, indent=1) + "\n")

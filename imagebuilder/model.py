@@ -26,7 +26,7 @@ from appliance.files import sha256_file, write_atomic
 from appliance.gpu import COMPILE_CACHE
 from appliance.model_dir import IMAGE_MODEL_DIR as IMAGE_MODEL_PATH
 from appliance.model_dir import MANIFEST, MODEL_TYPE
-from imagebuilder import layers
+from imagebuilder import cpu_model, layers
 from imagebuilder.context import BuildError, hash_inputs, inputs_epoch
 from imagebuilder.layers import ISO_FILE_LIMIT
 
@@ -52,6 +52,7 @@ class PreparedModel:
     path: Path  # the version's directory (DIR or DIR/v1.0)
     manifest: dict  # what appliance-model.json will say
     license_files: dict[str, Path] = field(default_factory=dict)  # {"LICENSE": path, "NOTICE": path}
+    sources: dict[str, Path] = field(default_factory=dict)  # files not in `path` (converted GGUF): {rel: file}
 
     @property
     def files(self) -> list[dict]:
@@ -348,7 +349,8 @@ def install_model(prepared: PreparedModel, dest: str | os.PathLike) -> dict:
     for entry in prepared.files:
         target = dest / entry["path"]
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(prepared.path / entry["path"], target)  # follows the hub cache's symlinks
+        source = prepared.sources.get(entry["path"], prepared.path / entry["path"])
+        shutil.copyfile(source, target)  # follows the hub cache's symlinks
         target.chmod(0o644)
     verify(dest, prepared.manifest)
     write_manifest(dest, prepared.manifest)
@@ -410,7 +412,17 @@ def compile_cache_architectures(cache_dir) -> list[str]:
 
 def build_model_layer(ctx) -> str:
     """The weights in their own squashfs layer(s), keyed by the files' hashes: a new app never re-squashes them."""
-    prepared: PreparedModel = ctx.info["model"]
+    checked: PreparedModel = ctx.info["model"]
+    # What goes in: the checkpoint's files (without its weights where nothing loads them) and the GGUF files.
+    files, sources, gguf_facts = cpu_model.plan(ctx.config, ctx.cache_dir, checked.path, checked.manifest)
+    for e in files:
+        if e["path"] in sources and e["size"] >= ISO_FILE_LIMIT:
+            raise BuildError(
+                f"{sources[e['path']]} is {e['size'] / 2**30:.1f} GiB: no file in the image may reach 4 GiB; "
+                "choose a smaller --set cpu_model_quant (q8_0, q4_k_m)"
+            )
+    manifest = {**checked.manifest, "files": files, **({"gguf": gguf_facts} if gguf_facts else {})}
+    prepared = PreparedModel(checked.path, manifest, checked.license_files, sources)
     parts = layers.pack([(e["path"], e["size"]) for e in prepared.files], PART_BUDGET)
     epoch = inputs_epoch(ctx, "imagebuilder/model.py")
     cache = Path(ctx.config.vllm_compile_cache) if ctx.config.vllm_compile_cache else None
@@ -427,6 +439,7 @@ def build_model_layer(ctx) -> str:
                 prepared.path,
                 {**prepared.manifest, "files": [e for e in prepared.files if e["path"] in set(paths)]},
                 prepared.license_files,
+                prepared.sources,
             )
             install_model(part, dest)  # copies and verifies this part's files
             if i == 0:  # the manifest (all files), the licence and any compile cache go with the first part
@@ -450,4 +463,6 @@ def build_model_layer(ctx) -> str:
         k: prepared.manifest[k] for k in ("model_id", "version", "revision", "revision_source", "files_sha256")
     }
     ctx.info["model_identity"]["vllm_compile_cache"] = ctx.info.get("compile_cache", [])
+    if gguf_facts:
+        ctx.info["model_identity"]["gguf"] = gguf_facts
     return ", ".join(layers.describe(layer) + (" (reused)" if layer.cached else "") for layer in made)

@@ -215,10 +215,10 @@ def chroot(ctx: Context, base_squashfs: Path, work: Path, upper: Path | None = N
 
 def apt_install(ctx: Context, root: Path, packages: list[str]) -> None:
     """apt-get install in the chroot from the base's Debian sources, plus the user's .deb directory if given."""
-    stack = ctx.info["stack"]
+    stack = ctx.info.get("stack")  # None: a chroot for another layer (llama.cpp), the base's Debian sources only
     lists = root / "etc/apt/sources.list.d/appliance-nvidia.list"
     repo = root / REPO_IN_CHROOT
-    if stack.driver.source == "deb-dir":
+    if stack and stack.driver.source == "deb-dir":
         flat_repo(stack.driver.path, repo)
         lists.write_text(f"deb [trusted=yes] file:/{REPO_IN_CHROOT} ./\n")
     env = {**ctx.env(), **APT_ENV, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
@@ -227,8 +227,9 @@ def apt_install(ctx: Context, root: Path, packages: list[str]) -> None:
         run(["chroot", root, "apt-get", "install", "-y", "-q", "--no-install-recommends", *packages], env=env)
     except BuildError as e:
         raise BuildError(
-            f"installing {', '.join(packages)} in the image's chroot failed (from "
-            f"{stack.driver.describe()}; kernel {ctx.info['kernel']}): {e}"
+            f"installing {', '.join(packages)} in the image's chroot failed"
+            + (f" (from {stack.driver.describe()}; kernel {ctx.info['kernel']})" if stack else "")
+            + f": {e}"
         ) from None
     finally:
         lists.unlink(missing_ok=True)

@@ -150,9 +150,32 @@ SETTINGS: tuple[Setting, ...] = (
         "HunyuanOCR version in --model DIR: 1.5 (repo root) or 1.0 (v1.0/); needed when DIR has no v1.0/ beside it",
         choices=("1.5", "1.0"),
     ),
+    # HunyuanOCR on the CPU (llama.cpp): an image built with --model DIR also gets the model as GGUF files and
+    # llama-server (imagebuilder.llamacpp, imagebuilder.model); the cpu profile then offers every task without a GPU.
+    Setting(
+        "cpu_model",
+        "bool",
+        True,
+        "with --model DIR: also ship HunyuanOCR for the CPU (GGUF files + llama.cpp's server), so a PC without a "
+        "usable NVIDIA card runs every task (gpu profile: its fallback); off: save the space",
+    ),
+    Setting(
+        "cpu_model_quant",
+        "choice",
+        "q8_0",
+        "the CPU model's text weights: q8_0 (~0.6 GB, as accurate as f16 in practice), f16 (~2 GB, exact, slowest "
+        "decode) or q4_k_m (~0.35 GB, fastest decode, loses accuracy); the vision part stays f16",
+        choices=("f16", "q8_0", "q4_k_m"),
+    ),
     # Host side: where things go (CLI flags, not profile keys)
     Setting("profile", "str", "cpu", "profile name or path of a profile YAML", profile=False),
-    Setting("model_dir", "path", None, "local model directory (gpu profile: --model DIR)", profile=False),
+    Setting(
+        "model_dir",
+        "path",
+        None,
+        "local model directory (--model DIR): gpu profile, and the cpu profile for every task on the CPU",
+        profile=False,
+    ),
     Setting(
         "accept_model_license",
         "bool",

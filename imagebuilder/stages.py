@@ -8,7 +8,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from imagebuilder import app, boot, host, iso, manifest, model, nvidia, pyenv, rootfs, stack, usb
+from imagebuilder import app, boot, cpu_model, host, iso, llamacpp, manifest, model, nvidia, pyenv, rootfs, stack, usb
 from imagebuilder.context import BuildError, Context
 
 
@@ -24,15 +24,23 @@ def gpu(ctx: Context) -> bool:
     return bool(ctx.config.gpu_stack)
 
 
+def has_model(ctx: Context) -> bool:
+    """The image bundles HunyuanOCR: the gpu profile always (its check says when --model is missing), the cpu
+    profile when --model DIR is given."""
+    return gpu(ctx) or bool(ctx.config.model_dir)
+
+
 STAGES: tuple[Stage, ...] = (
     # gpu: both checks come first, so a wrong stack or model directory costs seconds, not gigabytes
     Stage("gpu-stack", stack.check_stack, when=gpu),  # driver/CUDA/torch/vLLM/transformers, before any download
-    Stage("model-check", model.check_model, when=gpu),  # licence, version dir, files, sha256
+    Stage("model-check", model.check_model, when=has_model),  # licence, version dir, files, sha256
     Stage("check-host", host.require_host),
     Stage("base-layer", rootfs.build_base_layer),  # mmdebstrap: Debian, kernel, live-boot, Xorg, Chromium
     Stage("nvidia-layer", nvidia.build_driver_layer, when=gpu),  # DKMS modules for the image's kernel, libcuda
+    # llama-server for the CPU model, built in a chroot of the base layer
+    Stage("llama.cpp-layer", llamacpp.build_llamacpp_layer, when=lambda ctx: cpu_model.wanted(ctx.config)),
     Stage("python-layer", pyenv.build_python_layer),  # wheels for the image's Python (gpu: + torch, vLLM, CUDA)
-    Stage("model-layer", model.build_model_layer, when=gpu),  # the weights, in their own squashfs
+    Stage("model-layer", model.build_model_layer, when=has_model),  # weights (+ GGUF), in their own squashfs
     Stage("app-layer", app.build_app_layer),  # appliance + webui + rootfs/ overlay + runtime config
     Stage("bootloader", boot.make_bootloader),
     Stage("iso-tree", iso.populate_tree),

@@ -9,6 +9,8 @@ from appliance.offline import go_offline
 # Before anything imports transformers / huggingface_hub: they read these once.
 go_offline()
 
+pytest_plugins = ("llama_fixtures",)  # the real llama.cpp build, GGUF files and server (tests/llama_fixtures.py)
+
 
 @pytest.fixture(scope="session")
 def hunyuan_checkpoint(tmp_path_factory):

@@ -48,6 +48,11 @@ MESSAGES = {
         "本设备中的 HunyuanOCR 模型权重依据《腾讯混元社区许可协议》提供；许可全文及 Notice 文件如下。",
     ),
     "needs_gpu": ("needs the GPU model", "需要 GPU 模型"),
+    # A task card's time on this PC (appliance.ocr.pace): measured from finished pages, or estimated at start-up.
+    "page_time_measured": ("{t} a page on this PC", "本机每页约 {t}"),
+    "page_time_estimated": ("about {t} a page on this PC", "本机每页预计约 {t}"),
+    "seconds_short": ("{n} s", "{n} 秒"),
+    "minutes_short": ("{n} min", "{n} 分钟"),
     "step_options": ("3. Options", "3. 选项"),
     "fields_label": ("Fields to extract (comma separated)", "要提取的字段（用逗号分隔）"),
     "presets": ("Presets:", "预设："),
@@ -322,6 +327,19 @@ def say_step(engine: dict) -> str:
     return gettext("step_" + key, **(engine.get("step_values") or {}))
 
 
+def say_page_time(figure: dict | None) -> str:
+    """A task card's "about 45 s a page on this PC" from the engine status's page_seconds entry; '' without one."""
+    if not figure or not figure.get("seconds"):
+        return ""
+    seconds = float(figure["seconds"])
+    t = (
+        gettext("seconds_short", n=max(1, round(seconds)))
+        if seconds < 90
+        else gettext("minutes_short", n=round(seconds / 60, 1 if seconds < 600 else None))
+    )
+    return gettext("page_time_measured" if figure.get("measured") else "page_time_estimated", t=t)
+
+
 def current_lang() -> str:
     chosen = request.cookies.get(COOKIE)
     if chosen in LANGS:
@@ -341,6 +359,7 @@ def gettext(key: str, **values) -> str:
 def init_app(app: Flask) -> None:
     app.jinja_env.globals["_"] = gettext
     app.jinja_env.globals["say_step"] = say_step
+    app.jinja_env.globals["say_page_time"] = say_page_time
     # The start screen's script follows GET /health and says each step with these ({placeholders} kept).
     app.jinja_env.globals["step_texts"] = lambda: {key: gettext("step_" + key) for key in steps.STEPS}
 

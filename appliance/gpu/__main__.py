@@ -3,6 +3,7 @@ as "skip this unit", not a failure):
 
     python3 -m appliance.gpu flavour     # appliance-nvidia.service: prints open|proprietary for the first NVIDIA GPU
     python3 -m appliance.gpu can-serve   # appliance-vllm.service: a supported card, driver loaded, enough memory
+    python3 -m appliance.gpu cpu-serves  # appliance-llama.service: no usable GPU serves the model (the inverse)
     python3 -m appliance.gpu status      # JSON: cards, flavour, Secure Boot, fallback reason (the UI's sentence)
 """
 
@@ -33,10 +34,15 @@ def main(argv: list[str] | None = None) -> int:
             print(reason, file=sys.stderr)
             return 1
         return 0
+    if command == "cpu-serves":  # appliance-llama.service: the model on the CPU, unless the GPU serves it
+        if load_stack_info() and banner() is None:
+            print("a usable NVIDIA GPU serves HunyuanOCR (vLLM): llama.cpp on the CPU is not needed", file=sys.stderr)
+            return 1
+        return 0
     if command == "status":
         print(json.dumps(status(model_version=model_version(IMAGE_MODEL_DIR)), indent=1))
         return 0
-    print("usage: python3 -m appliance.gpu [flavour|can-serve|status]", file=sys.stderr)
+    print("usage: python3 -m appliance.gpu [flavour|can-serve|cpu-serves|status]", file=sys.stderr)
     return 2
 
 

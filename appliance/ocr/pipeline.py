@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 from appliance.ocr.engines.base import Engine, check_task
+from appliance.ocr.engines.routed import serving
 from appliance.ocr.images import Document, is_blank
 from appliance.ocr.result import OcrResult, Page
 from appliance.ocr.tasks import Request
@@ -45,7 +46,7 @@ def recognize_document(
             source=document.name,
             task=request.task.value,
             options=request.options(),
-            engine=engine.info,
+            engine=serving(engine, request.task).info,  # a routed task: the engine that ran it
             pages=pages,
             timings={"ocr": round(time.perf_counter() - started, 3)},
         )

@@ -18,6 +18,11 @@ STEPS = {
     "vllm_cache": ("setting up the model's cache on the GPU", "正在 GPU 上建立模型缓存"),
     "vllm_api": ("starting the model server's API", "正在启动模型服务接口"),
     "vllm_gone": ("the model server did not start; loading the CPU engine", "模型服务未能启动，正在加载 CPU 引擎"),
+    "llama_waiting": ("waiting for the model server", "正在等待模型服务"),
+    "llama_weights": ("loading HunyuanOCR into memory", "正在将 HunyuanOCR 载入内存"),
+    "llama_vision": ("loading the model's image reader", "正在加载模型的图像编码器"),
+    "llama_cache": ("setting up the model's cache", "正在建立模型缓存"),
+    "llama_api": ("starting the model server's API", "正在启动模型服务接口"),
     "warm_up": ("warming up: a first page through the model", "预热中：用模型识别第一页"),
 }
 

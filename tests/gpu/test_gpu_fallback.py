@@ -99,4 +99,7 @@ def test_the_units_entry_point_answers_usage():
     done = subprocess.run(
         [sys.executable, "-m", "appliance.gpu", "no-such-command"], capture_output=True, text=True, check=False
     )
-    assert done.returncode == 2 and "flavour|can-serve|status" in done.stderr
+    assert done.returncode == 2 and "flavour|can-serve|cpu-serves|status" in done.stderr
+    # appliance-llama.service's question on a machine without a GPU stack (a cpu image, this host): yes, serve
+    done = subprocess.run([sys.executable, "-m", "appliance.gpu", "cpu-serves"], capture_output=True, check=False)
+    assert done.returncode == 0

@@ -18,7 +18,12 @@ def test_gpu_image_without_a_card_passes_only_when_skipped_and_said():
     silent = gpu_fallback_problems(report, "OCR appliance New scan")
     assert len(silent) == 1 and "does not say why" in silent[0]
     wrong_engine = parse_marker("engine=none gpu=[nvidia:exec-condition vllm:exec-condition]")
-    assert gpu_fallback_problems(wrong_engine, SCREEN) == ["engine none, expected the CPU fallback"]
+    assert gpu_fallback_problems(wrong_engine, SCREEN) == ["engine none, expected the CPU fallback (cpu)"]
+    # with the CPU model the fallback is llama.cpp (every task), and rapidocr alone is then wrong
+    llama = "engine=hunyuan-llamacpp gpu=[nvidia:exec-condition vllm:exec-condition] llama=active"
+    assert gpu_fallback_problems(parse_marker(llama), SCREEN) == []
+    lost = parse_marker(llama.replace("hunyuan-llamacpp", "cpu"))
+    assert gpu_fallback_problems(lost, SCREEN) == ["engine cpu, expected the CPU fallback (hunyuan-llamacpp)"]
 
 
 def test_cpu_image_has_no_gpu_checks():

@@ -130,6 +130,7 @@ def test_compile_cache_checked_with_the_model_and_shipped_in_its_layer(tmp_path,
         "gpu",
         "model_version=1.5",
         f"vllm_compile_cache={cache}",
+        "cpu_model=off",  # a stand-in checkpoint: no GGUF conversion (tests/imagebuilder/test_cpu_model.py does it)
         model=str(model_dir),
         accept=True,
     )

@@ -15,10 +15,11 @@ from appliance.ocr.errors import TaskNotSupported
 from appliance.ocr.result import EngineInfo, Page
 from appliance.ocr.tasks import Request, Task
 
-ENGINE_NAMES = ("auto", "hunyuan-vllm", "hunyuan-transformers", "cpu")
+ENGINE_NAMES = ("auto", "hunyuan-vllm", "hunyuan-llamacpp", "hunyuan-transformers", "cpu")
 # What a person reads on the start screen ("loading the CPU engine").
 ENGINE_TITLES = {
     "hunyuan-vllm": "HunyuanOCR (vLLM)",
+    "hunyuan-llamacpp": "HunyuanOCR (llama.cpp)",
     "hunyuan-transformers": "HunyuanOCR (transformers)",
     "cpu": "CPU",
 }

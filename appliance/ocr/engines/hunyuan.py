@@ -34,8 +34,8 @@ class HunyuanEngine:
     tasks = frozenset(Task)
     max_pixels = images.MODEL_MAX_PIXELS  # lowered for a GPU sized for less (appliance.gpu.sizing.TIERS)
 
-    def __init__(self, model_dir: str | os.PathLike | None, device: str = "cpu"):
-        self.model_dir = check_model_dir(model_dir, self.name)
+    def __init__(self, model_dir: str | os.PathLike | None, device: str = "cpu", gguf: bool = False):
+        self.model_dir = check_model_dir(model_dir, self.name, gguf=gguf)
         model_id, revision = model_info(self.model_dir)
         self.version = model_version(self.model_dir)
         self.repetition_penalty = repetition_penalty(self.version)

@@ -46,6 +46,7 @@ class ModelServer:
     # Request fields beyond the OpenAI standard that keep decoding greedy on this server, e.g. vLLM's {"top_k": 1}.
     greedy: dict = field(default_factory=dict)
     penalty_field: str = "repetition_penalty"  # the name this server gives the repetition penalty
+    gguf: bool = False  # it serves the model's GGUF files (appliance.model_dir.find_gguf), not the checkpoint
 
 
 # No proxy: an http_proxy in the environment must not see (or break) loopback traffic.
@@ -129,14 +130,15 @@ class OpenAIEngine(HunyuanEngine):
         max_tokens: int = 4096,
     ):
         self.name = server.engine  # before the directory check, whose errors name the engine
-        super().__init__(model_dir, device=server.device)
+        super().__init__(model_dir, device=server.device, gguf=server.gguf)
         self.server = server
         self.url = (url or server.default_url).rstrip("/")
         if max_pixels is not None:
             self.max_pixels = min(max_pixels, images.MODEL_MAX_PIXELS)
         self.timeout = timeout
         self.max_tokens = max_tokens
-        self.last_usage: dict = {}  # the last answer's token counts, as the server gave them
+        self.last_usage: dict | None = None  # the last answer's token counts (the server's "usage")
+        self.last_timings: dict | None = None  # llama-server's timings of the last answer (prompt_ms, ...)
         if not _is_loopback(self.url):
             raise EngineUnavailable(
                 self.name, f"{self.url} is not a loopback address; the model server must run here"
@@ -225,7 +227,7 @@ class OpenAIEngine(HunyuanEngine):
         pieces: list[str] = []
         length = checked_at = 0
         self.last_stopped_looping = False
-        self.last_usage = {}
+        self.last_usage = self.last_timings = None
         for line in response:
             line = line.strip()
             if not line.startswith(b"data:"):
@@ -238,7 +240,9 @@ class OpenAIEngine(HunyuanEngine):
                 # vLLM's engine process died (or failed) mid-answer: it sends this event, then a normal [DONE] on
                 # HTTP 200, and then the server shuts down. Lost, so the job is queued again; never an answer.
                 raise EngineLost(self.name, f"the server failed mid-answer: {_server_message(payload)}")
+            # What the answer cost, for tests and benchmarks: token counts; llama-server adds its own timings.
             self.last_usage = chunk.get("usage") or self.last_usage
+            self.last_timings = chunk.get("timings") or self.last_timings
             for choice in chunk.get("choices") or []:
                 delta = (choice.get("delta") or {}).get("content") or ""
                 pieces.append(delta)

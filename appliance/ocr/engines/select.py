@@ -1,5 +1,11 @@
 """Which engine runs (`--engine auto|...`): the choice and why, in words for `appliance doctor` and the UI, and
-opening the chosen engine (waiting for the image's model server while it starts)."""
+opening the chosen engine (waiting for the image's model server while it starts).
+
+`auto`: a usable NVIDIA GPU -> HunyuanOCR on vLLM. No usable GPU (or a gpu image's fallback) -> HunyuanOCR on the
+CPU through llama.cpp when the machine has it (the model's GGUF files, and its server answering or starting), for
+every task except FAST_CPU_TASKS, which stay with rapidocr (the `cpu` engine): the one place that decides which
+engine runs which task (appliance.ocr.engines.routed follows it). Otherwise the `cpu` engine alone.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.gpu.detect import find_gpu, load_stack_info
+from appliance.model_dir import find_gguf
 from appliance.ocr import steps
 from appliance.ocr.engines.base import ENGINE_NAMES, ENGINE_TITLES, Engine
 from appliance.ocr.engines.openai_client import server_ready
 from appliance.ocr.errors import EngineUnavailable
-from appliance.servers import vllm
+from appliance.ocr.tasks import Task
+from appliance.servers import llamacpp, ram, vllm
 from appliance.servers.process import RUNNING_STATES
+
+# rapidocr reads a page in seconds on any CPU, HunyuanOCR on a CPU takes a minute or more: with llama.cpp on `auto`,
+# these tasks stay with rapidocr (`--engine hunyuan-llamacpp` sends them to the model too).
+FAST_CPU_TASKS = frozenset({Task.SPOTTING, Task.TEXT})
 
 
 @dataclass
@@ -25,7 +37,12 @@ class Choice:
     gpu: str | None  # e.g. "NVIDIA H100 80GB HBM3", None when no usable NVIDIA GPU
 
 
-def choose(name: str = "auto", model_dir: str | os.PathLike | None = None, vllm_url: str | None = None) -> Choice:
+def choose(
+    name: str = "auto",
+    model_dir: str | os.PathLike | None = None,
+    vllm_url: str | None = None,
+    llama_url: str | None = None,
+) -> Choice:
     """Resolve `auto`: NVIDIA GPU + model directory -> HunyuanOCR (vLLM if its server answers), otherwise `cpu`."""
     gpu, gpu_why = find_gpu()
     if name != "auto":
@@ -33,7 +50,7 @@ def choose(name: str = "auto", model_dir: str | os.PathLike | None = None, vllm_
             raise ValueError(f"unknown engine '{name}'; choose one of: {', '.join(ENGINE_NAMES)}")
         return Choice(name, "chosen explicitly", gpu)
     if gpu is None:
-        return Choice("cpu", f"{gpu_why}; the CPU engine does spotting and plain text", None)
+        return on_the_cpu(model_dir, gpu_why, None, llama_url)
     if not model_dir or not (Path(model_dir) / "config.json").is_file():
         return Choice("cpu", f"{gpu_why}, but no HunyuanOCR model directory was given (--model DIR)", gpu)
     url = vllm_url or vllm.DEFAULT_URL
@@ -44,21 +61,51 @@ def choose(name: str = "auto", model_dir: str | os.PathLike | None = None, vllm_
         if vllm.unit_state() in RUNNING_STATES:
             return Choice("hunyuan-vllm", f"{gpu_why}; the model server ({vllm.VLLM_UNIT}) is starting", gpu)
         if "hunyuan-transformers" not in stack.get("engines", ()):
-            return Choice(
-                "cpu",
-                f"{gpu_why}, but the model server ({vllm.VLLM_UNIT}) is not running "
-                f"(journalctl -u {vllm.VLLM_UNIT} says why); the CPU engine does spotting and plain text",
-                gpu,
+            why = (
+                f"{gpu_why}, but the model server ({vllm.VLLM_UNIT}) is not running (journalctl -u {vllm.VLLM_UNIT})"
             )
+            return on_the_cpu(model_dir, why, gpu, llama_url)
     return Choice("hunyuan-transformers", f"{gpu_why}; no vLLM server running, using transformers in-process", gpu)
 
 
+def on_the_cpu(model_dir, why: str, gpu: str | None, llama_url: str | None = None) -> Choice:
+    """No usable GPU: HunyuanOCR through llama.cpp when this machine has its GGUF files and its server answers or
+    is starting; else the CPU engine, with the reason (not enough free memory, the server not running)."""
+    cpu = Choice("cpu", f"{why}; the CPU engine does spotting and plain text", gpu)
+    if not model_dir:
+        return cpu
+    try:
+        llamacpp_files = find_gguf(model_dir)
+    except EngineUnavailable:
+        return cpu
+    tasks = "every task on the CPU, rapidocr keeping spotting and plain text"
+    url = llama_url or llamacpp.DEFAULT_URL
+    if server_ready(url):
+        return Choice("hunyuan-llamacpp", f"{why}; llama.cpp answers at {url}: {tasks}", gpu)
+    if llamacpp.unit_state() in RUNNING_STATES:
+        return Choice("hunyuan-llamacpp", f"{why}; llama.cpp ({llamacpp.LLAMA_UNIT}) is starting: {tasks}", gpu)
+    short = ram.shortfall(model_dir, llamacpp.DEFAULT_CTX_SIZE)
+    if short:
+        return Choice("cpu", f"{why}; {short}", gpu)
+    return Choice(
+        "cpu",
+        f"{why}; the llama.cpp server for {llamacpp_files[0].name} is not running "
+        f"(journalctl -u {llamacpp.LLAMA_UNIT} says why); the CPU engine does spotting and plain text",
+        gpu,
+    )
+
+
 def open_engine(
-    name: str = "auto", model_dir=None, vllm_url: str | None = None, device: str | None = None, progress=None
+    name: str = "auto",
+    model_dir=None,
+    vllm_url: str | None = None,
+    device: str | None = None,
+    progress=None,
+    llama_url: str | None = None,
 ) -> Engine:
     """Start the named engine (resolving `auto` first). Raises EngineUnavailable with the reason if it cannot run.
     `progress(words)` hears what is being loaded, for a start screen."""
-    choice = choose(name, model_dir, vllm_url)
+    choice = choose(name, model_dir, vllm_url, llama_url)
     steps.report(progress, "opening", choice.reason, engine=ENGINE_TITLES[choice.engine])
     if choice.engine == "cpu":
         from appliance.ocr.engines.cpu import CpuEngine
@@ -70,6 +117,8 @@ def open_engine(
         from appliance.ocr.engines.transformers import TransformersEngine
 
         return TransformersEngine(model_dir, device=device)
+    if choice.engine == "hunyuan-llamacpp":
+        return open_llamacpp(name, model_dir, progress, llama_url)
     if name == "auto" and not vllm.wait_for_server(vllm_url or vllm.DEFAULT_URL, progress):
         # The image's model server did not come up (skipped, failed, or too slow): serve on the CPU meanwhile.
         from appliance.ocr.engines.cpu import CpuEngine
@@ -80,3 +129,25 @@ def open_engine(
     steps.report(progress, "warm_up", percent=98)
     engine.warm_up()
     return engine
+
+
+def open_llamacpp(name: str, model_dir, progress=None, url: str | None = None) -> Engine:
+    """The llama.cpp client, warmed up, with its page times on this PC (appliance.ocr.pace); on `auto`, behind a
+    RoutedEngine that leaves FAST_CPU_TASKS to rapidocr. `auto` falls back to the CPU engine when the image's
+    server does not come up."""
+    from appliance.ocr import pace
+    from appliance.ocr.engines.cpu import CpuEngine
+    from appliance.ocr.engines.routed import RoutedEngine
+
+    url = url or llamacpp.DEFAULT_URL
+    if name == "auto" and not llamacpp.wait_for_server(url, progress):
+        steps.report(progress, "vllm_gone")
+        return CpuEngine()
+    engine = llamacpp.open_client(model_dir, url=url)
+    steps.report(progress, "warm_up", percent=98)
+    engine.warm_up()
+    engine.page_seconds = pace.from_timings(getattr(engine, "last_timings", {}), engine.max_pixels)
+    if name != "auto":
+        return engine
+    fast = CpuEngine()
+    return RoutedEngine(engine, {task: fast for task in FAST_CPU_TASKS})

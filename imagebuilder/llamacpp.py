@@ -1,0 +1,174 @@
+"""llama.cpp layer (an image with the CPU model): llama-server and the shared libraries it loads, in /opt/llama.cpp.
+
+Built from the llama.cpp tree vendored in PyPI's llama-cpp-python sdist (imagebuilder.llamacpp_source: the same
+flags and cmake commands as the host's portable build), for the image's own Debian: in a throwaway chroot (the base
+layer's squashfs under an overlay, as for the NVIDIA modules) where apt installs cmake, ninja and g++. Only
+bin/llama-server and the libraries beside it (found through its $ORIGIN rpath) leave that chroot, stripped: no
+headers, no Python, no other tool, no web UI.
+
+Portable: GGML_NATIVE=OFF + GGML_BACKEND_DL + GGML_CPU_ALL_VARIANTS build one CPU backend per x86-64 level
+(x64 ... zen4) and ggml loads the best one this PC's CPU runs. One variant is not built: sapphirerapids, the only
+one with AMX. Its AMX matmul crashes on the first Q8_0 matmul on Sapphire Rapids (ggml-org/llama.cpp #20824:
+SIGSEGV at ldtilecfg, SIGILL at tileloadd) unless repacking is off; without the variant such a CPU gets zen4's
+AVX-512 BF16/VNNI code, which has no AMX instruction whatever the server's flags (appliance.servers.llamacpp also
+passes --no-repack). The build checks that no AMX instruction is in the layer. GGML_OPENMP=OFF: ggml's own thread
+pool, so nothing beyond the base layer's libc and libstdc++ is needed (checked with ldd on the base layer alone).
+
+Keyed by the sdist's sha256, the flags, the base layer's key (suite, mirrors, package lists) and this file; the
+toolchain's exact versions, the build time, the variants and the file sizes are in its meta.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import time
+from pathlib import Path
+
+from imagebuilder import layers, llamacpp_source, nvidia
+from imagebuilder.context import BuildError, Context, hash_inputs, inputs_epoch, run
+
+ORDER = 7  # OS-level files in /opt, above the NVIDIA layer, below the Python layers
+PREFIX = "opt/llama.cpp"  # bin/llama-server and its libraries beside it (appliance.servers.llamacpp starts it)
+TARGETS = ("llama-server",)
+BUILD_PACKAGES = ("cmake", "ninja-build", "g++", "binutils")
+DROPPED_VARIANTS = ("sapphirerapids",)  # AMX: see the module docstring
+AMX_MNEMONICS = ("ldtilecfg", "tileloadd", "tdpbssd", "tilerelease")
+# On top of llamacpp_source.CMAKE_FLAGS (the portable set, shared with the host's portable build): no OpenMP.
+IMAGE_FLAGS = ("-DGGML_OPENMP=OFF",)
+SRC_IN_CHROOT = "var/tmp/llama.cpp-src"
+BUILD_IN_CHROOT = "var/tmp/llama.cpp-build"
+INPUTS = ("imagebuilder/llamacpp.py", "imagebuilder/llamacpp_source.py")
+
+
+def cmake_flags() -> list[str]:
+    return [*llamacpp_source.CMAKE_FLAGS, *IMAGE_FLAGS]
+
+
+def build_script(flags: list[str], jobs: int) -> str:
+    """The shell script run in the chroot: drop the AMX variant, then llamacpp_source's configure and build of
+    llama-server (which builds every CPU backend: ggml depends on them)."""
+    drop = [f"sed -i '/ggml_add_cpu_backend_variant({v} /d' ggml/src/CMakeLists.txt" for v in DROPPED_VARIANTS]
+    commands = llamacpp_source.build_commands(".", f"/{BUILD_IN_CHROOT}", flags, jobs, TARGETS)
+    return "\n".join(["set -eu", f"cd /{SRC_IN_CHROOT}", *drop, *(shlex.join(c) for c in commands)]) + "\n"
+
+
+def layer_key(ctx: Context, base_key: str, sdist_sha256: str) -> str:
+    return hash_inputs(
+        "llama.cpp",
+        base_key,
+        ctx.config.suite,
+        sdist_sha256,
+        cmake_flags(),
+        BUILD_PACKAGES,
+        DROPPED_VARIANTS,
+        ctx.config.compression,
+        inputs_epoch(ctx, *INPUTS),
+        Path(__file__),
+    )
+
+
+def build_llamacpp_layer(ctx: Context) -> str:
+    base = next(layer for layer in ctx.layers if layer.name == "base")
+    sdist = llamacpp_source.fetch_sdist(ctx.cache_dir)  # checked against its pinned sha256
+    digest = llamacpp_source.SDIST.sha256
+    layer = layers.cached_layer(ctx, "llama.cpp", ORDER, layer_key(ctx, base.key, digest), inputs_epoch(ctx, *INPUTS))
+    sdist_facts = {"file": sdist.name, "sha256": digest}
+    source = llamacpp_source.source_tree(ctx.cache_dir)
+    layers.reuse_or_build(
+        ctx, layer, lambda tree: {**populate(ctx, base.path, source, cmake_flags(), tree), "sdist": sdist_facts}
+    )
+    ctx.info["llamacpp"] = {k: layer.meta.get(k) for k in ("sdist", "variants", "toolchain", "build_seconds")}
+    return (
+        ("reused " if layer.cached else "built ")
+        + layers.describe(layer)
+        + f", CPU variants {', '.join(layer.meta['variants'])}"
+        + ("" if layer.cached else f", compiled in {layer.meta['build_seconds']:.0f} s")
+    )
+
+
+def populate(ctx: Context, base_squashfs: Path, source: Path, flags: list[str], tree: Path) -> dict:
+    """Build in one throwaway chroot, then check the result in a clean one made of the base layer alone."""
+    started = time.monotonic()
+    with nvidia.chroot(ctx, base_squashfs, ctx.work / "llama.cpp-build") as root:
+        nvidia.apt_install(ctx, root, list(BUILD_PACKAGES))
+        toolchain = dpkg_versions(ctx, root, ["cmake", "ninja-build", "g++", "binutils", "libc6-dev"])
+        shutil.copytree(source, root / SRC_IN_CHROOT, symlinks=True)
+        jobs = os.cpu_count() or 1
+        print(f"    compiling llama.cpp in a {ctx.config.suite} chroot (-j{jobs}, every CPU variant) ...", flush=True)
+        run(["chroot", root, "/bin/sh", "-c", build_script(flags, jobs)], ctx)
+        bin_dir = llamacpp_source.install_tree(root / BUILD_IN_CHROOT, root / PREFIX, TARGETS)
+        inside = [f"/{PREFIX}/bin/{p.name}" for p in sorted(bin_dir.iterdir()) if not p.is_symlink()]
+        run(["chroot", root, "strip", "--strip-unneeded", *inside], ctx)
+        amx = [f for f in inside if has_amx(run(["chroot", root, "objdump", "-d", "--no-show-raw-insn", f]).stdout)]
+        if amx:
+            raise BuildError(f"AMX instructions in {', '.join(amx)}: that code path crashes (#20824)")
+        shutil.copytree(root / PREFIX, tree / PREFIX, symlinks=True)
+    seconds = time.monotonic() - started
+    return {**build_check(ctx, base_squashfs, tree), "toolchain": toolchain, "build_seconds": round(seconds, 1)}
+
+
+def has_amx(disassembly: str) -> bool:
+    return any(re.search(rf"\b{m}\b", disassembly) for m in AMX_MNEMONICS)
+
+
+def dpkg_versions(ctx: Context, root: Path, packages: list[str]) -> dict[str, str]:
+    out = run(["chroot", root, "dpkg-query", "-W", "-f", "${Package}\\t${Version}\\n", *packages], ctx).stdout
+    return dict(line.split("\t") for line in out.splitlines() if line)
+
+
+def opened_backends(ld_debug: str) -> list[str]:
+    """The CPU variants ggml dlopen()ed, from the dynamic loader's LD_DEBUG=files lines."""
+    return sorted(set(re.findall(r"file=\S*libggml-cpu-([\w.]+?)\.so \[0\];\s+dynamically loaded", ld_debug)))
+
+
+def variants_in(bin_dir: Path) -> list[str]:
+    return sorted(m.group(1) for p in bin_dir.iterdir() if (m := re.fullmatch(r"libggml-cpu-(.+)\.so", p.name)))
+
+
+def build_check(ctx: Context, base_squashfs: Path, tree: Path) -> dict:
+    """On the base layer alone (the image's userland, no toolchain): every library resolves and llama-server runs
+    and loads a CPU backend; the dropped variant is not there. Returns the variants and sizes for the meta."""
+    bin_dir = tree / PREFIX / "bin"
+    variants = variants_in(bin_dir)
+    if any(v in variants for v in DROPPED_VARIANTS) or "x64" not in variants or "haswell" not in variants:
+        raise BuildError(f"llama.cpp CPU variants built: {', '.join(variants)} (expected x64 ... haswell ...)")
+    with nvidia.chroot(ctx, base_squashfs, ctx.work / "llama.cpp-check") as root:
+        shutil.copytree(tree / PREFIX, root / PREFIX, symlinks=True)
+        missing = sorted(
+            {
+                line.strip()
+                for p in bin_dir.iterdir()
+                for line in run(["chroot", root, "ldd", f"/{PREFIX}/bin/{p.name}"], ctx).stdout.splitlines()
+                if "not found" in line
+            }
+        )
+        if missing:
+            raise BuildError(f"llama.cpp in the image would miss libraries: {'; '.join(missing)}")
+        # The dynamic loader says which CPU backends ggml opened (dlopen by path, from the binary's directory):
+        # llama-server's own log filters its "loaded CPU backend" line unless -lv is raised, so that is extra.
+        command = [
+            "chroot",
+            root,
+            "env",
+            "LD_DEBUG=files",
+            f"/{PREFIX}/bin/llama-server",
+            "-lv",
+            "4",
+            "--list-devices",
+        ]
+        said = run(command, ctx)
+        out = said.stdout + said.stderr
+        opened = opened_backends(out)
+        if not opened:
+            raise BuildError(f"llama-server opened no CPU backend from /{PREFIX}/bin: {out[-800:]}")
+    best = re.search(r"loaded CPU backend from \S*libggml-cpu-([\w.]+?)\.so", out)
+    chosen = best.group(1) if best else "(not logged)"
+    print(
+        f"    llama-server runs on the base layer alone: probed {len(opened)} CPU backends, chose {chosen}",
+        flush=True,
+    )
+    sizes = {p.name: p.stat().st_size for p in sorted(bin_dir.iterdir()) if not p.is_symlink()}
+    return {"variants": variants, "files": sizes, "host_variant": chosen}

@@ -42,7 +42,7 @@ $(STAMP)/vllm-venv: $(VLLM_LOCK)
 vllm-venv: $(STAMP)/vllm-venv
 
 # llama.cpp's llama-server + llama-quantize for this host, from the pinned llama-cpp-python sdist (PyPI), built under
-# cache/llama.cpp (cmake rebuilds only what changed; ~40 min cold with -j2 here): the real llama.cpp tests use it.
+# cache/llama.cpp (26 CPU-minutes cold, ~15 min on 2 idle cores; then only what changed): the real tests use it.
 $(STAMP)/llama-cpp: imagebuilder/llamacpp_source.py $(STAMP)/deps
 	mkdir -p $(STAMP)
 	if ! command -v cmake >/dev/null || ! command -v ninja >/dev/null || ! command -v g++ >/dev/null; then \

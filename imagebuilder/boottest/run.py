@@ -22,6 +22,7 @@ from imagebuilder.boottest.capture import (
 )
 from imagebuilder.boottest.checks import (
     KIOSK_TEXT,
+    check_doc_ocr,
     check_full_page,
     check_ocr,
     check_read_only_stick,
@@ -85,6 +86,8 @@ def boot_once(
         if lan and health == 200:
             api_problems += check_ocr(vm, token, result)
             api_problems += check_full_page(vm, token, result)
+            if report.get("llama") == "active":  # an image with the CPU model: a doc page is llama.cpp's
+                api_problems += check_doc_ocr(vm, token, result)
             if stick:
                 scan_check = check_read_only_stick if stick_fs.endswith("-dirty") else check_scan_stick
                 api_problems += scan_check(vm, token, result)

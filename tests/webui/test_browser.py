@@ -203,7 +203,9 @@ def test_extraction_preset_to_fields_table(page, model_server, tmp_path):
     assert page.locator("#fields").input_value().startswith("发票代码,发票号码,开票日期")
     page.set_input_files("#file", str(image))
     page.click("#start")
+    page.wait_for_selector("#out-text")  # the result page (after the progress page's reload, if there was one)
     page.click("[data-tab=fields]")
+    page.wait_for_selector("[data-panel=fields]", state="visible")
     rows = page.locator("#out-fields tbody tr")
     assert rows.count() == 8 and rows.first.inner_text() == "发票代码\tvalue of 发票代码"
     page.screenshot(path=SHOTS / "fields-en.png", full_page=True)

@@ -6,8 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from fake_engine import FakeEngine
-from PIL import Image
+from fake_engine import FakeEngine, page_image
 
 from appliance.jobs import Jobs
 from appliance.ocr.result import EngineInfo
@@ -53,7 +52,7 @@ def test_cards_say_the_time_a_page_takes_here(llama_like):
     assert "本机每页预计约 75 秒" in client.get("/", headers=ZH).get_data(as_text=True)
     # a finished page replaces the estimate by what it took
     image = tmp_path / "page.png"
-    Image.new("RGB", (64, 64), "white").save(image)
+    page_image((64, 64)).save(image)  # with ink: a blank page is not sent to the engine
     job = jobs.submit(image, "page.png", Request.make(Task.DOC))
     assert jobs.wait(job.id, 20).state == "done"
     html = client.get("/", headers=EN).get_data(as_text=True)

@@ -9,8 +9,9 @@ Storage under `data_dir`:
   results/<key>.json   the result document, named by its cache key (input + task + options + engine revision)
 Files are written to a temporary name and renamed, so a crash never leaves a half-written file under a real name.
 
-It is one module (a little over 500 lines) on purpose: the queue, the store and the result cache change together under
-one lock, and keeping their only writer in one place is what makes crash recovery easy to check.
+It is one module (about 620 lines) on purpose: the queue, the store, the result cache, restart recovery and
+pruning change together under one lock, and keeping their only writer in one place is what makes crash recovery
+easy to check.
 """
 
 from __future__ import annotations

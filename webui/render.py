@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import gc
 import html
 import re
@@ -35,7 +34,10 @@ def attachment(source_name: str, fmt: str) -> str:
 # one page at a time). Two at once at most; other requests wait their turn. After each, the C heap's free pages go
 # back to the system: glibc keeps them otherwise, and one 100 MP page would leave the app GBs larger for good.
 _HEAVY = threading.BoundedSemaphore(2)
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+try:
+    _libc = ctypes.CDLL("libc.so.6")  # glibc (Debian); by name: find_library would run ldconfig at import
+except OSError:
+    _libc = None
 
 
 @contextlib.contextmanager
@@ -45,7 +47,7 @@ def heavy_work():
             yield
         finally:
             gc.collect()
-            if hasattr(_libc, "malloc_trim"):
+            if _libc is not None and hasattr(_libc, "malloc_trim"):
                 _libc.malloc_trim(0)
 
 

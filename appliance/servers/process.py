@@ -26,7 +26,7 @@ from pathlib import Path
 
 from appliance.files import write_atomic
 from appliance.ocr import steps
-from appliance.ocr.engines.openai_client import server_ready
+from appliance.ocr.engines.openai_client import ModelServer, OpenAIEngine, server_ready
 from appliance.ocr.errors import EngineUnavailable
 
 PROGRESS = "progress.json"  # {"step": a key of appliance.ocr.steps.STEPS, "percent": 0..100}
@@ -213,3 +213,12 @@ def wait_for_unit(
         steps.report(progress, step, f"{time.monotonic() - started:.0f} s", percent)
         time.sleep(poll)
     return True
+
+
+def open_client(server: ModelServer, run_dir: Path, model_dir, url: str | None = None, **options) -> OpenAIEngine:
+    """The client for `server` at `url`, capped at the pixels that server was started with when the run
+    directory's settings.json is that server's. `options`: OpenAIEngine's timeout, max_tokens."""
+    url = (url or server.default_url).rstrip("/")
+    served = read_run_file(SETTINGS, run_dir)
+    ours = served.get("url") == url and isinstance(served.get("max_pixels"), int)
+    return OpenAIEngine(model_dir, server, url, max_pixels=served["max_pixels"] if ours else None, **options)

@@ -50,12 +50,8 @@ ENV = {**OFFLINE_ENV, "VLLM_WORKER_MULTIPROC_METHOD": "spawn"}  # fork after CUD
 
 
 def open_client(model_dir, url: str | None = None, run_dir: Path | None = None, **options) -> OpenAIEngine:
-    """The client for the vLLM server at `url`, capped at the pixels that server was sized for when the run
-    directory's settings.json is that server's. `options`: OpenAIEngine's timeout, max_tokens."""
-    url = (url or DEFAULT_URL).rstrip("/")
-    served = process.read_run_file(process.SETTINGS, run_dir or RUN_DIR)
-    ours = served.get("url") == url and isinstance(served.get("max_pixels"), int)
-    return OpenAIEngine(model_dir, SERVER, url, max_pixels=served["max_pixels"] if ours else None, **options)
+    """The client for the vLLM server at `url` (process.open_client: capped at the pixels it was started with)."""
+    return process.open_client(SERVER, run_dir or RUN_DIR, model_dir, url, **options)
 
 
 def unit_state() -> str:

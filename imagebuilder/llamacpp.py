@@ -14,8 +14,8 @@ AVX-512 BF16/VNNI code, which has no AMX instruction whatever the server's flags
 passes --no-repack). The build checks that no AMX instruction is in the layer. GGML_OPENMP=OFF: ggml's own thread
 pool, so nothing beyond the base layer's libc and libstdc++ is needed (checked with ldd on the base layer alone).
 
-Keyed by the sdist's sha256, the flags, the base layer's key (suite, mirrors, package lists) and this file; the
-toolchain's exact versions, the build time, the variants and the file sizes are in its meta.
+Keyed by the sdist's sha256, the build script and flags, the base layer's key (suite, mirrors, package lists) and
+RECIPE; the toolchain's exact versions, the build time, the variants and the file sizes are in its meta.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
 from imagebuilder import layers, llamacpp_source, nvidia
-from imagebuilder.context import BuildError, Context, hash_inputs, inputs_epoch, run
+from imagebuilder.context import BuildError, Context, explicit_epoch, hash_inputs, run
 
 ORDER = 7  # OS-level files in /opt, above the NVIDIA layer, below the Python layers
 PREFIX = "opt/llama.cpp"  # bin/llama-server and its libraries beside it (appliance.servers.llamacpp starts it)
@@ -40,7 +41,9 @@ AMX_MNEMONICS = ("ldtilecfg", "tileloadd", "tdpbssd", "tilerelease")
 IMAGE_FLAGS = ("-DGGML_OPENMP=OFF",)
 SRC_IN_CHROOT = "var/tmp/llama.cpp-src"
 BUILD_IN_CHROOT = "var/tmp/llama.cpp-build"
-INPUTS = ("imagebuilder/llamacpp.py", "imagebuilder/llamacpp_source.py")
+# Bump when populate() changes what lands in the layer (the key follows the recipe's inputs, not this file).
+RECIPE = 1
+SDIST_EPOCH = 1667997441  # the mtime of every file in the pinned sdist (2022-11-09), used as the layer's epoch
 
 
 def cmake_flags() -> list[str]:
@@ -56,25 +59,32 @@ def build_script(flags: list[str], jobs: int) -> str:
 
 
 def layer_key(ctx: Context, base_key: str, sdist_sha256: str) -> str:
+    """What goes into the compile (the base layer, the sdist, the script and its flags, the toolchain's packages)
+    and RECIPE, not this module's text: a changed message or check must not cost a half-hour recompile."""
     return hash_inputs(
         "llama.cpp",
+        RECIPE,
         base_key,
         ctx.config.suite,
         sdist_sha256,
-        cmake_flags(),
+        build_script(cmake_flags(), jobs=0),  # the -j count is the build machine's, not an input
         BUILD_PACKAGES,
-        DROPPED_VARIANTS,
         ctx.config.compression,
-        inputs_epoch(ctx, *INPUTS),
-        Path(__file__),
+        layer_epoch(ctx),
     )
+
+
+def layer_epoch(ctx: Context) -> int:
+    """The layer's file times: SOURCE_DATE_EPOCH when given, else the sdist's own (its files all carry one)."""
+    explicit = explicit_epoch(ctx.config)
+    return explicit if explicit is not None else SDIST_EPOCH
 
 
 def build_llamacpp_layer(ctx: Context) -> str:
     base = next(layer for layer in ctx.layers if layer.name == "base")
     sdist = llamacpp_source.fetch_sdist(ctx.cache_dir)  # checked against its pinned sha256
     digest = llamacpp_source.SDIST.sha256
-    layer = layers.cached_layer(ctx, "llama.cpp", ORDER, layer_key(ctx, base.key, digest), inputs_epoch(ctx, *INPUTS))
+    layer = layers.cached_layer(ctx, "llama.cpp", ORDER, layer_key(ctx, base.key, digest), layer_epoch(ctx))
     sdist_facts = {"file": sdist.name, "sha256": digest}
     source = llamacpp_source.source_tree(ctx.cache_dir)
     layers.reuse_or_build(
@@ -98,7 +108,9 @@ def populate(ctx: Context, base_squashfs: Path, source: Path, flags: list[str], 
         shutil.copytree(source, root / SRC_IN_CHROOT, symlinks=True)
         jobs = os.cpu_count() or 1
         print(f"    compiling llama.cpp in a {ctx.config.suite} chroot (-j{jobs}, every CPU variant) ...", flush=True)
-        run(["chroot", root, "/bin/sh", "-c", build_script(flags, jobs)], ctx)
+        run_with_progress(
+            ["chroot", root, "/bin/sh", "-c", build_script(flags, jobs)], ctx, ctx.work / "llama.cpp.log"
+        )
         bin_dir = llamacpp_source.install_tree(root / BUILD_IN_CHROOT, root / PREFIX, TARGETS)
         inside = [f"/{PREFIX}/bin/{p.name}" for p in sorted(bin_dir.iterdir()) if not p.is_symlink()]
         run(["chroot", root, "strip", "--strip-unneeded", *inside], ctx)
@@ -108,6 +120,27 @@ def populate(ctx: Context, base_squashfs: Path, source: Path, flags: list[str], 
         shutil.copytree(root / PREFIX, tree / PREFIX, symlinks=True)
     seconds = time.monotonic() - started
     return {**build_check(ctx, base_squashfs, tree), "toolchain": toolchain, "build_seconds": round(seconds, 1)}
+
+
+def run_with_progress(cmd: list, ctx: Context, log: Path, every: int = 10) -> None:
+    """Run the compile with its output in `log`, printing ninja's progress ("[n/m]") each `every` percent: the
+    compile takes many minutes and a silent build looks hung. On failure, BuildError with the log's tail."""
+    shown = -every
+    with (
+        open(log, "w") as out,
+        subprocess.Popen(
+            [str(c) for c in cmd], env=ctx.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as proc,
+    ):
+        for line in proc.stdout:
+            out.write(line)
+            m = re.match(r"\[(\d+)/(\d+)\]", line)
+            if m and int(m.group(1)) * 100 // int(m.group(2)) >= shown + every:
+                shown = int(m.group(1)) * 100 // int(m.group(2))
+                print(f"    compiled {m.group(1)}/{m.group(2)} ({shown}%)", flush=True)
+    if proc.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
+        raise BuildError(f"compiling llama.cpp exited {proc.returncode} (whole log: {log})\n{tail}")
 
 
 def has_amx(disassembly: str) -> bool:

@@ -127,6 +127,15 @@ def test_layer_key_follows_its_inputs(tmp_path, monkeypatch):
     assert key != llamacpp.layer_key(make_ctx(tmp_path / "s", "cpu", "suite=forky"), "base1", "sha1")
     monkeypatch.setattr(llamacpp, "IMAGE_FLAGS", (*llamacpp.IMAGE_FLAGS, "-DGGML_LTO=ON"))
     assert key != llamacpp.layer_key(ctx, "base1", "sha1")
+    monkeypatch.undo()
+    monkeypatch.setattr(llamacpp, "DROPPED_VARIANTS", ())  # the build script changes
+    assert key != llamacpp.layer_key(ctx, "base1", "sha1")
+    monkeypatch.undo()
+    monkeypatch.setattr(llamacpp, "RECIPE", llamacpp.RECIPE + 1)
+    assert key != llamacpp.layer_key(ctx, "base1", "sha1")
+    monkeypatch.undo()
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1800000000")  # file times are in the layer's bytes
+    assert key != llamacpp.layer_key(ctx, "base1", "sha1")
 
 
 def test_build_script_is_the_portable_build_without_the_amx_variant():

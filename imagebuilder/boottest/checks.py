@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imagebuilder.boottest.capture import screen_text, screenshot
 from imagebuilder.boottest.sticks import (
     INBOX_FILE,
     LETTER_TEXT,
@@ -144,6 +145,83 @@ def check_doc_ocr(vm: Vm, token: str, result: dict) -> list[str]:
     if status != 200 or engine != "hunyuan-llamacpp":
         return [f"POST /ocr doc: {status}, engine {engine}, expected 200 from hunyuan-llamacpp: {body[:200]!r}"]
     return []
+
+
+POISON_DEATHS = 3  # appliance.jobs: the third death of the web app under one job sets it aside (MAX_RETRIES + 1)
+
+
+def submit(vm: Vm, token: str, png: bytes, name: str, task: str = "text") -> str | None:
+    status, body = vm.http(
+        "/jobs", token, timeout=60, body={"image": base64.b64encode(png).decode(), "task": task, "filename": name}
+    )
+    return json.loads(body)["id"] if status == 202 else None
+
+
+def job_state(vm: Vm, token: str, job_id: str) -> dict:
+    status, body = vm.http(f"/jobs/{job_id}", token, timeout=30)
+    try:
+        return json.loads(body) if status == 200 else {}
+    except ValueError:
+        return {}
+
+
+def check_poison_job(vm: Vm, token: str, out: Path, result: dict, timeout: float = 1500) -> list[str]:
+    """A job under which the web app dies again and again (here: SIGKILL from the guest's root debug shell each time
+    the job runs, as a native crash or the OOM killer would) must end as failed ("Crashed") after POISON_DEATHS
+    deaths, a job queued behind it must still complete, and the kiosk must be back on its start page."""
+    poison = submit(vm, token, letter_png(), "poison.png")  # a full page: minutes under emulation, time to kill
+    normal = submit(vm, token, text_png(OCR_TEXT, 900), "after-poison.png")
+    if not poison or not normal:
+        return ["poison job: POST /jobs refused"]
+    started = time.monotonic()
+    deaths = 0
+    job: dict = {}
+    while time.monotonic() - started < timeout:
+        job = job_state(vm, token, poison)
+        if job.get("state") in ("done", "failed", "cancelled"):
+            break
+        if job.get("state") == "running":
+            status, said = vm.shell("systemctl kill --signal=SIGKILL --kill-whom=main appliance-web.service")
+            if status != 0:
+                return [f"poison job: could not kill the web app from the debug shell ({status}): {said[-300:]!r}"]
+            deaths += 1
+            # Wait until the app answers again (systemd restarts it after RestartSec).
+            while time.monotonic() - started < timeout and not job_state(vm, token, poison):
+                time.sleep(3)
+            continue
+        time.sleep(3)
+    result["poison"] = {"deaths": deaths, "seconds": round(time.monotonic() - started, 1), "job": job}
+    _, journal = vm.shell("journalctl -b -u appliance-web --no-pager -o short-monotonic | tail -n 200", timeout=120)
+    (out / "poison-journal.txt").write_text(journal)
+    problems = []
+    if job.get("state") != "failed" or job.get("error_kind") != "Crashed" or deaths != POISON_DEATHS:
+        said = f"{job.get('state')} {job.get('error_kind')} {job.get('error')}"
+        problems.append(f"poison job after {deaths} deaths: {said}")
+    after = job_state(vm, token, normal)
+    deadline = time.monotonic() + 600
+    while after.get("state") not in ("done", "failed", "cancelled") and time.monotonic() < deadline:
+        time.sleep(5)
+        after = job_state(vm, token, normal)
+    text = ""
+    if after.get("state") == "done":
+        status, body = vm.http(f"/jobs/{normal}/result?format=json", token, timeout=60)
+        text = (json.loads(body).get("text") or "").strip() if status == 200 else ""
+    result["poison"]["next_job"] = {"state": after.get("state"), "text": text}
+    if text != OCR_TEXT:
+        problems.append(f"the job queued behind the poison job: {after.get('state')} {text!r}")
+    # The kiosk reconnects by itself (appliance.kiosk, app.js): its start page must be back on the screen.
+    deadline = time.monotonic() + 300
+    seen = ""
+    while time.monotonic() < deadline:
+        if screenshot(vm, out / "screen-after-poison.png"):
+            seen = screen_text(out / "screen-after-poison.png")
+            if all(words in seen for words in KIOSK_TEXT):
+                break
+        time.sleep(10)
+    result["poison"]["kiosk_text"] = seen[:500]
+    if not all(words in seen for words in KIOSK_TEXT):
+        problems.append(f"kiosk after the poison job shows {seen[:200]!r}")
+    return problems
 
 
 def usb_names(vm: Vm, token: str, path: str) -> list[str] | None:

@@ -25,6 +25,7 @@ from imagebuilder.boottest.checks import (
     check_doc_ocr,
     check_full_page,
     check_ocr,
+    check_poison_job,
     check_read_only_stick,
     check_scan_stick,
     check_ui_usb_upload,
@@ -47,10 +48,11 @@ def boot_once(
     stick_fs: str = "vfat",
     full_page: bool = True,
 ) -> dict:
-    """One boot and its checks. `full_page`: also read a full A4 page (minutes under emulation: the first LAN boot
-    of a run does it)."""
+    """One boot and its checks. `full_page`: also read a full A4 page and run a poison job (minutes under emulation:
+    the first LAN boot of a run does them; the poison job needs the guest's debug shell, asked for at GRUB)."""
     base, entry = split_mode(mode)
-    vm = Vm(disk=disk, mode=base, dir=out, stick=stick, entry=entry)
+    poison = lan and full_page
+    vm = Vm(disk=disk, mode=base, dir=out, stick=stick, entry=entry, debug_shell=poison)
     result = {"mode": mode, "ok": False}
     try:
         try:
@@ -96,7 +98,9 @@ def boot_once(
                 scan_check = check_read_only_stick if stick_fs.endswith("-dirty") else check_scan_stick
                 api_problems += scan_check(vm, token, result)
                 api_problems += check_ui_usb_upload(vm, token, out, result)
-                api_problems += check_usb(vm, token, result, pull_stick)  # pulls the stick: last
+                api_problems += check_usb(vm, token, result, pull_stick)  # pulls the stick
+            if poison:  # kills the web app three times: after everything else
+                api_problems += check_poison_job(vm, token, out, result)
         screenshot(vm, out / "screen-end.png")
         problems = api_problems + selftest_problems(report, result, entry, lan, health, stick is not None)
         result["problems"] = problems

@@ -18,7 +18,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imagebuilder.boot import ENTRIES
+from imagebuilder.boot import ENTRIES, MENU
 from imagebuilder.usb import add_persistence
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
@@ -31,6 +31,7 @@ MODES = {
 }
 GUEST_MAC = "52:54:00:12:34:56"
 STICK_DEVICE = "datastick"  # the data stick's QEMU device id, to pull it with device_del
+DEBUG_SHELL_ARG = " systemd.debug_shell=ttyS1"  # systemd-debug-generator: a root shell on that tty (systemd >= 243)
 
 
 # QEMU 7.2's TCG emulates AVX2/FMA wrongly: onnxruntime (the CPU engine) and Chromium's renderer fault or hang in
@@ -77,6 +78,9 @@ class Vm:
     dir: Path
     stick: Path | None = None  # a second USB disk (not bootable): the data stick
     entry: str = "normal"  # the boot menu entry to start (imagebuilder.boot.ENTRIES)
+    # A root shell for the harness on a second serial port (ttyS1): systemd's own debug shell, asked for by typing
+    # DEBUG_SHELL_ARG into the boot menu entry's kernel line at GRUB. The image itself is not changed.
+    debug_shell: bool = False
     memory_mb: int = 3072
     port: int = field(default_factory=free_port)
     pid: int | None = None
@@ -114,6 +118,11 @@ class Vm:
             f"socket,id=ser0,path={d / 'serial.sock'},server=on,wait=off,logfile={self.serial_log}",
             "-serial",
             "chardev:ser0",
+            *(
+                ["-chardev", f"socket,id=ser1,path={d / 'shell.sock'},server=on,wait=off", "-serial", "chardev:ser1"]
+                if self.debug_shell
+                else []
+            ),
             "-monitor",
             f"unix:{d / 'monitor.sock'},server,nowait",
             "-daemonize",
@@ -161,18 +170,20 @@ class Vm:
 
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        for name in ("serial.log", "qemu.pid", "monitor.sock", "serial.sock", "guest.pcap"):
+        for name in ("serial.log", "qemu.pid", "monitor.sock", "serial.sock", "shell.sock", "guest.pcap"):
             (self.dir / name).unlink(missing_ok=True)
         cmd = self.command()
         (self.dir / "qemu-cmd.txt").write_text(" ".join(cmd) + "\n")
         self.started = time.monotonic()
         subprocess.run(cmd, check=True, timeout=60)
         self.pid = int((self.dir / "qemu.pid").read_text().strip())
-        if self.entry != "normal":
+        if self.entry != "normal" or self.debug_shell:
             self.choose_entry()
 
     def choose_entry(self) -> None:
-        """Type to GRUB on the serial line while its menu counts down: Ctrl-N once per entry down, then Enter."""
+        """Type to GRUB on the serial line while its menu counts down: Ctrl-N once per entry down, then Enter; or,
+        for the debug shell, `e` to edit the entry, down to its `linux` line, Ctrl-E (end of line), the argument,
+        Ctrl-X (boot)."""
         if not self.wait_serial(re.compile(r"executed automatically"), 120, poll=0.2):
             raise RuntimeError("the boot menu did not show on the serial console")
         with socket.socket(socket.AF_UNIX) as s:
@@ -180,12 +191,39 @@ class Vm:
             # One key at a time: GRUB redraws the menu over the slow serial line after each, and a burst lost the
             # Enter once. Enter is sent three times (GRUB prints nothing when it boots on a key press, so there is
             # nothing to wait for); once the kernel runs, nothing reads the serial line.
-            for _ in range(ENTRIES.index(self.entry)):
-                s.sendall(b"\x0e")
-                time.sleep(1)
-            for _ in range(3):
-                s.sendall(b"\r")
-                time.sleep(3)
+            keys = [b"\x0e"] * ENTRIES.index(self.entry)
+            if self.debug_shell:
+                grub_lines = 1 if MENU[ENTRIES.index(self.entry)][3] else 0  # the entry's commands before `linux`
+                keys += [b"e", *[b"\x0e"] * grub_lines, b"\x05", *(bytes([c]) for c in DEBUG_SHELL_ARG.encode())]
+                keys += [b"\x18"] * 3
+            else:
+                keys += [b"\r"] * 3
+            for key in keys:
+                s.sendall(key)
+                time.sleep(3 if key in (b"\r", b"\x18") else 1 if key in (b"\x0e", b"e") else 0.2)
+
+    def shell(self, command: str, timeout: float = 60) -> tuple[int, str]:
+        """(exit status, output) of `command` in the guest's root debug shell (debug_shell=True); status -1 when
+        it did not finish in time. Output is read between two markers, so the tty's echo of the command is skipped."""
+        tag = f"{time.monotonic_ns():x}"
+        # The markers are printed by printf from pieces, so the echoed command line never contains them whole.
+        line = f"{command}; printf '%s-%s %s\\n' END {tag} $?\n".encode()
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(timeout)
+            s.connect(str(self.dir / "shell.sock"))
+            s.sendall(f"printf '%s-%s\\n' BEGIN {tag}\n".encode() + line)
+            seen = b""
+            deadline = time.monotonic() + timeout
+            end = re.compile(rf"BEGIN-{tag}\r?\n(.*)END-{tag} (\d+)".encode(), re.S)
+            while time.monotonic() < deadline:
+                try:
+                    seen += s.recv(65536)
+                except TimeoutError:
+                    break
+                m = end.search(seen)
+                if m:
+                    return int(m.group(2)), m.group(1).decode(errors="replace")
+        return -1, seen.decode(errors="replace")[-2000:]
 
     def alive(self) -> bool:
         if self.pid is None:

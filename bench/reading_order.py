@@ -196,9 +196,8 @@ def with_sidebar(rng: random.Random, chinese: bool) -> Layout:
         side.title(855, 185, "Contact", BOLD, 28)
         facts = ["David Risinger", "David.Risinger@news.org", "Phone 0800 555 0199", "Office hours 9 to 5"]
     for i, fact in enumerate(facts):  # the English facts sit on the main column's rows, the Chinese ones do not
-        side.title(
-            855, 160 + main.pitch * (i + 3) if not chinese else 245 + 40 * i, fact, CJK if chinese else SANS, 22
-        )
+        y = 245 + 40 * i if chinese else 160 + main.pitch * (i + 3)
+        side.title(855, y, fact, CJK if chinese else SANS, 22)
     return layout
 
 

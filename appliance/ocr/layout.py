@@ -10,10 +10,11 @@ the recursive XY-cut:
 2. Sections: consecutive bands are gathered while their lines together still leave a vertical strip free of
    text (a gutter) between them. A line across every strip (a title, a paragraph across the columns) ends one.
 3. Columns: a section whose gutter has running text on both sides (`is_column`: 2+ lines, most at least 4 line
-   heights and twice the gutter wide, or a box of even lines beside it) is split there and each side is ordered again the same way (three columns,
-   a sidebar, columns in a column). Otherwise the section is read in rows, top to bottom and left to right within
-   a row: a receipt's prices and a form's labels are not running text, so they stay on their item's row.
-4. Paragraphs: in a column 12+ lines high wide (narrower ones hold lists of facts), a row continues the row above
+   heights and twice the gutter wide, or a box of even lines beside it) is split there and each side is ordered
+   again the same way (three columns, a sidebar, columns in a column). Otherwise the section is read in rows, top
+   to bottom and left to right within a row: a receipt's prices and a form's labels are not running text, so they
+   stay on their item's row.
+4. Paragraphs: in a column 12+ line heights wide (narrower ones hold lists of facts), a row continues the row above
    when both are one line of the same size, it starts at the column's left edge, no more than the column's usual
    spacing plus 0.4 line below, and the row above was full (the new row's first word would
    not have fitted at its end) or ended in a hyphenated word. A hyphen between Latin letters at the line end is

@@ -9,16 +9,15 @@ the recursive XY-cut:
    or a stretch where columns with unaligned lines interleave.
 2. Sections: consecutive bands are gathered while their lines together still leave a vertical strip free of
    text (a gutter) between them. A line across every strip (a title, a paragraph across the columns) ends one.
-3. Columns: a section whose gutter has running text on both sides (`is_column`: 2+ lines, most at least 4 line
-   heights and twice the gutter wide, or a box of even lines beside it) is split there and each side is ordered
-   again the same way (three columns, a sidebar, columns in a column). Otherwise the section is read in rows, top
-   to bottom and left to right within a row: a receipt's prices and a form's labels are not running text, so they
-   stay on their item's row.
-4. Paragraphs: in a column 12+ line heights wide (narrower ones hold lists of facts), a row continues the row above
-   when both are one line of the same size, it starts at the column's left edge, no more than the column's usual
-   spacing plus 0.4 line below, and the row above was full (the new row's first word would
-   not have fitted at its end) or ended in a hyphenated word. A hyphen between Latin letters at the line end is
-   dropped ("infor-" + "mation"); lines with Chinese or Japanese at the join meet without a space; others with one.
+3. Columns: a section whose gutter has running text on both sides (`is_column`) is split there and each side is
+   ordered again the same way (three columns, a sidebar, columns in a column). Otherwise the section is read in
+   rows, top to bottom and left to right within a row: a receipt's prices and a form's labels are not running
+   text, so they stay on their item's row.
+4. Paragraphs: in a column 12+ line heights wide (narrower ones hold lists of facts), a row continues the row
+   above when both are one line of the same size, it starts at the column's left edge, no further below than the
+   column's usual spacing plus 0.4 line, and the row above was full (the new row's first word would not have
+   fitted at its end) or ended in a hyphenated word. A hyphen between Latin letters at the line end is dropped
+   ("infor-" + "mation"); lines with Chinese or Japanese at the join meet without a space; others with one.
 
 Pure functions over anything with `.text` and `.box` (x1, y1, x2, y2 in pixels), so they are tested on boxes alone.
 """
@@ -105,16 +104,16 @@ def gutters(lines: Sequence[Boxed], narrowest: float) -> list[tuple[int, int]]:
 
 
 def is_column(side: Sequence[Boxed], across: Sequence[Boxed], gutter_width: int, line_px: float) -> bool:
-    """Running text on one side of a gutter: two or more lines, most of them 4+ line heights and twice the gutter
-    wide; or, beside a wider gutter, lines of about one width (a box of facts) that do not pair up row by row with
-    the lines across (a table's or a form's columns do)."""
+    """Running text on one side of a gutter: two or more lines, most of them 4+ line heights wide and either twice
+    the gutter or 8+ line heights wide (prose, not a table's cells); or, beside a wider gutter, lines of about one
+    width (a box of facts) that do not pair up row by row with the lines across (a table's or a form's do)."""
     if len(side) < 2:
         return False
     widths = sorted(width(line) for line in side)
     typical = widths[len(widths) // 2]
     if typical < 4 * line_px:
         return False
-    if typical >= 2 * gutter_width:
+    if typical >= 2 * gutter_width or typical >= 8 * line_px:  # lines of prose, not a table's cells
         return True
     even = sum(w >= 0.7 * widths[-1] for w in widths) >= 0.6 * len(widths)
     return even and not (paired(side, across) and paired(across, side))

@@ -3,6 +3,8 @@ engine: tests/engines/test_cpu_engine.py."""
 
 from __future__ import annotations
 
+import pytest
+
 from appliance.ocr.layout import Line, join, plain_text, reading_order
 
 LINE_PX, PITCH = 27, 32  # what rapidocr gives for 22 px type set at 1.45: boxes 27 px high, 32 px apart
@@ -45,10 +47,13 @@ def test_columns_under_a_full_width_paragraph_and_above_another_pair():
     assert texts(reading_order(bottom + across + top)) == texts(top + across + bottom)
 
 
-def test_a_box_of_short_facts_beside_a_column_comes_after_it():
+@pytest.mark.parametrize("top", [185, 160 + 3 * PITCH])  # between the main column's rows, or on them
+def test_a_box_of_short_facts_beside_a_column_comes_after_it(top):
     main = column(90, 160, full("main", 12), 700, px=17)
-    box = column(870, 185, ["股价：7.15元", "市盈率：12.3倍", "总市值：58亿元", "成交量：3.2万手"], px=24)
+    box = column(870, top, ["股价：7.15元", "市盈率：12.3倍", "总市值：58亿元", "成交量：3.2万手"], px=24)
     assert texts(reading_order(box + main)) == texts(main + box)
+    contact = column(870, top, ["David Risinger", "David.Risinger@news.org", "Phone 0800 555 0199"], px=12)
+    assert plain_text(contact + main).splitlines()[-3:] == texts(contact)  # a list of facts: not one paragraph
 
 
 def test_receipt_prices_and_form_values_stay_on_their_row():
@@ -57,6 +62,10 @@ def test_receipt_prices_and_form_values_stay_on_their_row():
         Line(price, [470, line.box[1], 552, line.box[3]]) for price, line in zip("$1 $2 $3 $4 $10".split(), names)
     ]
     assert plain_text(prices + names).splitlines() == [f"{n.text} {p.text}" for n, p in zip(names, prices)]
+
+    dates = column(40, 30, ["2024-01-05", "2024-02-05", "2024-03-05"], px=14)
+    states = column(400, 30, ["Paid in full", "Paid in part", "Not yet paid"], px=14)
+    assert plain_text(states + dates).splitlines() == [f"{a.text} {b.text}" for a, b in zip(dates, states)]
 
     labels = column(40, 30, ["Name:", "Date of birth:", "Address:"], px=14)
     values = column(300, 30, ["Maria Alvarez Fernandez", "12 March 1984", "14 Mill Lane, Northfield"], px=14)

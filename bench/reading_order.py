@@ -16,6 +16,17 @@ Figures:
   the first in the output (within a few characters), so lines read across columns count as out of order even
   when each column's lines keep their order. Each line is found by the cheapest approximate match of its
   characters (white space ignored) in the output; a line not found (over a third of it wrong) breaks its pairs.
+
+Before appliance.ocr.layout (commit c5dfd04: one global gutter, lines kept as lines) and after, 2 shared cores:
+
+    page          CER before / after   order before / after
+    en-2col         0.014 / 0.000        1.000 / 1.000     (hyphenated line ends split)
+    en-3col         0.724 / 0.000        0.021 / 1.000     (rows read across the three columns)
+    zh-2col         0.044 / 0.001        1.000 / 1.000     (a space at each Chinese line break)
+    en-sidebar      0.124 / 0.001        0.733 / 1.000     (the contact box inside the paragraph beside it)
+    zh-sidebar      0.186 / 0.000        0.667 / 1.000     (股价：7.15元 inside the paragraph beside it)
+    en-sections     0.014 / 0.002        1.000 / 1.000
+    mean            0.184 / 0.001        0.737 / 1.000     (13-23 s a page)
 """
 
 from __future__ import annotations

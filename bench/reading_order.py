@@ -6,7 +6,8 @@
 The pages are drawn here with Pillow (seeded, so every run sees the same pixels), each with its true reading order:
 two and three English columns under a full-width title with hyphenated line ends, two Chinese columns, a column
 with a boxed sidebar (English and Chinese), and two columns / a full-width paragraph / two columns. Text flows from
-the bottom of one column to the top of the next, as in print, so reading across columns mixes sentences.
+the bottom of one column to the top of the next, as in print, so reading across columns mixes sentences. One
+page's gutters are an em wide, narrow enough for the detector to run lines across them.
 
 Figures:
 - CER: edit distance to the true text / its length, white space runs made one space (`cer` of the boot test). The
@@ -173,13 +174,13 @@ def page(name: str, height: int) -> Layout:
     return Layout(name, Image.new("RGB", (1240, height), (255, 255, 255)))
 
 
-def english_columns(rng: random.Random, count: int) -> Layout:
-    """A title across the page, a byline, then `count` columns of justified-width text with hyphenation."""
-    layout = page(f"en-{count}col", 1240)
+def english_columns(rng: random.Random, count: int, gutter: int, name: str = "") -> Layout:
+    """A title across the page, a byline, then `count` columns of text with hyphenation, `gutter` px apart."""
+    layout = page(name or f"en-{count}col", 1240)
     body = Typesetter(layout, SERIF if count == 2 else SANS, 22 if count == 2 else 20)
     body.title(90, 70, "Elections Mark Start Of Next Budget Year", BOLD, 44, centre_width=1060)
     body.title(90, 150, "By our staff reporter, with figures from the regional office", SANS, 22)
-    body.flow(en_paragraphs(rng, 5 * count), columns(90, 220, 1060, 960, count, 50 if count == 2 else 36))
+    body.flow(en_paragraphs(rng, 5 * count), columns(90, 220, 1060, 960, count, gutter))
     return layout
 
 
@@ -226,12 +227,13 @@ def sections(rng: random.Random) -> Layout:
 def make_layouts(seed: int = 0) -> list[Layout]:
     rng = random.Random(f"reading-order-{seed}")
     return [
-        english_columns(rng, 2),
-        english_columns(rng, 3),
+        english_columns(rng, 2, 50),
+        english_columns(rng, 3, 36),
         chinese_columns(rng),
         with_sidebar(rng, chinese=False),
         with_sidebar(rng, chinese=True),
         sections(rng),
+        english_columns(rng, 3, 20, "en-3col-1em"),  # the detector runs some lines across a gutter this narrow
     ]
 
 

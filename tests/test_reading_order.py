@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.ocr.layout import Line, join, plain_text, reading_order
+from appliance.ocr.layout import Line, cut_at_column_starts, join, plain_text, reading_order
 
 LINE_PX, PITCH = 27, 32  # what rapidocr gives for 22 px type set at 1.45: boxes 27 px high, 32 px apart
 
@@ -70,6 +70,34 @@ def test_receipt_prices_and_form_values_stay_on_their_row():
     labels = column(40, 30, ["Name:", "Date of birth:", "Address:"], px=14)
     values = column(300, 30, ["Maria Alvarez Fernandez", "12 March 1984", "14 Mill Lane, Northfield"], px=14)
     assert plain_text(values + labels).splitlines() == [f"{a.text} {b.text}" for a, b in zip(labels, values)]
+
+
+def worded(line: Line, px: int = 13) -> Line:
+    """The line with word boxes, `px` a character and a space between words (a wider one where the text has two)."""
+    x, words = line.box[0], []
+    for word in line.text.split(" "):
+        if word:
+            words.append((word, [x, line.box[1], x + px * len(word), line.box[3]]))
+        x += px * (len(word) + 1)
+    return Line(" ".join(w for w, _ in words), [line.box[0], line.box[1], x - px, line.box[3]], words=words)
+
+
+def test_a_line_run_across_a_narrow_gutter_is_cut_where_the_next_column_starts():
+    left, right = column(100, 100, full("left", 5), 390), column(520, 100, full("right", 5), 390)
+    # The detector ran the third row of both columns into one box; 2 spaces of 13 px = a 26 px (1 em) gutter.
+    merged = worded(Line(f"{left[2].text[:30]}  {right[2].text[:30]}", [100, left[2].box[1], 0, left[2].box[3]]))
+    assert merged.box[2] > 520 and any(abs(box[0] - 520) < 5 for _, box in merged.words)
+    lines = [*left[:2], *left[3:], *right[:2], *right[3:], merged]
+    cut = cut_at_column_starts(lines)
+    assert len(cut) == len(lines) + 1
+    pieces = [left[2].text[:30].strip(), right[2].text[:30].strip()]
+    expected = [*texts(left[:2]), pieces[0], *texts(left[3:]), *texts(right[:2]), pieces[1], *texts(right[3:])]
+    assert texts(reading_order(cut)) == expected
+    alone = worded(Line("a wide  gap inside one column", [100, 400, 0, 427]))  # no column starts after its gap
+    assert cut_at_column_starts([*left, alone]) == [*left, alone]
+    chinese = Line("公司股价上涨", [100, 500, 400, 527], words=[("公司股价", [100, 500, 220, 527])])
+    chinese.words.append(("上涨", [520, 500, 580, 527]))
+    assert [ln.text for ln in cut_at_column_starts([*right, chinese])][-2:] == ["公司股价", "上涨"]
 
 
 def test_a_row_with_mixed_sizes_reads_left_to_right():

@@ -26,18 +26,20 @@ from __future__ import annotations
 
 import re
 import statistics
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
 @dataclass
 class Line:
-    """One recognised text line."""
+    """One recognised text line; `words` (text, box) when the recogniser gives them."""
 
     text: str
     box: list[int]  # x1, y1, x2, y2
     confidence: float = 1.0
+    words: list[tuple[str, list[int]]] = field(default_factory=list)
 
 
 class Boxed(Protocol):
@@ -53,9 +55,53 @@ def width(line: Boxed) -> int:
     return line.box[2] - line.box[0]
 
 
+def ink(line: Boxed) -> tuple[int, int]:
+    """The line's left and right edge: its words' where it has them (the detector's box may reach into a gutter)."""
+    words = getattr(line, "words", None)
+    if words:
+        return min(box[0] for _, box in words), max(box[2] for _, box in words)
+    return line.box[0], line.box[2]
+
+
 def line_height(lines: Sequence[Boxed]) -> float:
     return statistics.median(height(line) for line in lines) if lines else 0.0
 
+
+# ---- lines run across a gutter ------------------------------------------------------------------------------
+
+
+def cut_at_column_starts(lines: Sequence[Line]) -> list[Line]:
+    """Lines the detector ran across a narrow gutter (about an em wide) cut in two: at a word gap of 0.5+ line
+    heights, 4+ line heights into the line, after which the next word starts where 3+ other lines start (a
+    column's left edge). Lines without word boxes stay as they are."""
+    line_px = line_height(lines)
+    starts = sorted(line.box[0] for line in lines)
+    return [piece for line in lines for piece in _cut(line, starts, line_px)]
+
+
+def _cut(line: Line, starts: list[int], line_px: float) -> list[Line]:
+    words = line.words
+    for i in range(1, len(words)):
+        end, start = words[i - 1][1][2], words[i][1][0]
+        if start - end < 0.5 * line_px or start - line.box[0] < 4 * line_px:
+            continue
+        if bisect_right(starts, start + line_px / 2) - bisect_left(starts, start - line_px / 2) >= 3:
+            y1, y2 = line.box[1], line.box[3]
+            left = Line(_words_text(words[:i]), [line.box[0], y1, end, y2], line.confidence, words[:i])
+            right = Line(_words_text(words[i:]), [start, y1, line.box[2], y2], line.confidence, words[i:])
+            return [left, *_cut(right, starts, line_px)]
+    return [line]
+
+
+def _words_text(words: list[tuple[str, list[int]]]) -> str:
+    text = ""
+    for word, _ in words:
+        text += _space(text, word) + word
+    return text
+
+
+# A gutter is at least this many line heights wide: an em-wide gutter leaves a third of a line between the boxes.
+NARROWEST_GUTTER = 0.3
 
 # ---- order ---------------------------------------------------------------------------------------------------
 
@@ -94,7 +140,7 @@ def bands(lines: Sequence[Boxed]) -> list[list[Boxed]]:
 
 def gutters(lines: Sequence[Boxed], narrowest: float) -> list[tuple[int, int]]:
     """The vertical strips (x from, x to) between the lines that no line crosses, at least `narrowest` wide."""
-    spans = sorted((line.box[0], line.box[2]) for line in lines)
+    spans = sorted(ink(line) for line in lines)
     found, reach = [], spans[0][1] if spans else 0
     for x1, x2 in spans[1:]:
         if x1 - reach >= narrowest:
@@ -126,9 +172,9 @@ def paired(lines: Sequence[Boxed], others: Sequence[Boxed]) -> bool:
 
 def split_columns(section: Sequence[Boxed], line_px: float) -> tuple[list[Boxed], list[Boxed]] | None:
     """The section's lines left and right of its widest gutter with running text on both sides; None if none."""
-    for x1, x2 in sorted(gutters(section, 0.6 * line_px), key=lambda g: g[0] - g[1]):
-        left = [line for line in section if line.box[2] <= x1]
-        right = [line for line in section if line.box[2] > x1]
+    for x1, x2 in sorted(gutters(section, NARROWEST_GUTTER * line_px), key=lambda g: g[0] - g[1]):
+        left = [line for line in section if ink(line)[1] <= x1]
+        right = [line for line in section if ink(line)[1] > x1]
         if is_column(left, right, x2 - x1, line_px) and is_column(right, left, x2 - x1, line_px):
             return left, right
     return None
@@ -142,7 +188,7 @@ def columns(lines: Sequence[Boxed]) -> list[list[Boxed]]:
     line_px = line_height(lines)
     sections: list[list[Boxed]] = []
     for band in bands(lines):
-        if sections and gutters([*sections[-1], *band], 0.6 * line_px):
+        if sections and gutters([*sections[-1], *band], NARROWEST_GUTTER * line_px):
             sections[-1].extend(band)
         else:
             sections.append(list(band))
@@ -177,9 +223,14 @@ def join(before: str, after: str) -> str:
     """Two lines of one paragraph as one text."""
     if _HYPHENATED.search(before) and after[:1].islower() and after[:1].isascii():
         return before[:-1] + after
-    if _NO_SPACES.match(before[-1:]) or _NO_SPACES.match(after[:1]):
-        return before + after
-    return before + " " + after
+    return before + _space(before, after) + after
+
+
+def _space(before: str, after: str) -> str:
+    """What goes between two pieces of text on one line: nothing at a CJK character or at either end."""
+    if not before or not after or _NO_SPACES.match(before[-1]) or _NO_SPACES.match(after[0]):
+        return ""
+    return " "
 
 
 def first_word_px(line: Boxed) -> float:

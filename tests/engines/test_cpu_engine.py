@@ -146,7 +146,7 @@ def test_two_columns_are_read_one_after_the_other(engine):
     assert page.text.splitlines() == [lines[0][2], *left, *right]
 
 
-@pytest.mark.parametrize("name", ["en-3col", "en-sidebar", "zh-sidebar"])
+@pytest.mark.parametrize("name", ["en-3col-1em", "en-sidebar", "zh-sidebar"])
 def test_pages_in_columns_come_back_in_reading_order(engine, name):
     """Issue 14 item 11. Before appliance.ocr.layout: en-3col CER 0.724 order 0.021 (rows read across the three
     columns), en-sidebar 0.124 / 0.733 (the contact box's lines inside the paragraph beside it), zh-sidebar 0.186 /

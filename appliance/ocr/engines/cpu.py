@@ -16,7 +16,7 @@ from PIL import Image
 
 from appliance.ocr.engines.base import check_task
 from appliance.ocr.errors import EngineUnavailable
-from appliance.ocr.layout import Line, plain_text, reading_order
+from appliance.ocr.layout import Line, cut_at_column_starts, plain_text, reading_order
 from appliance.ocr.result import Block, EngineInfo, Page
 from appliance.ocr.tasks import Request, Task
 
@@ -100,20 +100,21 @@ class CpuEngine:
 
     def read_lines(self, image: Image.Image) -> list[Line]:
         """Every text line rapidocr finds, as an upright rectangle clamped to the image, in reading order."""
-        result = self._ocr(image)
+        result = self._ocr(image, return_word_box=True)  # word boxes cost nothing: the recogniser's own alignment
         if not result.txts:
             return []
         lines = []
-        for quad, text, score in zip(result.boxes, result.txts, result.scores):
-            xs, ys = [p[0] for p in quad], [p[1] for p in quad]
-            box = [
-                clamp(min(xs), image.width),
-                clamp(min(ys), image.height),
-                clamp(max(xs), image.width),
-                clamp(max(ys), image.height),
-            ]
-            lines.append(Line(text.strip(), box, min(1.0, max(0.0, float(score)))))
-        return reading_order(lines)
+        for quad, text, score, words in zip(result.boxes, result.txts, result.scores, result.word_results):
+            boxes = [upright(word_quad, image) for _, _, word_quad in words or ()]
+            lines.append(
+                Line(
+                    text.strip(),
+                    upright(quad, image),
+                    min(1.0, max(0.0, float(score))),
+                    [(word, box) for (word, _, _), box in zip(words or (), boxes)],
+                )
+            )
+        return reading_order(cut_at_column_starts(lines))
 
     def close(self) -> None:
         self._ocr = None
@@ -125,6 +126,17 @@ def quiet(level: str) -> None:
     logger.setLevel(level.upper())
     for handler in logger.handlers:
         handler.setLevel(level.upper())
+
+
+def upright(quad, image: Image.Image) -> list[int]:
+    """The rectangle around a quadrilateral, clamped to the image: x1, y1, x2, y2."""
+    xs, ys = [p[0] for p in quad], [p[1] for p in quad]
+    return [
+        clamp(min(xs), image.width),
+        clamp(min(ys), image.height),
+        clamp(max(xs), image.width),
+        clamp(max(ys), image.height),
+    ]
 
 
 def clamp(value, limit: int) -> int:

@@ -5,6 +5,8 @@ bottom interleaves the columns of a newspaper or a report ("Elections mark start
 a box of facts beside a column lands inside a paragraph. The order is rebuilt from geometry alone, a variant of
 the recursive XY-cut:
 
+0. Lines the detector ran across a narrow gutter are cut where the next column starts (`cut_at_column_starts`,
+   from the recogniser's word boxes); gutters are measured on the words' ink, not the detector's looser boxes.
 1. Bands: lines whose vertical extents overlap (by more than a third of a line) form a band: one row of the page,
    or a stretch where columns with unaligned lines interleave.
 2. Sections: consecutive bands are gathered while their lines together still leave a vertical strip free of

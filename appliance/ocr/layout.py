@@ -102,10 +102,10 @@ def _words_text(words: list[tuple[str, list[int]]]) -> str:
     return text
 
 
+# ---- order ---------------------------------------------------------------------------------------------------
+
 # A gutter is at least this many line heights wide: an em-wide gutter leaves a third of a line between the boxes.
 NARROWEST_GUTTER = 0.3
-
-# ---- order ---------------------------------------------------------------------------------------------------
 
 
 def same_row(a: Boxed, b: Boxed) -> bool:

@@ -27,7 +27,8 @@ Before appliance.ocr.layout (commit c5dfd04: one global gutter, lines kept as li
     en-sidebar      0.124 / 0.001        0.733 / 1.000     (the contact box inside the paragraph beside it)
     zh-sidebar      0.186 / 0.000        0.667 / 1.000     (股价：7.15元 inside the paragraph beside it)
     en-sections     0.014 / 0.002        1.000 / 1.000
-    mean            0.184 / 0.001        0.737 / 1.000     (13-23 s a page)
+    en-3col-1em     0.514 / 0.001        0.750 / 1.000     (lines run across the gutters, rows across columns)
+    mean            0.231 / 0.001        0.739 / 1.000     (3-23 s a page)
 """
 
 from __future__ import annotations

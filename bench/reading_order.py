@@ -99,7 +99,7 @@ class Typesetter:
         y = frame.y
         for paragraph in paragraphs:
             tokens = list(paragraph) if self.cjk else paragraph.split(" ")
-            words = ""  # the paragraph as set so far: a hyphenated word's halves joined
+            written, hyphenated = "", False  # the paragraph as set so far; whether its last line split a word
             while tokens:
                 if y + self.px * 1.2 > frame.y + frame.height:
                     if not frames:
@@ -108,11 +108,11 @@ class Typesetter:
                     y = frame.y
                 drawn, source, tokens = self.fill(tokens, frame.width)
                 self.put(frame.x, y, drawn, source)
-                joiner = "" if self.cjk or not words or words.endswith("\0") else " "
-                words = words.removesuffix("\0") + joiner + source + ("\0" if drawn.endswith("-") else "")
+                written += ("" if self.cjk or not written or hyphenated else " ") + source
+                hyphenated = drawn != source
                 y += self.pitch
-            if words:
-                self.layout.paragraphs.append(words.removesuffix("\0"))
+            if written:
+                self.layout.paragraphs.append(written)
             if tokens:  # out of frames
                 return
             y += int(self.px * 0.8)

@@ -67,6 +67,7 @@ test: $(STAMP)/deps $(STAMP)/test-apt $(STAMP)/vllm-venv $(STAMP)/llama-cpp
 # OCR engine, scan folder, then the image (cold and app-only build, sizes, boot time against a bare image: ~25 min).
 bench: $(STAMP)/deps $(STAMP)/test-apt $(STAMP)/vllm-venv $(STAMP)/llama-cpp host-tools
 	$(PY) -m bench.cpu_engine
+	$(PY) -m bench.reading_order
 	$(PY) -m bench.llamacpp
 	$(PY) -m bench.watch
 	$(PY) -m bench.api_load

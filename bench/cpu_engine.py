@@ -8,6 +8,7 @@ Both run on the same pages (bench/dataset.py) in the same process, each warmed u
 timed. "raw" is `RapidOCR()` with its defaults (log level aside) called on the page image, its lines joined in its
 own order; "ours" is `CpuEngine().recognize(page, text)`. CER is edit distance / length of the true text, both with
 every run of white space made one space, so it counts misread characters and lines read out of order, not layout.
+The true text of a page with paragraphs has a paragraph a line, as written (Chinese lines meet without a space).
 """
 
 from __future__ import annotations

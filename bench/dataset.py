@@ -109,11 +109,12 @@ class Sample:
     kind: str  # receipt | doc_en | doc_zh | photo | dense
     image: Image.Image
     lines: list[Line] = field(default_factory=list)
+    paragraphs: list[str] | None = None  # when the page has paragraphs: each as written, before it was set in lines
 
     @property
     def text(self) -> str:
-        """The true text in reading order, one drawn line a line."""
-        return "\n".join(line.text for line in self.lines)
+        """The true text in reading order: a paragraph a line where the page has them, else one drawn line a line."""
+        return "\n".join(self.paragraphs if self.paragraphs is not None else (line.text for line in self.lines))
 
 
 def font(path: str, size: int) -> ImageFont.FreeTypeFont:
@@ -163,7 +164,7 @@ def wrap(text: str, fnt, width: int, cjk: bool) -> list[str]:
 
 
 def text_page(rng: random.Random, size, font_path: str, font_px: int, cjk: bool, paragraphs: int, margin: int):
-    """A page with a heading and paragraphs of wrapped text; returns (image, lines)."""
+    """A page with a heading and paragraphs of wrapped text; returns (image, lines, paragraphs as set)."""
     image = Image.new("RGB", size, (255, 255, 255))
     draw = ImageDraw.Draw(image)
     lines = []
@@ -172,18 +173,23 @@ def text_page(rng: random.Random, size, font_path: str, font_px: int, cjk: bool,
     head_font = font(CJK if cjk else BOLD, int(font_px * 1.6))
     heading = wrap(heading, head_font, size[0] - 2 * margin, cjk)[0]
     lines.append(draw_line(draw, (margin, y), heading, head_font))
+    written = [heading]
     y += int(font_px * 1.6 * 2)
     body = font(font_path, font_px)
     width = size[0] - 2 * margin
+    joiner = "" if cjk else " "
     for _ in range(paragraphs):
         sentences = [zh_sentence(rng) if cjk else en_sentence(rng) for _ in range(rng.randint(2, 5))]
-        for text in wrap(("" if cjk else " ").join(sentences), body, width, cjk):
+        set_lines = []
+        for text in wrap(joiner.join(sentences), body, width, cjk):
             if y + font_px * 2 > size[1] - margin:
-                return image, lines
+                return image, lines, [*written, joiner.join(set_lines)] if set_lines else written
             lines.append(draw_line(draw, (margin, y), text, body))
+            set_lines.append(text)
             y += int(font_px * 1.5)
+        written.append(joiner.join(set_lines))
         y += font_px
-    return image, lines
+    return image, lines, written
 
 
 def receipt(rng: random.Random, chinese: bool):
@@ -293,22 +299,23 @@ def _perspective_coeffs(corners, w: int, h: int):
 def make_sample(kind: str, index: int, seed: int = 0) -> Sample:
     """One page of the given kind; the same (kind, index, seed) always gives the same pixels and text."""
     rng = random.Random(f"{seed}-{kind}-{index}")
+    written = None
     if kind == "receipt":
         image, lines = receipt(rng, chinese=index % 2 == 1)
     elif kind == "doc_en":
-        image, lines = text_page(rng, A4_150DPI, rng.choice([SANS, SERIF]), 23, False, 12, 110)
+        image, lines, written = text_page(rng, A4_150DPI, rng.choice([SANS, SERIF]), 23, False, 12, 110)
     elif kind == "doc_zh":
-        image, lines = text_page(rng, A4_150DPI, CJK, 24, True, 12, 110)
+        image, lines, written = text_page(rng, A4_150DPI, CJK, 24, True, 12, 110)
     elif kind == "dense":
         cjk = index % 2 == 1
-        image, lines = text_page(rng, A4_150DPI, CJK if cjk else SANS, 15, cjk, 30, 70)
+        image, lines, written = text_page(rng, A4_150DPI, CJK if cjk else SANS, 15, cjk, 30, 70)
     elif kind == "photo":
         cjk = index % 2 == 1
-        page, lines = text_page(rng, (900, 1100), CJK if cjk else SERIF, 26, cjk, 6, 60)
+        page, lines, written = text_page(rng, (900, 1100), CJK if cjk else SERIF, 26, cjk, 6, 60)
         image, lines = photograph(rng, page), [Line(line.text, None) for line in lines]
     else:
         raise ValueError(f"unknown sample kind '{kind}'")
-    return Sample(f"{kind}-{index + 1}", kind, image, lines)
+    return Sample(f"{kind}-{index + 1}", kind, image, lines, written)
 
 
 KINDS = ("receipt", "doc_en", "doc_zh", "photo", "dense")

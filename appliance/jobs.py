@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from appliance.files import write_atomic
+from appliance.messages import Text, message_of
 from appliance.ocr import pace, steps
 from appliance.ocr.engines.base import Engine, check_task
 from appliance.ocr.engines.routed import serving
@@ -65,6 +66,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     pages_total INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     error_kind TEXT,  -- the exception class, so the API can answer a failed job with the right status
+    error_code TEXT,  -- `error`'s appliance.messages id and values (JSON), so the UI can say it in its language
+    error_params TEXT,
     cache_key TEXT,
     cached INTEGER NOT NULL DEFAULT 0,
     retries INTEGER NOT NULL DEFAULT 0,
@@ -75,6 +78,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 """
+ADDED_COLUMNS = {"error_code": "TEXT", "error_params": "TEXT"}  # columns a store made by an older version lacks
 
 
 class QueueFull(Exception):
@@ -83,7 +87,7 @@ class QueueFull(Exception):
     def __init__(self, limit: int, retry_after: int):
         self.limit = limit
         self.retry_after = retry_after
-        super().__init__(f"the OCR queue is full ({limit} jobs waiting); try again in about {retry_after} s")
+        super().__init__(Text("queue_full", limit=limit, seconds=retry_after))
 
 
 class JobNotFound(KeyError):
@@ -115,13 +119,22 @@ class Job:
     created: float
     started: float | None
     finished: float | None
+    error_code: str | None = None  # `error` as an appliance.messages id + values (None: words without an id)
+    error_params: dict | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
         data = {k: row[k] for k in row.keys() if k != "seq"}
         data["options"] = json.loads(data["options"])
         data["cached"] = bool(data["cached"])
+        data["error_params"] = json.loads(data["error_params"]) if data.get("error_params") else None
         return cls(**data)
+
+    @property
+    def error_text(self) -> str | None:
+        """`error` as an appliance.messages.Text (for `messages.say`), or its words when it has no known id."""
+        known = self.error_code and Text.from_dict({"code": self.error_code, "params": self.error_params})
+        return known or self.error
 
     @property
     def finished_state(self) -> bool:
@@ -180,6 +193,10 @@ class Jobs:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for name, kind in ADDED_COLUMNS.items():
+            if name not in have:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
         self._recover()
         self.prune()
         self._worker = threading.Thread(target=self._run, name="ocr-worker", daemon=True)
@@ -194,20 +211,16 @@ class Jobs:
         the first time it resumes in its place (a power cut is nobody's fault), after that it waits behind every
         other queued job, and the (MAX_RETRIES + 1)th death sets it aside as failed, its input kept."""
         with self._lock:
+            crashed = _error_columns(Text("job_crashed", n=MAX_RETRIES + 1))
             self._db.execute(
-                "UPDATE jobs SET state=?, error=?, error_kind=?, finished=? WHERE state=? AND retries>=?",
-                (
-                    FAILED,
-                    f"this file stopped the OCR service {MAX_RETRIES + 1} times; it was set aside",
-                    CRASHED,
-                    time.time(),
-                    RUNNING,
-                    MAX_RETRIES,
-                ),
+                "UPDATE jobs SET state=?, error=?, error_code=?, error_params=?, error_kind=?, finished=?"
+                " WHERE state=? AND retries>=?",
+                (FAILED, *crashed.values(), CRASHED, time.time(), RUNNING, MAX_RETRIES),
             )
             self._db.execute(
-                "UPDATE jobs SET state=?, retries=retries+1, pages_done=0, started=NULL, error=? WHERE state=?",
-                (QUEUED, "interrupted by a restart; queued again", RUNNING),
+                "UPDATE jobs SET state=?, retries=retries+1, pages_done=0, started=NULL, error=?, error_code=?,"
+                " error_params=? WHERE state=?",
+                (QUEUED, *_error_columns(Text("job_interrupted")).values(), RUNNING),
             )
             rows = self._db.execute("SELECT id, retries FROM jobs WHERE state=? ORDER BY seq", (QUEUED,)).fetchall()
             suspects = [r["id"] for r in rows if r["retries"] > 1]  # interrupted twice now: the others go first
@@ -223,7 +236,7 @@ class Jobs:
             sha256, pages = document.sha256, document.page_count
         with self._lock:
             if self._engine_state == "failed":
-                raise EngineUnavailable("the configured engine", self._engine_error or "it failed to start")
+                raise EngineUnavailable("the configured engine", self._engine_error or Text("engine_failed_to_start"))
             key = None
             if self._engine is not None:
                 check_task(self._engine, request)
@@ -346,7 +359,7 @@ class Jobs:
             job = self.get(job_id)
             if job.state == QUEUED:
                 self._pending.remove(job_id)
-                self._set(job_id, state=CANCELLED, finished=time.time(), error="cancelled before it started")
+                self._set(job_id, state=CANCELLED, finished=time.time(), error=Text("job_cancelled_queued"))
             elif job.state == RUNNING:
                 self._cancel.add(job_id)
             return self.get(job_id)
@@ -477,13 +490,13 @@ class Jobs:
         except Exception as e:
             log.exception("engine failed to start")
             with self._lock:
-                self._engine_state, self._engine_error, self._engine_since = "failed", str(e), time.time()
+                self._engine_state, self._engine_error, self._engine_since = "failed", message_of(e), time.time()
                 for job_id in self._pending:
                     self._set(
                         job_id,
                         state=FAILED,
                         finished=time.time(),
-                        error=f"the OCR engine did not start: {e}",
+                        error=Text("engine_not_started", error=message_of(e)),
                         error_kind="EngineUnavailable",
                     )
                 self._pending.clear()
@@ -538,33 +551,32 @@ class Jobs:
             write_atomic(self.results / f"{key}.json", result.to_json().encode("utf-8"))
             outcome = {"state": DONE}
         except Cancelled as e:
-            outcome = {"state": CANCELLED, "error": "cancelled while running"}
+            outcome = {"state": CANCELLED, "error": Text("job_cancelled_running")}
             if e.partial is not None and not self._stopping:  # the pages read so far stay, as a partial result
                 partial_key = f"{key}{PARTIAL}"  # never the full result's key: the cache must not serve it
                 write_atomic(self.results / f"{partial_key}.json", e.partial.to_json().encode("utf-8"))
                 outcome.update(
                     cache_key=partial_key,
-                    error=f"cancelled after {len(e.partial.pages)} of "
-                    f"{job.pages_total} pages; the pages read are kept",
+                    error=Text("job_cancelled_after", done=len(e.partial.pages), total=job.pages_total),
                 )
         except EngineLost as e:
             outcome = {"state": QUEUED, "lost": e.reason}
         except OcrError as e:
-            outcome = {"state": FAILED, "error": str(e), "error_kind": type(e).__name__}
+            outcome = {"state": FAILED, "error": message_of(e), "error_kind": type(e).__name__}
         except Exception as e:
             log.exception("job %s failed", job_id)
-            outcome = {"state": FAILED, "error": f"internal error: {type(e).__name__}: {e}", "error_kind": "internal"}
+            error = Text("job_internal", kind=type(e).__name__, error=str(e))
+            outcome = {"state": FAILED, "error": error, "error_kind": "internal"}
         with self._lock:
             cancelled = job_id in self._cancel
             self._cancel.discard(job_id)
             lost = outcome.pop("lost", None)
             if lost and cancelled and not self._stopping:
-                outcome = {"state": CANCELLED, "error": "cancelled while running"}
+                outcome = {"state": CANCELLED, "error": Text("job_cancelled_running")}
             elif lost and job.retries >= MAX_RETRIES:
                 outcome = {
                     "state": FAILED,
-                    "error": f"the OCR engine stopped answering on this file {job.retries + 1} times; not retried "
-                    f"again ({lost})",
+                    "error": Text("engine_lost_gave_up", n=job.retries + 1, why=lost),
                     "error_kind": "EngineUnavailable",
                 }
             if outcome["state"] == QUEUED:  # the engine was lost mid-job: first in line once it is back
@@ -574,7 +586,7 @@ class Jobs:
                     retries=job.retries + 1,
                     pages_done=0,
                     started=None,
-                    error=f"the OCR engine stopped answering ({lost}); queued again",
+                    error=Text("engine_lost_requeued", why=lost),
                 )
                 self._pending.insert(0, job_id)
             elif self._stopping and outcome["state"] == CANCELLED:
@@ -590,6 +602,8 @@ class Jobs:
     # ---- helpers (callers hold the lock) ------------------------------------------------------------------------
 
     def _set(self, job_id: str, **columns) -> int:
+        if "error" in columns:  # its id and values go beside the words
+            columns.update(_error_columns(columns["error"]))
         names = ", ".join(f"{k}=?" for k in columns)
         cur = self._db.execute(f"UPDATE jobs SET {names} WHERE id=?", (*columns.values(), job_id))
         return cur.rowcount
@@ -621,3 +635,10 @@ class Jobs:
 
     def _retry_after(self, waiting: int) -> int:
         return max(1, min(600, round(waiting * self._seconds_per_job)))
+
+
+def _error_columns(error: str | None) -> dict:
+    """A job's error as its columns: the English words, and an appliance.messages.Text's id and values."""
+    stored = error.to_dict() if isinstance(error, Text) else {"code": None, "params": None}
+    params = json.dumps(stored["params"], ensure_ascii=False) if stored["params"] is not None else None
+    return {"error": None if error is None else str(error), "error_code": stored["code"], "error_params": params}

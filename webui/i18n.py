@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flask import Flask, current_app, request
 
-from appliance import gpu
+from appliance import gpu, messages
 from appliance.ocr import steps
 from webui import backend
 
@@ -340,6 +340,16 @@ def say_page_time(figure: dict | None) -> str:
     return gettext("page_time_measured" if figure.get("measured") else "page_time_estimated", t=t)
 
 
+# What the core says (errors, failed jobs, the engine choice, the scan folder): kept with the code that says it.
+MESSAGES.update({f"msg_{key}": texts for key, texts in messages.MESSAGES.items()})
+
+
+def say(text) -> str:
+    """An appliance.messages.Text (a job's `error_text`, an error's detail) in the page's language; other text as
+    it is."""
+    return messages.say(text, current_lang())
+
+
 def current_lang() -> str:
     chosen = request.cookies.get(COOKIE)
     if chosen in LANGS:
@@ -359,6 +369,7 @@ def gettext(key: str, **values) -> str:
 def init_app(app: Flask) -> None:
     app.jinja_env.globals["_"] = gettext
     app.jinja_env.globals["say_step"] = say_step
+    app.jinja_env.globals["say"] = say
     app.jinja_env.globals["say_page_time"] = say_page_time
     # The start screen's script follows GET /health and says each step with these ({placeholders} kept).
     app.jinja_env.globals["step_texts"] = lambda: {key: gettext("step_" + key) for key in steps.STEPS}

@@ -9,6 +9,7 @@ from flask import current_app, url_for
 
 from appliance import export
 from appliance.jobs import Job, Jobs
+from appliance.messages import Text
 from appliance.runtime import Runtime
 from webui import errors, i18n
 from webui.backend import KEY, Backend
@@ -30,7 +31,7 @@ def runtime_config() -> Runtime:
 def submit(data: bytes, name: str, req) -> Job:
     """Queue a file (the pages' upload and the API's POST /ocr and /jobs); not an image or PDF at all: 415."""
     if not data:
-        raise errors.BadRequest(f"{name}: the file is empty")
+        raise errors.BadRequest(Text("upload_empty", name=name))
     errors.check_type(data, name)
     return jobs().submit(data, name, req)
 

@@ -61,7 +61,7 @@ def handle(exc):
     status, error, detail, headers = errors.describe(exc, current_app.config.get("MAX_CONTENT_LENGTH"))
     if status == 500:
         current_app.logger.error("page failed", exc_info=exc)
-    return render_template("error.html", status=status, error=error, detail=detail), status, headers
+    return render_template("error.html", status=status, error=error, detail=i18n.say(detail)), status, headers
 
 
 BANNER_TTL = 30  # seconds a computed GPU banner is reused (it may run nvidia-smi)
@@ -110,12 +110,12 @@ def engine_notes(engine: dict) -> dict:
     fallback = engine.get("fallback") or (
         choice.engine.startswith("hunyuan") and info.get("name") == "cpu" and (engine.get("error") or choice.reason)
     )
-    reason = one_sentence(engine.get("error")) or engine.get("state", "")
+    reason = one_sentence(i18n.say(engine.get("error"))) or engine.get("state", "")
     return {
         "reason": reason if reason.endswith((".", "!", "?", "。", "…")) else reason + ".",
         "running": info.get("name"),
         "working_tasks": labels,
-        "fallback": one_sentence(fallback) if isinstance(fallback, str) else None,
+        "fallback": one_sentence(i18n.say(fallback)) if isinstance(fallback, str) else None,
         "wanted": choice.engine,
     }
 
@@ -171,7 +171,7 @@ def upload():
         status, _error, detail, headers = errors.describe(exc, current_app.config.get("MAX_CONTENT_LENGTH"))
         if status == 500:
             raise
-        return _home(error=detail), status, headers
+        return _home(error=i18n.say(detail)), status, headers
     return redirect(url_for("ui.job", job_id=job.id), code=303)
 
 

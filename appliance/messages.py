@@ -164,6 +164,17 @@ MESSAGES = {
         "快速 CPU 引擎仍可完成纯文本和文字行定位",
     ),
     # the scan folder (appliance.scan)
+    "scan_settling": ("waiting until the file stops changing", "等待文件写入完成"),
+    "scan_not_open_yet": ("waiting: does not open yet ({reason})", "等待中：暂时还打不开（{reason}）"),
+    "scan_gave_up": ("{reason} (unchanged for {seconds} s)", "{reason}（已 {seconds} 秒没有变化）"),
+    "scan_refused_link": (
+        "refused: a symbolic link; copy the file itself into the inbox",
+        "已拒绝：这是符号链接；请把文件本身复制到收件箱",
+    ),
+    "scan_refused_special": (
+        "refused: not a regular file (device, FIFO or socket); copy the file itself into the inbox",
+        "已拒绝：不是普通文件（设备、管道或套接字）；请把文件本身复制到收件箱",
+    ),
     "scan_parked": (
         "processing stopped the watcher {n} times (crash or power loss); parked here rather than tried again",
         "处理此文件时监视程序已 {n} 次中断（崩溃或断电）；已放在这里，不再重试",

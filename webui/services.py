@@ -69,9 +69,13 @@ def scan_state(recent: int = 100) -> dict:
         folders = {str(Path(p).parent) for p in item.get("outputs", [])}
         item["output_dir"] = _shorter(folders.pop(), root) if len(folders) == 1 else None
         item["output_names"] = [Path(p).name for p in item.get("outputs", [])]
+        # The detail in the page's language (`detail` stays English, `message` has its id and values).
+        known = Text.from_dict(item["message"]) if item.get("message") else None
+        item["detail_ui"] = i18n.say(known or item["detail"])
         if item.get("waiting_for_stick"):  # said in the reason, which the page shows as it is
             waiting = i18n.gettext("scan_waiting_for_stick", stick=item["waiting_for_stick"])
             item["detail"] = f"{item['detail']} {waiting}".strip()
+            item["detail_ui"] = f"{item['detail_ui']} {waiting}".strip()
     supported = jobs().engine_status()["tasks"]
     state["folders"] = [
         {

@@ -206,7 +206,7 @@ function scanRow(template, f, words) {
     result.append((f.output_names || []).join(" · "));
     if (f.reused) result.append(" ", element("small", "muted", `(${words.reused})`));
   } else {
-    result.append(element("span", f.state === "failed" ? "danger" : "muted", f.detail || ""));
+    result.append(element("span", f.state === "failed" ? "danger" : "muted", f.detail_ui || f.detail || ""));
   }
   slot("when").replaceChildren(f.updated ? element("time", "", clock(f.updated)) : "");
   slot("action").replaceChildren();

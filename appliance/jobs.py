@@ -33,9 +33,9 @@ from appliance.messages import Text, message_of
 from appliance.ocr import pace, steps
 from appliance.ocr.engines.base import Engine, check_task
 from appliance.ocr.engines.routed import serving
-from appliance.ocr.errors import EngineLost, EngineUnavailable, OcrError
+from appliance.ocr.errors import EngineLost, EngineUnavailable, InputError, OcrError
 from appliance.ocr.images import Document
-from appliance.ocr.pipeline import Cancelled, recognize_file
+from appliance.ocr.pipeline import Cancelled, TurnOver, recognize_file
 from appliance.ocr.result import SCHEMA_VERSION, OcrResult
 from appliance.ocr.tasks import Request
 
@@ -49,6 +49,13 @@ KEEP_DAYS = 30
 KEEP_JOBS = 2000
 MAX_RETRIES = 2  # a job interrupted this often (restarts, a lost engine) is probably what crashes it: stop retrying
 PARTIAL = ".partial"  # suffix of a cancelled job's result key: the pages it read before the cancel
+# Fair turns: one worker reads one page at a time, so one long file must not hold everyone else for its whole length.
+# A job has at most MAX_JOB_PAGES pages (refused at submission), and a job that has run TURN_SECONDS while another
+# waits lets it go first after its current page: the pages read so far wait in results/<key>.turn.json, the job goes
+# to the end of the queue, and it goes on from its next page when its turn comes again (the same result in the end).
+MAX_JOB_PAGES = 300
+TURN_SECONDS = 60.0
+TURN = ".turn"  # suffix of the key of a job's pages read in its earlier turns
 # error_kind of a job set aside because the process died under it MAX_RETRIES + 1 times (the UI says it in words).
 CRASHED = "Crashed"
 
@@ -88,6 +95,14 @@ class QueueFull(Exception):
         self.limit = limit
         self.retry_after = retry_after
         super().__init__(Text("queue_full", limit=limit, seconds=retry_after))
+
+
+class PageLimit(InputError):
+    """The file has more pages than one job may have (`Jobs.max_pages`)."""
+
+    def __init__(self, name: str, pages: int, limit: int):
+        self.pages, self.limit = pages, limit
+        super().__init__(name, Text("job_page_limit", pages=pages, limit=limit))
 
 
 class JobNotFound(KeyError):
@@ -169,13 +184,21 @@ class Jobs:
     loads (`progress`, and any extra keys such as `percent`), so the kiosk shows what is happening, not a frozen
     page."""
 
-    def __init__(self, data_dir: str | os.PathLike, open_engine: Callable[..., Engine], max_queue: int = 32):
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        open_engine: Callable[..., Engine],
+        max_queue: int = 32,
+        max_pages: int = MAX_JOB_PAGES,
+        turn_seconds: float = TURN_SECONDS,
+    ):
         self.data_dir = Path(data_dir)
         self.inputs = self.data_dir / "inputs"
         self.results = self.data_dir / "results"
         for d in (self.inputs, self.results):
             d.mkdir(parents=True, exist_ok=True)
         self.max_queue = max_queue
+        self.max_pages, self.turn_seconds = max_pages, turn_seconds
         self._open_engine = open_engine
         self._engine: Engine | None = None
         self._engine_state = "loading"  # loading | ready | failed | stopped
@@ -234,6 +257,8 @@ class Jobs:
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
         with Document.open(data, name=name) as document:  # refuses unreadable files before they are queued
             sha256, pages = document.sha256, document.page_count
+        if pages > self.max_pages:
+            raise PageLimit(name, pages, self.max_pages)
         with self._lock:
             if self._engine_state == "failed":
                 raise EngineUnavailable("the configured engine", self._engine_error or Text("engine_failed_to_start"))
@@ -357,7 +382,14 @@ class Jobs:
         """A queued job is cancelled at once; a running one stops before its next page."""
         with self._lock:
             job = self.get(job_id)
-            if job.state == QUEUED:
+            turn = self._turn_path(job.cache_key) if job.cache_key else None
+            if job.state == QUEUED and turn and turn.exists():  # between two turns: its pages read are kept
+                self._pending.remove(job_id)
+                partial_key = f"{job.cache_key}{PARTIAL}"
+                os.replace(turn, self.results / f"{partial_key}.json")
+                done = Text("job_cancelled_after", done=job.pages_done, total=job.pages_total)
+                self._set(job_id, state=CANCELLED, finished=time.time(), cache_key=partial_key, error=done)
+            elif job.state == QUEUED:
                 self._pending.remove(job_id)
                 self._set(job_id, state=CANCELLED, finished=time.time(), error=Text("job_cancelled_queued"))
             elif job.state == RUNNING:
@@ -521,10 +553,12 @@ class Jobs:
                 self._finish_cached(job_id, key)
                 self._changed.notify_all()
                 return None
+            earlier = self._earlier_turns(key)
+            spent = earlier.timings.get("ocr", 0.0) if earlier else 0.0
             self._set(
                 job_id,
                 state=RUNNING,
-                started=time.time(),
+                started=time.time() - spent,  # its turns' time, not the other jobs' in between
                 engine=worker.info.name,
                 cache_key=key,
                 error=None,
@@ -538,6 +572,10 @@ class Jobs:
                 self._changed.notify_all()
 
         started = time.monotonic()
+
+        def turn_over() -> bool:  # someone is waiting and this job has had its turn
+            return bool(self._pending) and time.monotonic() - started >= self.turn_seconds
+
         outcome: dict
         try:
             result = recognize_file(
@@ -547,11 +585,18 @@ class Jobs:
                 name=job.name,
                 progress=progress,
                 cancelled=lambda: job_id in self._cancel,
+                earlier=earlier,
+                turn_over=turn_over,
             )
             write_atomic(self.results / f"{key}.json", result.to_json().encode("utf-8"))
             outcome = {"state": DONE}
+        except TurnOver as e:
+            write_atomic(self._turn_path(key), e.partial.to_json().encode("utf-8"))
+            outcome = {"state": QUEUED, "turn": len(e.partial.pages)}
         except Cancelled as e:
             outcome = {"state": CANCELLED, "error": Text("job_cancelled_running")}
+            if e.partial is not None and self._stopping:  # shutting down: the next start goes on from here
+                write_atomic(self._turn_path(key), e.partial.to_json().encode("utf-8"))
             if e.partial is not None and not self._stopping:  # the pages read so far stay, as a partial result
                 partial_key = f"{key}{PARTIAL}"  # never the full result's key: the cache must not serve it
                 write_atomic(self.results / f"{partial_key}.json", e.partial.to_json().encode("utf-8"))
@@ -571,6 +616,9 @@ class Jobs:
             cancelled = job_id in self._cancel
             self._cancel.discard(job_id)
             lost = outcome.pop("lost", None)
+            turn = outcome.pop("turn", None)
+            if turn and cancelled and not self._stopping:  # the cancel came during its turn's last page
+                outcome = self._cancelled_between_turns(key, turn, job)
             if lost and cancelled and not self._stopping:
                 outcome = {"state": CANCELLED, "error": Text("job_cancelled_running")}
             elif lost and job.retries >= MAX_RETRIES:
@@ -579,7 +627,7 @@ class Jobs:
                     "error": Text("engine_lost_gave_up", n=job.retries + 1, why=lost),
                     "error_kind": "EngineUnavailable",
                 }
-            if outcome["state"] == QUEUED:  # the engine was lost mid-job: first in line once it is back
+            if outcome["state"] == QUEUED and lost:  # the engine was lost mid-job: first in line once it is back
                 self._set(
                     job_id,
                     state=QUEUED,
@@ -589,11 +637,19 @@ class Jobs:
                     error=Text("engine_lost_requeued", why=lost),
                 )
                 self._pending.insert(0, job_id)
-            elif self._stopping and outcome["state"] == CANCELLED:
+            elif turn and outcome["state"] == QUEUED and not self._stopping:
+                # behind the jobs waiting now; on from its next page when its turn comes again
+                if self._set(job_id, state=QUEUED, error=Text("job_took_turn", done=turn, next=turn + 1)):
+                    self._pending.append(job_id)
+                else:
+                    self._collect(job.sha256, key)  # deleted while running
+            elif self._stopping and outcome["state"] in (CANCELLED, QUEUED):
                 # shutting down, not a user's cancel: leave it for the next start to resume
                 self._set(job_id, state=QUEUED, pages_done=0, started=None, error=None)
             elif self._set(job_id, finished=time.time(), **outcome) == 0:
                 self._collect(job.sha256, key)  # deleted while running
+            if outcome["state"] in FINISHED:
+                self._turn_path(key).unlink(missing_ok=True)
             if outcome["state"] == DONE:
                 self._seconds_per_job = 0.7 * self._seconds_per_job + 0.3 * (time.monotonic() - started)
             self._changed.notify_all()
@@ -629,6 +685,24 @@ class Jobs:
             (self.inputs / sha256).unlink(missing_ok=True)
         if key and not self._db.execute("SELECT 1 FROM jobs WHERE cache_key=? LIMIT 1", (key,)).fetchone():
             (self.results / f"{key}.json").unlink(missing_ok=True)
+            self._turn_path(key).unlink(missing_ok=True)
+
+    def _turn_path(self, key: str) -> Path:
+        return self.results / f"{key}{TURN}.json"
+
+    def _earlier_turns(self, key: str) -> OcrResult | None:
+        """The pages a job with this key read in its earlier turns (None: none, or a file torn by a crash)."""
+        try:
+            return OcrResult.from_dict(json.loads(self._turn_path(key).read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _cancelled_between_turns(self, key: str, pages: int, job: Job) -> dict:
+        """The outcome of a job cancelled during the last page of its turn: the pages read, as a partial result."""
+        partial_key = f"{key}{PARTIAL}"
+        os.replace(self._turn_path(key), self.results / f"{partial_key}.json")
+        error = Text("job_cancelled_after", done=pages, total=job.pages_total)
+        return {"state": CANCELLED, "cache_key": partial_key, "error": error}
 
     def _running_ids(self) -> list[str]:
         return [r["id"] for r in self._db.execute("SELECT id FROM jobs WHERE state=?", (RUNNING,)).fetchall()]

@@ -199,7 +199,13 @@ def health():
         {
             "web": {"ready": True},
             "engine": engine,
-            "queue": {"waiting": waiting, "limit": jobs().max_queue},
+            # max_pages: pages one job may have; turn_seconds: how long a job runs before waiting ones go first
+            "queue": {
+                "waiting": waiting,
+                "limit": jobs().max_queue,
+                "max_pages": jobs().max_pages,
+                "turn_seconds": jobs().turn_seconds,
+            },
             "kiosk": {"seen": backend().kiosk_seen},  # epoch of the kiosk page's last check-in (appliance.kiosk)
         }
     )

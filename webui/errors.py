@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import has_request_context, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from appliance.jobs import CRASHED, JobNotFound, QueueFull
+from appliance.jobs import CRASHED, JobNotFound, PageLimit, QueueFull
 from appliance.messages import Text, message_of
 from appliance.ocr import images
 from appliance.ocr.errors import EngineUnavailable, InputError, TaskNotSupported
@@ -31,6 +31,7 @@ class Busy(Exception):
 # The API's answers, the pages' error screens and a failed job's status (by its exception's class name) all use it.
 STATUSES: tuple[tuple[type[BaseException], int, str], ...] = (
     (Unsupported, 415, "unsupported file type"),
+    (PageLimit, 413, "too many pages"),  # a readable file, more pages than one job may have: split it
     (InputError, 422, "unreadable file"),
     (BadRequest, 400, "bad request"),
     (ValueError, 400, "bad request"),

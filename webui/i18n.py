@@ -126,6 +126,16 @@ MESSAGES = {
     "queue_position": ("Place in queue: {n}", "排队位置：{n}"),
     "page_progress": ("Page {done} of {total}", "第 {done} / {total} 页"),
     "cancel": ("Cancel", "取消"),
+    # fair turns (appliance.jobs): the limits, and a long job waiting while others take a turn
+    "limits_note": (
+        "One file may have up to {pages} pages. A long file lets waiting files go first every {minutes} min, then "
+        "goes on where it was.",
+        "每个文件最多 {pages} 页。较长的文件每处理 {minutes} 分钟会让排队的文件先处理，然后从中断处继续。",
+    ),
+    "turn_waiting": (
+        "Waiting: other jobs take a turn. {done} of {total} pages are read; it goes on by itself.",
+        "等待中：其他任务正在轮流处理。已识别 {done} / {total} 页，之后会自动继续。",
+    ),
     "cancelling": ("Cancelling after this page…", "正在取消（本页完成后停止）…"),
     "job_cancelled": ("Cancelled before any page was read.", "已取消，尚未识别任何页面。"),
     "job_cancelled_partial": (

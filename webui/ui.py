@@ -120,6 +120,11 @@ def engine_notes(engine: dict) -> dict:
     }
 
 
+def limits() -> dict:
+    """The queue's fair-turn limits, for the sentence that says them (home and status pages)."""
+    return {"max_pages": jobs().max_pages, "turn_minutes": max(1, round(jobs().turn_seconds / 60))}
+
+
 def _home(**context):
     engine = jobs().engine_status()
     supported = set(engine["tasks"] or [t.value for t in Task])  # no engine (yet): offer all; the job says if not
@@ -135,6 +140,7 @@ def _home(**context):
         elapsed=max(0, int(time.time() - (engine.get("since") or time.time()))),
         form=request.form,
         default_task=runtime_config().default_task,
+        **limits(),
         **context,
     )
 
@@ -253,6 +259,7 @@ def status():
         disk=data_storage(),
         counts=jobs().counts(),
         max_queue=jobs().max_queue,
+        **limits(),
         model_dir=backend().model_dir,
         lan=bool(current_app.config["LAN_TOKEN"]),
         license=model_license(),

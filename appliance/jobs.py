@@ -648,8 +648,8 @@ class Jobs:
                 self._set(job_id, state=QUEUED, pages_done=0, started=None, error=None)
             elif self._set(job_id, finished=time.time(), **outcome) == 0:
                 self._collect(job.sha256, key)  # deleted while running
-            if outcome["state"] in FINISHED:
-                self._turn_path(key).unlink(missing_ok=True)
+            if outcome["state"] in FINISHED and not (self._stopping and outcome["state"] == CANCELLED):
+                self._turn_path(key).unlink(missing_ok=True)  # ended: its earlier turns' pages are not needed
             if outcome["state"] == DONE:
                 self._seconds_per_job = 0.7 * self._seconds_per_job + 0.3 * (time.monotonic() - started)
             self._changed.notify_all()

@@ -550,3 +550,44 @@ def test_a_file_over_the_upload_limit_is_refused_before_it_is_sent(browser, tmp_
     finally:
         page.close()
         stop()
+
+
+def test_server_messages_are_said_in_chinese(browser, cpu_server, tmp_path):
+    """Issue 14 item 9: with the UI in Chinese, an upload refused by the server, a job that failed while it ran and
+    the status page's reason were English. Now each message keeps its id and values and is said in the UI's
+    language (the API keeps its English `detail`)."""
+    notes = tmp_path / "notes.png"  # a text file with an image's name: refused before it is queued
+    notes.write_text("meeting notes, not a picture\n")
+    broken = tmp_path / "broken.png"  # a good header, then the data stops: the job fails on its first page
+    broken.write_bytes(text_image(["Cut short"], fmt="PNG")[:400])
+    page = browser.new_page()  # not the `page` fixture: the refused upload's 415 is expected
+    problems = []
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.goto(cpu_server.url + "/lang/zh?next=/")
+    try:
+        page.wait_for_selector("text=新建识别")
+        page.set_input_files("#file", str(notes))
+        page.check("input[value=text]", force=True)
+        page.click("#start")
+        refused = page.locator(".alert.error[role=alert]:not([hidden])").filter(has_text="notes.png")
+        assert "不是图片或 PDF" in refused.inner_text() and "看起来是" in refused.inner_text()
+
+        page.set_input_files("#file", str(broken))
+        page.check("input[value=text]", force=True)
+        page.click("#start")
+        page.wait_for_url("**/job/*")
+        page.wait_for_selector("#job-error", timeout=60_000)
+        failed = page.locator("#job-error").inner_text()
+        assert "broken.png：第 1 页：PNG 文件损坏或不完整" in failed, failed
+        assert page.locator("#job-state").inner_text() == "失败"
+        api = page.request.get(cpu_server.url + "/jobs/" + page.url.rsplit("/", 1)[1]).json()
+        assert api["error"].startswith("broken.png: page 1: corrupt or truncated PNG")  # the API stays English
+        assert api["error_code"] == "input" and api["error_params"]["reason"]["code"] == "page_reason"
+        page.screenshot(path=SHOTS / "failed-zh.png", full_page=True)
+
+        page.goto(cpu_server.url + "/status")
+        assert page.locator("#engine-why").inner_text() == "由启动参数指定"  # was "chosen explicitly"
+    finally:
+        page.goto(cpu_server.url + "/lang/en?next=/")  # the browser is shared: the other tests read English
+        page.close()
+    assert problems == []

@@ -60,6 +60,18 @@ MESSAGES = {
     ),
     "pdf_page_unreadable": ("cannot read this PDF page ({error})", "无法读取此 PDF 页面（{error}）"),
     "pdf_page_unrenderable": ("cannot render this PDF page ({error})", "无法渲染此 PDF 页面（{error}）"),
+    # the task and its options (appliance.ocr.tasks), a file on the USB stick (webui.usb)
+    "unknown_task": ("unknown task '{name}'; choose one of: {choices}", "未知的任务“{name}”；可选：{choices}"),
+    "extract_needs_fields": (
+        "task 'extract' needs field names, e.g. --fields 'name,date,total'",
+        "字段提取任务需要字段名，例如 --fields 'name,date,total'",
+    ),
+    "unknown_target_lang": (
+        "unknown target language '{lang}'; choose one of: {choices}",
+        "未知的目标语言“{lang}”；可选：{choices}",
+    ),
+    "usb_gone": ("'{path}' is no longer there; was the USB stick removed?", "“{path}”已不存在；U 盘是否已拔出？"),
+    "usb_not_a_file": ("'{path}' is not a file", "“{path}”不是文件"),
     # what to do about an error (webui.errors adds it after the error's own words)
     "with_advice": ("{message}; {advice}", "{message}；{advice}"),
     "advice_damaged": (

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, url_for
 
 from appliance import __version__, export, storage
+from appliance.messages import Text
 from appliance.ocr import images
 from appliance.ocr.tasks import EXTRACT_PRESETS, LANGUAGES, Request, Task
 from webui import errors, i18n, render, security, usb
@@ -166,7 +167,7 @@ def upload():
         elif form.get("usb_path"):
             path = usb.resolve(current_app.config["USB_ROOT"], form["usb_path"])
             if not path.is_file():
-                raise errors.BadRequest(f"'{form['usb_path']}' is not a file")
+                raise errors.BadRequest(Text("usb_not_a_file", path=form["usb_path"]))
             images.check_size(path.stat().st_size, path.name)  # a stick's file is no upload: the files' own limit
             # Read now: the stick may be pulled while the job waits, and the job keeps its own copy anyway.
             data, name = path.read_bytes(), path.name

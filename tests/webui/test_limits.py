@@ -110,3 +110,24 @@ def page_png() -> bytes:
     buf = io.BytesIO()
     page_image((64, 32)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_form_errors_are_said_in_chinese(client, gate):
+    gate.set()
+    token = csrf(client)
+
+    def upload(**fields):
+        form = {"csrf_token": token, "file": (io.BytesIO(page_png()), "a.png"), **fields}
+        return client.post("/upload", data=form, content_type="multipart/form-data", headers=ZH)
+
+    no_fields = upload(task="extract")
+    assert no_fields.status_code == 400 and "字段提取任务需要字段名" in no_fields.get_data(as_text=True)
+    empty = client.post(
+        "/upload",
+        data={"csrf_token": token, "file": (io.BytesIO(b""), "empty.png")},
+        content_type="multipart/form-data",
+        headers=ZH,
+    )
+    assert empty.status_code == 400 and "empty.png：文件是空的" in empty.get_data(as_text=True)
+    gone = client.post("/upload", data={"csrf_token": token, "usb_path": "STICK/gone.png"}, headers=ZH)
+    assert gone.status_code == 400 and "“STICK/gone.png”已不存在；U 盘是否已拔出？" in gone.get_data(as_text=True)

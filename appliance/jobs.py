@@ -108,10 +108,11 @@ class PageLimit(InputError):
 class JobNotFound(KeyError):
     def __init__(self, job_id: str):
         self.job_id = job_id
+        self.message = Text("job_not_found", id=job_id)
         super().__init__(job_id)
 
     def __str__(self) -> str:
-        return f"no job '{self.job_id}' (it may have been deleted)"
+        return str(self.message)
 
 
 @dataclass

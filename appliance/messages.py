@@ -129,6 +129,7 @@ MESSAGES = {
         "cancelled after {done} of {total} pages; the pages read are kept",
         "在第 {done} 页（共 {total} 页）后取消；已识别的页面已保留",
     ),
+    "job_not_found": ("no job '{id}' (it may have been deleted)", "没有任务“{id}”（可能已被删除）"),
     "job_internal": ("internal error: {kind}: {error}", "内部错误：{kind}：{error}"),
     "job_took_turn": (
         "other jobs were waiting: this one let them take a turn after page {done} and goes on from page {next}",
@@ -256,5 +257,5 @@ def say(text, lang: str = "en") -> str:
 
 def message_of(error: BaseException) -> str:
     """An exception's words: its Text when it was raised with one (keeping the id), else its English string."""
-    first = error.args[0] if len(error.args) == 1 else None
+    first = getattr(error, "message", None) or (error.args[0] if len(error.args) == 1 else None)
     return first if isinstance(first, Text) else str(error)

@@ -299,6 +299,18 @@ MESSAGES = {
     ),
     # errors, login
     "error_title": ("Something went wrong", "出错了"),
+    # the error pages' headline: the API's stable `error` codes (webui.errors), said in words
+    "error_unsupported_file_type": ("unsupported file type", "不支持的文件类型"),
+    "error_too_many_pages": ("too many pages", "页数过多"),
+    "error_unreadable_file": ("unreadable file", "无法读取的文件"),
+    "error_bad_request": ("bad request", "请求有误"),
+    "error_task_not_available": ("task not available", "任务不可用"),
+    "error_busy": ("busy", "繁忙"),
+    "error_engine_unavailable": ("engine unavailable", "识别引擎不可用"),
+    "error_not_found": ("not found", "未找到"),
+    "error_internal_error": ("internal error", "内部错误"),
+    "error_file_too_large": ("file too large", "文件过大"),
+    "error_too_many_form_parts": ("too many form parts", "表单字段过多"),
     "back_home": ("Back to the start", "返回首页"),
     "login_title": ("Access token", "访问令牌"),
     "login_hint": (
@@ -358,6 +370,12 @@ def say(text) -> str:
     """An appliance.messages.Text (a job's `error_text`, an error's detail) in the page's language; other text as
     it is."""
     return messages.say(text, current_lang())
+
+
+def say_error(code: str) -> str:
+    """An error page's headline: the API's stable `error` code in the page's language (others as they are)."""
+    key = "error_" + code.replace(" ", "_")
+    return gettext(key) if key in MESSAGES else code
 
 
 def current_lang() -> str:

@@ -62,7 +62,8 @@ def handle(exc):
     status, error, detail, headers = errors.describe(exc, current_app.config.get("MAX_CONTENT_LENGTH"))
     if status == 500:
         current_app.logger.error("page failed", exc_info=exc)
-    return render_template("error.html", status=status, error=error, detail=i18n.say(detail)), status, headers
+    page = render_template("error.html", status=status, error=i18n.say_error(error), detail=i18n.say(detail))
+    return page, status, headers
 
 
 BANNER_TTL = 30  # seconds a computed GPU banner is reused (it may run nvidia-smi)

@@ -131,3 +131,21 @@ def test_form_errors_are_said_in_chinese(client, gate):
     assert empty.status_code == 400 and "empty.png：文件是空的" in empty.get_data(as_text=True)
     gone = client.post("/upload", data={"csrf_token": token, "usb_path": "STICK/gone.png"}, headers=ZH)
     assert gone.status_code == 400 and "“STICK/gone.png”已不存在；U 盘是否已拔出？" in gone.get_data(as_text=True)
+
+
+def test_an_error_page_is_said_in_chinese(client, gate):
+    gate.set()
+    page = client.get("/job/nosuchjob", headers=ZH)
+    html = page.get_data(as_text=True)
+    assert page.status_code == 404 and "404 未找到" in html and "没有任务“nosuchjob”（可能已被删除）" in html
+    api = client.get("/jobs/nosuchjob").get_json()
+    assert api["detail"] == "no job 'nosuchjob' (it may have been deleted)" and api["error"] == "not found"
+
+
+def test_every_error_code_has_a_headline_in_both_languages():
+    from webui.errors import STATUSES
+    from webui.i18n import MESSAGES
+
+    for _, _, code in STATUSES:
+        english, chinese = MESSAGES["error_" + code.replace(" ", "_")]
+        assert english == code and chinese != code

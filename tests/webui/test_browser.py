@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -300,6 +301,59 @@ def test_progress_page_by_page_and_cancel(page, model_server, tmp_path):
     finally:
         gate.set()
         model_server.engine.gate = None
+
+
+class Permits:
+    """A gate for the fake engine that lets one page through per permit (threading.Event lets all through)."""
+
+    def __init__(self):
+        self.semaphore = threading.Semaphore(0)
+
+    def wait(self, timeout=None) -> bool:
+        return self.semaphore.acquire(timeout=timeout)
+
+    def release(self, n: int = 1) -> None:
+        self.semaphore.release(n)
+
+
+def test_a_long_job_says_other_jobs_take_a_turn(page, model_server, tmp_path):
+    """Issue 14 item 3: a long job lets a waiting one go first; its page says so while it waits, then goes on."""
+    import io
+
+    from fake_engine import page_image
+
+    pages = [page_image((300, 400)) for _ in range(3)]
+    pdf = tmp_path / "long.pdf"
+    buf = io.BytesIO()
+    pages[0].save(buf, format="PDF", save_all=True, append_images=pages[1:])
+    pdf.write_bytes(buf.getvalue())
+    jobs = model_server.jobs
+    permits = model_server.engine.gate = Permits()
+    jobs.turn_seconds = 0  # a turn is one page here (60 s in the product)
+    try:
+        page.goto(model_server.url + "/")
+        page.set_input_files("#file", str(pdf))
+        page.click("#start")
+        page.wait_for_selector("#progress-text:has-text('Page 1 of 3')")
+        short = io.BytesIO()
+        page_image((64, 32)).save(short, format="PNG")
+        page.request.post(
+            model_server.url + "/jobs",
+            multipart={"file": {"name": "short.png", "mimeType": "image/png", "buffer": short.getvalue()}},
+        )
+        permits.release()  # page 1 of the long job; the short job then waits at the gate
+        note = page.locator("#turn-note")
+        note.wait_for(state="visible", timeout=10_000)
+        assert note.inner_text() == "Waiting: other jobs take a turn. 1 of 3 pages are read; it goes on by itself."
+        assert page.locator("#job-state").inner_text() == "Waiting"
+        page.screenshot(path=SHOTS / "turn-en.png")
+        permits.release(10)
+        page.wait_for_selector("#out-text", timeout=20_000)
+        assert page.locator("#job-state").inner_text() == "Done" and page.locator("svg.overlay").count() == 3
+    finally:
+        permits.release(100)
+        model_server.engine.gate = None
+        jobs.turn_seconds = 60
 
 
 @pytest.fixture(scope="module")

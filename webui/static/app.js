@@ -94,8 +94,10 @@ function pollJob(main) {
     if (["done", "failed", "cancelled"].includes(job.state)) { location.reload(); return; }
     badge.textContent = messages[job.state];
     const turn = $("#turn-note");  // a long job waiting while others take a turn (appliance.jobs, fair turns)
-    turn.hidden = !(job.state === "queued" && job.error_code === "job_took_turn");
-    if (!turn.hidden) turn.textContent = format(messages.turn_waiting, {done: job.pages_done, total: job.pages_total});
+    if (turn) {
+      turn.hidden = !(job.state === "queued" && job.error_code === "job_took_turn");
+      if (!turn.hidden) turn.textContent = format(messages.turn_waiting, {done: job.pages_done, total: job.pages_total});
+    }
     const cancel = $("#cancel");
     if (cancel && job.cancelling) { cancel.disabled = true; cancel.textContent = messages.cancelling; }
     bar.max = Math.max(job.pages_total, 1);

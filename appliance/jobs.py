@@ -7,11 +7,12 @@ Storage under `data_dir`:
   jobs.sqlite          job rows (WAL), the only record of job state; this module is its only writer
   inputs/<sha256>      the uploaded bytes, kept so a restart can resume queued jobs and the UI can show the page
   results/<key>.json   the result document, named by its cache key (input + task + options + engine revision)
+  results/<key>.turn.json   the pages a long job read in its earlier turns (fair turns, below)
 Files are written to a temporary name and renamed, so a crash never leaves a half-written file under a real name.
 
-It is one module (about 620 lines) on purpose: the queue, the store, the result cache, restart recovery and
-pruning change together under one lock, and keeping their only writer in one place is what makes crash recovery
-easy to check.
+It is one module (about 720 lines) on purpose: the queue, the store, the result cache, restart recovery, fair
+turns and pruning change together under one lock, and keeping their only writer in one place is what makes crash
+recovery easy to check.
 """
 
 from __future__ import annotations

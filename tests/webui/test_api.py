@@ -196,7 +196,7 @@ def test_health_reports_web_and_engine_separately(client):
     assert health["web"] == {"ready": True}
     assert health["engine"]["ready"] is True and health["engine"]["state"] == "ready"
     assert health["engine"]["info"]["name"] == "fake" and health["engine"]["reason"]
-    assert health["queue"] == {"waiting": 0, "limit": 32}
+    assert health["queue"] == {"waiting": 0, "limit": 32, "max_pages": 300, "turn_seconds": 60.0}
 
 
 def test_openapi_describes_every_api_route(client, app):

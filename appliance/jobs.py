@@ -7,11 +7,12 @@ Storage under `data_dir`:
   jobs.sqlite          job rows (WAL), the only record of job state; this module is its only writer
   inputs/<sha256>      the uploaded bytes, kept so a restart can resume queued jobs and the UI can show the page
   results/<key>.json   the result document, named by its cache key (input + task + options + engine revision)
+  results/<key>.turn.json   the pages a long job read in its earlier turns (fair turns, below)
 Files are written to a temporary name and renamed, so a crash never leaves a half-written file under a real name.
 
-It is one module (about 620 lines) on purpose: the queue, the store, the result cache, restart recovery and
-pruning change together under one lock, and keeping their only writer in one place is what makes crash recovery
-easy to check.
+It is one module (about 720 lines) on purpose: the queue, the store, the result cache, restart recovery, fair
+turns and pruning change together under one lock, and keeping their only writer in one place is what makes crash
+recovery easy to check.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from appliance.files import write_atomic
+from appliance.messages import Text, message_of
 from appliance.ocr import pace, steps
 from appliance.ocr.engines.base import Engine, check_task
 from appliance.ocr.engines.routed import serving
-from appliance.ocr.errors import EngineLost, EngineUnavailable, OcrError
+from appliance.ocr.errors import EngineLost, EngineUnavailable, InputError, OcrError
 from appliance.ocr.images import Document
-from appliance.ocr.pipeline import Cancelled, recognize_file
+from appliance.ocr.pipeline import Cancelled, TurnOver, recognize_file
 from appliance.ocr.result import SCHEMA_VERSION, OcrResult
 from appliance.ocr.tasks import Request
 
@@ -48,6 +50,13 @@ KEEP_DAYS = 30
 KEEP_JOBS = 2000
 MAX_RETRIES = 2  # a job interrupted this often (restarts, a lost engine) is probably what crashes it: stop retrying
 PARTIAL = ".partial"  # suffix of a cancelled job's result key: the pages it read before the cancel
+# Fair turns: one worker reads one page at a time, so one long file must not hold everyone else for its whole length.
+# A job has at most MAX_JOB_PAGES pages (refused at submission), and a job that has run TURN_SECONDS while another
+# waits lets it go first after its current page: the pages read so far wait in results/<key>.turn.json, the job goes
+# to the end of the queue, and it goes on from its next page when its turn comes again (the same result in the end).
+MAX_JOB_PAGES = 300
+TURN_SECONDS = 60.0
+TURN = ".turn"  # suffix of the key of a job's pages read in its earlier turns
 # error_kind of a job set aside because the process died under it MAX_RETRIES + 1 times (the UI says it in words).
 CRASHED = "Crashed"
 
@@ -65,6 +74,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     pages_total INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     error_kind TEXT,  -- the exception class, so the API can answer a failed job with the right status
+    error_code TEXT,  -- `error`'s appliance.messages id and values (JSON), so the UI can say it in its language
+    error_params TEXT,
     cache_key TEXT,
     cached INTEGER NOT NULL DEFAULT 0,
     retries INTEGER NOT NULL DEFAULT 0,
@@ -75,6 +86,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 """
+ADDED_COLUMNS = {"error_code": "TEXT", "error_params": "TEXT"}  # columns a store made by an older version lacks
 
 
 class QueueFull(Exception):
@@ -83,16 +95,25 @@ class QueueFull(Exception):
     def __init__(self, limit: int, retry_after: int):
         self.limit = limit
         self.retry_after = retry_after
-        super().__init__(f"the OCR queue is full ({limit} jobs waiting); try again in about {retry_after} s")
+        super().__init__(Text("queue_full", limit=limit, seconds=retry_after))
+
+
+class PageLimit(InputError):
+    """The file has more pages than one job may have (`Jobs.max_pages`)."""
+
+    def __init__(self, name: str, pages: int, limit: int):
+        self.pages, self.limit = pages, limit
+        super().__init__(name, Text("job_page_limit", pages=pages, limit=limit))
 
 
 class JobNotFound(KeyError):
     def __init__(self, job_id: str):
         self.job_id = job_id
+        self.message = Text("job_not_found", id=job_id)
         super().__init__(job_id)
 
     def __str__(self) -> str:
-        return f"no job '{self.job_id}' (it may have been deleted)"
+        return str(self.message)
 
 
 @dataclass
@@ -115,13 +136,22 @@ class Job:
     created: float
     started: float | None
     finished: float | None
+    error_code: str | None = None  # `error` as an appliance.messages id + values (None: words without an id)
+    error_params: dict | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
         data = {k: row[k] for k in row.keys() if k != "seq"}
         data["options"] = json.loads(data["options"])
         data["cached"] = bool(data["cached"])
+        data["error_params"] = json.loads(data["error_params"]) if data.get("error_params") else None
         return cls(**data)
+
+    @property
+    def error_text(self) -> str | None:
+        """`error` as an appliance.messages.Text (for `messages.say`), or its words when it has no known id."""
+        known = self.error_code and Text.from_dict({"code": self.error_code, "params": self.error_params})
+        return known or self.error
 
     @property
     def finished_state(self) -> bool:
@@ -156,13 +186,21 @@ class Jobs:
     loads (`progress`, and any extra keys such as `percent`), so the kiosk shows what is happening, not a frozen
     page."""
 
-    def __init__(self, data_dir: str | os.PathLike, open_engine: Callable[..., Engine], max_queue: int = 32):
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        open_engine: Callable[..., Engine],
+        max_queue: int = 32,
+        max_pages: int = MAX_JOB_PAGES,
+        turn_seconds: float = TURN_SECONDS,
+    ):
         self.data_dir = Path(data_dir)
         self.inputs = self.data_dir / "inputs"
         self.results = self.data_dir / "results"
         for d in (self.inputs, self.results):
             d.mkdir(parents=True, exist_ok=True)
         self.max_queue = max_queue
+        self.max_pages, self.turn_seconds = max_pages, turn_seconds
         self._open_engine = open_engine
         self._engine: Engine | None = None
         self._engine_state = "loading"  # loading | ready | failed | stopped
@@ -180,6 +218,10 @@ class Jobs:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for name, kind in ADDED_COLUMNS.items():
+            if name not in have:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
         self._recover()
         self.prune()
         self._worker = threading.Thread(target=self._run, name="ocr-worker", daemon=True)
@@ -194,20 +236,16 @@ class Jobs:
         the first time it resumes in its place (a power cut is nobody's fault), after that it waits behind every
         other queued job, and the (MAX_RETRIES + 1)th death sets it aside as failed, its input kept."""
         with self._lock:
+            crashed = _error_columns(Text("job_crashed", n=MAX_RETRIES + 1))
             self._db.execute(
-                "UPDATE jobs SET state=?, error=?, error_kind=?, finished=? WHERE state=? AND retries>=?",
-                (
-                    FAILED,
-                    f"this file stopped the OCR service {MAX_RETRIES + 1} times; it was set aside",
-                    CRASHED,
-                    time.time(),
-                    RUNNING,
-                    MAX_RETRIES,
-                ),
+                "UPDATE jobs SET state=?, error=?, error_code=?, error_params=?, error_kind=?, finished=?"
+                " WHERE state=? AND retries>=?",
+                (FAILED, *crashed.values(), CRASHED, time.time(), RUNNING, MAX_RETRIES),
             )
             self._db.execute(
-                "UPDATE jobs SET state=?, retries=retries+1, pages_done=0, started=NULL, error=? WHERE state=?",
-                (QUEUED, "interrupted by a restart; queued again", RUNNING),
+                "UPDATE jobs SET state=?, retries=retries+1, pages_done=0, started=NULL, error=?, error_code=?,"
+                " error_params=? WHERE state=?",
+                (QUEUED, *_error_columns(Text("job_interrupted")).values(), RUNNING),
             )
             rows = self._db.execute("SELECT id, retries FROM jobs WHERE state=? ORDER BY seq", (QUEUED,)).fetchall()
             suspects = [r["id"] for r in rows if r["retries"] > 1]  # interrupted twice now: the others go first
@@ -221,9 +259,11 @@ class Jobs:
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
         with Document.open(data, name=name) as document:  # refuses unreadable files before they are queued
             sha256, pages = document.sha256, document.page_count
+        if pages > self.max_pages:
+            raise PageLimit(name, pages, self.max_pages)
         with self._lock:
             if self._engine_state == "failed":
-                raise EngineUnavailable("the configured engine", self._engine_error or "it failed to start")
+                raise EngineUnavailable("the configured engine", self._engine_error or Text("engine_failed_to_start"))
             key = None
             if self._engine is not None:
                 check_task(self._engine, request)
@@ -344,9 +384,16 @@ class Jobs:
         """A queued job is cancelled at once; a running one stops before its next page."""
         with self._lock:
             job = self.get(job_id)
-            if job.state == QUEUED:
+            turn = self._turn_path(job.cache_key) if job.cache_key else None
+            if job.state == QUEUED and turn and turn.exists():  # between two turns: its pages read are kept
                 self._pending.remove(job_id)
-                self._set(job_id, state=CANCELLED, finished=time.time(), error="cancelled before it started")
+                partial_key = f"{job.cache_key}{PARTIAL}"
+                os.replace(turn, self.results / f"{partial_key}.json")
+                done = Text("job_cancelled_after", done=job.pages_done, total=job.pages_total)
+                self._set(job_id, state=CANCELLED, finished=time.time(), cache_key=partial_key, error=done)
+            elif job.state == QUEUED:
+                self._pending.remove(job_id)
+                self._set(job_id, state=CANCELLED, finished=time.time(), error=Text("job_cancelled_queued"))
             elif job.state == RUNNING:
                 self._cancel.add(job_id)
             return self.get(job_id)
@@ -477,13 +524,13 @@ class Jobs:
         except Exception as e:
             log.exception("engine failed to start")
             with self._lock:
-                self._engine_state, self._engine_error, self._engine_since = "failed", str(e), time.time()
+                self._engine_state, self._engine_error, self._engine_since = "failed", message_of(e), time.time()
                 for job_id in self._pending:
                     self._set(
                         job_id,
                         state=FAILED,
                         finished=time.time(),
-                        error=f"the OCR engine did not start: {e}",
+                        error=Text("engine_not_started", error=message_of(e)),
                         error_kind="EngineUnavailable",
                     )
                 self._pending.clear()
@@ -508,10 +555,12 @@ class Jobs:
                 self._finish_cached(job_id, key)
                 self._changed.notify_all()
                 return None
+            earlier = self._earlier_turns(key)
+            spent = earlier.timings.get("ocr", 0.0) if earlier else 0.0
             self._set(
                 job_id,
                 state=RUNNING,
-                started=time.time(),
+                started=time.time() - spent,  # its turns' time, not the other jobs' in between
                 engine=worker.info.name,
                 cache_key=key,
                 error=None,
@@ -525,6 +574,10 @@ class Jobs:
                 self._changed.notify_all()
 
         started = time.monotonic()
+
+        def turn_over() -> bool:  # someone is waiting and this job has had its turn
+            return bool(self._pending) and time.monotonic() - started >= self.turn_seconds
+
         outcome: dict
         try:
             result = recognize_file(
@@ -534,54 +587,71 @@ class Jobs:
                 name=job.name,
                 progress=progress,
                 cancelled=lambda: job_id in self._cancel,
+                earlier=earlier,
+                turn_over=turn_over,
             )
             write_atomic(self.results / f"{key}.json", result.to_json().encode("utf-8"))
             outcome = {"state": DONE}
+        except TurnOver as e:
+            write_atomic(self._turn_path(key), e.partial.to_json().encode("utf-8"))
+            outcome = {"state": QUEUED, "turn": len(e.partial.pages)}
         except Cancelled as e:
-            outcome = {"state": CANCELLED, "error": "cancelled while running"}
+            outcome = {"state": CANCELLED, "error": Text("job_cancelled_running")}
+            if e.partial is not None and self._stopping:  # shutting down: the next start goes on from here
+                write_atomic(self._turn_path(key), e.partial.to_json().encode("utf-8"))
             if e.partial is not None and not self._stopping:  # the pages read so far stay, as a partial result
                 partial_key = f"{key}{PARTIAL}"  # never the full result's key: the cache must not serve it
                 write_atomic(self.results / f"{partial_key}.json", e.partial.to_json().encode("utf-8"))
                 outcome.update(
                     cache_key=partial_key,
-                    error=f"cancelled after {len(e.partial.pages)} of "
-                    f"{job.pages_total} pages; the pages read are kept",
+                    error=Text("job_cancelled_after", done=len(e.partial.pages), total=job.pages_total),
                 )
         except EngineLost as e:
             outcome = {"state": QUEUED, "lost": e.reason}
         except OcrError as e:
-            outcome = {"state": FAILED, "error": str(e), "error_kind": type(e).__name__}
+            outcome = {"state": FAILED, "error": message_of(e), "error_kind": type(e).__name__}
         except Exception as e:
             log.exception("job %s failed", job_id)
-            outcome = {"state": FAILED, "error": f"internal error: {type(e).__name__}: {e}", "error_kind": "internal"}
+            error = Text("job_internal", kind=type(e).__name__, error=str(e))
+            outcome = {"state": FAILED, "error": error, "error_kind": "internal"}
         with self._lock:
             cancelled = job_id in self._cancel
             self._cancel.discard(job_id)
             lost = outcome.pop("lost", None)
+            turn = outcome.pop("turn", None)
+            if turn and cancelled and not self._stopping:  # the cancel came during its turn's last page
+                outcome = self._cancelled_between_turns(key, turn, job)
             if lost and cancelled and not self._stopping:
-                outcome = {"state": CANCELLED, "error": "cancelled while running"}
+                outcome = {"state": CANCELLED, "error": Text("job_cancelled_running")}
             elif lost and job.retries >= MAX_RETRIES:
                 outcome = {
                     "state": FAILED,
-                    "error": f"the OCR engine stopped answering on this file {job.retries + 1} times; not retried "
-                    f"again ({lost})",
+                    "error": Text("engine_lost_gave_up", n=job.retries + 1, why=lost),
                     "error_kind": "EngineUnavailable",
                 }
-            if outcome["state"] == QUEUED:  # the engine was lost mid-job: first in line once it is back
+            if outcome["state"] == QUEUED and lost:  # the engine was lost mid-job: first in line once it is back
                 self._set(
                     job_id,
                     state=QUEUED,
                     retries=job.retries + 1,
                     pages_done=0,
                     started=None,
-                    error=f"the OCR engine stopped answering ({lost}); queued again",
+                    error=Text("engine_lost_requeued", why=lost),
                 )
                 self._pending.insert(0, job_id)
-            elif self._stopping and outcome["state"] == CANCELLED:
+            elif turn and outcome["state"] == QUEUED and not self._stopping:
+                # behind the jobs waiting now; on from its next page when its turn comes again
+                if self._set(job_id, state=QUEUED, error=Text("job_took_turn", done=turn, next=turn + 1)):
+                    self._pending.append(job_id)
+                else:
+                    self._collect(job.sha256, key)  # deleted while running
+            elif self._stopping and outcome["state"] in (CANCELLED, QUEUED):
                 # shutting down, not a user's cancel: leave it for the next start to resume
                 self._set(job_id, state=QUEUED, pages_done=0, started=None, error=None)
             elif self._set(job_id, finished=time.time(), **outcome) == 0:
                 self._collect(job.sha256, key)  # deleted while running
+            if outcome["state"] in FINISHED and not (self._stopping and outcome["state"] == CANCELLED):
+                self._turn_path(key).unlink(missing_ok=True)  # ended: its earlier turns' pages are not needed
             if outcome["state"] == DONE:
                 self._seconds_per_job = 0.7 * self._seconds_per_job + 0.3 * (time.monotonic() - started)
             self._changed.notify_all()
@@ -590,6 +660,8 @@ class Jobs:
     # ---- helpers (callers hold the lock) ------------------------------------------------------------------------
 
     def _set(self, job_id: str, **columns) -> int:
+        if "error" in columns:  # its id and values go beside the words
+            columns.update(_error_columns(columns["error"]))
         names = ", ".join(f"{k}=?" for k in columns)
         cur = self._db.execute(f"UPDATE jobs SET {names} WHERE id=?", (*columns.values(), job_id))
         return cur.rowcount
@@ -615,9 +687,34 @@ class Jobs:
             (self.inputs / sha256).unlink(missing_ok=True)
         if key and not self._db.execute("SELECT 1 FROM jobs WHERE cache_key=? LIMIT 1", (key,)).fetchone():
             (self.results / f"{key}.json").unlink(missing_ok=True)
+            self._turn_path(key).unlink(missing_ok=True)
+
+    def _turn_path(self, key: str) -> Path:
+        return self.results / f"{key}{TURN}.json"
+
+    def _earlier_turns(self, key: str) -> OcrResult | None:
+        """The pages a job with this key read in its earlier turns (None: none, or a file torn by a crash)."""
+        try:
+            return OcrResult.from_dict(json.loads(self._turn_path(key).read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _cancelled_between_turns(self, key: str, pages: int, job: Job) -> dict:
+        """The outcome of a job cancelled during the last page of its turn: the pages read, as a partial result."""
+        partial_key = f"{key}{PARTIAL}"
+        os.replace(self._turn_path(key), self.results / f"{partial_key}.json")
+        error = Text("job_cancelled_after", done=pages, total=job.pages_total)
+        return {"state": CANCELLED, "cache_key": partial_key, "error": error}
 
     def _running_ids(self) -> list[str]:
         return [r["id"] for r in self._db.execute("SELECT id FROM jobs WHERE state=?", (RUNNING,)).fetchall()]
 
     def _retry_after(self, waiting: int) -> int:
         return max(1, min(600, round(waiting * self._seconds_per_job)))
+
+
+def _error_columns(error: str | None) -> dict:
+    """A job's error as its columns: the English words, and an appliance.messages.Text's id and values."""
+    stored = error.to_dict() if isinstance(error, Text) else {"code": None, "params": None}
+    params = json.dumps(stored["params"], ensure_ascii=False) if stored["params"] is not None else None
+    return {"error": None if error is None else str(error), "error_code": stored["code"], "error_params": params}

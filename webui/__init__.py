@@ -22,6 +22,7 @@ DEFAULTS = {
     "VLLM_URL": None,
     "LAN_TOKEN": None,  # set: callers other than this machine need `Authorization: Bearer <token>`
     "MAX_QUEUE": 32,
+    "MAX_JOB_PAGES": 300,  # pages one job may have (appliance.jobs.MAX_JOB_PAGES): more is refused at submission
     "MAX_CONTENT_LENGTH": 64 * 1024 * 1024,  # bytes of request body (413 above)
     "SYNC_TIMEOUT": 600,  # seconds POST /ocr waits for its job
     # POST /ocr requests waiting at once; more get 503 + Retry-After. Below the server's 16 threads, so the pages,

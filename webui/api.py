@@ -14,6 +14,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from appliance import export
 from appliance.jobs import DONE, FAILED
+from appliance.messages import Text
 from appliance.ocr.tasks import Request
 from webui import errors, render, security
 from webui.openapi import document as openapi_document
@@ -42,7 +43,12 @@ def handle(exc):
 
 
 def error_response(status: int, error: str, detail: str, headers: dict | None = None):
-    response = jsonify({"error": error, "detail": detail})
+    """`error`: the stable code; `detail`: English words; `message`: their appliance.messages id and values, when
+    they have one (a UI says them in its own language)."""
+    body = {"error": error, "detail": str(detail)}
+    if isinstance(detail, Text):
+        body["message"] = detail.to_dict()
+    response = jsonify(body)
     response.status_code = status
     response.headers.update(headers or {})
     return response
@@ -107,7 +113,7 @@ def ocr():
         body.update({"job_id": job.id, "cached": job.cached})
         return jsonify(body)
     if job.state == FAILED:
-        return error_response(errors.failed_job_status(job.error_kind), "OCR failed", job.error or "")
+        return error_response(errors.failed_job_status(job.error_kind), "OCR failed", job.error_text or "")
     if not job.finished_state:
         return error_response(
             504,
@@ -115,7 +121,7 @@ def ocr():
             f"the job is still {job.state}; poll GET /jobs/{job.id}",
             {"Location": url_for("api.job_status", job_id=job.id)},
         )
-    return error_response(409, job.state, job.error or f"the job was {job.state}")
+    return error_response(409, job.state, job.error_text or f"the job was {job.state}")
 
 
 @bp.post("/jobs")
@@ -193,7 +199,13 @@ def health():
         {
             "web": {"ready": True},
             "engine": engine,
-            "queue": {"waiting": waiting, "limit": jobs().max_queue},
+            # max_pages: pages one job may have; turn_seconds: how long a job runs before waiting ones go first
+            "queue": {
+                "waiting": waiting,
+                "limit": jobs().max_queue,
+                "max_pages": jobs().max_pages,
+                "turn_seconds": jobs().turn_seconds,
+            },
             "kiosk": {"seen": backend().kiosk_seen},  # epoch of the kiosk page's last check-in (appliance.kiosk)
         }
     )

@@ -35,7 +35,9 @@ class Backend:
         self.sync_slots = threading.BoundedSemaphore(config["SYNC_SLOTS"])
         self.model_dir: str | None = config["MODEL_DIR"] or self.runtime.model_dir
         self.vllm_url: str | None = config["VLLM_URL"]
-        self.jobs = config["JOBS"] or Jobs(Path(config["DATA_DIR"]), self._open_engine, config["MAX_QUEUE"])
+        self.jobs = config["JOBS"] or Jobs(
+            Path(config["DATA_DIR"]), self._open_engine, config["MAX_QUEUE"], config["MAX_JOB_PAGES"]
+        )
         if config["SCAN_DIR"]:
             from appliance.scan import JobsRecognizer, WatcherThread
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from flask import has_request_context, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from appliance.jobs import CRASHED, JobNotFound, QueueFull
+from appliance.jobs import CRASHED, JobNotFound, PageLimit, QueueFull
+from appliance.messages import Text, message_of
 from appliance.ocr import images
 from appliance.ocr.errors import EngineUnavailable, InputError, TaskNotSupported
 
@@ -23,19 +24,14 @@ class Busy(Exception):
 
     def __init__(self, slots: int, retry_after: int):
         self.retry_after = retry_after
-        super().__init__(
-            f"{slots} synchronous requests are already waiting for their results; try again in about "
-            f"{retry_after} s, or send the file to POST /jobs and poll it"
-        )
-
-
-SUPPORTED = f"an image or PDF ({images.SUPPORTED_TEXT})"
+        super().__init__(Text("sync_busy", slots=slots, seconds=retry_after))
 
 
 # What went wrong -> (HTTP status, the error in a few words); the first row that matches wins.
 # The API's answers, the pages' error screens and a failed job's status (by its exception's class name) all use it.
 STATUSES: tuple[tuple[type[BaseException], int, str], ...] = (
     (Unsupported, 415, "unsupported file type"),
+    (PageLimit, 413, "too many pages"),  # a readable file, more pages than one job may have: split it
     (InputError, 422, "unreadable file"),
     (BadRequest, 400, "bad request"),
     (ValueError, 400, "bad request"),
@@ -45,37 +41,35 @@ STATUSES: tuple[tuple[type[BaseException], int, str], ...] = (
     (EngineUnavailable, 503, "engine unavailable"),
     (JobNotFound, 404, "not found"),
 )
-# What to do about it, after the exception's own words.
+# What to do about it, after the exception's own words (appliance.messages ids).
 ADVICE = {
-    InputError: "; check the file opens on another computer, or scan it again",
-    EngineUnavailable: "; see the status page or GET /health",
+    InputError: "advice_damaged",
+    EngineUnavailable: "advice_engine",
 }
 
 
 def describe(exc: BaseException, max_bytes: int | None = None) -> tuple[int, str, str, dict]:
-    """(status, error, detail, extra headers) for an exception; `detail` says what to do about it."""
+    """(status, error, detail, extra headers) for an exception; `detail` says what to do about it. It is an
+    appliance.messages.Text where its words have an id: the pages say it in their language (`i18n.say`), the API
+    in English with the id and values beside it."""
     if isinstance(exc, RequestEntityTooLarge):
         if has_request_context() and max_bytes and (request.content_length or 0) <= max_bytes:
             # Werkzeug says "too large" for a form of too many parts too (its max_form_parts): not the file.
-            return 413, "too many form parts", "the form has too many fields; send the file with a few fields", {}
-        limit = f" ({_size(max_bytes)})" if max_bytes else ""
-        return (
-            413,
-            "file too large",
-            f"the upload is over the size limit{limit}; send a smaller file or fewer pages",
-            {},
-        )
+            return 413, "too many form parts", Text("too_many_form_parts"), {}
+        return 413, "file too large", Text("upload_too_large", limit=_size(max_bytes) if max_bytes else "?"), {}
     for kind, status, error in STATUSES:
         if isinstance(exc, kind):
             retry_after = getattr(exc, "retry_after", None)
             headers = {"Retry-After": str(retry_after)} if retry_after else {}
-            advice = ADVICE.get(kind, "")
+            advice = ADVICE.get(kind)
             if kind is InputError and "the limit is" in str(exc):  # too big or too many pages, not damaged
-                advice = "; scan or save it at a lower resolution (300 dpi is plenty), or split it"
-            return status, error, f"{exc}{advice}", headers
+                advice = "advice_limit"
+            message = message_of(exc)
+            detail = Text("with_advice", message=message, advice=Text(advice)) if advice else message
+            return status, error, detail, headers
     if isinstance(exc, HTTPException):
         return exc.code or 500, (exc.name or "error").lower(), exc.description or "", {}
-    return 500, "internal error", f"{type(exc).__name__}: {exc}; the log has the details", {}
+    return 500, "internal error", Text("internal_error", kind=type(exc).__name__, error=str(exc)), {}
 
 
 def failed_job_status(error_kind: str | None) -> int:
@@ -89,9 +83,7 @@ def check_type(data: bytes, name: str) -> None:
     """Refuse what is not an image or PDF at all (415) before decoding; a broken image or PDF is a 422 later."""
     kind, looks_like = images.sniff(data)
     if kind is None:
-        raise Unsupported(
-            f"{name} is not {SUPPORTED}; it looks like: {looks_like}. Save or convert it as one of these"
-        )
+        raise Unsupported(Text("not_supported_type", name=name, formats=images.SUPPORTED_TEXT, looks_like=looks_like))
 
 
 def _size(n: int) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flask import Flask, current_app, request
 
-from appliance import gpu
+from appliance import gpu, messages
 from appliance.ocr import steps
 from webui import backend
 
@@ -126,6 +126,16 @@ MESSAGES = {
     "queue_position": ("Place in queue: {n}", "排队位置：{n}"),
     "page_progress": ("Page {done} of {total}", "第 {done} / {total} 页"),
     "cancel": ("Cancel", "取消"),
+    # fair turns (appliance.jobs): the limits, and a long job waiting while others take a turn
+    "limits_note": (
+        "One file may have up to {pages} pages. A long file lets waiting files go first every {minutes} min, then "
+        "goes on where it was.",
+        "每个文件最多 {pages} 页。较长的文件每处理 {minutes} 分钟会让排队的文件先处理，然后从中断处继续。",
+    ),
+    "turn_waiting": (
+        "Waiting: other jobs take a turn. {done} of {total} pages are read; it goes on by itself.",
+        "等待中：其他任务正在轮流处理。已识别 {done} / {total} 页，之后会自动继续。",
+    ),
     "cancelling": ("Cancelling after this page…", "正在取消（本页完成后停止）…"),
     "job_cancelled": ("Cancelled before any page was read.", "已取消，尚未识别任何页面。"),
     "job_cancelled_partial": (
@@ -289,6 +299,18 @@ MESSAGES = {
     ),
     # errors, login
     "error_title": ("Something went wrong", "出错了"),
+    # the error pages' headline: the API's stable `error` codes (webui.errors), said in words
+    "error_unsupported_file_type": ("unsupported file type", "不支持的文件类型"),
+    "error_too_many_pages": ("too many pages", "页数过多"),
+    "error_unreadable_file": ("unreadable file", "无法读取的文件"),
+    "error_bad_request": ("bad request", "请求有误"),
+    "error_task_not_available": ("task not available", "任务不可用"),
+    "error_busy": ("busy", "繁忙"),
+    "error_engine_unavailable": ("engine unavailable", "识别引擎不可用"),
+    "error_not_found": ("not found", "未找到"),
+    "error_internal_error": ("internal error", "内部错误"),
+    "error_file_too_large": ("file too large", "文件过大"),
+    "error_too_many_form_parts": ("too many form parts", "表单字段过多"),
     "back_home": ("Back to the start", "返回首页"),
     "login_title": ("Access token", "访问令牌"),
     "login_hint": (
@@ -340,6 +362,22 @@ def say_page_time(figure: dict | None) -> str:
     return gettext("page_time_measured" if figure.get("measured") else "page_time_estimated", t=t)
 
 
+# What the core says (errors, failed jobs, the engine choice, the scan folder): kept with the code that says it.
+MESSAGES.update({f"msg_{key}": texts for key, texts in messages.MESSAGES.items()})
+
+
+def say(text) -> str:
+    """An appliance.messages.Text (a job's `error_text`, an error's detail) in the page's language; other text as
+    it is."""
+    return messages.say(text, current_lang())
+
+
+def say_error(code: str) -> str:
+    """An error page's headline: the API's stable `error` code in the page's language (others as they are)."""
+    key = "error_" + code.replace(" ", "_")
+    return gettext(key) if key in MESSAGES else code
+
+
 def current_lang() -> str:
     chosen = request.cookies.get(COOKIE)
     if chosen in LANGS:
@@ -359,6 +397,7 @@ def gettext(key: str, **values) -> str:
 def init_app(app: Flask) -> None:
     app.jinja_env.globals["_"] = gettext
     app.jinja_env.globals["say_step"] = say_step
+    app.jinja_env.globals["say"] = say
     app.jinja_env.globals["say_page_time"] = say_page_time
     # The start screen's script follows GET /health and says each step with these ({placeholders} kept).
     app.jinja_env.globals["step_texts"] = lambda: {key: gettext("step_" + key) for key in steps.STEPS}

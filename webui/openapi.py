@@ -79,7 +79,10 @@ def document(config, runtime) -> dict:
     submit_errors = {
         "400": _error("bad task or options, or the engine cannot do this task (the message says which engine can)"),
         "401": _error("LAN mode: `Authorization: Bearer <token>` missing or wrong"),
-        "413": _error(f"body over the size limit ({config['MAX_CONTENT_LENGTH']} bytes)"),
+        "413": _error(
+            f"body over the size limit ({config['MAX_CONTENT_LENGTH']} bytes), or (`error` 'too many pages') a "
+            f"file with more pages than one job may have ({config['MAX_JOB_PAGES']}; GET /health `queue.max_pages`)"
+        ),
         "415": _error("not an image or PDF"),
         "422": _error("an image or PDF that cannot be read (corrupt, truncated, empty)"),
         "503": _error(
@@ -95,7 +98,13 @@ def document(config, runtime) -> dict:
             "title": "OCR appliance API",
             "version": __version__,
             "description": "Offline OCR. Every request goes through one queue to the one engine. On loopback no "
-            "authentication; in LAN mode other machines send `Authorization: Bearer <token>`.",
+            "authentication; in LAN mode other machines send `Authorization: Bearer <token>`. Fair turns: a file may "
+            f"have at most {config['MAX_JOB_PAGES']} pages, and a job that has run for a turn "
+            "(GET /health `queue.turn_seconds`) while others wait lets them go first after its current page: it "
+            "goes back to the end of the queue (`state` queued, `error_code` job_took_turn, `pages_done` kept) and "
+            "goes on from its next page; the result is the same as without the break. Messages: an error's `error` "
+            "is a stable code and `detail` English words; `message` (errors) and `error_code` + `error_params` "
+            "(jobs) give the words' id and values, which the kiosk's UI says in its own language.",
         },
         "components": {
             "securitySchemes": {"lanToken": {"type": "http", "scheme": "bearer"}},
@@ -104,9 +113,16 @@ def document(config, runtime) -> dict:
                     "type": "object",
                     "required": ["error", "detail"],
                     "properties": {
-                        "error": {"type": "string"},
-                        "detail": {"type": "string", "description": "what to do"},
+                        "error": {"type": "string", "description": "a stable code, e.g. `unreadable file`"},
+                        "detail": {"type": "string", "description": "what to do, in English"},
+                        "message": {"$ref": "#/components/schemas/Message"},
                     },
+                },
+                "Message": {
+                    "type": "object",
+                    "description": "the words' id and values (appliance.messages), where they have one; a value "
+                    "may itself be a Message (a file's name and the reason it was refused)",
+                    "properties": {"code": {"type": "string"}, "params": {"type": "object"}},
                 },
                 "Block": {
                     "type": "object",
@@ -192,7 +208,9 @@ def document(config, runtime) -> dict:
                                     "source": {"type": "string", "description": "`inbox` or the USB stick's name"},
                                     "state": {"type": "string", "enum": ["waiting", "working", "done", "failed"]},
                                     "task": {"type": ["string", "null"]},
-                                    "detail": {"type": "string"},
+                                    "detail": {"type": "string", "description": "English"},
+                                    "message": {"$ref": "#/components/schemas/Message"},
+                                    "detail_ui": {"type": "string", "description": "`detail` in the UI's language"},
                                     "outputs": {"type": "array", "items": {"type": "string"}},
                                     "updated": {"type": "number"},
                                 },
@@ -222,7 +240,15 @@ def document(config, runtime) -> dict:
                             "description": "a cancel was asked; the job stops before its next page and keeps the "
                             "pages read as a partial result (GET /jobs/{id}/result)",
                         },
-                        "error": {"type": ["string", "null"]},
+                        "error": {
+                            "type": ["string", "null"],
+                            "description": "why it failed or was cancelled, or (queued) why it waits again; English",
+                        },
+                        "error_code": {
+                            "type": ["string", "null"],
+                            "description": "`error`'s message id, e.g. job_cancelled_running, job_took_turn",
+                        },
+                        "error_params": {"type": ["object", "null"], "description": "`error`'s values (see Message)"},
                         "error_kind": {"type": ["string", "null"]},
                         "cached": {"type": "boolean"},
                         "retries": {"type": "integer"},
@@ -362,7 +388,9 @@ def document(config, runtime) -> dict:
                         "200": {
                             "description": "`web`, `engine` (state loading|ready|failed|stopped, `since`, "
                             "while loading the engine's `progress` words and any extra keys it reports, "
-                            "which engine and why), `queue`, `kiosk` (`seen`: when the kiosk's page last checked in)"
+                            "which engine and why), `queue` (`waiting`, `limit`, `max_pages`: pages one job may "
+                            "have, `turn_seconds`: how long a job runs while others wait before they go first), "
+                            "`kiosk` (`seen`: when the kiosk's page last checked in)"
                         }
                     },
                 }

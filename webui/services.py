@@ -9,6 +9,7 @@ from flask import current_app, url_for
 
 from appliance import export
 from appliance.jobs import Job, Jobs
+from appliance.messages import Text
 from appliance.runtime import Runtime
 from webui import errors, i18n
 from webui.backend import KEY, Backend
@@ -30,7 +31,7 @@ def runtime_config() -> Runtime:
 def submit(data: bytes, name: str, req) -> Job:
     """Queue a file (the pages' upload and the API's POST /ocr and /jobs); not an image or PDF at all: 415."""
     if not data:
-        raise errors.BadRequest(f"{name}: the file is empty")
+        raise errors.BadRequest(Text("upload_empty", name=name))
     errors.check_type(data, name)
     return jobs().submit(data, name, req)
 
@@ -68,9 +69,13 @@ def scan_state(recent: int = 100) -> dict:
         folders = {str(Path(p).parent) for p in item.get("outputs", [])}
         item["output_dir"] = _shorter(folders.pop(), root) if len(folders) == 1 else None
         item["output_names"] = [Path(p).name for p in item.get("outputs", [])]
+        # The detail in the page's language (`detail` stays English, `message` has its id and values).
+        known = Text.from_dict(item["message"]) if item.get("message") else None
+        item["detail_ui"] = i18n.say(known or item["detail"])
         if item.get("waiting_for_stick"):  # said in the reason, which the page shows as it is
             waiting = i18n.gettext("scan_waiting_for_stick", stick=item["waiting_for_stick"])
             item["detail"] = f"{item['detail']} {waiting}".strip()
+            item["detail_ui"] = f"{item['detail_ui']} {waiting}".strip()
     supported = jobs().engine_status()["tasks"]
     state["folders"] = [
         {

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, url_for
 
 from appliance import __version__, export, storage
+from appliance.messages import Text
 from appliance.ocr import images
 from appliance.ocr.tasks import EXTRACT_PRESETS, LANGUAGES, Request, Task
 from webui import errors, i18n, render, security, usb
@@ -61,7 +62,8 @@ def handle(exc):
     status, error, detail, headers = errors.describe(exc, current_app.config.get("MAX_CONTENT_LENGTH"))
     if status == 500:
         current_app.logger.error("page failed", exc_info=exc)
-    return render_template("error.html", status=status, error=error, detail=detail), status, headers
+    page = render_template("error.html", status=status, error=i18n.say_error(error), detail=i18n.say(detail))
+    return page, status, headers
 
 
 BANNER_TTL = 30  # seconds a computed GPU banner is reused (it may run nvidia-smi)
@@ -110,14 +112,19 @@ def engine_notes(engine: dict) -> dict:
     fallback = engine.get("fallback") or (
         choice.engine.startswith("hunyuan") and info.get("name") == "cpu" and (engine.get("error") or choice.reason)
     )
-    reason = one_sentence(engine.get("error")) or engine.get("state", "")
+    reason = one_sentence(i18n.say(engine.get("error"))) or engine.get("state", "")
     return {
         "reason": reason if reason.endswith((".", "!", "?", "。", "…")) else reason + ".",
         "running": info.get("name"),
         "working_tasks": labels,
-        "fallback": one_sentence(fallback) if isinstance(fallback, str) else None,
+        "fallback": one_sentence(i18n.say(fallback)) if isinstance(fallback, str) else None,
         "wanted": choice.engine,
     }
+
+
+def limits() -> dict:
+    """The queue's fair-turn limits, for the sentence that says them (home and status pages)."""
+    return {"max_pages": jobs().max_pages, "turn_minutes": max(1, round(jobs().turn_seconds / 60))}
 
 
 def _home(**context):
@@ -135,6 +142,7 @@ def _home(**context):
         elapsed=max(0, int(time.time() - (engine.get("since") or time.time()))),
         form=request.form,
         default_task=runtime_config().default_task,
+        **limits(),
         **context,
     )
 
@@ -160,7 +168,7 @@ def upload():
         elif form.get("usb_path"):
             path = usb.resolve(current_app.config["USB_ROOT"], form["usb_path"])
             if not path.is_file():
-                raise errors.BadRequest(f"'{form['usb_path']}' is not a file")
+                raise errors.BadRequest(Text("usb_not_a_file", path=form["usb_path"]))
             images.check_size(path.stat().st_size, path.name)  # a stick's file is no upload: the files' own limit
             # Read now: the stick may be pulled while the job waits, and the job keeps its own copy anyway.
             data, name = path.read_bytes(), path.name
@@ -171,7 +179,7 @@ def upload():
         status, _error, detail, headers = errors.describe(exc, current_app.config.get("MAX_CONTENT_LENGTH"))
         if status == 500:
             raise
-        return _home(error=detail), status, headers
+        return _home(error=i18n.say(detail)), status, headers
     return redirect(url_for("ui.job", job_id=job.id), code=303)
 
 
@@ -253,6 +261,7 @@ def status():
         disk=data_storage(),
         counts=jobs().counts(),
         max_queue=jobs().max_queue,
+        **limits(),
         model_dir=backend().model_dir,
         lan=bool(current_app.config["LAN_TOKEN"]),
         license=model_license(),

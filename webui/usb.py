@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from appliance.messages import Text
 from appliance.ocr.images import EXTENSIONS
 from webui.errors import BadRequest
 
@@ -33,7 +34,7 @@ def resolve(root: str | Path, rel: str) -> Path:
         if link:
             raise BadRequest(f"'{rel}' is a link; pick the file itself")
     if not path.exists():
-        raise BadRequest(f"'{rel}' is no longer there; was the USB stick removed?")
+        raise BadRequest(Text("usb_gone", path=rel))
     return path
 
 

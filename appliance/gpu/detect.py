@@ -16,6 +16,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.messages import Text
+
 SYSFS = Path("/sys")
 PROC_NVIDIA = Path("/proc/driver/nvidia")  # the loaded kernel driver's own view
 STACK_INFO = Path("/etc/appliance/gpu-stack.json")
@@ -168,7 +170,7 @@ def find_gpu(proc_nvidia: str | Path = PROC_NVIDIA) -> tuple[str | None, str]:
     entry, else by nvidia-smi. Unlike `detect` (the PCI bus, for boot), this needs the driver, and no torch."""
     proc = Path(proc_nvidia)
     if not (proc / "version").exists():
-        return None, f"no NVIDIA kernel driver loaded ({proc / 'version'} missing)"
+        return None, Text("gpu_no_driver", path=str(proc / "version"))
     names = []
     for info in sorted((proc / "gpus").glob("*/information")):
         for line in info.read_text(errors="replace").splitlines():
@@ -176,5 +178,5 @@ def find_gpu(proc_nvidia: str | Path = PROC_NVIDIA) -> tuple[str | None, str]:
                 names.append(line.split(":", 1)[1].strip())
     name = names[0] if names else smi_query("name")
     if not name:
-        return None, "NVIDIA driver loaded but it reports no GPU"
-    return name, f"NVIDIA GPU found: {name}"
+        return None, Text("gpu_none_reported")
+    return name, Text("gpu_found", name=name)

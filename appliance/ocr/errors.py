@@ -1,4 +1,7 @@
-"""The errors the OCR core raises. Each message is meant to be shown to a person as it is."""
+"""The errors the OCR core raises. Each message is meant to be shown to a person as it is; it is an
+appliance.messages.Text, so a UI can say it in its own language (`message_of(error)`)."""
+
+from appliance.messages import Text
 
 
 class OcrError(Exception):
@@ -11,7 +14,7 @@ class InputError(OcrError):
     def __init__(self, name: str, reason: str):
         self.name = name
         self.reason = reason
-        super().__init__(f"{name}: {reason}")
+        super().__init__(Text("input", name=name, reason=reason))
 
 
 class TaskNotSupported(OcrError):
@@ -21,9 +24,7 @@ class TaskNotSupported(OcrError):
         self.task = task
         self.engine = engine
         names = ", ".join(sorted(str(t) for t in supported))
-        super().__init__(
-            f"task '{task}' needs the HunyuanOCR model on an NVIDIA GPU; the '{engine}' engine only does: {names}"
-        )
+        super().__init__(Text("task_not_supported", task=task, engine=engine, tasks=names))
 
 
 class EngineUnavailable(OcrError):
@@ -32,7 +33,7 @@ class EngineUnavailable(OcrError):
     def __init__(self, engine: str, reason: str):
         self.engine = engine
         self.reason = reason
-        super().__init__(f"engine '{engine}' is not available: {reason}")
+        super().__init__(Text("engine_unavailable", engine=engine, reason=reason))
 
 
 class EngineLost(EngineUnavailable):

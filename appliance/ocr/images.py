@@ -34,6 +34,7 @@ from PIL import (
     WebPImagePlugin,
 )
 
+from appliance.messages import Text
 from appliance.ocr.errors import InputError
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -216,10 +217,8 @@ def _pixel_reason(width: int, height: int) -> str | None:
     """Why an image of this size is refused, or None when it is acceptable."""
     if width * height <= MAX_PAGE_PIXELS:
         return None
-    return (
-        f"image is {width}x{height} pixels ({_number(width * height / 1e6)} MP); "
-        f"the limit is {_number(MAX_PAGE_PIXELS / 1e6)} MP"
-    )
+    mp, limit = _number(width * height / 1e6), _number(MAX_PAGE_PIXELS / 1e6)
+    return Text("too_many_pixels", width=width, height=height, mp=mp, limit=limit)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -318,9 +317,9 @@ def _read_file(path: str | os.PathLike, name: str) -> bytes:
 
 def check_size(size: int, name: str) -> None:
     if size == 0:
-        raise InputError(name, "empty file (0 bytes)")
+        raise InputError(name, Text("file_empty"))
     if size > MAX_FILE_BYTES:
-        raise InputError(name, f"file is {_number(size / MiB)} MB; the limit is {_number(MAX_FILE_BYTES / MiB)} MB")
+        raise InputError(name, Text("file_too_big", size=_number(size / MiB), limit=_number(MAX_FILE_BYTES / MiB)))
 
 
 class Document:
@@ -353,11 +352,8 @@ class Document:
 
         kind, looks_like = sniff(data)
         if kind is None:
-            if looks_like in _OTHER_IMAGE_FORMATS:
-                reason = f"unsupported image format ({looks_like}); convert it to PNG or JPEG"
-            else:
-                reason = f"not an image or PDF (looks like: {looks_like})"
-            raise InputError(name, f"{reason}; supported formats: {SUPPORTED_TEXT}")
+            code = "unsupported_image" if looks_like in _OTHER_IMAGE_FORMATS else "not_image"
+            raise InputError(name, Text(code, looks_like=looks_like, formats=SUPPORTED_TEXT))
 
         if kind == "pdf":
             pdf, page_count = _open_pdf(data, name)
@@ -402,7 +398,7 @@ class Document:
                 image.seek(index)
             reason = _pixel_reason(*image.size)  # each TIFF frame has its own size
             if reason:
-                raise InputError(self.name, f"page {number}: {reason}")
+                raise InputError(self.name, Text("page_reason", n=number, reason=reason))
             if longest:
                 image.draft("RGB", (longest, longest))  # JPEG: decode at 1/2, 1/4 or 1/8 scale
                 image.load()
@@ -423,7 +419,8 @@ class Document:
             raise
         except Exception as error:  # a decoder fed a damaged file can raise almost anything
             label = SUPPORTED[self.kind]
-            raise InputError(self.name, f"page {number}: corrupt or truncated {label}: {error}") from error
+            reason = Text("corrupt_file", label=label, error=str(error))
+            raise InputError(self.name, Text("page_reason", n=number, reason=reason)) from error
         finally:
             image.close()
 
@@ -435,7 +432,8 @@ class Document:
             try:
                 page = self._pdf[index]
             except pdfium.PdfiumError as error:
-                raise InputError(self.name, f"page {number}: cannot read this PDF page ({error})") from error
+                reason = Text("pdf_page_unreadable", error=str(error))
+                raise InputError(self.name, Text("page_reason", n=number, reason=reason)) from error
             try:
                 width_pt, height_pt = page.get_size()
                 if width_pt < 1 or height_pt < 1:
@@ -453,7 +451,8 @@ class Document:
             except MemoryError:
                 raise
             except Exception as error:
-                raise InputError(self.name, f"page {number}: cannot render this PDF page ({error})") from error
+                reason = Text("pdf_page_unrenderable", error=str(error))
+                raise InputError(self.name, Text("page_reason", n=number, reason=reason)) from error
             finally:
                 page.close()
         return to_rgb(image)
@@ -489,7 +488,7 @@ def _count_frames(image: ImageFile.ImageFile, name: str) -> int:
 
 def _check_page_count(page_count: int, kind: str, name: str) -> None:
     if page_count > MAX_PAGES:
-        raise InputError(name, f"{SUPPORTED[kind]} has {page_count} pages; the limit is {MAX_PAGES}")
+        raise InputError(name, Text("too_many_pages", kind=SUPPORTED[kind], pages=page_count, limit=MAX_PAGES))
 
 
 def _open_raster(data: bytes, kind: str, name: str, page_number: int | None) -> ImageFile.ImageFile:
@@ -501,7 +500,7 @@ def _open_raster(data: bytes, kind: str, name: str, page_number: int | None) -> 
         size = _webp_size(data[:64])
         reason = size and _pixel_reason(*size)
         if reason:
-            raise InputError(name, where + reason)
+            raise InputError(name, Text("page_reason", n=page_number, reason=reason) if page_number else reason)
     try:
         return _PIL_CLASSES[kind](io.BytesIO(data))
     except Image.DecompressionBombError as error:
@@ -509,8 +508,8 @@ def _open_raster(data: bytes, kind: str, name: str, page_number: int | None) -> 
     except MemoryError:
         raise
     except Exception as error:
-        detail = str(error) or type(error).__name__
-        raise InputError(name, f"{where}corrupt or truncated {label}: cannot read the header ({detail})") from None
+        reason = Text("corrupt_header", label=label, error=str(error) or type(error).__name__)
+        raise InputError(name, Text("page_reason", n=page_number, reason=reason) if page_number else reason) from None
 
 
 def _open_pdf(data: bytes, name: str) -> tuple[pdfium.PdfDocument, int]:
@@ -520,12 +519,12 @@ def _open_pdf(data: bytes, name: str) -> tuple[pdfium.PdfDocument, int]:
         except pdfium.PdfiumError as error:
             code = getattr(error, "err_code", None)
             if code == pdfium.raw.FPDF_ERR_PASSWORD:
-                reason = "PDF is encrypted/password-protected; save an unprotected copy and try again"
+                reason = Text("pdf_encrypted")
             elif code == pdfium.raw.FPDF_ERR_SECURITY:
-                reason = "PDF uses an unsupported encryption scheme; save an unprotected copy and try again"
+                reason = Text("pdf_encryption_unsupported")
             else:
                 # PDFium also ends up here for a PDF with zero pages.
-                reason = "corrupt or truncated PDF, or a PDF with no pages"
+                reason = Text("pdf_corrupt")
             raise InputError(name, reason) from None
         page_count = len(pdf)
         if page_count > MAX_PAGES:

@@ -27,19 +27,34 @@ class Cancelled(Exception):
         self.partial = partial
 
 
+class TurnOver(Exception):
+    """The caller's `turn_over()` said let other work go first, between two pages. `partial`: the pages read so
+    far; `recognize_document(..., earlier=partial)` goes on from the next page, and the end result is the same."""
+
+    def __init__(self, partial: OcrResult):
+        super().__init__(f"{partial.source}: turn over after {len(partial.pages)} pages")
+        self.partial = partial
+
+
 def recognize_document(
     engine: Engine,
     document: Document,
     request: Request,
     progress: Progress | None = None,
     cancelled: Callable[[], bool] | None = None,
+    earlier: OcrResult | None = None,
+    turn_over: Callable[[], bool] | None = None,
 ) -> OcrResult:
+    """`earlier`: the pages a previous turn read (a TurnOver's partial); reading goes on after them. `turn_over()`
+    is asked after each page read in this turn: True raises TurnOver (at least one page is read per turn)."""
     check_task(engine, request)  # refuse before decoding anything
-    started = time.perf_counter()
+    spent = (earlier.timings.get("ocr") or 0.0) if earlier else 0.0
+    started = time.perf_counter() - spent  # the turns' times add up
     total = document.page_count
-    pages = []
+    pages = list(earlier.pages) if earlier else []
+    first = len(pages) + 1
     if progress:
-        progress(0, total)
+        progress(len(pages), total)
 
     def result() -> OcrResult:
         return OcrResult(
@@ -51,10 +66,13 @@ def recognize_document(
             timings={"ocr": round(time.perf_counter() - started, 3)},
         )
 
-    for number, image in enumerate(document.pages(), start=1):
+    for number in range(first, total + 1):
         if cancelled and cancelled():
             partial = result() if pages else None
             raise Cancelled(f"{document.name}: cancelled after {number - 1} of {total} pages", partial)
+        if number > first and turn_over and turn_over():
+            raise TurnOver(result())
+        image = document.page(number - 1)
         page_started = time.perf_counter()
         # A blank page (separator sheets, empty back sides of duplex scans) costs a model seconds to minutes and
         # can only give noise: it is not sent to the engine.
@@ -74,7 +92,9 @@ def recognize_file(
     name: str | None = None,
     progress: Progress | None = None,
     cancelled: Callable[[], bool] | None = None,
+    earlier: OcrResult | None = None,
+    turn_over: Callable[[], bool] | None = None,
 ) -> OcrResult:
     """`source` is a path or bytes; `name` is what errors and the result call it (defaults to the file name)."""
     with Document.open(source, name=name) as document:
-        return recognize_document(engine, document, request, progress, cancelled)
+        return recognize_document(engine, document, request, progress, cancelled, earlier, turn_over)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from appliance.messages import Text
+
 
 class Task(str, enum.Enum):
     SPOTTING = "spotting"  # text lines with boxes
@@ -96,7 +98,7 @@ def parse_task(name: str | Task) -> Task:
     if key in ALIASES:
         return ALIASES[key]
     choices = ", ".join([t.value for t in Task] + sorted(ALIASES))
-    raise ValueError(f"unknown task '{name}'; choose one of: {choices}")
+    raise ValueError(Text("unknown_task", name=str(name), choices=choices))
 
 
 @dataclass(frozen=True)
@@ -121,10 +123,10 @@ class Request:
             raise ValueError("target_lang must be a language code such as 'en'")
         fields = tuple(f.strip() for f in (fields or ()) if f and f.strip())
         if task is Task.EXTRACT and not fields:
-            raise ValueError("task 'extract' needs field names, e.g. --fields 'name,date,total'")
+            raise ValueError(Text("extract_needs_fields"))
         lang = (target_lang or "en").strip().lower()
         if lang not in LANGUAGES:
-            raise ValueError(f"unknown target language '{target_lang}'; choose one of: {', '.join(LANGUAGES)}")
+            raise ValueError(Text("unknown_target_lang", lang=target_lang, choices=", ".join(LANGUAGES)))
         return cls(task=task, fields=fields if task is Task.EXTRACT else (), target_lang=lang)
 
     def options(self) -> dict:

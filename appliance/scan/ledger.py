@@ -7,11 +7,13 @@ names the job it came from. A ledger written by an older image (on a persistence
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from pathlib import Path
 
 from appliance.export import FORMATS
+from appliance.messages import Text
 
 STATE_DIR = ".state"  # under ROOT: the ledger, the work folder, the status file, the locks, the local job queue
 LEDGER = "ledger.sqlite"
@@ -36,11 +38,12 @@ CREATE TABLE IF NOT EXISTS files (
     reused INTEGER DEFAULT 0,    -- 1: the result came from the queue's cache, not from OCR
     attempts INTEGER DEFAULT 0,
     note TEXT,
+    message TEXT,                -- the error's (else the note's) appliance.messages id and values, JSON
     created REAL, updated REAL
 );
 CREATE INDEX IF NOT EXISTS files_state ON files(state);
 """
-ADDED_COLUMNS = {"formats": "TEXT", "job": "TEXT"}  # columns an older ledger lacks
+ADDED_COLUMNS = {"formats": "TEXT", "job": "TEXT", "message": "TEXT"}  # columns an older ledger lacks
 ACTIVE = ("claiming", "queued", "working", "publishing", "moving", "failing")
 FINISHED = ("done", "failed", "lost")
 ACTIVE_SQL = "(" + ",".join(f"'{state}'" for state in ACTIVE) + ")"
@@ -94,6 +97,11 @@ class Ledger:
         return self.db.execute("SELECT * FROM files WHERE id=?", (row_id,)).fetchone()
 
     def set(self, row_id: int, **columns) -> None:
+        for key in ("note", "error"):  # an error's words win over a note's, as the UI shows them
+            if isinstance(columns.get(key), Text):
+                columns["message"] = json.dumps(columns[key].to_dict(), ensure_ascii=False)
+            if columns.get(key) is not None:
+                columns[key] = str(columns[key])
         columns["updated"] = time.time()
         names = ", ".join(f"{k}=?" for k in columns)
         self.db.execute(f"UPDATE files SET {names} WHERE id=?", (*columns.values(), row_id))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from appliance.messages import Text
 from appliance.ocr.errors import EngineUnavailable, OcrError
 from appliance.ocr.result import OcrResult
 from appliance.ocr.tasks import Request
@@ -68,7 +69,7 @@ class JobsRecognizer:
         if not self.keep_inputs:
             self.jobs.drop_input(job.id)
         if job.state != DONE:
-            raise OcrError(f"{name}: {job.error or job.state}")
+            raise OcrError(Text("input", name=name, reason=job.error_text or job.state))
         return Recognized(job.id, job.cached)
 
     def result(self, job: str) -> OcrResult:

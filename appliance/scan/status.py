@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from appliance.scan.folders import task_of
-from appliance.scan.ledger import LEDGER, formats, open_ledger, state_dir
+from appliance.scan.ledger import LEDGER, column, formats, open_ledger, state_dir
 from appliance.scan.trees import Tree
 from appliance.scan.watcher import RESCAN_SECONDS
 
@@ -29,7 +29,7 @@ def queue_state(root, recent: int = 200) -> dict:
     running = bool(status) and not status.get("stopped") and fresh
     files = (
         [
-            {"name": w["name"], "source": w["source"], "state": "waiting", "detail": w["detail"]}
+            {"name": w["name"], "source": w["source"], "state": "waiting", "detail": w["detail"], **_said(w)}
             for w in status.get("waiting", [])
         ]
         if running
@@ -77,12 +77,18 @@ def _file(row, bucket: str) -> dict:
         "state": bucket,
         "step": row["state"],
         "detail": row["error"] or row["note"] or "",
+        **_said({"message": json.loads(row["message"]) if column(row, "message") else None}),
         "task": task_of(row["folder"]),
         "reused": bool(row["reused"]),
         "outputs": outputs,
         "original": row["final"],
         "updated": row["updated"],
     }
+
+
+def _said(item: dict) -> dict:
+    """`message`: the detail's appliance.messages id and values (a UI says it in its language), when it has one."""
+    return {"message": item.get("message")} if item.get("message") else {}
 
 
 def ledger_rows(root) -> list[dict]:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from appliance import export
 from appliance.files import copy_atomic, fsync_dir, fsync_file, sha256_file, write_atomic
+from appliance.messages import Text, message_of
 from appliance.ocr.errors import EngineUnavailable, OcrError
 from appliance.scan.folders import FOLDERS, task_of
 from appliance.scan.ledger import FINISHED, Ledger, formats
@@ -76,10 +77,10 @@ class Steps:
             except EngineUnavailable:
                 raise  # not the file's fault: stop, say why (systemd restarts the service)
             except OcrError as error:
-                self.fail(row_id, str(error))
+                self.fail(row_id, message_of(error))
             except OSError as error:
                 if state == "claiming":
-                    self.lost(row, f"could not be copied off: {error.strerror or error}")
+                    self.lost(row, Text("scan_copy_failed", error=str(error.strerror or error)))
                     return
                 raise
 
@@ -87,7 +88,7 @@ class Steps:
         source, work, tree = Path(row["source"]), Path(row["work"]), self.tree_of(row)
         if not work.exists():
             if not source.exists() or source.is_symlink():
-                self.lost(row, "disappeared before it was copied off" if tree.stick else "disappeared from the inbox")
+                self.lost(row, Text("scan_disappeared_stick" if tree.stick else "scan_disappeared_inbox"))
                 return
             if tree.stick:
                 copy_atomic(source, work)  # copy, never move: the original stays on the stick until results exist
@@ -113,11 +114,7 @@ class Steps:
         attempts = row["attempts"] + 1
         self.set(row["id"], attempts=attempts)
         if attempts > MAX_ATTEMPTS:
-            self.fail(
-                row["id"],
-                f"processing stopped the watcher {MAX_ATTEMPTS} times (crash or power loss); "
-                "parked here rather than tried again",
-            )
+            self.fail(row["id"], Text("scan_parked", n=MAX_ATTEMPTS))
 
     def _step_working(self, row) -> None:
         name = Path(row["rel"]).name
@@ -182,6 +179,7 @@ class Steps:
         report = {
             "file": row["rel"],
             "reason": row["error"],
+            "message": json.loads(row["message"]) if row["message"] else None,  # the reason's id and values
             "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "engine": self.recognizer.describe(),
             "task": task_of(row["folder"]),
@@ -221,7 +219,7 @@ class Steps:
         base = {"outbox": self.local.outbox, "done": self.local.done, "failed": self.local.failed}[kind]
         folder = base / f"usb-{tree.label}" / Path(row["rel"]).parent
         if kind == "outbox" and row["out_dir"] != str(folder):
-            note = f"USB stick {tree.label} was removed before its results were written; they are in {folder}"
+            note = Text("scan_stick_pulled", stick=tree.label, folder=str(folder))
             log.warning("%s: %s", row["rel"], note)
             stem = export.free_stem(folder, Path(row["rel"]).stem)
             self.set(row["id"], out_dir=str(folder), out_stem=stem, note=note)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance import export
+from appliance.messages import Text
 from appliance.ocr.errors import EngineUnavailable
 from appliance.scan.folders import FOLDERS, IGNORED_DIRS, ignored
 from appliance.scan.inotify import Inotify
@@ -54,7 +55,7 @@ class Pending:
     size: int
     mtime_ns: int
     since: float
-    reason: str = "settling"
+    reason: str = Text("scan_settling")
 
 
 @dataclass
@@ -246,8 +247,8 @@ class Watcher(Steps):
         except OSError:
             return
         if stat.S_ISLNK(info.st_mode) or not stat.S_ISREG(info.st_mode):
-            what = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "not a regular file (device, FIFO or socket)"
-            self._refuse(tree, path, rel, folder, f"refused: {what}; copy the file itself into the inbox")
+            refused = Text("scan_refused_link" if stat.S_ISLNK(info.st_mode) else "scan_refused_special")
+            self._refuse(tree, path, rel, folder, refused)
             return
         now = time.monotonic()
         seen = self.pending.get(key)
@@ -265,9 +266,9 @@ class Watcher(Steps):
             del self.pending[key]
             row_id = self._insert(tree, path, rel, folder, "claiming", size=info.st_size)
             self.advance(row_id, claim_only=True)
-            self.fail(row_id, f"{reason} (unchanged for {quiet_for:.0f} s)")
+            self.fail(row_id, Text("scan_gave_up", reason=reason, seconds=f"{quiet_for:.0f}"))
         else:
-            seen.reason = f"waiting: does not open yet ({reason})"
+            seen.reason = Text("scan_not_open_yet", reason=reason)
 
     def _insert(
         self, tree: Tree, path: Path, rel: str, folder: str, state: str, size: int | None = None, copy: bool = True
@@ -362,7 +363,12 @@ class Watcher(Steps):
     def write_status(self, stopped: bool = False) -> None:
         """What only the running watcher knows (files still settling, sticks, unknown folders), for queue_state."""
         waiting = [
-            {"source": self.sticks[k].label if k in self.sticks else "inbox", "name": rel, "detail": p.reason}
+            {
+                "source": self.sticks[k].label if k in self.sticks else "inbox",
+                "name": rel,
+                "detail": p.reason,
+                "message": p.reason.to_dict() if isinstance(p.reason, Text) else None,
+            }
             for (k, rel), p in sorted(self.pending.items())
         ]
         status = {

@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from appliance.messages import Text
 from appliance.model_dir import IMAGE_MODEL_DIR, find_gguf
 from appliance.ocr.errors import EngineUnavailable
 
@@ -60,11 +61,7 @@ def shortfall(model_dir: str | Path, ctx_size: int, meminfo: Path | None = None)
     need, free = needed_bytes(model_dir, ctx_size), available_bytes(meminfo)
     if free is None or free >= need:
         return None
-    return (
-        f"HunyuanOCR on the CPU needs about {need / GIB:.1f} GB of free memory and this PC has "
-        f"{free / GIB:.1f} GB free: close other programs or add memory; the fast CPU engine still does plain text "
-        "and line boxes"
-    )
+    return Text("ram_short", need=f"{need / GIB:.1f}", free=f"{free / GIB:.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:

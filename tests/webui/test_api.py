@@ -12,6 +12,7 @@ from conftest import image_bytes
 from fake_engine import FakeEngine
 from PIL import Image
 
+from appliance.messages import Text
 from appliance.ocr.tasks import Task
 
 
@@ -31,7 +32,10 @@ def engine(gate):
 def assert_error(response, status: int, *words: str) -> dict:
     assert response.status_code == status, response.get_data(as_text=True)
     body = response.get_json()
-    assert set(body) == {"error", "detail"} and body["detail"]
+    # `message` (the detail's id and values, for a UI in another language) comes where the detail has an id.
+    assert set(body) - {"message"} == {"error", "detail"} and body["detail"]
+    if "message" in body:
+        assert Text.from_dict(body["message"]) == body["detail"]
     for word in words:
         assert word.lower() in (body["error"] + " " + body["detail"]).lower()
     return body
@@ -192,7 +196,7 @@ def test_health_reports_web_and_engine_separately(client):
     assert health["web"] == {"ready": True}
     assert health["engine"]["ready"] is True and health["engine"]["state"] == "ready"
     assert health["engine"]["info"]["name"] == "fake" and health["engine"]["reason"]
-    assert health["queue"] == {"waiting": 0, "limit": 32}
+    assert health["queue"] == {"waiting": 0, "limit": 32, "max_pages": 300, "turn_seconds": 60.0}
 
 
 def test_openapi_describes_every_api_route(client, app):

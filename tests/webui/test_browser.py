@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -302,6 +303,59 @@ def test_progress_page_by_page_and_cancel(page, model_server, tmp_path):
         model_server.engine.gate = None
 
 
+class Permits:
+    """A gate for the fake engine that lets one page through per permit (threading.Event lets all through)."""
+
+    def __init__(self):
+        self.semaphore = threading.Semaphore(0)
+
+    def wait(self, timeout=None) -> bool:
+        return self.semaphore.acquire(timeout=timeout)
+
+    def release(self, n: int = 1) -> None:
+        self.semaphore.release(n)
+
+
+def test_a_long_job_says_other_jobs_take_a_turn(page, model_server, tmp_path):
+    """Issue 14 item 3: a long job lets a waiting one go first; its page says so while it waits, then goes on."""
+    import io
+
+    from fake_engine import page_image
+
+    pages = [page_image((300, 400)) for _ in range(3)]
+    pdf = tmp_path / "long.pdf"
+    buf = io.BytesIO()
+    pages[0].save(buf, format="PDF", save_all=True, append_images=pages[1:])
+    pdf.write_bytes(buf.getvalue())
+    jobs = model_server.jobs
+    permits = model_server.engine.gate = Permits()
+    jobs.turn_seconds = 0  # a turn is one page here (60 s in the product)
+    try:
+        page.goto(model_server.url + "/")
+        page.set_input_files("#file", str(pdf))
+        page.click("#start")
+        page.wait_for_selector("#progress-text:has-text('Page 1 of 3')")
+        short = io.BytesIO()
+        page_image((64, 32)).save(short, format="PNG")
+        page.request.post(
+            model_server.url + "/jobs",
+            multipart={"file": {"name": "short.png", "mimeType": "image/png", "buffer": short.getvalue()}},
+        )
+        permits.release()  # page 1 of the long job; the short job then waits at the gate
+        note = page.locator("#turn-note")
+        note.wait_for(state="visible", timeout=10_000)
+        assert note.inner_text() == "Waiting: other jobs take a turn. 1 of 3 pages are read; it goes on by itself."
+        assert page.locator("#job-state").inner_text() == "Waiting"
+        page.screenshot(path=SHOTS / "turn-en.png")
+        permits.release(10)
+        page.wait_for_selector("#out-text", timeout=20_000)
+        assert page.locator("#job-state").inner_text() == "Done" and page.locator("svg.overlay").count() == 3
+    finally:
+        permits.release(100)
+        model_server.engine.gate = None
+        jobs.turn_seconds = 60
+
+
 @pytest.fixture(scope="module")
 def scan_server(tmp_path_factory):
     """The UI with a scan folder (`appliance serve --scan ROOT`) over the fake engine, with short quiet periods."""
@@ -550,3 +604,44 @@ def test_a_file_over_the_upload_limit_is_refused_before_it_is_sent(browser, tmp_
     finally:
         page.close()
         stop()
+
+
+def test_server_messages_are_said_in_chinese(browser, cpu_server, tmp_path):
+    """Issue 14 item 9: with the UI in Chinese, an upload refused by the server, a job that failed while it ran and
+    the status page's reason were English. Now each message keeps its id and values and is said in the UI's
+    language (the API keeps its English `detail`)."""
+    notes = tmp_path / "notes.png"  # a text file with an image's name: refused before it is queued
+    notes.write_text("meeting notes, not a picture\n")
+    broken = tmp_path / "broken.png"  # a good header, then the data stops: the job fails on its first page
+    broken.write_bytes(text_image(["Cut short"], fmt="PNG")[:400])
+    page = browser.new_page()  # not the `page` fixture: the refused upload's 415 is expected
+    problems = []
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.goto(cpu_server.url + "/lang/zh?next=/")
+    try:
+        page.wait_for_selector("text=新建识别")
+        page.set_input_files("#file", str(notes))
+        page.check("input[value=text]", force=True)
+        page.click("#start")
+        refused = page.locator(".alert.error[role=alert]:not([hidden])").filter(has_text="notes.png")
+        assert "不是图片或 PDF" in refused.inner_text() and "看起来是" in refused.inner_text()
+
+        page.set_input_files("#file", str(broken))
+        page.check("input[value=text]", force=True)
+        page.click("#start")
+        page.wait_for_url("**/job/*")
+        page.wait_for_selector("#job-error", timeout=60_000)
+        failed = page.locator("#job-error").inner_text()
+        assert "broken.png：第 1 页：PNG 文件损坏或不完整" in failed, failed
+        assert page.locator("#job-state").inner_text() == "失败"
+        api = page.request.get(cpu_server.url + "/jobs/" + page.url.rsplit("/", 1)[1]).json()
+        assert api["error"].startswith("broken.png: page 1: corrupt or truncated PNG")  # the API stays English
+        assert api["error_code"] == "input" and api["error_params"]["reason"]["code"] == "page_reason"
+        page.screenshot(path=SHOTS / "failed-zh.png", full_page=True)
+
+        page.goto(cpu_server.url + "/status")
+        assert page.locator("#engine-why").inner_text() == "由启动参数指定"  # was "chosen explicitly"
+    finally:
+        page.goto(cpu_server.url + "/lang/en?next=/")  # the browser is shared: the other tests read English
+        page.close()
+    assert problems == []

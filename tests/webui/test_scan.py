@@ -201,3 +201,17 @@ def test_retry_of_a_usb_sticks_failed_file(stick_root, client, app):
     assert list((stick / watch.STICK_FAILED).iterdir()) == []
     html = client.get("/scan-folder", headers=EN).get_data(as_text=True)
     assert "Moved 1 file(s) back into the inbox" in html
+
+
+def test_a_failed_scan_is_said_in_the_pages_language(scanning, client, scan_root):
+    """The failure's words keep their message id in the ledger and its report; the page says them in Chinese."""
+    zh = {"Accept-Language": "zh"}
+    broken = next(f for f in client.get("/scan", headers=zh).get_json()["files"] if f["name"] == "broken.png")
+    assert broken["message"]["code"] == "scan_gave_up" and "unchanged for" in broken["detail"]  # English stays
+    assert "文件损坏或不完整" in broken["detail_ui"] and "秒没有变化" in broken["detail_ui"]
+    page = client.get("/scan-folder", headers=zh).get_data(as_text=True)
+    assert "PNG 文件损坏或不完整：无法读取文件头" in page and "秒没有变化）" in page
+    english = next(f for f in client.get("/scan", headers=EN).get_json()["files"] if f["name"] == "broken.png")
+    assert english["detail_ui"] == english["detail"]
+    report = (scan_root / "failed" / "broken.png.error.json").read_text(encoding="utf-8")
+    assert '"code": "scan_gave_up"' in report

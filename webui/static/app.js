@@ -93,6 +93,11 @@ function pollJob(main) {
     } catch (err) { setTimeout(tick, 2000); return; }  // server restarting: keep trying
     if (["done", "failed", "cancelled"].includes(job.state)) { location.reload(); return; }
     badge.textContent = messages[job.state];
+    const turn = $("#turn-note");  // a long job waiting while others take a turn (appliance.jobs, fair turns)
+    if (turn) {
+      turn.hidden = !(job.state === "queued" && job.error_code === "job_took_turn");
+      if (!turn.hidden) turn.textContent = format(messages.turn_waiting, {done: job.pages_done, total: job.pages_total});
+    }
     const cancel = $("#cancel");
     if (cancel && job.cancelling) { cancel.disabled = true; cancel.textContent = messages.cancelling; }
     bar.max = Math.max(job.pages_total, 1);
@@ -206,7 +211,7 @@ function scanRow(template, f, words) {
     result.append((f.output_names || []).join(" · "));
     if (f.reused) result.append(" ", element("small", "muted", `(${words.reused})`));
   } else {
-    result.append(element("span", f.state === "failed" ? "danger" : "muted", f.detail || ""));
+    result.append(element("span", f.state === "failed" ? "danger" : "muted", f.detail_ui || f.detail || ""));
   }
   slot("when").replaceChildren(f.updated ? element("time", "", clock(f.updated)) : "");
   slot("action").replaceChildren();

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.gpu.detect import find_gpu, load_stack_info
+from appliance.messages import Text
 from appliance.model_dir import find_gguf
 from appliance.ocr import steps
 from appliance.ocr.engines.base import ENGINE_NAMES, ENGINE_TITLES, Engine
@@ -48,51 +49,46 @@ def choose(
     if name != "auto":
         if name not in ENGINE_NAMES:
             raise ValueError(f"unknown engine '{name}'; choose one of: {', '.join(ENGINE_NAMES)}")
-        return Choice(name, "chosen explicitly", gpu)
+        return Choice(name, Text("choice_explicit"), gpu)
     if gpu is None:
         return on_the_cpu(model_dir, gpu_why, None, llama_url)
     if not model_dir or not (Path(model_dir) / "config.json").is_file():
-        return Choice("cpu", f"{gpu_why}, but no HunyuanOCR model directory was given (--model DIR)", gpu)
+        return Choice("cpu", Text("choice_no_model", why=gpu_why), gpu)
     url = vllm_url or vllm.DEFAULT_URL
     if server_ready(url):
-        return Choice("hunyuan-vllm", f"{gpu_why}; vLLM server answers at {url}", gpu)
+        return Choice("hunyuan-vllm", Text("choice_vllm_answers", why=gpu_why, url=url), gpu)
     stack = load_stack_info()  # {} off the image: a dev machine, where transformers in-process is the fallback
     if stack:
         if vllm.unit_state() in RUNNING_STATES:
-            return Choice("hunyuan-vllm", f"{gpu_why}; the model server ({vllm.VLLM_UNIT}) is starting", gpu)
+            return Choice("hunyuan-vllm", Text("choice_vllm_starting", why=gpu_why, unit=vllm.VLLM_UNIT), gpu)
         if "hunyuan-transformers" not in stack.get("engines", ()):
-            why = (
-                f"{gpu_why}, but the model server ({vllm.VLLM_UNIT}) is not running (journalctl -u {vllm.VLLM_UNIT})"
-            )
+            why = Text("choice_vllm_not_running", why=gpu_why, unit=vllm.VLLM_UNIT)
             return on_the_cpu(model_dir, why, gpu, llama_url)
-    return Choice("hunyuan-transformers", f"{gpu_why}; no vLLM server running, using transformers in-process", gpu)
+    return Choice("hunyuan-transformers", Text("choice_transformers", why=gpu_why), gpu)
 
 
 def on_the_cpu(model_dir, why: str, gpu: str | None, llama_url: str | None = None) -> Choice:
     """No usable GPU: HunyuanOCR through llama.cpp when this machine has its GGUF files and its server answers or
     is starting; else the CPU engine, with the reason (not enough free memory, the server not running)."""
-    cpu = Choice("cpu", f"{why}; the CPU engine does spotting and plain text", gpu)
+    cpu = Choice("cpu", Text("choice_cpu", why=why), gpu)
     if not model_dir:
         return cpu
     try:
         llamacpp_files = find_gguf(model_dir)
     except EngineUnavailable:
         return cpu
-    tasks = "every task on the CPU, rapidocr keeping spotting and plain text"
+    tasks = Text("llama_tasks")
     url = llama_url or llamacpp.DEFAULT_URL
     if server_ready(url):
-        return Choice("hunyuan-llamacpp", f"{why}; llama.cpp answers at {url}: {tasks}", gpu)
+        return Choice("hunyuan-llamacpp", Text("choice_llama_answers", why=why, url=url, tasks=tasks), gpu)
     if llamacpp.unit_state() in RUNNING_STATES:
-        return Choice("hunyuan-llamacpp", f"{why}; llama.cpp ({llamacpp.LLAMA_UNIT}) is starting: {tasks}", gpu)
+        starting = Text("choice_llama_starting", why=why, unit=llamacpp.LLAMA_UNIT, tasks=tasks)
+        return Choice("hunyuan-llamacpp", starting, gpu)
     short = ram.shortfall(model_dir, llamacpp.DEFAULT_CTX_SIZE)
     if short:
-        return Choice("cpu", f"{why}; {short}", gpu)
-    return Choice(
-        "cpu",
-        f"{why}; the llama.cpp server for {llamacpp_files[0].name} is not running "
-        f"(journalctl -u {llamacpp.LLAMA_UNIT} says why); the CPU engine does spotting and plain text",
-        gpu,
-    )
+        return Choice("cpu", Text("clauses", first=why, second=short), gpu)
+    not_running = Text("choice_llama_not_running", why=why, file=llamacpp_files[0].name, unit=llamacpp.LLAMA_UNIT)
+    return Choice("cpu", not_running, gpu)
 
 
 def open_engine(

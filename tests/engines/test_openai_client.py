@@ -11,6 +11,7 @@ import base64
 import io
 import json
 import socket
+import time
 
 import pytest
 from openai_server import FakeOpenAIServer
@@ -19,7 +20,7 @@ from PIL import Image, ImageDraw
 from appliance.jobs import Jobs
 from appliance.model_dir import model_info
 from appliance.ocr import images, parse
-from appliance.ocr.engines import select
+from appliance.ocr.engines import hunyuan, select
 from appliance.ocr.engines.openai_client import OpenAIEngine, server_ready
 from appliance.ocr.engines.transformers import TransformersEngine
 from appliance.ocr.errors import EngineLost, EngineUnavailable
@@ -50,6 +51,7 @@ def client(server, tiny_model_dir):
     server.fail_with = None
     server.crash_next = 0
     server.client_hung_up.clear()
+    server.chunk_delay = 0.0
     return vllm.open_client(tiny_model_dir, url=server.url, max_tokens=MAX_TOKENS)
 
 
@@ -99,6 +101,23 @@ def test_request_has_the_official_shape(client, server, page_image):
     assert body["repetition_penalty"] == 1.0
     assert body["max_tokens"] == MAX_TOKENS
     assert body["stream"] is True
+
+
+def test_the_answer_streams_to_on_text_while_it_is_written(client, server, page_image):
+    """A slow model: on_text sees the answer grow (at once for the first token, then at most every REPORT_EVERY
+    seconds), each text a beginning of the final answer."""
+    server.chunk_delay = 0.1  # one chunk is one token here
+    seen = []
+    page = client.recognize(
+        page_image, Request.make("text"), on_text=lambda text, tokens: seen.append((time.monotonic(), text, tokens))
+    )
+    chunks = -(-len(page.raw) // 3)
+    assert chunks >= 6, page.raw  # long enough to be seen growing
+    assert seen[0][1:] == (page.raw[:3], 1)
+    assert all(page.raw.startswith(text) and len(text) == min(3 * tokens, len(page.raw)) for _, text, tokens in seen)
+    assert [tokens for _, _, tokens in seen] == sorted({tokens for _, _, tokens in seen})  # growing, never again
+    assert len(seen) >= chunks * 0.1 / hunyuan.REPORT_EVERY - 1
+    assert all(b - a >= hunyuan.REPORT_EVERY * 0.9 for (a, _, _), (b, _, _) in zip(seen, seen[1:]))
 
 
 def test_endless_repetition_is_cut_off_and_cleaned(client, server, page_image):

@@ -443,6 +443,7 @@ def test_time_left_in_words_in_both_languages(page, tmp_path):
         page.wait_for_selector("#time-left:has-text('This page is taking longer than usual')")
     finally:
         page.goto(live.url + "/lang/en")  # the browser is the module's: English for the tests after this one
+        page.goto("about:blank")  # nothing of this server's left polling when it stops
         engine.gate.set()
         stop()
 

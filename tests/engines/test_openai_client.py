@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 
 from appliance.jobs import Jobs
 from appliance.model_dir import model_info
-from appliance.ocr import images, parse
+from appliance.ocr import images, pace, parse
 from appliance.ocr.engines import hunyuan, select
 from appliance.ocr.engines.openai_client import OpenAIEngine, server_ready
 from appliance.ocr.engines.transformers import TransformersEngine
@@ -162,6 +162,32 @@ def test_server_crash_mid_job_puts_the_job_back_and_it_completes(server, tiny_mo
         assert jobs.result(job.id).text == opened[1].recognize(page_image, Request.make("text")).text
     finally:
         jobs.close()
+
+
+def test_the_time_left_of_a_steady_answer_comes_true(tiny_model_dir, tmp_path, page_image):
+    """Through the queue and the real client: a model that writes a usual-length answer at a steady pace. Halfway
+    through, GET /jobs/<id>'s seconds_left (from this answer's own decode rate) says when the job really ends."""
+    usual = pace.ANSWER_TOKENS[Task.FORMULA]
+    answer = "".join(f"{i:03d}" for i in range(usual))  # one 3-character chunk per token, never a repetition
+    model_id, _ = model_info(tiny_model_dir)
+    with FakeOpenAIServer(lambda image, prompt: answer, model_id=model_id, root=str(tiny_model_dir)) as server:
+        server.chunk_delay = 0.05  # 20 tokens/s: 7.5 s of decoding
+        engine = vllm.open_client(tiny_model_dir, url=server.url, max_tokens=4096)
+        jobs = Jobs(tmp_path / "data", lambda report: engine)
+        try:
+            buf = io.BytesIO()
+            page_image.save(buf, format="PNG")
+            job = jobs.submit(buf.getvalue(), "formula.png", Request.make("formula"))
+            while (live := jobs.live(job.id) or {}).get("tokens", 0) < usual // 2:
+                assert jobs.get(job.id).state in ("queued", "running")
+                time.sleep(0.02)
+            said, asked = live["seconds_left"], time.monotonic()
+            assert jobs.wait(job.id, 60).state == "done"
+            took = time.monotonic() - asked
+        finally:
+            jobs.close()
+    assert not live["longer_than_usual"] and took > 2
+    assert abs(said - took) <= max(1.0, 0.25 * took), (said, took)
 
 
 def test_server_down(tiny_model_dir):

@@ -76,7 +76,7 @@ class LivePage:
     started: float  # when this page began
     job_started: float  # when the job's first page began
     text: str = ""  # the answer's last TAIL_CHARS characters
-    chars: int = 0  # the answer's whole length so far (the client appends only what is new)
+    chars: int = 0  # the answer's whole length so far: with `text`, a caller can tell how much is new
     tokens: int = 0
     first_token: float | None = None  # when the first token came: what precedes it is reading the image
 

@@ -328,7 +328,7 @@ class HeldAtText:
 
         return self.inner.recognize(image, request, held)
 
-    def next_text(self, timeout: float = 120) -> str:
+    def next_text(self, timeout: float = 120) -> str | None:
         """Let the held text go; the next one, once it is held (None when the answer ended first)."""
         count = len(self.texts)
         self.held.release()

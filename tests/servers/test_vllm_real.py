@@ -227,7 +227,7 @@ def kill_at_first_token(client, pid: int) -> threading.Event:
                     killed.set()
             yield line
 
-    client._read_stream = lambda response: read_stream(lines(response))
+    client._read_stream = lambda response, report: read_stream(lines(response), report)
     return killed
 
 

@@ -10,7 +10,7 @@ Storage under `data_dir`:
   results/<key>.turn.json   the pages a long job read in its earlier turns (fair turns, below)
 Files are written to a temporary name and renamed, so a crash never leaves a half-written file under a real name.
 
-It is one module (about 720 lines) on purpose: the queue, the store, the result cache, restart recovery, fair
+It is one module (about 740 lines) on purpose: the queue, the store, the result cache, restart recovery, fair
 turns and pruning change together under one lock, and keeping their only writer in one place is what makes crash
 recovery easy to check.
 """
@@ -211,6 +211,7 @@ class Jobs:
         self._changed = threading.Condition(self._lock)  # notified on every job state/progress change
         self._pending: list[str] = []  # queued job ids in order; the DB is the truth, this is the worker's to-do list
         self._cancel: set[str] = set()
+        self._live: dict[str, pace.LivePage] = {}  # the running job's page as its answer streams in (memory only)
         self._seconds_per_job = 5.0  # running estimate for Retry-After
         self._stopping = False
         self._db = sqlite3.connect(self.data_dir / "jobs.sqlite", check_same_thread=False, isolation_level=None)
@@ -410,6 +411,16 @@ class Jobs:
             self._collect(job.sha256, job.cache_key)
             self._changed.notify_all()
 
+    def live(self, job_id: str) -> dict | None:
+        """A running job's page as it is read (pace.LivePage.report: page, text so far, seconds left); None when
+        the job is not running."""
+        with self._lock:
+            page = self._live.get(job_id)
+            if page is None:
+                return None
+            figure = self._page_seconds(self._engine).get(page.task) if self._engine else None
+            return page.report(figure and figure["seconds"], time.monotonic())
+
     def engine_status(self) -> dict:
         """state (loading | ready | failed | stopped), ready, error, info, tasks, since (epoch of the current state),
         and while loading the opener's `progress` words (plus whatever extra keys it reported). Callers must ignore
@@ -569,9 +580,19 @@ class Jobs:
             self._changed.notify_all()
 
         def progress(done: int, total: int) -> None:
+            now = time.monotonic()
             with self._lock:
                 self._set(job_id, pages_done=done, pages_total=total)
+                if done < total:  # the next page begins
+                    live = self._live.get(job_id)  # none yet: the job's first page, or its first in this turn
+                    began = live.job_started if live else now - spent  # earlier turns' time counts
+                    self._live[job_id] = pace.LivePage(request.task.value, done + 1, total, now, began)
                 self._changed.notify_all()
+
+        def on_text(text: str, tokens: int) -> None:
+            with self._lock:
+                if job_id in self._live:
+                    self._live[job_id].update(text, tokens, time.monotonic())
 
         started = time.monotonic()
 
@@ -589,6 +610,7 @@ class Jobs:
                 cancelled=lambda: job_id in self._cancel,
                 earlier=earlier,
                 turn_over=turn_over,
+                on_text=on_text,
             )
             write_atomic(self.results / f"{key}.json", result.to_json().encode("utf-8"))
             outcome = {"state": DONE}
@@ -615,6 +637,7 @@ class Jobs:
             error = Text("job_internal", kind=type(e).__name__, error=str(e))
             outcome = {"state": FAILED, "error": error, "error_kind": "internal"}
         with self._lock:
+            self._live.pop(job_id, None)
             cancelled = job_id in self._cancel
             self._cancel.discard(job_id)
             lost = outcome.pop("lost", None)

@@ -54,10 +54,10 @@ class Timed:
         self.inner, self.seconds = inner, 0.0
         self.info, self.tasks = inner.info, inner.tasks
 
-    def recognize(self, image, request):
+    def recognize(self, image, request, on_text=None):
         started = time.perf_counter()
         try:
-            return self.inner.recognize(image, request)
+            return self.inner.recognize(image, request, on_text)
         finally:
             self.seconds += time.perf_counter() - started
 

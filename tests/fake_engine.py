@@ -18,10 +18,13 @@ class FakeEngine:
         self.started = threading.Event()  # set when a page begins
         self.closed = False
         self.markdown: str | None = None  # the doc task's answer when a test sets one (formulas, tables)
+        self.stream: list[tuple[str, int]] = []  # (text so far, tokens) given to on_text before the gate: a model
 
-    def recognize(self, image, request: Request) -> Page:
+    def recognize(self, image, request: Request, on_text=None) -> Page:
         self.calls += 1
         self.started.set()
+        for text_so_far, tokens in self.stream if on_text else ():
+            on_text(text_so_far, tokens)
         if self.gate is not None:
             assert self.gate.wait(30), "test gate never opened"
         text = f"HELLO {image.width}x{image.height}"

@@ -10,12 +10,14 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from fake_engine import FakeEngine, page_image
 
 from appliance.jobs import MAX_RETRIES, JobNotFound, Jobs, QueueFull
+from appliance.ocr import pace
 from appliance.ocr.errors import EngineLost, EngineUnavailable, InputError, TaskNotSupported
 from appliance.ocr.tasks import Request, Task
 
@@ -74,6 +76,70 @@ def test_pdf_pages_reported_as_progress(make_jobs):
     assert (job.state, job.pages_done, job.pages_total) == ("done", 3, 3)
     assert [p.number for p in jobs.result(job.id).pages] == [1, 2, 3]
     assert engine.calls == 3
+
+
+def test_the_running_pages_answer_is_kept_in_memory_while_it_is_written(make_jobs):
+    """Jobs.live: the page being read, its answer's tail and tokens as the engine streams them, without a database
+    write per token; gone once the job has ended."""
+    engine = FakeEngine(gate=threading.Event())
+    engine.stream = [("H" * n, n) for n in range(1, 3001)]  # 3000 tokens, one character each
+    jobs = make_jobs(engine)
+    job = jobs.submit(pdf(3), "long.pdf", Request.make("doc"))
+    assert engine.started.wait(10)
+    writes = jobs._db.total_changes
+    live = _wait_for_value(lambda: (jobs.live(job.id) or {}).get("tokens") == 3000 and jobs.live(job.id))
+    assert jobs._db.total_changes == writes  # 3000 tokens, no write
+    assert live == {
+        "page": 1,
+        "text": "H" * pace.TAIL_CHARS,
+        "chars": 3000,
+        "tokens": 3000,
+        "seconds_left": None,  # 3000 tokens is more than a usual page of Markdown: no number
+        "longer_than_usual": True,
+    }
+    engine.gate.set()
+    assert jobs.wait(job.id, 10).state == "done"
+    assert jobs.live(job.id) is None
+
+
+class SlowFirstPage(FakeEngine):
+    """Page 1 takes PAGE_SECONDS; page 2 writes one token and waits for `hold`."""
+
+    PAGE_SECONDS = 3.0
+
+    def __init__(self):
+        super().__init__()
+        self.hold, self.on_page_2 = threading.Event(), threading.Event()
+
+    def recognize(self, image, request, on_text=None):
+        if self.calls == 0:
+            time.sleep(self.PAGE_SECONDS)
+        elif self.calls == 1:
+            on_text("# Ti", 1)
+            self.on_page_2.set()
+            assert self.hold.wait(30)
+        return super().recognize(image, request, on_text)
+
+
+def test_time_left_counts_the_pages_this_job_already_read(make_jobs):
+    engine = SlowFirstPage()
+    jobs = make_jobs(engine)
+    job = jobs.submit(pdf(3), "long.pdf", Request.make("doc"))
+    assert engine.on_page_2.wait(20)
+    live = jobs.live(job.id)
+    # page 2 of 3, before any decode rate: its PAGE_SECONDS minus the moment it has run, then one more page
+    assert live["page"] == 2 and not live["longer_than_usual"]
+    assert 2 * SlowFirstPage.PAGE_SECONDS - 1 <= live["seconds_left"] <= 2 * SlowFirstPage.PAGE_SECONDS
+    engine.hold.set()
+    assert jobs.wait(job.id, 30).state == "done"
+
+
+def _wait_for_value(get, timeout: float = 10):
+    deadline = time.monotonic() + timeout
+    while not (value := get()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+    return value
 
 
 def test_identical_request_is_served_from_cache(make_jobs, tmp_path):
@@ -294,13 +360,13 @@ from appliance.jobs import Jobs
 from appliance.ocr.tasks import Request
 
 class PoisonedEngine(FakeEngine):
-    def recognize(self, image, request):
+    def recognize(self, image, request, on_text=None):
         color = {(255, 0, 0): "red", (0, 0, 255): "blue", (0, 128, 0): "green"}[image.getpixel((0, 0))]
         with open(sys.argv[2], "a") as ran:
             ran.write(color + "\\n")
         if color == "red":
             os.abort()
-        return super().recognize(image, request)
+        return super().recognize(image, request, on_text)
 
 submitted = threading.Event()  # the engine opens once all three are queued
 jobs = Jobs(sys.argv[1], lambda report: submitted.wait(10) and PoisonedEngine())
@@ -346,10 +412,10 @@ class LosingEngine(FakeEngine):
         super().__init__()
         self.loses = loses
 
-    def recognize(self, image, request):
+    def recognize(self, image, request, on_text=None):
         if self.loses(image):
             raise EngineLost("hunyuan-vllm", "lost the vLLM server at http://127.0.0.1:8001/v1: Connection reset")
-        return super().recognize(image, request)
+        return super().recognize(image, request, on_text)
 
 
 def opener_of(*engines):

@@ -99,9 +99,12 @@ def test_blank_pages_are_not_sent_to_the_engine_and_faint_text_is(engine, monkey
     pages[0].save(buf, format="PDF", save_all=True, append_images=pages[1:], resolution=150)
     sent = []
     recognize = engine.recognize
-    monkeypatch.setattr(
-        engine, "recognize", lambda image, request: sent.append(image.size) or recognize(image, request)
-    )
+
+    def recording(image, request, on_text=None):
+        sent.append(image.size)
+        return recognize(image, request, on_text)
+
+    monkeypatch.setattr(engine, "recognize", recording)
     result = recognize_file(engine, buf.getvalue(), Request.make("text"), name="duplex.pdf")
     assert len(sent) == 2  # the faint page number and the text page
     assert [bool(page.warnings) for page in result.pages] == [True, True, True, False, False]

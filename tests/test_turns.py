@@ -118,8 +118,8 @@ class RecordingEngine(FakeEngine):
         self.widths: list[int] = []
         self.on_page = lambda image: None
 
-    def recognize(self, image, request):
-        page = super().recognize(image, request)
+    def recognize(self, image, request, on_text=None):
+        page = super().recognize(image, request, on_text)
         self.widths.append(image.width)
         self.on_page(image)
         return page

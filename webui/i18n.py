@@ -125,6 +125,11 @@ MESSAGES = {
     "state_cancelled": ("Cancelled", "已取消"),
     "queue_position": ("Place in queue: {n}", "排队位置：{n}"),
     "page_progress": ("Page {done} of {total}", "第 {done} / {total} 页"),
+    # While a page is read (the job page, from GET /jobs/<id>'s live; appliance.ocr.pace.seconds_left)
+    "time_left": ("About {t} left", "预计还需约 {t}"),
+    "longer_than_usual": ("This page is taking longer than usual", "此页耗时比平时长"),
+    "minutes_seconds": ("{m} min {s} s", "{m} 分 {s} 秒"),
+    "live_text": ("Text read so far", "已识别的文字"),
     "cancel": ("Cancel", "取消"),
     # fair turns (appliance.jobs): the limits, and a long job waiting while others take a turn
     "limits_note": (

@@ -4,6 +4,7 @@ that every API route appears here."""
 from __future__ import annotations
 
 from appliance import __version__, export
+from appliance.ocr import pace
 from appliance.ocr.images import SUPPORTED_TEXT
 from appliance.ocr.tasks import ALIASES, LANGUAGES, Task
 
@@ -239,6 +240,32 @@ def document(config, runtime) -> dict:
                             "type": "boolean",
                             "description": "a cancel was asked; the job stops before its next page and keeps the "
                             "pages read as a partial result (GET /jobs/{id}/result)",
+                        },
+                        "live": {
+                            "type": "object",
+                            "description": "only while the job runs: the page being read, as a model engine "
+                            "writes its answer (rapidocr and blank pages have no text here), and the time left",
+                            "properties": {
+                                "page": {"type": "integer", "description": "the page being read, from 1"},
+                                "text": {
+                                    "type": "string",
+                                    "description": f"the end of that page's answer so far (at most {pace.TAIL_CHARS} "
+                                    "characters; raw model output, before parsing)",
+                                },
+                                "chars": {"type": "integer", "description": "the answer's whole length so far"},
+                                "tokens": {"type": "integer", "description": "tokens of that answer so far"},
+                                "seconds_left": {
+                                    "type": ["integer", "null"],
+                                    "description": "until the whole job is done, from this answer's decode rate, "
+                                    "the task's usual answer length and this PC's seconds per page; null when "
+                                    "there is no honest figure (nothing measured yet, or longer than usual)",
+                                },
+                                "longer_than_usual": {
+                                    "type": "boolean",
+                                    "description": "this page already takes longer, or its answer is already "
+                                    "longer, than usual for the task: no time left can be given",
+                                },
+                            },
                         },
                         "error": {
                             "type": ["string", "null"],

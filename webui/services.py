@@ -8,7 +8,7 @@ from pathlib import Path
 from flask import current_app, url_for
 
 from appliance import export
-from appliance.jobs import Job, Jobs
+from appliance.jobs import RUNNING, Job, Jobs
 from appliance.messages import Text
 from appliance.runtime import Runtime
 from webui import errors, i18n
@@ -41,6 +41,9 @@ def job_json(job: Job) -> dict:
     del body["cache_key"]
     body["position"] = jobs().position(job.id)
     body["cancelling"] = jobs().cancelling(job.id)
+    live = jobs().live(job.id) if job.state == RUNNING else None  # the page being read, as it is written
+    if live is not None:
+        body["live"] = live
     body["links"] = {"self": url_for("api.job_status", job_id=job.id)}
     if job.has_result:  # every format: a program may ask for any (the UI offers only the configured outputs)
         body["links"].update({fmt: url_for("api.job_result", job_id=job.id, format=fmt) for fmt in export.FORMATS})

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from appliance.ocr.engines.base import Engine, check_task
+from appliance.ocr.engines.base import Engine, OnText, check_task
 from appliance.ocr.engines.routed import serving
 from appliance.ocr.images import Document, is_blank
 from appliance.ocr.result import OcrResult, Page
@@ -44,9 +44,12 @@ def recognize_document(
     cancelled: Callable[[], bool] | None = None,
     earlier: OcrResult | None = None,
     turn_over: Callable[[], bool] | None = None,
+    on_text: OnText | None = None,
 ) -> OcrResult:
     """`earlier`: the pages a previous turn read (a TurnOver's partial); reading goes on after them. `turn_over()`
-    is asked after each page read in this turn: True raises TurnOver (at least one page is read per turn)."""
+    is asked after each page read in this turn: True raises TurnOver (at least one page is read per turn).
+    `on_text` follows each page's answer as a model engine writes it (the page being read is the one after the
+    last `progress` call)."""
     check_task(engine, request)  # refuse before decoding anything
     spent = (earlier.timings.get("ocr") or 0.0) if earlier else 0.0
     started = time.perf_counter() - spent  # the turns' times add up
@@ -76,7 +79,7 @@ def recognize_document(
         page_started = time.perf_counter()
         # A blank page (separator sheets, empty back sides of duplex scans) costs a model seconds to minutes and
         # can only give noise: it is not sent to the engine.
-        page = Page(warnings=[BLANK_PAGE]) if is_blank(image) else engine.recognize(image, request)
+        page = Page(warnings=[BLANK_PAGE]) if is_blank(image) else engine.recognize(image, request, on_text)
         page.number, page.width, page.height = number, image.width, image.height
         page.seconds = round(time.perf_counter() - page_started, 3)
         pages.append(page)
@@ -94,7 +97,8 @@ def recognize_file(
     cancelled: Callable[[], bool] | None = None,
     earlier: OcrResult | None = None,
     turn_over: Callable[[], bool] | None = None,
+    on_text: OnText | None = None,
 ) -> OcrResult:
     """`source` is a path or bytes; `name` is what errors and the result call it (defaults to the file name)."""
     with Document.open(source, name=name) as document:
-        return recognize_document(engine, document, request, progress, cancelled, earlier, turn_over)
+        return recognize_document(engine, document, request, progress, cancelled, earlier, turn_over, on_text)

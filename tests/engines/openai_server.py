@@ -44,6 +44,7 @@ class FakeOpenAIServer:
         self.client_hung_up = threading.Event()
         self.fail_with: tuple[int, str] | None = None  # (status, message) to answer every chat request with
         self.crash_next = 0  # this many chat requests get a few characters, then the connection drops (a crash)
+        self.chunk_delay = 0.0  # seconds between two streamed chunks: a slow model, for the live text
         self._lock = threading.Lock()  # one generate() at a time: the model is not thread-safe
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
@@ -143,6 +144,7 @@ class FakeOpenAIServer:
                         return
                     for start in range(0, len(text), 3):  # a few characters per chunk, like tokens
                         send({"content": text[start : start + 3]})
+                        time.sleep(server.chunk_delay)
                     if server.loop_unit:
                         deadline = time.monotonic() + LOOP_SECONDS
                         while time.monotonic() < deadline:

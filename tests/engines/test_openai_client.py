@@ -11,6 +11,7 @@ import base64
 import io
 import json
 import socket
+import time
 
 import pytest
 from openai_server import FakeOpenAIServer
@@ -18,8 +19,8 @@ from PIL import Image, ImageDraw
 
 from appliance.jobs import Jobs
 from appliance.model_dir import model_info
-from appliance.ocr import images, parse
-from appliance.ocr.engines import select
+from appliance.ocr import images, pace, parse
+from appliance.ocr.engines import hunyuan, select
 from appliance.ocr.engines.openai_client import OpenAIEngine, server_ready
 from appliance.ocr.engines.transformers import TransformersEngine
 from appliance.ocr.errors import EngineLost, EngineUnavailable
@@ -50,6 +51,7 @@ def client(server, tiny_model_dir):
     server.fail_with = None
     server.crash_next = 0
     server.client_hung_up.clear()
+    server.chunk_delay = 0.0
     return vllm.open_client(tiny_model_dir, url=server.url, max_tokens=MAX_TOKENS)
 
 
@@ -101,6 +103,23 @@ def test_request_has_the_official_shape(client, server, page_image):
     assert body["stream"] is True
 
 
+def test_the_answer_streams_to_on_text_while_it_is_written(client, server, page_image):
+    """A slow model: on_text sees the answer grow (at once for the first token, then at most every REPORT_EVERY
+    seconds), each text a beginning of the final answer."""
+    server.chunk_delay = 0.1  # one chunk is one token here
+    seen = []
+    page = client.recognize(
+        page_image, Request.make("text"), on_text=lambda text, tokens: seen.append((time.monotonic(), text, tokens))
+    )
+    chunks = -(-len(page.raw) // 3)
+    assert chunks >= 6, page.raw  # long enough to be seen growing
+    assert seen[0][1:] == (page.raw[:3], 1)
+    assert all(page.raw.startswith(text) and len(text) == min(3 * tokens, len(page.raw)) for _, text, tokens in seen)
+    assert [tokens for _, _, tokens in seen] == sorted({tokens for _, _, tokens in seen})  # growing, never again
+    assert len(seen) >= chunks * 0.1 / hunyuan.REPORT_EVERY - 1
+    assert all(b - a >= hunyuan.REPORT_EVERY * 0.9 for (a, _, _), (b, _, _) in zip(seen, seen[1:]))
+
+
 def test_endless_repetition_is_cut_off_and_cleaned(client, server, page_image):
     server.loop_unit = "Total 42.00 "
     page = client.recognize(page_image, Request.make("text"))
@@ -143,6 +162,32 @@ def test_server_crash_mid_job_puts_the_job_back_and_it_completes(server, tiny_mo
         assert jobs.result(job.id).text == opened[1].recognize(page_image, Request.make("text")).text
     finally:
         jobs.close()
+
+
+def test_the_time_left_of_a_steady_answer_comes_true(tiny_model_dir, tmp_path, page_image):
+    """Through the queue and the real client: a model that writes a usual-length answer at a steady pace. Halfway
+    through, GET /jobs/<id>'s seconds_left (from this answer's own decode rate) says when the job really ends."""
+    usual = pace.ANSWER_TOKENS[Task.FORMULA]
+    answer = "".join(f"{i:03d}" for i in range(usual))  # one 3-character chunk per token, never a repetition
+    model_id, _ = model_info(tiny_model_dir)
+    with FakeOpenAIServer(lambda image, prompt: answer, model_id=model_id, root=str(tiny_model_dir)) as server:
+        server.chunk_delay = 0.05  # 20 tokens/s: 7.5 s of decoding
+        engine = vllm.open_client(tiny_model_dir, url=server.url, max_tokens=4096)
+        jobs = Jobs(tmp_path / "data", lambda report: engine)
+        try:
+            buf = io.BytesIO()
+            page_image.save(buf, format="PNG")
+            job = jobs.submit(buf.getvalue(), "formula.png", Request.make("formula"))
+            while (live := jobs.live(job.id) or {}).get("tokens", 0) < usual // 2:
+                assert jobs.get(job.id).state in ("queued", "running")
+                time.sleep(0.02)
+            said, asked = live["seconds_left"], time.monotonic()
+            assert jobs.wait(job.id, 60).state == "done"
+            took = time.monotonic() - asked
+        finally:
+            jobs.close()
+    assert not live["longer_than_usual"] and took > 2
+    assert abs(said - took) <= max(1.0, 0.25 * took), (said, took)
 
 
 def test_server_down(tiny_model_dir):

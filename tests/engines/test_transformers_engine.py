@@ -136,6 +136,25 @@ def test_the_looping_guard_is_wired_into_generate(engine, page_image, generate_s
     assert engine.last_stopped_looping
 
 
+def test_the_answer_streams_to_on_text_token_by_token(engine, page_image, generate_spy, monkeypatch):
+    """Unthrottled, on_text sees every new token: the decoded answer so far and the count, ending with the whole
+    answer; the prompt's tokens are never reported."""
+    monkeypatch.setattr(hunyuan, "REPORT_EVERY", 0)
+    seen = []
+    page = engine.recognize(
+        page_image, Request.make("text"), on_text=lambda text, tokens: seen.append((text, tokens))
+    )
+    (call,) = generate_spy
+    new_tokens = call["output"].shape[1] - call["kwargs"]["input_ids"].shape[1]
+    assert [tokens for _, tokens in seen] == list(range(1, new_tokens + 1))
+    assert seen[-1][0] == page.raw and all(page.raw.startswith(text) for text, _ in seen)
+
+
+def test_no_streamer_without_on_text(engine, page_image, generate_spy):
+    engine.generate(page_image, PROMPTS[Task.TEXT])
+    assert "streamer" not in generate_spy[0]["kwargs"]
+
+
 class CharTokenizer:
     """Token i is the character chr(i): enough for the criteria, which only decodes."""
 

@@ -95,9 +95,9 @@ class Counting:
         self.inner, self.calls = inner, 0
         self.info, self.tasks = inner.info, inner.tasks
 
-    def recognize(self, image, request):
+    def recognize(self, image, request, on_text=None):
         self.calls += 1
-        return self.inner.recognize(image, request)
+        return self.inner.recognize(image, request, on_text)
 
     def close(self):
         pass
@@ -119,7 +119,7 @@ class FakeEngine:
                 for page in document.pages():
                     self.names[_fingerprint(page)] = path.name
 
-    def recognize(self, image, request) -> Page:
+    def recognize(self, image, request, on_text=None) -> Page:
         self.calls += 1
         text = f"text of {self.names.get(_fingerprint(image), 'a page')}"
         return Page(text=text, blocks=[Block(text, [2, 2, image.width - 2, image.height - 2], 0.9)])

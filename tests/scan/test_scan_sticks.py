@@ -75,10 +75,10 @@ def test_usb_stick_pulled_mid_job(root, tmp_path):
     pulled = tmp_path / "pulled-SANDISK"
 
     class Puller(FakeEngine):
-        def recognize(self, image, request):
+        def recognize(self, image, request, on_text=None):
             if stick.exists():
                 stick.rename(pulled)  # the stick's folder vanishes, as on unmount
-            return super().recognize(image, request)
+            return super().recognize(image, request, on_text)
 
     run_once(root, Puller(), media_dirs=[media])
 
@@ -156,12 +156,12 @@ def _pulled_then_failed(root, tmp_path, stick, stick_keeps_original):
     pulled = tmp_path / "pulled-SANDISK"
 
     class PullThenFail(FakeEngine):  # pulls the stick on the first file; 'table' needs a GPU it lacks
-        def recognize(self, image, request):
+        def recognize(self, image, request, on_text=None):
             if stick.exists():
                 shutil.move(stick, pulled)  # the stick's folder vanishes, as on unmount
             if request.task.value == "table":
                 raise OcrError("task 'table' needs the HunyuanOCR model on an NVIDIA GPU")
-            return super().recognize(image, request)
+            return super().recognize(image, request, on_text)
 
     run_once(root, PullThenFail(), media_dirs=[media])
 

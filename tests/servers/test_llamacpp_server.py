@@ -96,6 +96,22 @@ def test_answers_are_streamed(llama_server, hunyuan_gguf):
     assert chunks[-1]["usage"]["completion_tokens"] == 32
 
 
+def test_the_answer_reaches_on_text_while_it_is_written(llama_server, hunyuan_gguf):
+    """The real server's stream through the client: the first token's text comes at once, later ones at most every
+    REPORT_EVERY seconds, each a beginning of the final answer, with a token count that ends at the server's."""
+    url, run_dir, _ = llama_server
+    engine = llamacpp.open_client(hunyuan_gguf, url=url, run_dir=run_dir)
+    seen = []
+    prompt = Request.make("text").prompt()
+    answer = engine.generate(page(), prompt, max_tokens=64, on_text=lambda text, tokens: seen.append((text, tokens)))
+    assert seen and seen[0][1] == 1 and answer.startswith(seen[0][0])
+    assert all(answer.startswith(text) for text, _ in seen)
+    tokens = [count for _, count in seen]
+    assert tokens == sorted(set(tokens))
+    if not engine.last_stopped_looping:  # the repetition guard hangs up before the counts come
+        assert tokens[-1] <= engine.last_usage["completion_tokens"]
+
+
 def test_the_pixel_cap_reaches_the_server(llama_server, hunyuan_gguf):
     """The server's settings.json caps the client: a 2000x1500 scan is sent at <= TEST_MAX_PIXELS, so the server
     sees ~400 image tokens, not the ~2900 it makes of the same scan uncapped."""

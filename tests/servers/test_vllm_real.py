@@ -188,6 +188,18 @@ def test_every_task_through_the_client(client, task):
     assert usage["completion_tokens"] > 0 and usage["prompt_tokens"] > 100  # the image's tokens are in the prompt
 
 
+def test_the_answer_reaches_on_text_while_it_is_written(client):
+    """vLLM's stream through the client: the first token's text at once, each text a beginning of the answer, the
+    token count one per streamed chunk, never past the server's own count."""
+    seen = []
+    prompt = Request.make("text").prompt()
+    answer = client.generate(page(), prompt, on_text=lambda text, tokens: seen.append((text, tokens)))
+    assert seen and seen[0][1] == 1 and answer.startswith(seen[0][0])
+    assert all(answer.startswith(text) for text, _ in seen)
+    tokens = [count for _, count in seen]
+    assert tokens == sorted(set(tokens)) and tokens[-1] <= client.last_usage["completion_tokens"]
+
+
 def test_pixel_cap_reaches_the_server(client, unit, hunyuan_checkpoint):
     """The cap `vllm-server --max-pixels` wrote to settings.json is what the client sends at most: the server counts
     the image tokens of a capped image (32x32 pixels a token), not of the page."""
@@ -227,7 +239,7 @@ def kill_at_first_token(client, pid: int) -> threading.Event:
                     killed.set()
             yield line
 
-    client._read_stream = lambda response: read_stream(lines(response))
+    client._read_stream = lambda response, report: read_stream(lines(response), report)
     return killed
 
 

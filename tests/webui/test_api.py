@@ -181,6 +181,30 @@ def test_cancel_and_result_of_an_unfinished_job(client, engine, gate):
     assert client.application.extensions["backend"].jobs.wait(first["id"], 10).state == "done"
 
 
+def test_a_running_job_shows_its_page_as_it_is_written(client, engine, gate):
+    """GET /jobs/<id>'s `live` (the OpenAPI Job schema's), only while the job runs; no time figure is invented
+    without anything measured."""
+    gate.clear()
+    engine.stream = [("Tit", 1), ("Title: a", 3)]
+    job = client.post("/jobs", data={"file": (io.BytesIO(image_bytes()), "scan.png"), "task": "doc"}).get_json()
+    assert "live" not in job or job["state"] == "running"
+    assert engine.started.wait(10)
+    live = client.get(f"/jobs/{job['id']}").get_json()["live"]
+    assert live == {
+        "page": 1,
+        "text": "Title: a",
+        "chars": 8,
+        "tokens": 3,
+        "seconds_left": None,
+        "longer_than_usual": False,
+    }
+    schema = client.get("/openapi.json").get_json()["components"]["schemas"]["Job"]["properties"]["live"]
+    assert set(schema["properties"]) == set(live)
+    gate.set()
+    client.application.extensions["backend"].jobs.wait(job["id"], timeout=10)
+    assert "live" not in client.get(f"/jobs/{job['id']}").get_json()
+
+
 @pytest.mark.parametrize("engine", [FakeEngine(tasks={Task.SPOTTING, Task.TEXT})])
 def test_task_the_engine_cannot_do_is_400(client, png_bytes):
     body = assert_error(

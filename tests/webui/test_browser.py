@@ -4,6 +4,7 @@ the real server, the real CPU engine, a real image. Screenshots land in out/webu
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import threading
 import time
@@ -354,6 +355,150 @@ def test_a_long_job_says_other_jobs_take_a_turn(page, model_server, tmp_path):
         permits.release(100)
         model_server.engine.gate = None
         jobs.turn_seconds = 60
+
+
+class HeldAtText:
+    """The real llama.cpp client, its answer held at the texts it hands on_text until the test lets each go
+    (`next_text`): the job page can be looked at while the job runs. The server writes on meanwhile; its stream
+    waits in the socket."""
+
+    def __init__(self, inner):
+        self.inner, self.info, self.tasks = inner, inner.info, inner.tasks
+        self.page_seconds = inner.page_seconds  # its figures from the warm-up, as the start page shows them
+        self.texts: list[str] = []  # what reached on_text, in order
+        self.held = threading.Semaphore(0)  # one release per text
+        self.holding = threading.Event()  # set while a text is held
+        self.hold = True  # False: the rest of the answer goes through
+
+    def recognize(self, image, request, on_text=None):
+        def held(text, tokens):
+            on_text(text, tokens)
+            if text.strip() and self.hold:
+                self.texts.append(text)
+                self.holding.set()
+                assert self.held.acquire(timeout=120), "the test never let the text go"
+                self.holding.clear()
+
+        return self.inner.recognize(image, request, held)
+
+    def next_text(self, timeout: float = 120) -> str | None:
+        """Let the held text go; the next one, once it is held (None when the answer ended first)."""
+        count = len(self.texts)
+        self.held.release()
+        deadline = time.monotonic() + timeout
+        while len(self.texts) == count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.texts[-1] if len(self.texts) > count else None
+
+    def let_go(self) -> None:
+        self.hold = False
+        self.held.release()
+
+    def close(self):
+        self.inner.close()
+
+
+@pytest.fixture
+def llama_ui(llama_server, hunyuan_gguf, tmp_path):
+    """The UI over the real llama-server through the product's own opener (warm-up, page figures), held."""
+    from conftest import serve_in_thread
+
+    from appliance.jobs import Jobs
+    from appliance.ocr.engines import select
+    from webui import create_app
+
+    url, _, _ = llama_server
+    engine = HeldAtText(select.open_llamacpp("hunyuan-llamacpp", hunyuan_gguf, url=url))
+    jobs = Jobs(tmp_path / "data", lambda report: engine)
+    live, stop = serve_in_thread(create_app({"DATA_DIR": str(tmp_path / "data"), "ENGINE": "cpu", "JOBS": jobs}))
+    assert jobs.wait_engine(60)["ready"]
+    live.engine = engine
+    yield live
+    engine.let_go()  # whatever the test left held
+    stop()
+
+
+def test_the_page_being_read_is_shown_as_the_model_writes_it(llama_ui, page, tmp_path):
+    """llama.cpp's answer on the job page while it streams: the text so far in the box, growing, with the time left
+    (or "longer than usual") under the progress bar, before the job has finished."""
+    image = tmp_path / "note.png"
+    image.write_bytes(text_image(["Invoice 42", "Total 17.00"], fmt="PNG"))
+    from appliance.ocr import pace
+
+    engine = llama_ui.engine
+    page.goto(llama_ui.url + "/")
+    page.locator("label.task:has(input[value=text])").click()
+    page.set_input_files("#file", str(image))
+    page.click("#start")
+    assert engine.holding.wait(120)
+    first = engine.texts[-1]
+    live = page.locator("#live-text")
+    shows = "t => document.querySelector('#live-text').textContent === t"
+    page.wait_for_function(shows, arg=first[-pace.TAIL_CHARS :])
+    assert live.is_visible() and page.locator("#job-state").inner_text() == "Working"
+    time_left = page.locator("#time-left")
+    page.wait_for_function("() => document.querySelector('#time-left').textContent !== ''")
+    said = time_left.inner_text()
+    assert re.fullmatch(r"About \d+ (s|min)( \d+ s)? left|This page is taking longer than usual", said), said
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SHOTS / "live-text-en.png")
+    second = engine.next_text()
+    assert second is not None and second.startswith(first) and len(second) > len(first)  # a model that writes on
+    page.wait_for_function(shows, arg=second[-pace.TAIL_CHARS :])
+    assert page.locator("#job-state").inner_text() == "Working"
+    engine.let_go()
+    page.wait_for_selector("#out-text", timeout=120_000)  # the result page
+    assert page.locator("#live-text").count() == 0
+    page.wait_for_load_state("networkidle")  # its page image, before the server stops
+
+
+def test_time_left_in_words_in_both_languages(page, tmp_path):
+    """The job page says the time left from GET /jobs/<id>'s live figures, in coarse "about" steps, in English and
+    Chinese; an answer already longer than usual says so instead of a number."""
+    from conftest import serve_in_thread
+    from fake_engine import FakeEngine
+
+    from appliance.jobs import Jobs
+    from webui import create_app
+
+    engine = FakeEngine(gate=threading.Event())
+    engine.page_seconds = {"chart": 600}  # the PC's usual chart page: 10 minutes
+    engine.stream = [("| year | sales |", 5)]
+    jobs = Jobs(tmp_path / "data", lambda report: engine)
+    live, stop = serve_in_thread(create_app({"DATA_DIR": str(tmp_path / "data"), "ENGINE": "cpu", "JOBS": jobs}))
+    image = tmp_path / "chart.png"
+    image.write_bytes(text_image(["Sales 2026"], fmt="PNG"))
+    try:
+        assert jobs.wait_engine(10)["ready"]
+        page.goto(live.url + "/")
+        for seconds, words in [(3, "5 s"), (42, "40 s"), (59, "1 min"), (80, "1 min 20 s"), (1000, "17 min")]:
+            assert page.evaluate("s => sayDuration(s)", seconds) == words
+        page.locator("label.task:has(input[value=chart])").click()
+        page.set_input_files("#file", str(image))
+        page.click("#start")
+        page.wait_for_selector("#time-left:has-text('About 10 min left')")
+        assert page.locator("#live-text").inner_text() == "| year | sales |"
+        page.click("a[data-lang=zh]")
+        page.wait_for_selector("#time-left:has-text('预计还需约 10 分钟')")
+        assert page.evaluate("s => sayDuration(s)", 80) == "1 分 20 秒"
+        page.screenshot(path=SHOTS / "live-text-zh.png")
+        engine.gate.set()
+        page.wait_for_selector("#out-text")
+        engine.gate.clear()
+        engine.stream = [("x" * 3000, 1001)]  # past a usual chart answer (400 tokens)
+        image.write_bytes(text_image(["Sales 2027"], fmt="PNG"))  # another file: not the cached result
+        page.goto(live.url + "/")
+        page.locator("label.task:has(input[value=chart])").click()
+        page.set_input_files("#file", str(image))
+        page.click("#start")
+        page.wait_for_selector("#time-left:has-text('此页耗时比平时长')")
+        page.click("a[data-lang=en]")
+        page.wait_for_selector("#time-left:has-text('This page is taking longer than usual')")
+    finally:
+        page.goto(live.url + "/lang/en")  # the browser is the module's: English for the tests after this one
+        page.goto("about:blank")  # nothing of this server's left polling when it stops
+        engine.gate.set()
+        stop()
 
 
 @pytest.fixture(scope="module")

@@ -89,12 +89,12 @@ def test_a_job_waiting_between_its_turns_says_so_on_its_page(client, engine, gat
     client.post("/jobs", data={"file": (io.BytesIO(page_png()), "short.png")})
     seen = {}
 
-    def look(image, request, recognize=engine.recognize):  # while the short job is read: the long job's page
+    def look(image, request, on_text=None, recognize=engine.recognize):  # the short job: the long job's page
         if image.width == 64 and not seen:
             seen["job"] = client.get(f"/jobs/{long['id']}").get_json()
             seen["zh"] = client.get(f"/job/{long['id']}", headers=ZH).get_data(as_text=True)
             seen["en"] = client.get(f"/job/{long['id']}", headers=EN).get_data(as_text=True)
-        return recognize(image, request)
+        return recognize(image, request, on_text)
 
     engine.recognize = look
     gate.set()

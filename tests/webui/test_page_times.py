@@ -23,9 +23,9 @@ def card(html: str, task: str) -> str:
 class SlowEngine(FakeEngine):
     """A page takes 1.2 s: long enough to be measured."""
 
-    def recognize(self, image, request):
+    def recognize(self, image, request, on_text=None):
         time.sleep(1.2)
-        return super().recognize(image, request)
+        return super().recognize(image, request, on_text)
 
 
 @pytest.fixture

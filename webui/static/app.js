@@ -105,9 +105,35 @@ function pollJob(main) {
     text.textContent = job.position
       ? format(messages.queue_position, {n: job.position})
       : format(messages.page_progress, {done: Math.min(job.pages_done + 1, job.pages_total), total: job.pages_total});  // the page being read
+    showLive(job.live);
     setTimeout(tick, 700);
   };
   tick();
+}
+
+// The page being read as the model writes it, and the time left (GET /jobs/<id>'s `live`, absent while queued).
+function showLive(live) {
+  const pre = $("#live-text"), left = $("#time-left");
+  let say = "";
+  if (live && live.longer_than_usual) say = messages.longer_than_usual;
+  else if (live && live.seconds_left !== null) say = format(messages.time_left, {t: sayDuration(live.seconds_left)});
+  if (left.textContent !== say) left.textContent = say;  // unchanged: not announced again
+  const text = live ? live.text : "";
+  if (pre.textContent === text) return;
+  const following = pre.scrollHeight - pre.scrollTop - pre.clientHeight < 40;  // at the end: stay there
+  pre.textContent = text;
+  pre.hidden = !text;
+  if (following) pre.scrollTop = pre.scrollHeight;
+}
+
+// "about" figures in coarse steps, so the line (announced politely) changes seldom: 5 s under a minute, 10 s under
+// five minutes, whole minutes above.
+function sayDuration(seconds) {
+  const step = seconds < 60 ? 5 : seconds < 300 ? 10 : 60;
+  const rounded = Math.max(5, Math.round(seconds / step) * step);
+  if (rounded < 60) return format(messages.seconds_short, {n: rounded});
+  const m = Math.floor(rounded / 60), s = rounded % 60;
+  return s ? format(messages.minutes_seconds, {m, s}) : format(messages.minutes_short, {n: m});
 }
 
 // ---- result: tap a box to read it, tabs, copy buttons -------------------------------------------------------------

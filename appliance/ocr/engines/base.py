@@ -7,6 +7,7 @@ page loops, timings and the result document are the pipeline's (`appliance.ocr.p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from PIL import Image
@@ -23,13 +24,16 @@ ENGINE_TITLES = {
     "hunyuan-transformers": "HunyuanOCR (transformers)",
     "cpu": "CPU",
 }
+# on_text(text_so_far, tokens_so_far): a model engine calls it a few times a second while the answer streams in
+# (the job page shows it); engines that do not stream accept it and never call it.
+OnText = Callable[[str, int], None]
 
 
 class Engine(Protocol):
     info: EngineInfo
     tasks: frozenset[Task]
 
-    def recognize(self, image: Image.Image, request: Request) -> Page: ...
+    def recognize(self, image: Image.Image, request: Request, on_text: OnText | None = None) -> Page: ...
 
     def close(self) -> None: ...
 

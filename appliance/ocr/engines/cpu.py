@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from appliance.ocr.engines.base import check_task
+from appliance.ocr.engines.base import OnText, check_task
 from appliance.ocr.errors import EngineUnavailable
 from appliance.ocr.layout import Line, cut_at_column_starts, plain_text, reading_order
 from appliance.ocr.result import Block, EngineInfo, Page
@@ -87,7 +87,8 @@ class CpuEngine:
             name="cpu", model="rapidocr/PP-OCRv6", revision=f"rapidocr {version('rapidocr')}: {names}", device="cpu"
         )
 
-    def recognize(self, image: Image.Image, request: Request) -> Page:
+    def recognize(self, image: Image.Image, request: Request, on_text: OnText | None = None) -> Page:
+        """`on_text` is never called: a page takes seconds and its lines come all at once."""
         check_task(self, request)
         image = image.convert("RGB")
         lines = self.read_lines(image)

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from appliance.ocr import images, parse
-from appliance.ocr.engines.hunyuan import HunyuanEngine
+from appliance.ocr.engines.base import OnText
+from appliance.ocr.engines.hunyuan import HunyuanEngine, Throttled
 from appliance.ocr.errors import EngineLost, EngineUnavailable
 from appliance.ocr.tasks import PROMPTS, Task
 
@@ -193,7 +194,9 @@ class OpenAIEngine(HunyuanEngine):
             "stream_options": {"include_usage": True},  # the token counts, in a last chunk (last_usage)
         }
 
-    def generate(self, image: Image.Image, prompt: str, max_tokens: int | None = None) -> str:
+    def generate(
+        self, image: Image.Image, prompt: str, max_tokens: int | None = None, on_text: OnText | None = None
+    ) -> str:
         body = json.dumps(self.request_body(image, prompt, max_tokens)).encode("utf-8")
         parts = urllib.parse.urlsplit(self.url)
         connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=self.timeout)
@@ -212,7 +215,7 @@ class OpenAIEngine(HunyuanEngine):
                 # the seconds before it shuts down): lost, so the queue waits for it and runs the job again.
                 failed = EngineLost if response.status >= 500 else EngineUnavailable
                 raise failed(self.name, f"the server answered HTTP {response.status}: {message}")
-            return self._read_stream(response)
+            return self._read_stream(response, Throttled(on_text))
         except (OSError, http.client.HTTPException) as error:  # refused, reset, timeout (socket.timeout is OSError)
             why = error or type(error).__name__
             raise EngineLost(self.name, f"lost the {title} server at {self.url}: {why}") from None
@@ -222,10 +225,11 @@ class OpenAIEngine(HunyuanEngine):
             # Closing mid-stream is how a looping answer is stopped: the server aborts the request on disconnect.
             connection.close()
 
-    def _read_stream(self, response) -> str:
-        """Concatenate the streamed deltas until [DONE], or until the tail loops (then stop reading)."""
+    def _read_stream(self, response, report: Throttled) -> str:
+        """Concatenate the streamed deltas until [DONE], or until the tail loops (then stop reading); `report` the
+        text so far as it grows (one content chunk is one token on vLLM and llama-server)."""
         pieces: list[str] = []
-        length = checked_at = 0
+        length = checked_at = tokens = 0
         self.last_stopped_looping = False
         self.last_usage = self.last_timings = None
         for line in response:
@@ -247,6 +251,8 @@ class OpenAIEngine(HunyuanEngine):
                 delta = (choice.get("delta") or {}).get("content") or ""
                 pieces.append(delta)
                 length += len(delta)
+                tokens += bool(delta)
+            report(lambda: "".join(pieces), tokens)
             if length - checked_at >= CHECK_EVERY_CHARS:
                 checked_at = length
                 if parse.is_looping("".join(pieces)[-8192:]):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from appliance.ocr.engines.base import Engine, check_task
+from appliance.ocr.engines.base import Engine, OnText, check_task
 from appliance.ocr.result import Page
 from appliance.ocr.tasks import Request, Task
 
@@ -28,9 +28,9 @@ class RoutedEngine:
     def engine_for(self, task: Task) -> Engine:
         return self.routes.get(task, self.main)
 
-    def recognize(self, image: Image.Image, request: Request) -> Page:
+    def recognize(self, image: Image.Image, request: Request, on_text: OnText | None = None) -> Page:
         check_task(self, request)
-        return self.engine_for(request.task).recognize(image, request)
+        return self.engine_for(request.task).recognize(image, request, on_text)
 
     def close(self) -> None:
         for engine in {id(e): e for e in [self.main, *self.routes.values()]}.values():

@@ -4,6 +4,7 @@ Loads only from a local directory (local_files_only, and HF_HUB_OFFLINE set befo
 nothing here can reach the network. Decoding follows the official recipe: empty system message, the chat template,
 greedy, eager attention, bf16 on CUDA, special tokens skipped. transformers' generate() has no stop on repetition,
 so a StoppingCriteria watches the decoded tail with parse.is_looping (the same test the model servers' client uses).
+The answer streams to `on_text` through a generation streamer, as the model servers' client streams it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 from PIL import Image
 
 from appliance.ocr import parse
-from appliance.ocr.engines.hunyuan import HunyuanEngine
+from appliance.ocr.engines.base import OnText
+from appliance.ocr.engines.hunyuan import HunyuanEngine, Throttled
 from appliance.ocr.errors import EngineUnavailable
 from appliance.offline import go_offline
 
@@ -64,6 +66,32 @@ def looping_stop(tokenizer, prompt_length: int, every: int = 32, tail_tokens: in
     return LoopingStop()
 
 
+def text_streamer(tokenizer, report: Throttled):
+    """A generation streamer that `report`s the answer so far: generate() hands it the prompt once, then each new
+    token (one sequence: the engine sends one page at a time)."""
+    from transformers.generation.streamers import BaseStreamer
+
+    class TextReport(BaseStreamer):
+        def __init__(self):
+            self.prompt_seen = False
+            self.ids: list[int] = []
+
+        def put(self, value):
+            if not self.prompt_seen:
+                self.prompt_seen = True
+                return
+            self.ids.extend(value.reshape(-1).tolist())
+            report(self.text, len(self.ids))
+
+        def text(self) -> str:
+            return tokenizer.decode(self.ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+        def end(self):
+            pass
+
+    return TextReport()
+
+
 class TransformersEngine(HunyuanEngine):
     name = NAME
 
@@ -104,7 +132,7 @@ class TransformersEngine(HunyuanEngine):
         ]
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def generate(self, image: Image.Image, prompt: str) -> str:
+    def generate(self, image: Image.Image, prompt: str, on_text: OnText | None = None) -> str:
         import torch
 
         text = self.chat_text(image, prompt)
@@ -114,6 +142,7 @@ class TransformersEngine(HunyuanEngine):
         prompt_length = inputs["input_ids"].shape[1]
         tokenizer = self.processor.tokenizer
         stop = looping_stop(tokenizer, prompt_length)
+        streaming = {"streamer": text_streamer(tokenizer, Throttled(on_text))} if on_text else {}
         with torch.inference_mode():
             output = self.model.generate(
                 **inputs,
@@ -122,6 +151,7 @@ class TransformersEngine(HunyuanEngine):
                 repetition_penalty=self.repetition_penalty,
                 stopping_criteria=[stop],
                 pad_token_id=tokenizer.pad_token_id,
+                **streaming,
             )
         self.last_stopped_looping = stop.triggered
         new_tokens = output[0, prompt_length:]

@@ -127,24 +127,41 @@ def check_full_page(vm: Vm, token: str, result: dict, timeout: float = 1200) -> 
     return []
 
 
-def check_doc_ocr(vm: Vm, token: str, result: dict) -> list[str]:
-    """An image with the CPU model (selftest llama=active): a `doc` page through /ocr is answered by llama.cpp
-    (the tiny test model's Markdown is noise: an answer is what counts)."""
-    status, body = vm.http(
-        "/ocr",
-        token,
-        timeout=900,
-        body={"image": base64.b64encode(text_png(OCR_TEXT, 900)).decode(), "task_type": "doc_parser"},
-    )
-    try:
-        answer = json.loads(body)
-    except ValueError:
-        answer = {}
-    engine = (answer.get("engine") or {}).get("name")
-    result["doc_ocr"] = {"status": status, "engine": engine}
-    if status != 200 or engine != "hunyuan-llamacpp":
-        return [f"POST /ocr doc: {status}, engine {engine}, expected 200 from hunyuan-llamacpp: {body[:200]!r}"]
-    return []
+# An image with the CPU model: each task through /ocr, and the engine that must answer it there (rapidocr stays the
+# fast default for spotting and text; every other task is the model's, through llama.cpp).
+MODEL_TASKS = {
+    "spotting": "cpu",
+    "plain_ocr": "cpu",
+    "doc_parser": "hunyuan-llamacpp",
+    "table": "hunyuan-llamacpp",
+    "formula": "hunyuan-llamacpp",
+    "chart": "hunyuan-llamacpp",
+    "extract": "hunyuan-llamacpp",
+    "subtitles": "hunyuan-llamacpp",
+    "translation": "hunyuan-llamacpp",
+}
+TASK_OPTIONS = {"extract": {"fields": ["total", "date"]}, "translation": {"target_lang": "zh"}}
+
+
+def check_model_tasks(vm: Vm, token: str, result: dict) -> list[str]:
+    """An image with the CPU model (selftest llama=active): all nine tasks answer through /ocr, each from the engine
+    MODEL_TASKS names (the tiny test model's answers are noise: which engine answered, with 200, is what counts)."""
+    problems = []
+    result["model_tasks"] = {}
+    for task, expected in MODEL_TASKS.items():
+        sent = time.monotonic()
+        body = {"image": base64.b64encode(text_png(OCR_TEXT, 900)).decode(), "task_type": task}
+        status, answer = vm.http("/ocr", token, timeout=900, body={**body, **TASK_OPTIONS.get(task, {})})
+        try:
+            engine = (json.loads(answer).get("engine") or {}).get("name")
+        except ValueError:
+            engine = None
+        result["model_tasks"][task] = {"status": status, "engine": engine, "seconds": round(time.monotonic() - sent)}
+        if status != 200 or engine != expected:
+            problems.append(
+                f"POST /ocr {task}: {status}, engine {engine}, expected 200 from {expected}: {answer[:200]!r}"
+            )
+    return problems
 
 
 POISON_DEATHS = 3  # appliance.jobs: the third death of the web app under one job sets it aside (MAX_RETRIES + 1)

@@ -22,8 +22,8 @@ from imagebuilder.boottest.capture import (
 )
 from imagebuilder.boottest.checks import (
     KIOSK_TEXT,
-    check_doc_ocr,
     check_full_page,
+    check_model_tasks,
     check_ocr,
     check_poison_job,
     check_read_only_stick,
@@ -92,8 +92,8 @@ def boot_once(
             api_problems += check_ocr(vm, token, result)
             if full_page:
                 api_problems += check_full_page(vm, token, result)
-            if report.get("llama") == "active":  # an image with the CPU model: a doc page is llama.cpp's
-                api_problems += check_doc_ocr(vm, token, result)
+            if report.get("llama") == "active":  # an image with the CPU model: every task
+                api_problems += check_model_tasks(vm, token, result)
             if stick:
                 scan_check = check_read_only_stick if stick_fs.endswith("-dirty") else check_scan_stick
                 api_problems += scan_check(vm, token, result)

@@ -191,16 +191,20 @@ class Vm:
             # One key at a time: GRUB redraws the menu over the slow serial line after each, and a burst lost the
             # Enter once. Enter is sent three times (GRUB prints nothing when it boots on a key press, so there is
             # nothing to wait for); once the kernel runs, nothing reads the serial line.
-            keys = [b"\x0e"] * ENTRIES.index(self.entry)
-            if self.debug_shell:
-                grub_lines = 1 if MENU[ENTRIES.index(self.entry)][3] else 0  # the entry's commands before `linux`
-                keys += [b"e", *[b"\x0e"] * grub_lines, b"\x05", *(bytes([c]) for c in DEBUG_SHELL_ARG.encode())]
-                keys += [b"\x18"] * 3
-            else:
-                keys += [b"\r"] * 3
-            for key in keys:
+            for key in self.grub_keys():
                 s.sendall(key)
                 time.sleep(3 if key in (b"\r", b"\x18") else 1 if key in (b"\x0e", b"e") else 0.2)
+
+    def grub_keys(self) -> list[bytes]:
+        """The keys choose_entry types, one at a time."""
+        keys = [b"\x0e"] * ENTRIES.index(self.entry)
+        if not self.debug_shell:
+            return keys + [b"\r"] * 3
+        # The editor shows `setparams 'title'` and an empty line first, then the entry's own commands before `linux`
+        # (seen on screen: GRUB 2.06 with imagebuilder.boot's grub.cfg).
+        down = 2 + (1 if MENU[ENTRIES.index(self.entry)][3] else 0)
+        typed = [bytes([c]) for c in DEBUG_SHELL_ARG.encode()]
+        return keys + [b"e", *[b"\x0e"] * down, b"\x05", *typed, *[b"\x18"] * 3]
 
     def shell(self, command: str, timeout: float = 60) -> tuple[int, str]:
         """(exit status, output) of `command` in the guest's root debug shell (debug_shell=True); status -1 when

@@ -32,3 +32,17 @@ def test_cpu_image_has_no_gpu_checks():
 
 def test_banner_words_are_the_reason_the_ui_shows():
     assert REASONS["no_card"][0].startswith(NO_GPU_BANNER)
+
+
+def test_grub_keys_reach_the_linux_line_of_each_entry(tmp_path):
+    """The debug shell's argument is typed at the end of the entry's `linux` line (GRUB's editor: `setparams`, an
+    empty line, the entry's own commands, then `linux`; checked on screen in QEMU for "normal" and "safe")."""
+    from imagebuilder.boottest.vm import DEBUG_SHELL_ARG, Vm
+
+    typed = [bytes([c]) for c in DEBUG_SHELL_ARG.encode()]
+    normal = Vm(disk=tmp_path / "x.iso", mode="bios-cd", dir=tmp_path, debug_shell=True)
+    assert normal.grub_keys() == [b"e", b"\x0e", b"\x0e", b"\x05", *typed, b"\x18", b"\x18", b"\x18"]
+    safe = Vm(disk=tmp_path / "x.iso", mode="bios-cd", dir=tmp_path, entry="safe", debug_shell=True)
+    assert safe.grub_keys()[:6] == [b"\x0e", b"\x0e", b"e", b"\x0e", b"\x0e", b"\x0e"]
+    plain = Vm(disk=tmp_path / "x.iso", mode="bios-cd", dir=tmp_path, entry="toram")
+    assert plain.grub_keys() == [b"\x0e", b"\r", b"\r", b"\r"]

@@ -58,11 +58,12 @@ LETTER_LINES = (
 LETTER_TEXT = "\n".join(line for line, _ in LETTER_LINES)
 
 
-def letter_png() -> bytes:
-    """LETTER_LINES typeset on an A4 page at 150 dpi, black on white, as a PNG."""
+def letter_png(width: int = 1240) -> bytes:
+    """LETTER_LINES typeset on an A4 page at 150 dpi, black on white, as a PNG (another width: other bytes, so the
+    result cache cannot answer it)."""
     from PIL import Image, ImageDraw, ImageFont
 
-    page = Image.new("RGB", (1240, 1754), "white")
+    page = Image.new("RGB", (width, 1754), "white")
     draw, y = ImageDraw.Draw(page), 150
     for line, size in LETTER_LINES:
         draw.text((120, y), line, fill="black", font=ImageFont.truetype(FONT, size))

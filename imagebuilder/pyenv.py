@@ -47,7 +47,11 @@ def requirements(ctx: Context) -> list[str]:
 
 
 def target_args(ctx: Context) -> list[str]:
-    pv = ctx.config.python_version
+    return python_target(ctx.config.python_version)
+
+
+def python_target(pv: str) -> list[str]:
+    """pip's options for the image's Python `pv` (e.g. 3.13) on x86-64 Linux, whatever Python runs pip."""
     args = [
         "--python-version",
         pv,

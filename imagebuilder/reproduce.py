@@ -14,6 +14,7 @@ against a rebuild from the same commit (README: "Checking a published ISO").
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import socket
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.files import sha256_file
+from imagebuilder import pyenv
 from imagebuilder.context import BuildError, git_commit, remove_tree, run
 from imagebuilder.settings import REPO
 
@@ -97,16 +99,21 @@ def unpack_layer(squashfs: Path, dest: Path) -> Path:
     return dest
 
 
-def diffoscope_hint(a: Path, b: Path) -> list[str]:
-    """The bytes that differ inside one file, from diffoscope if it is installed; else how to get it."""
+def diffoscope_lines(pairs: list[tuple[Path, Path]], shown: int = 3) -> list[str]:
+    """What differs inside the first few differing files, from diffoscope if it is installed; else how to get it."""
+    if not pairs:
+        return []
     if not shutil.which("diffoscope"):
+        a, b = pairs[0]
         return [
-            "  (diffoscope is not installed: `apt-get install diffoscope-minimal`, then "
-            f"`diffoscope {a} {b}` shows what differs inside)"
+            "diffoscope is not installed (apt-get install diffoscope-minimal); it shows what differs inside a file:",
+            f"  diffoscope {a} {b}",
         ]
-    proc = subprocess.run(["diffoscope", "--text", "-", a, b], capture_output=True, text=True)
-    out = proc.stdout.splitlines()
-    return ["  " + line for line in out[:60]] + ([f"  ... ({len(out) - 60} more lines)"] if len(out) > 60 else [])
+    lines = []
+    for a, b in pairs[:shown]:
+        out = subprocess.run(["diffoscope", "--text", "-", a, b], capture_output=True, text=True).stdout.splitlines()
+        lines += out[:60] + ([f"... ({len(out) - 60} more lines)"] if len(out) > 60 else [])
+    return lines
 
 
 def explain_iso_difference(iso_a: Path, iso_b: Path, work: Path) -> list[str]:
@@ -117,24 +124,26 @@ def explain_iso_difference(iso_a: Path, iso_b: Path, work: Path) -> list[str]:
         return [
             "every file in the two ISOs is the same: the difference is in the ISO's own structures "
             "(volume descriptors and dates, El Torito boot records, the appended EFI partition: iso.py, boot.py)",
-            *diffoscope_hint(iso_a, iso_b),
+            *diffoscope_lines([(iso_a, iso_b)]),
         ]
     lines = ["ISO files:", *("  " + line for line in top.lines())]
+    if any(p == "boot.catalog" for p, _ in top.changed):
+        lines.append("  (boot.catalog holds block addresses: it follows any file whose size changed)")
+    inside = []  # (a, b) of files whose bytes differ, for diffoscope
     for path, what in top.changed:
-        if not path.endswith(".squashfs") or "content" not in what:
-            if "content" in what:
-                lines += diffoscope_hint(tree_a / path, tree_b / path)
+        if "content" not in what or path in ("boot.catalog", "sha256sum.txt"):
+            continue
+        if not path.endswith(".squashfs"):
+            inside.append((tree_a / path, tree_b / path))
             continue
         name = Path(path).stem
         layer_a = unpack_layer(tree_a / path, work / "a" / "layers" / name)
         layer_b = unpack_layer(tree_b / path, work / "b" / "layers" / name)
-        inner = diff_trees(scan_tree(layer_a), scan_tree(layer_b))
-        lines.append(f"layer {path}: {'no file differs (squashfs metadata)' if not inner else 'files:'}")
-        lines += ["  " + line for line in inner.lines()]
-        for rel, what in inner.changed[:3]:
-            if "content" in what:
-                lines += diffoscope_hint(layer_a / rel, layer_b / rel)
-    return lines
+        diff = diff_trees(scan_tree(layer_a), scan_tree(layer_b))
+        lines.append(f"layer {path}: {'no file differs (squashfs metadata)' if not diff else 'files:'}")
+        lines += ["  " + line for line in diff.lines()]
+        inside += [(layer_a / rel, layer_b / rel) for rel, what in diff.changed if "content" in what]
+    return lines + diffoscope_lines(inside)
 
 
 def host_needles(paths: list[Path | str]) -> list[str]:
@@ -167,12 +176,19 @@ def find_host_paths(root: Path, needles: list[str], skip: tuple[str, ...] = ()) 
 
 def scan_layers_for_host_paths(iso_tree: Path, work: Path, needles: list[str]) -> list[str]:
     """Unpack every layer of an unpacked ISO and search it (and the ISO's own files) for the needles."""
-    hits = [f"ISO {rel}: {n}" for rel, n in find_host_paths(iso_tree, needles, skip=(".squashfs",))]
+
+    def by_file(found: list[tuple[str, str]], where: str) -> list[str]:
+        files: dict[str, list[str]] = {}
+        for rel, needle in found:
+            files.setdefault(rel, []).append(needle)
+        return [f"{where}: {rel}: {', '.join(needles)}" for rel, needles in files.items()]
+
+    hits = by_file(find_host_paths(iso_tree, needles, skip=(".squashfs",)), "ISO")
     for layer in sorted((iso_tree / "live").glob("*.squashfs")):
         tree = work / "scan" / layer.stem
         if not tree.exists():
             unpack_layer(layer, tree)
-        hits += [f"{layer.name}: {rel}: {n}" for rel, n in find_host_paths(tree, needles)]
+        hits += by_file(find_host_paths(tree, needles), layer.name)
         remove_tree(tree)
     return hits
 
@@ -219,6 +235,8 @@ def compare(a: Path, b: Path, work: Path, host_paths: list[Path | str] = (), log
             log(f"build-host paths in {iso.name}'s layers ({', '.join(needles)}): " + ("none" if not hits else ""))
             for hit in hits[:SHOWN]:
                 log("  " + hit)
+            if len(hits) > SHOWN:
+                log(f"  ... and {len(hits) - SHOWN} more files")
             same = same and not hits
     return same
 
@@ -287,6 +305,25 @@ def build_twice(
     return same
 
 
+def fetch_wheelhouse(manifest_path: Path, dest: Path, log=print) -> list[Path]:
+    """The exact wheels a published image holds, from its manifest: each name==version downloaded for the image's
+    Python and checked against the manifest's sha256. `--set wheelhouse=DEST` then rebuilds with exactly these
+    (pyproject.toml's ranges would resolve to newer releases by then)."""
+    facts = json.loads(manifest_path.read_text())
+    target = pyenv.python_target(facts["settings"]["python_version"])
+    wanted = {w["file"]: w for w in facts["wheels"]}
+    dest.mkdir(parents=True, exist_ok=True)
+    pins = [f"{w['name']}=={w['version']}" for w in wanted.values()]
+    log(f"downloading {len(pins)} wheels into {dest}", flush=True)
+    run([*pyenv.PIP, "download", "-q", "--no-deps", "-d", dest, *target, *pins])
+    wrong = [
+        name for name, w in wanted.items() if not (dest / name).exists() or sha256_file(dest / name) != w["sha256"]
+    ]
+    if wrong:
+        raise BuildError(f"not the manifest's wheel (missing or another sha256): {', '.join(sorted(wrong))}")
+    return [dest / name for name in sorted(wanted)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m imagebuilder.reproduce", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -295,7 +332,17 @@ def main(argv: list[str] | None = None) -> int:
     cmp.add_argument("b", type=Path)
     cmp.add_argument("--host-path", action="append", default=[], help="also search the layers for this path")
     cmp.add_argument("--work", type=Path, help="where to unpack (default: a temporary folder under /var/tmp)")
+    wh = sub.add_parser("wheelhouse", help="download a published image's exact wheels (for --set wheelhouse=DIR)")
+    wh.add_argument("manifest", type=Path, help="the image's <name>.manifest.json")
+    wh.add_argument("dest", type=Path)
     args = parser.parse_args(argv)
+    if args.command == "wheelhouse":
+        try:
+            print(f"{len(fetch_wheelhouse(args.manifest, args.dest))} wheels, each as the manifest says: {args.dest}")
+            return 0
+        except BuildError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     work = args.work or Path("/var/tmp") / f"reproduce-{os.getpid()}"
     try:
         return 0 if compare(args.a, args.b, work, args.host_path) else 1

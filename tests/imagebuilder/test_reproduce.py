@@ -250,3 +250,19 @@ def test_boot_images_are_the_same_bytes_when_made_again(tmp_path):
         made.append({k: sha256_file(ctx.files[k]) for k in ("bios_img", "efi_bin", "efi_img", "grub_cfg")})
         time.sleep(2.1)  # FAT keeps times in 2-second steps
     assert made[0] == made[1]
+
+
+def test_wheelhouse_from_a_manifest_checks_each_wheel(tmp_path, monkeypatch):
+    """A published manifest's wheels fetched by name==version (here from a local index) and checked by sha256."""
+    index = tiny_wheel(tmp_path / "index").parent
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    wheel = {"name": "tinypkg", "version": "1.0", "file": "tinypkg-1.0-py3-none-any.whl"}
+    published = tmp_path / "x.manifest.json"
+    published.write_text(json.dumps({"settings": {"python_version": "3.13"}, "wheels": [{**wheel, "sha256": "0"}]}))
+    with pytest.raises(reproduce.BuildError, match="tinypkg-1.0-py3-none-any.whl"):
+        reproduce.fetch_wheelhouse(published, tmp_path / "wrong", log=lambda *a, **k: None)
+    good = {**wheel, "sha256": sha256_file(index / wheel["file"])}
+    published.write_text(json.dumps({"settings": {"python_version": "3.13"}, "wheels": [good]}))
+    got = reproduce.fetch_wheelhouse(published, tmp_path / "house", log=lambda *a, **k: None)
+    assert [p.name for p in got] == [wheel["file"]] and sha256_file(got[0]) == good["sha256"]

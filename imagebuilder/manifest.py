@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from appliance.files import copy_atomic, sha256_file, write_atomic
 from imagebuilder import host
@@ -29,6 +30,7 @@ def recorded_settings(config: Config) -> dict:
         if name in HOST_SIDE:
             continue
         out[name] = ("(given)" if value else None) if BY_NAME[name].type == "path" else value
+    out["profile"] = Path(out["profile"]).name  # a profile given as a file: its name, not where it lay
     return out
 
 

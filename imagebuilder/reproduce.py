@@ -27,7 +27,7 @@ from pathlib import Path
 from appliance.files import sha256_file
 from imagebuilder import pyenv
 from imagebuilder.context import BuildError, git_commit, remove_tree, run
-from imagebuilder.settings import REPO
+from imagebuilder.settings import REPO, resolve
 
 SHOWN = 40  # differing files listed per layer; the rest are counted
 OTHER_UMASK = 0o077  # the second build's; its locale and time zone: other_host_env()
@@ -281,6 +281,7 @@ def build_twice(
     log=print,
 ) -> bool:
     """Two clean builds (own caches and outputs; B from another checkout, umask and locale), then compare()."""
+    resolve(profile, list(overrides), model_dir=model, accept_model_license=accept_model_license)  # fail fast
     root = Path(out_dir or REPO / "out" / "reproduce").resolve()
     sources = {"a": REPO, "b": checkout_for_b(root, log)}
     for name in ("a", "b"):

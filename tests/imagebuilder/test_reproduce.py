@@ -53,7 +53,7 @@ def test_diff_trees_names_each_difference(tmp_path):
     assert reproduce.TreeDiff(only_b=[f"f{i}" for i in range(50)]).lines(limit=3)[-1] == "... and 47 more"
 
 
-def make_iso(tmp_path: Path, name: str, layer_files: dict) -> Path:
+def make_iso(tmp_path: Path, name: str, layer_files: dict, date: str = "2023111422132000") -> Path:
     """An ISO shaped like ours (live/NN-name.squashfs + a kernel), built by the same tools."""
     tree = tmp_path / name / "tree"
     (tree / "live").mkdir(parents=True)
@@ -76,7 +76,7 @@ def make_iso(tmp_path: Path, name: str, layer_files: dict) -> Path:
     )
     iso = tmp_path / name / "out" / "x.iso"
     iso.parent.mkdir()
-    dates = ["--modification-date=2023111422132000", "--set_all_file_dates", "2023111422132000"]  # as iso.py
+    dates = [f"--modification-date={date}", "--set_all_file_dates", "2023111422132000"]  # as iso.py
     env = {**os.environ, "SOURCE_DATE_EPOCH": "1700000000"}
     subprocess.run(
         ["xorriso", "-as", "mkisofs", "-r", *dates, "-o", iso, tree], check=True, capture_output=True, env=env
@@ -100,6 +100,15 @@ def test_compare_names_the_layer_and_the_files_that_differ(tmp_path):
     assert "layer live/10-python.squashfs: files:" in text and "differs:   usr/lib/b.py (content)" in text
     assert "usr/lib/a.py" not in text  # only what differs
     assert "diffoscope" in text  # its output, or how to get it
+
+
+@tools("mksquashfs", "unsquashfs", "xorriso")
+def test_compare_says_when_only_the_iso_structures_differ(tmp_path):
+    files = {"usr/lib/a.py": "a"}
+    iso_a, iso_b = make_iso(tmp_path, "a", files), make_iso(tmp_path, "b", files, date="2024010100000000")
+    said = []
+    assert not reproduce.compare(iso_a, iso_b, tmp_path / "w", log=said.append)
+    assert "every file in the two ISOs is the same" in "\n".join(said)
 
 
 @tools("mksquashfs", "unsquashfs", "xorriso")

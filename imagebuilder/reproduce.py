@@ -224,6 +224,8 @@ def compare(a: Path, b: Path, work: Path, host_paths: list[Path | str] = (), log
                     log("  " + line)
             else:
                 log("  the .img is the ISO plus the persistence partition: with the same ISOs, that is it (usb.py)")
+    if a.is_dir() and b.is_dir():
+        same = compare_manifests(a, b, log) and same
     if host_paths:
         iso = next((p for n, p in files_a.items() if n.endswith(".iso")), None)
         if iso:
@@ -238,6 +240,19 @@ def compare(a: Path, b: Path, work: Path, host_paths: list[Path | str] = (), log
             if len(hits) > SHOWN:
                 log(f"  ... and {len(hits) - SHOWN} more files")
             same = same and not hits
+    return same
+
+
+def compare_manifests(a: Path, b: Path, log=print) -> bool:
+    """Two builds of one commit write the same manifest: say which of its keys differ, if any."""
+    same = True
+    for path_a in sorted(a.glob("*.manifest.json")):
+        path_b = b / path_a.name
+        if path_b.exists():
+            facts_a, facts_b = json.loads(path_a.read_text()), json.loads(path_b.read_text())
+            keys = [k for k in sorted(facts_a.keys() | facts_b.keys()) if facts_a.get(k) != facts_b.get(k)]
+            log(f"{path_a.name}: " + ("SAME" if not keys else f"DIFFERENT in {', '.join(keys)}"))
+            same = same and not keys
     return same
 
 

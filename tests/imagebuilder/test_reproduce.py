@@ -224,6 +224,14 @@ def test_manifest_is_the_same_for_builds_in_other_folders(tmp_path):
         manifest.write_manifest(ctx)
         texts.append(ctx.files["manifest"].read_text())
     assert texts[0] == texts[1]
+    said = []
+    assert reproduce.compare_manifests(tmp_path / "a" / "work", tmp_path / "b" / "work", log=said.append)
+    (tmp_path / "b" / "work" / "ocr-appliance-0.1.0-cpu.manifest.json").write_text(texts[1].replace('"ab"', '"cd"'))
+    assert not reproduce.compare_manifests(tmp_path / "a" / "work", tmp_path / "b" / "work", log=said.append)
+    assert said == [
+        "ocr-appliance-0.1.0-cpu.manifest.json: SAME",
+        "ocr-appliance-0.1.0-cpu.manifest.json: DIFFERENT in layers",
+    ]
     data = json.loads(texts[0])
     assert str(tmp_path) not in texts[0] and data["settings"]["model_dir"] == "(given)"
     assert "out_dir" not in data["settings"] and "reused" not in data["layers"][0]

@@ -283,3 +283,15 @@ def test_wheelhouse_from_a_manifest_checks_each_wheel(tmp_path, monkeypatch):
     published.write_text(json.dumps({"settings": {"python_version": "3.13"}, "wheels": [good]}))
     got = reproduce.fetch_wheelhouse(published, tmp_path / "house", log=lambda *a, **k: None)
     assert [p.name for p in got] == [wheel["file"]] and sha256_file(got[0]) == good["sha256"]
+
+
+def test_base_layer_gets_fixed_files_not_the_build_hosts(tmp_path):
+    """mmdebstrap copies the host's resolv.conf (its name server, its mode) and hostname into the rootfs."""
+    from imagebuilder import rootfs
+
+    root = write_tree(tmp_path / "root", {"etc/resolv.conf": "nameserver 10.1.2.3\n", "etc/hostname": "buildhost\n"})
+    (root / "etc/resolv.conf").chmod(0o755)
+    rootfs.write_fixed_files(root)
+    assert (root / "etc/hostname").read_text() == "ocr-appliance\n"
+    assert reproduce.find_host_paths(root, ["10.1.2.3", "buildhost"]) == []
+    assert {oct(p.stat().st_mode & 0o777) for p in (root / "etc").iterdir()} == {"0o644"}

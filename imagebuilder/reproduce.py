@@ -146,17 +146,24 @@ def explain_iso_difference(iso_a: Path, iso_b: Path, work: Path) -> list[str]:
     return lines + diffoscope_lines(inside)
 
 
-def host_needles(paths: list[Path | str]) -> list[str]:
-    """The strings that give a build host away: its folders as given and resolved, and the host's name (when long
-    enough not to turn up by chance in binary files)."""
+def host_needles(paths: list[Path | str], resolv_conf: Path = Path("/etc/resolv.conf")) -> list[str]:
+    """The strings that give a build host away: its folders as given and resolved, its name servers, the user who
+    ran sudo, and the host's name (names only when long enough not to turn up by chance in binary files)."""
     needles = set()
     for p in paths:
         for form in (str(p), str(Path(p).resolve())):
             if len(form.rstrip("/")) > 1:
                 needles.add(form.rstrip("/"))
-    host = socket.gethostname()
-    if len(host) >= 6:
-        needles.add(host)
+    try:
+        for line in resolv_conf.read_text().splitlines():
+            words = line.split()
+            if len(words) > 1 and words[0] == "nameserver" and not words[1].startswith(("127.", "::1")):
+                needles.add(words[1])
+    except OSError:
+        pass
+    for name in (socket.gethostname(), os.environ.get("SUDO_USER", "")):
+        if len(name) >= 6:
+            needles.add(name)
     return sorted(needles)
 
 

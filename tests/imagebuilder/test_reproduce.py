@@ -122,8 +122,10 @@ def test_compare_finds_a_host_path_inside_a_layer(tmp_path):
 def test_host_needles_and_search(tmp_path):
     link = tmp_path / "link"
     link.symlink_to(tmp_path / "real")
-    needles = reproduce.host_needles([link, "/"])
+    resolv = write_tree(tmp_path, {"resolv.conf": "nameserver 10.9.8.7\nnameserver 127.0.0.53\n"}) / "resolv.conf"
+    needles = reproduce.host_needles([link, "/"], resolv_conf=resolv)
     assert str(link) in needles and str(tmp_path / "real") in needles and "/" not in needles
+    assert "10.9.8.7" in needles and "127.0.0.53" not in needles
     tree = write_tree(tmp_path / "t", {"a": f"#!{tmp_path}/real/bin/python", "b": "clean", "c.squashfs": str(link)})
     assert reproduce.find_host_paths(tree, needles, skip=(".squashfs",)) == [("a", str(tmp_path / "real"))]
 

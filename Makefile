@@ -87,7 +87,7 @@ iso: $(STAMP)/deps host-tools
 	$(APPLIANCE) build --profile $(ISO_PROFILE) $(ISO_ARGS)
 
 # Two clean builds (the second from a fresh clone, umask 077, another locale) must give the same ISO, bit for bit;
-# on a difference it names the layer and the files (README "Reproducible builds"). ~1 hour on 2 cores.
+# on a difference it names the layer and the files (README "Reproducible builds"). ~10 minutes on 2 cores.
 reproduce: $(STAMP)/deps host-tools
 	$(APPLIANCE) build --verify-reproducible --profile $(ISO_PROFILE) $(ISO_ARGS)
 

@@ -3,7 +3,7 @@ PY ?= python3
 PIP = $(PY) -m pip install -q --disable-pip-version-check
 STAMP = .make
 
-.PHONY: deps vllm-venv llama-cpp host-tools test bench iso boot-test clean
+.PHONY: deps vllm-venv llama-cpp host-tools test bench iso reproduce boot-test clean
 
 # torch is pinned first on its own: 2.13.0 is the CPU wheel on these hosts; an unpinned torch pulls GBs of CUDA.
 $(STAMP)/deps: pyproject.toml
@@ -86,6 +86,11 @@ host-tools: $(STAMP)/deps
 
 iso: $(STAMP)/deps host-tools
 	$(APPLIANCE) build --profile $(ISO_PROFILE) $(ISO_ARGS)
+
+# Two clean builds (the second from a fresh clone, umask 077, another locale) must give the same ISO, bit for bit;
+# on a difference it names the layer and the files (README "Reproducible builds"). ~10 minutes on 2 cores.
+reproduce: $(STAMP)/deps host-tools
+	$(APPLIANCE) build --verify-reproducible --profile $(ISO_PROFILE) $(ISO_ARGS)
 
 # Slow (CI runs it after `make test`). Boots a LAN-mode copy of the image (only its app layer differs) from a USB
 # stick made of the build's .img, BIOS then UEFI (so its persistence partition must carry a file across the reboot),

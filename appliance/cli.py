@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--out", metavar="DIR", help="output folder (default: out)")
     build.add_argument("--cache", metavar="DIR", help="downloaded packages and built layers (default: cache)")
     build.add_argument("--dump-config", action="store_true", help="print the effective settings first")
+    build.add_argument(
+        "--verify-reproducible",
+        action="store_true",
+        help="build twice from clean caches (the second from another checkout, umask and locale) into "
+        "OUT (default: out/reproduce) and compare the ISOs bit for bit; exit 1 naming the files that differ",
+    )
 
     boot = sub.add_parser("boot-test", help="boot an ISO in QEMU and check kiosk, units, health, OCR and network")
     boot.add_argument("iso")
@@ -167,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             overrides = args.overrides + ([f"model_version={args.model_version}"] if args.model_version else [])
+            if args.verify_reproducible:
+                from imagebuilder.reproduce import build_twice
+
+                same = build_twice(args.profile, overrides, args.model, args.out, args.accept_model_license)
+                return 0 if same else 1
             run_build(
                 args.profile,
                 overrides,

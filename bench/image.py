@@ -10,6 +10,7 @@
    through the port forward (asked for as soon as /health says the engine is ready), and a bare image made of the
    same base layer (Debian, kernel, live-boot, Xorg, Chromium; no Python runtime, no app, no kiosk) up to systemd
    reporting the boot finished.
+   With --reproduce, a second cold build into other folders must give the same ISO bytes (imagebuilder.reproduce).
 4. The gpu image in out/, if any: its layer sizes, and its rebuild times given its model directory.
    Goal: the appliance's boot-to-OCR-ready within 1.2x of the bare image's boot.
 """
@@ -23,7 +24,7 @@ import shutil
 import time
 from pathlib import Path
 
-from imagebuilder import app, boot, host, iso, layers, rootfs, run_build
+from imagebuilder import app, boot, host, iso, layers, reproduce, rootfs, run_build
 from imagebuilder.boottest.checks import check_ocr
 from imagebuilder.boottest.sticks import OCR_TEXT
 from imagebuilder.boottest.vm import Vm
@@ -178,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         "one its manifest names), to time its app-only rebuild",
     )
     ap.add_argument("--gpu-cold", action="store_true", help="also time a cold gpu build (about 25 minutes)")
+    ap.add_argument(
+        "--reproduce",
+        action="store_true",
+        help="a second cold build into another fresh layer cache and output folder: the same ISO, bit for bit?",
+    )
     args = ap.parse_args(argv)
     work = Path(args.work).resolve()
     remove_tree(work)
@@ -194,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         *[f"layer {name:<20} {size / 2**20:7.1f} MiB" for name, size in sorted(layer_sizes.items())],
         f"ISO {iso_path.name:<22} {iso_path.stat().st_size / 1e6:7.1f} MB    (goal < 700 MB)",
     ]
+    if args.reproduce:  # the whole check (own downloads, other checkout, umask, locale): make reproduce
+        print("second cold build (other layer cache and output folder) ...", flush=True)
+        other_cache = fresh_layer_cache(work / "cache-again")
+        again, _ = timed_build(log, "cpu", out_dir=str(work / "out-again"), cache_dir=str(other_cache))
+        same = reproduce.compare(work / "out", work / "out-again", work / "compare", log=log.append)
+        figures.append(f"second cold build          {again:7.1f} s   same ISO bytes: {'yes' if same else 'NO'}")
     if not args.no_boot:
         print("LAN-mode copy and bare image ...", flush=True)
         _, lan_iso = timed_build(

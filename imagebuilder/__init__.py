@@ -4,6 +4,7 @@ the runtime (appliance.*), the runtime never imports it (but the CLI's host-tool
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -41,13 +42,18 @@ def run_build(
     )
     if dump_config:
         log(config.dump())
-    ctx = make_context(config)
-    log(f"building {ctx.stem} (work dir {ctx.work})", flush=True)
-    started = time.monotonic()
+    # Files the build makes (pip's, the app's, mmdebstrap's) get the same modes whatever the caller's umask.
+    umask = os.umask(0o022)
     try:
-        timings = run_stages(ctx, log=log)
+        ctx = make_context(config)
+        log(f"building {ctx.stem} (work dir {ctx.work})", flush=True)
+        started = time.monotonic()
+        try:
+            timings = run_stages(ctx, log=log)
+        finally:
+            remove_tree(ctx.work)
     finally:
-        remove_tree(ctx.work)
+        os.umask(umask)
     total = time.monotonic() - started
     log("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()) + f"; total {total:.1f}s")
     log(

@@ -178,6 +178,10 @@ def populate(ctx: Context, tree: Path) -> None:
     overlay = ctx.repo / "rootfs"
     if overlay.is_dir():
         shutil.copytree(overlay, tree, symlinks=True, dirs_exist_ok=True, ignore=shutil.ignore_patterns("README*"))
+    # The files' modes as git keeps them (executable or not), whatever umask the checkout was made under.
+    for p in tree.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            p.chmod(0o755 if p.stat().st_mode & 0o111 else 0o644)
     for rel, (text, mode) in generated(ctx).items():
         p = tree / rel
         p.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ then reads /boot/grub/grub.cfg from it, so the same grub.cfg serves all four way
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from imagebuilder.context import Context, run
@@ -150,6 +151,7 @@ def make_bootloader(ctx: Context) -> str:
         ctx,
     )
     run(["mmd", "-i", esp, "::/EFI", "::/EFI/BOOT"], ctx)
+    os.utime(efi, (ctx.epoch, ctx.epoch))  # mcopy -m keeps the file's time: the epoch's, not the moment it was made
     run(["mcopy", "-i", esp, "-m", efi, "::/EFI/BOOT/BOOTX64.EFI"], ctx)
     ctx.files.update(bios_img=bios, efi_bin=efi, efi_img=esp, grub_cfg=d / "grub.cfg")
     return f"BIOS core {bios.stat().st_size // 1024} KiB, EFI {efi.stat().st_size // 1024} KiB"

@@ -45,6 +45,7 @@ class Context:
     work: Path  # this build's scratch directory; removed at the end, whatever happens
     epoch: int  # SOURCE_DATE_EPOCH for every timestamp we control
     layers: list[Layer] = field(default_factory=list)
+    layer_epoch: int | None = None  # while a layer is filled (layers.reuse_or_build): its epoch, for the tools
     files: dict[str, Path] = field(default_factory=dict)  # named artefacts: kernel, initrd, bios_img, efi_img, iso...
     info: dict = field(default_factory=dict)  # facts gathered for the manifest: debs, wheels, kernel version...
 
@@ -59,13 +60,23 @@ class Context:
         return d
 
     def env(self) -> dict:
-        return {**os.environ, "SOURCE_DATE_EPOCH": str(self.epoch), "LC_ALL": "C.UTF-8", "TZ": "UTC"}
+        """The tools' environment. SOURCE_DATE_EPOCH is the layer's while a layer is filled, so that a layer's
+        bytes follow its key (shadow's password dates, mmdebstrap's clamping), not the time of HEAD."""
+        epoch = self.epoch if self.layer_epoch is None else self.layer_epoch
+        return {**tool_env(), "SOURCE_DATE_EPOCH": str(epoch)}
+
+
+def tool_env() -> dict:
+    """The host's environment without its language, locale and time zone: tools write the same bytes wherever they
+    run (dates in logs and dpkg's files, sort orders, translated messages that end up in files)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LC_") and k not in ("LANG", "LANGUAGE", "TZ")}
+    return {**env, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8", "TZ": "UTC"}
 
 
 def run(cmd: list, ctx: Context | None = None, quiet: bool = True, **kw) -> subprocess.CompletedProcess:
     """Run a tool; on failure raise BuildError with the command and the tail of its output."""
     cmd = [str(c) for c in cmd]
-    env = kw.pop("env", None) or (ctx.env() if ctx else None)
+    env = kw.pop("env", None) or (ctx.env() if ctx else tool_env())
     proc = subprocess.run(cmd, env=env, text=True, capture_output=quiet, **kw)
     if proc.returncode != 0:
         tail = "\n".join(((proc.stdout or "") + (proc.stderr or "")).strip().splitlines()[-25:])
@@ -87,7 +98,9 @@ def hash_inputs(*parts) -> str:
                     continue
                 add_path(child, f"{rel}/{child.name}")
         elif p.exists():
-            h.update(f"F {rel} {p.stat().st_mode & 0o7777:o} {p.stat().st_size}\n".encode())
+            # The mode as git keeps it (executable or not): a checkout made under another umask has the same key.
+            mode = "755" if p.stat().st_mode & 0o111 else "644"
+            h.update(f"F {rel} {mode} {p.stat().st_size}\n".encode())
             h.update(p.read_bytes())
         else:
             h.update(f"- {rel}\n".encode())
@@ -109,11 +122,9 @@ def git_commit(repo: Path = REPO) -> dict:
         commit = subprocess.run(
             ["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
-            ).stdout.strip()
-        )
+        # Untracked files count: the app layer copies its folders whole, so one there would be in the image.
+        status = subprocess.run(["git", "-C", repo, "status", "--porcelain"], capture_output=True, text=True)
+        dirty = bool(status.stdout.strip())
         epoch = int(
             subprocess.run(
                 ["git", "-C", repo, "log", "-1", "--format=%ct"], capture_output=True, text=True

@@ -20,6 +20,7 @@ TOOLS = {
     "mcopy": "mtools",
     "sfdisk": "fdisk",
     "mke2fs": "e2fsprogs",
+    "debugfs": "e2fsprogs",  # sets the persistence.conf's ctime in the .img (usb.py)
 }
 FILES = {
     "/usr/lib/grub/i386-pc/boot_hybrid.img": "grub-pc-bin",

@@ -36,9 +36,11 @@ def reuse_or_build(ctx: Context, layer: Layer, fill: Callable[[Path], dict], exc
     layer joins ctx.layers."""
     if not layer.cached:
         tree = ctx.work / f"{layer.name}-layer"
+        ctx.layer_epoch = layer.epoch  # the tools that fill it date things by the layer's epoch (Context.env)
         try:
             finish_layer(ctx, layer, tree, fill(tree), excludes)
         finally:
+            ctx.layer_epoch = None
             remove_tree(tree)
     ctx.layers.append(layer)
     return layer

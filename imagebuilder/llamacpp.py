@@ -90,7 +90,8 @@ def build_llamacpp_layer(ctx: Context) -> str:
     layers.reuse_or_build(
         ctx, layer, lambda tree: {**populate(ctx, base.path, source, cmake_flags(), tree), "sdist": sdist_facts}
     )
-    ctx.info["llamacpp"] = {k: layer.meta.get(k) for k in ("sdist", "variants", "toolchain", "build_seconds")}
+    # Not build_seconds: the manifest holds nothing that varies from one build to the next
+    ctx.info["llamacpp"] = {k: layer.meta.get(k) for k in ("sdist", "variants", "toolchain")}
     return (
         ("reused " if layer.cached else "built ")
         + layers.describe(layer)

@@ -1,12 +1,52 @@
-"""manifest.json (every deb, wheel, layer and input of the build) and SHA256SUMS."""
+"""manifest.json (every deb, wheel, layer and input of the build) and SHA256SUMS.
+
+The manifest holds what a rebuild needs (the commit, SOURCE_DATE_EPOCH, the settings, every Debian package and
+wheel with its version and hash, the build host's tools) and nothing that varies from one build to the next: no
+build time or duration, no host path, no "reused from the cache". Two builds of one commit write the same manifest.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 from appliance.files import copy_atomic, sha256_file, write_atomic
+from imagebuilder import host
 from imagebuilder.context import Context, git_commit, hash_inputs
+from imagebuilder.settings import BY_NAME, Config
+
+# Where this build's files go: the host's business, not the image's.
+HOST_SIDE = ("out_dir", "cache_dir")
+
+
+def recorded_settings(config: Config) -> dict:
+    """The settings, secrets masked; a path setting (model directory, wheelhouse, driver source...) only as given
+    or not: its location is this host's, its content is recorded by hash (model_files, wheels, nvidia)."""
+    out = {}
+    for name, value in config.as_dict().items():
+        if name in HOST_SIDE:
+            continue
+        out[name] = ("(given)" if value else None) if BY_NAME[name].type == "path" else value
+    out["profile"] = Path(out["profile"]).name  # a profile given as a file: its name, not where it lay
+    return out
+
+
+def host_tools() -> dict:
+    """The Debian versions of the build host's tools that write the image's bytes (mksquashfs, xorriso, GRUB,
+    mtools...), and pip's: a rebuild on another host needs the same ones for the same bytes."""
+    packages = sorted({*host.TOOLS.values(), *host.FILES.values()})
+    proc = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Package}\t${Version}\n", *packages], capture_output=True, text=True
+    )
+    versions = dict(line.split("\t", 1) for line in proc.stdout.splitlines() if "\t" in line)
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "--version"], capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"}
+    ).stdout.split()
+    versions["pip"] = pip[1] if len(pip) > 1 else None
+    return {p: versions.get(p) for p in [*packages, "pip"]}
 
 
 def write_manifest(ctx: Context) -> str:
@@ -21,7 +61,7 @@ def write_manifest(ctx: Context) -> str:
         "iso": {"file": iso.name, "size": iso.stat().st_size, "sha256": sha256_file(iso)},
         "source_date_epoch": ctx.epoch,
         "git": git_commit(ctx.repo),
-        "settings": c.as_dict(),  # secrets masked
+        "settings": recorded_settings(c),
         "inputs": {
             "package_lists": {
                 name: hash_inputs(ctx.repo / "build" / "packages" / f"{name}.list") for name in c.package_lists
@@ -37,13 +77,14 @@ def write_manifest(ctx: Context) -> str:
                 "key": layer.key,
                 "size": layer.meta.get("size"),
                 "sha256": layer.meta["sha256"],
-                "reused": layer.cached,
+                "epoch": layer.epoch,
             }
             for layer in sorted(ctx.layers, key=lambda x: x.order)
         ],
         "debs": ctx.info.get("debs", []),
         "wheels": ctx.info.get("wheels", []),
         "model_files": ctx.info.get("model_files", []),  # every weight file's path, size and sha256
+        "host_tools": host_tools(),
     }
     stack = ctx.info.get("stack")
     if stack:  # gpu profile: the resolved versions and the modules built

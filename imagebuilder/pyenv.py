@@ -47,7 +47,11 @@ def requirements(ctx: Context) -> list[str]:
 
 
 def target_args(ctx: Context) -> list[str]:
-    pv = ctx.config.python_version
+    return python_target(ctx.config.python_version)
+
+
+def python_target(pv: str) -> list[str]:
+    """pip's options for the image's Python `pv` (e.g. 3.13) on x86-64 Linux, whatever Python runs pip."""
     args = [
         "--python-version",
         pv,
@@ -139,6 +143,17 @@ PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
 
 def install(ctx: Context, files: list[Path], site: Path) -> list[dict]:
     """Unpack exactly these wheels into `site` (no resolving: download() did that for the whole set)."""
+    unpack(ctx, files, site)
+    bytecode.compile_tree(ctx, site.parents[len(Path(site_dir(ctx)).parts) - 1], site)
+    wheels = []
+    for f in files:
+        name, version = f.name.split("-")[:2]
+        wheels.append({"name": name, "version": version, "file": f.name, "sha256": sha256_file(f)})
+    return sorted(wheels, key=lambda w: w["name"].lower())
+
+
+def unpack(ctx: Context, files: list[Path], site: Path) -> None:
+    """pip's install of the wheel files into `site`, pruned, without the record of where the files lay."""
     # --no-compile: the host's Python would write .pyc files for the wrong version; the image's own Python
     # compiles them once the tree is pruned (bytecode.py).
     run(
@@ -156,13 +171,22 @@ def install(ctx: Context, files: list[Path], site: Path) -> list[dict]:
         ],
         ctx,
     )
+    drop_direct_urls(site)
     for pattern in PRUNE:
         for p in site.glob(pattern):
             if p.is_dir():
                 remove_tree(p)
-    bytecode.compile_tree(ctx, site.parents[len(Path(site_dir(ctx)).parts) - 1], site)
-    wheels = []
-    for f in files:
-        name, version = f.name.split("-")[:2]
-        wheels.append({"name": name, "version": version, "file": f.name, "sha256": sha256_file(f)})
-    return sorted(wheels, key=lambda w: w["name"].lower())
+
+
+def drop_direct_urls(site: Path) -> None:
+    """pip writes <dist>.dist-info/direct_url.json (PEP 610) for every install from a file: that file's URL, here
+    the build's work folder (this host's path, the build's date and pid), so every build differed. pip has no switch
+    to leave it out, so it goes here, with its line in RECORD: the image then says what an install from the index
+    says (name and version; the wheel files and their hashes are in the build manifest)."""
+    for url_file in sorted(site.glob("*.dist-info/direct_url.json")):
+        record = url_file.parent / "RECORD"
+        if record.exists():
+            entry = f"{url_file.parent.name}/direct_url.json,"
+            lines = record.read_text().splitlines(keepends=True)
+            record.write_text("".join(line for line in lines if not line.startswith(entry)))
+        url_file.unlink()

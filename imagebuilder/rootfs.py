@@ -29,11 +29,16 @@ SQUASH_EXCLUDES = [
     "var/lib/apt/lists/*_InRelease",
     "var/log/*",
 ]
+# mmdebstrap copies the build host's /etc/resolv.conf and /etc/hostname into the rootfs (as debootstrap does): the
+# image would carry the host's name server and differ from host to host. Fixed contents instead (0644).
+FIXED_FILES = {
+    "etc/hostname": "ocr-appliance\n",
+    "etc/hosts": "127.0.0.1 localhost\n127.0.1.1 ocr-appliance\n::1 localhost ip6-localhost ip6-loopback\n",
+    "etc/resolv.conf": "# No name server: the appliance resolves no names (offline; in LAN mode it only serves).\n",
+}
 # Accounts: `ocr` runs the web app and owns /srv/ocr, `kiosk` runs Xorg + Chromium. root stays locked.
 CUSTOMIZE = """
 set -e
-echo ocr-appliance > /etc/hostname
-printf '127.0.0.1 localhost\\n127.0.1.1 ocr-appliance\\n::1 localhost ip6-localhost ip6-loopback\\n' > /etc/hosts
 useradd --system --user-group --home-dir /srv/ocr --no-create-home --shell /usr/sbin/nologin ocr
 useradd --create-home --user-group --shell /usr/sbin/nologin --groups video,render,input,audio kiosk
 usermod --password '!*' root  # locked: no password can match
@@ -77,6 +82,7 @@ def base_key(ctx: Context) -> str:
         package_list(ctx),
         DPKG_EXCLUDES,
         SQUASH_EXCLUDES,
+        FIXED_FILES,
         CUSTOMIZE,
         c.compression,
         inputs_epoch(ctx, *INPUTS),
@@ -125,9 +131,18 @@ def bootstrap(ctx: Context, root: Path) -> None:
 
 
 def customize(ctx: Context, root: Path) -> None:
+    write_fixed_files(root)
     run(["chroot", root, "/bin/sh", "-c", CUSTOMIZE], ctx)
     if not list(root.glob("usr/lib/live/boot/*")) and not list(root.glob("lib/live/boot/*")):
         raise BuildError("live-boot is not installed in the rootfs (package list 'base' must include it)")
+
+
+def write_fixed_files(root: Path) -> None:
+    for rel, text in FIXED_FILES.items():
+        path = root / rel
+        path.unlink(missing_ok=True)  # a link, or the host's file with the host's mode
+        path.write_text(text)
+        path.chmod(0o644)
 
 
 def collect(ctx: Context, root: Path, dest: Path) -> dict:

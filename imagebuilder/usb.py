@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 from imagebuilder.context import Context, run
 
 PERSISTENCE_CONF = "/srv/ocr union\n"
 ALIGN = 1 << 20
+
+
+def fs_uuid(image_name: str, epoch: int | None) -> str:
+    """The filesystem's UUID and directory hash seed: mke2fs draws both at random, so the same inputs would give
+    a different .img each time; derived from the image's name and epoch instead (unique enough per image)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"ocr-appliance:persistence:{image_name}:{epoch}"))
 
 
 def add_persistence(image: Path, size_mb: int, work: Path, epoch: int | None = None) -> None:
@@ -30,7 +37,12 @@ def add_persistence(image: Path, size_mb: int, work: Path, epoch: int | None = N
     content = work / "persistence-root"
     content.mkdir(parents=True, exist_ok=True)
     (content / "persistence.conf").write_text(PERSISTENCE_CONF)
-    env = {**os.environ, "E2FSPROGS_FAKE_TIME": str(epoch)} if epoch else None  # mke2fs's own SOURCE_DATE_EPOCH
+    env = None
+    if epoch:  # mke2fs's own SOURCE_DATE_EPOCH is for the filesystem; -d copies the files' times as they are
+        env = {**os.environ, "E2FSPROGS_FAKE_TIME": str(epoch)}
+        for p in (content / "persistence.conf", content):
+            os.utime(p, (epoch, epoch))
+    fs_id = fs_uuid(image.name, epoch)
     run(
         [
             "mke2fs",
@@ -40,15 +52,22 @@ def add_persistence(image: Path, size_mb: int, work: Path, epoch: int | None = N
             "ext4",
             "-L",
             "persistence",
+            "-U",
+            fs_id,
             "-d",
             content,
             "-E",
-            f"offset={start}",
+            f"offset={start},hash_seed={fs_id}",
             image,
             f"{size // 1024}k",
         ],
         env=env,
     )
+    if epoch:  # the one time -d cannot take from the file: its ctime (the moment it was written just above)
+        run(
+            ["debugfs", "-w", "-R", f"set_inode_field /persistence.conf ctime @{epoch}", f"{image}?offset={start}"],
+            env=env,
+        )
     shutil.rmtree(content)
 
 

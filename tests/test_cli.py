@@ -94,6 +94,11 @@ def test_build_refuses_bad_profiles_and_settings_before_doing_anything(tmp_path)
     assert not (tmp_path / "out").exists()
 
 
+def test_verify_reproducible_refuses_bad_settings_before_building(tmp_path):
+    run = appliance("build", "--verify-reproducible", "--set", "colour=blue", "--out", str(tmp_path / "twice"))
+    assert run.returncode == 2 and "colour" in run.stderr and not (tmp_path / "twice").exists()
+
+
 def test_build_model_version_flag_reaches_the_model_check(tmp_path, tiny_model_dir):
     # The tiny snapshot has no v1.0/ beside it, so the builder cannot tell 1.0 from 1.5 and asks for the flag;
     # the flag saying 1.5 for a repository's v1.0/ directory is refused. Both before any download.

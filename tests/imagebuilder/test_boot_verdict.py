@@ -46,3 +46,14 @@ def test_grub_keys_reach_the_linux_line_of_each_entry(tmp_path):
     assert safe.grub_keys()[:6] == [b"\x0e", b"\x0e", b"e", b"\x0e", b"\x0e", b"\x0e"]
     plain = Vm(disk=tmp_path / "x.iso", mode="bios-cd", dir=tmp_path, entry="toram")
     assert plain.grub_keys() == [b"\x0e", b"\r", b"\r", b"\r"]
+
+
+def test_the_kiosk_is_back_only_without_the_restarting_banner():
+    from imagebuilder.boottest.checks import KIOSK_RECONNECTING, KIOSK_TEXT, kiosk_back
+    from webui.i18n import MESSAGES
+
+    assert KIOSK_RECONNECTING in MESSAGES["reconnecting"][0]  # the words the kiosk really shows
+    start = " ".join(KIOSK_TEXT) + " 1. Choose a file"
+    assert kiosk_back(start)
+    assert not kiosk_back(start + "\nThe OCR service is restarting; this page comes back by itself in a moment.")
+    assert not kiosk_back("")

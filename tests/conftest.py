@@ -25,3 +25,24 @@ def hunyuan_checkpoint(tmp_path_factory):
 def tiny_model_dir(hunyuan_checkpoint):
     """The model directory the engine and builder tests use: the real-layout tiny checkpoint."""
     return hunyuan_checkpoint
+
+
+@pytest.fixture
+def make_jobs(tmp_path):
+    """make_jobs(engine, **kw) -> a started Jobs over tmp_path/data (or data_dir); all closed at the end."""
+    from fake_engine import FakeEngine
+
+    from appliance.jobs import Jobs
+
+    opened = []
+
+    def make(engine=None, data_dir=None, **kwargs):
+        engine = engine or FakeEngine()
+        jobs = Jobs(data_dir or tmp_path / "data", lambda report: engine, **kwargs)
+        opened.append(jobs)
+        assert jobs.wait_engine(60)["ready"]
+        return jobs
+
+    yield make
+    for jobs in opened:
+        jobs.close(timeout=5)

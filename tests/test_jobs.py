@@ -37,23 +37,6 @@ def pdf(pages=3) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture
-def make_jobs(tmp_path):
-    """make_jobs(engine, **kw) -> a started Jobs over tmp_path/data; all closed at the end."""
-    opened = []
-
-    def make(engine=None, data_dir=None, **kwargs):
-        engine = engine or FakeEngine()
-        jobs = Jobs(data_dir or tmp_path / "data", lambda report: engine, **kwargs)
-        opened.append(jobs)
-        assert jobs.wait_engine(10)["ready"]
-        return jobs
-
-    yield make
-    for jobs in opened:
-        jobs.close(timeout=5)
-
-
 SPOT = Request.make("spotting")
 
 

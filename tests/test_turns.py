@@ -11,7 +11,7 @@ import pytest
 from fake_engine import FakeEngine, page_image
 from PIL import Image, ImageDraw, ImageFont
 
-from appliance.jobs import Jobs, PageLimit
+from appliance.jobs import PageLimit
 from appliance.ocr.images import PDF_DPI
 from appliance.ocr.pipeline import TurnOver, recognize_file
 from appliance.ocr.tasks import Request
@@ -69,21 +69,6 @@ def cpu_engine():
     engine.close()
 
 
-@pytest.fixture
-def make_jobs(tmp_path):
-    opened = []
-
-    def make(engine, name="data", **kwargs):
-        jobs = Jobs(tmp_path / name, lambda report: engine, **kwargs)
-        opened.append(jobs)
-        assert jobs.wait_engine(60)["ready"]
-        return jobs
-
-    yield make
-    for jobs in opened:
-        jobs.close(timeout=10)
-
-
 def test_pipeline_goes_on_from_the_next_page_and_ends_with_the_same_result(cpu_engine):
     data = text_pdf("First page 111", "Second page 222", "Third page 333")
     whole = recognize_file(cpu_engine, data, TEXT, name="three.pdf")
@@ -125,7 +110,7 @@ class RecordingEngine(FakeEngine):
         return page
 
 
-def test_a_long_job_lets_a_waiting_job_go_first_and_goes_on_where_it_was(make_jobs):
+def test_a_long_job_lets_a_waiting_job_go_first_and_goes_on_where_it_was(make_jobs, tmp_path):
     gate = threading.Event()
     engine = RecordingEngine(gate=gate)
     jobs = make_jobs(engine, turn_seconds=0)
@@ -143,7 +128,7 @@ def test_a_long_job_lets_a_waiting_job_go_first_and_goes_on_where_it_was(make_jo
     assert waiting.error_params == {"done": 1, "next": 2} and "after page 1" in waiting.error
     assert jobs.get(short.id).finished < jobs.get(long.id).finished
     # The result is the one a run without breaks gives; the pages waiting between turns are gone.
-    alone = make_jobs(FakeEngine(), name="alone")
+    alone = make_jobs(FakeEngine(), data_dir=tmp_path / "alone")
     uninterrupted = alone.wait(alone.submit(sized_pdf([100, 110, 120, 130]), "long.pdf", SPOT).id, timeout=10)
     assert same(jobs.result(long.id)) == same(alone.result(uninterrupted.id))
     assert not list(jobs.results.glob("*.turn.json"))
@@ -183,7 +168,7 @@ def test_a_job_stopped_by_a_shutdown_goes_on_from_its_next_page_after_the_restar
     jobs = make_jobs(again)
     job = jobs.wait(long.id, timeout=10)
     assert job.state == "done" and again.widths == [px(110), px(120)]  # page 1 was not read again
-    alone = make_jobs(FakeEngine(), name="alone")
+    alone = make_jobs(FakeEngine(), data_dir=tmp_path / "alone")
     uninterrupted = alone.wait(alone.submit(sized_pdf([100, 110, 120]), "long.pdf", SPOT).id, timeout=10)
     assert same(jobs.result(long.id)) == same(alone.result(uninterrupted.id))
 

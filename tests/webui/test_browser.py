@@ -271,17 +271,23 @@ def test_document_formulas_render_with_katex(page, model_server, tmp_path):
     page.screenshot(path=SHOTS / "formulas-en.png", full_page=True)
 
 
-def test_progress_page_by_page_and_cancel(page, model_server, tmp_path):
+def three_page_pdf(tmp_path):
+    """tmp_path/long.pdf: three small pages with ink (blank pages would skip the engine)."""
     import io
-    import threading
 
     from fake_engine import page_image
 
     pages = [page_image((300, 400)) for _ in range(3)]
-    pdf = tmp_path / "long.pdf"
     buf = io.BytesIO()
     pages[0].save(buf, format="PDF", save_all=True, append_images=pages[1:])
-    pdf.write_bytes(buf.getvalue())
+    (tmp_path / "long.pdf").write_bytes(buf.getvalue())
+    return tmp_path / "long.pdf"
+
+
+def test_progress_page_by_page_and_cancel(page, model_server, tmp_path):
+    import threading
+
+    pdf = three_page_pdf(tmp_path)
     gate = model_server.engine.gate = threading.Event()  # hold the engine inside page 1
     try:
         page.goto(model_server.url + "/")
@@ -323,11 +329,7 @@ def test_a_long_job_says_other_jobs_take_a_turn(page, model_server, tmp_path):
 
     from fake_engine import page_image
 
-    pages = [page_image((300, 400)) for _ in range(3)]
-    pdf = tmp_path / "long.pdf"
-    buf = io.BytesIO()
-    pages[0].save(buf, format="PDF", save_all=True, append_images=pages[1:])
-    pdf.write_bytes(buf.getvalue())
+    pdf = three_page_pdf(tmp_path)
     jobs = model_server.jobs
     permits = model_server.engine.gate = Permits()
     jobs.turn_seconds = 0  # a turn is one page here (60 s in the product)

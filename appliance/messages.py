@@ -199,6 +199,66 @@ MESSAGES = {
         "USB stick {stick} was removed before its results were written; they are in {folder}",
         "U 盘 {stick} 在结果写入前被拔出；结果在 {folder}",
     ),
+    # scanners (appliance.scanner): what stopped a scan, said so that a person can act on it
+    "scanner_no_sane": ("scanning is not available: SANE's scanimage is missing", "无法扫描：缺少 SANE 的 scanimage"),
+    "scanner_timeout": ("the scanner did not answer within {seconds} s", "扫描仪在 {seconds} 秒内没有响应"),
+    "scanner_cancelled": ("scan cancelled; the pages scanned before it are kept", "扫描已取消；之前扫好的页面已保留"),
+    "scanner_busy": (
+        "the scanner is busy (another program is using it); try again in a moment",
+        "扫描仪正忙（另一个程序正在使用）；请稍后再试",
+    ),
+    "scanner_busy_here": ("a scan is running; wait for it or cancel it", "正在扫描；请等待完成或取消"),
+    "scanner_busy_other": (
+        "this scanner is scanning for someone else; try again when it has finished",
+        "该扫描仪正在为他人扫描；请在完成后再试",
+    ),
+    "scanner_jammed": (
+        "paper jam in the feeder: clear it, put back the pages not yet scanned, and scan again",
+        "进纸器卡纸：请清除卡纸，放回尚未扫描的页面，然后重新扫描",
+    ),
+    "scanner_no_paper": (
+        "no paper in the feeder: load the pages (or choose the flatbed) and scan again",
+        "进纸器中没有纸：请放入纸张（或选择平板）后重新扫描",
+    ),
+    "scanner_cover_open": (
+        "the scanner's cover is open: close it and scan again",
+        "扫描仪盖板打开：请合上后重新扫描",
+    ),
+    "scanner_io_error": (
+        "the scanner stopped answering (cable pulled or switched off?): check it and scan again",
+        "扫描仪停止响应（数据线被拔出或已关机？）：请检查后重新扫描",
+    ),
+    "scanner_no_memory": (
+        "the scanner ran out of memory: choose a lower resolution",
+        "扫描仪内存不足：请选择较低的分辨率",
+    ),
+    "scanner_denied": (
+        "access to the scanner was refused (it may need a password or be locked on its panel)",
+        "扫描仪拒绝访问（可能需要密码，或在面板上被锁定）",
+    ),
+    "scanner_gone": (
+        "the scanner {device} is not there any more (unplugged or switched off?): {detail}",
+        "扫描仪 {device} 已不在（已拔出或关机？）：{detail}",
+    ),
+    "scanner_failed": (
+        "the scan failed (SANE status {status}): {detail}",
+        "扫描失败（SANE 状态 {status}）：{detail}",
+    ),
+    "scanner_stalled": (
+        "the scanner showed no progress for {seconds} s and was stopped; the pages before it are kept",
+        "扫描仪 {seconds} 秒没有进展，已停止；之前的页面已保留",
+    ),
+    "scanner_unknown": (
+        "no scanner {device} here: look for scanners again",
+        "这里没有扫描仪 {device}：请重新查找扫描仪",
+    ),
+    "scan_full": (
+        "this scan has {limit} pages, the most one job may have",
+        "本次扫描已有 {limit} 页，已达单个任务上限",
+    ),
+    "scan_no_pages": ("nothing scanned yet", "还没有扫描任何页面"),
+    "scan_not_found": ("no scan {id} (finished or deleted)", "没有扫描 {id}（已完成或已删除）"),
+    "scan_page_not_found": ("no page {n} in this scan", "本次扫描中没有第 {n} 页"),
 }
 
 _FIELD = re.compile(r"{(\w+)}")

@@ -16,9 +16,21 @@ from appliance import export
 from appliance.jobs import DONE, FAILED
 from appliance.messages import Text
 from appliance.ocr.tasks import Request
+from appliance.scanner import find_scanners, read_choices
 from webui import errors, render, security
 from webui.openapi import document as openapi_document
-from webui.services import backend, job_json, jobs, runtime_config, scan_state, submit
+from webui.services import (
+    backend,
+    job_json,
+    jobs,
+    runtime_config,
+    scan_json,
+    scan_state,
+    scanner_device,
+    scans,
+    submit,
+    submit_scan,
+)
 
 bp = Blueprint("api", __name__)
 
@@ -224,6 +236,101 @@ def kiosk_alive():
 @bp.get("/scan")
 def scan():
     return jsonify(scan_state())
+
+
+# -- scanners (SANE): the kiosk's scanner page drives these; a scan's pages become one job --
+
+
+@bp.get("/scanners")
+def scanners():
+    found = find_scanners()
+    backend().scanners_seen.update(s.device for s in found)
+    return jsonify({"scanners": [s.to_dict() for s in found]})
+
+
+@bp.get("/scanners/options")
+def scanner_options():
+    device = scanner_device(request.args.get("device", ""))
+    return jsonify({"device": device, **read_choices(device).to_dict()})
+
+
+@bp.post("/scanners/scans")
+def scanner_scan():
+    """Scan with `device` (+ source, resolution, mode): into scan `scan` when given (more pages), else a new one;
+    `preview: true` scans a quick low-resolution preview instead of a page. 202: poll GET /scanners/scans/<id>."""
+    body = request.get_json(silent=True) or {}
+    device = scanner_device(str(body.get("device", "")))
+    scan = scans().get(str(body["scan"])) if body.get("scan") else scans().new()
+    resolution = body.get("resolution")
+    if resolution is not None and not (isinstance(resolution, int) and 25 <= resolution <= 4800):
+        raise errors.BadRequest(f"resolution: a whole number of dpi from 25 to 4800, not {resolution!r}")
+    scans().start(
+        scan,
+        device,
+        source=body.get("source") or None,
+        resolution=resolution,
+        mode=body.get("mode") or None,
+        preview=bool(body.get("preview")),
+    )
+    response = jsonify(scan_json(scan))
+    response.status_code = 202
+    response.headers["Location"] = url_for("api.scanner_scan_state", scan_id=scan.id)
+    return response
+
+
+@bp.get("/scanners/scans/<scan_id>")
+def scanner_scan_state(scan_id):
+    return jsonify(scan_json(scans().get(scan_id)))
+
+
+@bp.get("/scanners/scans/<scan_id>/pages/<int:number>")
+def scanner_page(scan_id, number):
+    """A scanned page (0: the preview) as a JPEG for the screen: ?size=thumb for the page list."""
+    path = scans().get(scan_id).page(number)
+    image = render.page_preview(path, path.name, 1)
+    if request.args.get("size") == "thumb":
+        image.thumbnail((360, 360))
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=85)
+    response = Response(buf.getvalue(), mimetype="image/jpeg")
+    response.headers["Cache-Control"] = "no-store"  # page numbers move when a page is removed
+    return response
+
+
+@bp.delete("/scanners/scans/<scan_id>/pages/<int:number>")
+def scanner_remove_page(scan_id, number):
+    scan = scans().get(scan_id)
+    scans().remove_page(scan, number)
+    return jsonify(scan_json(scan))
+
+
+@bp.post("/scanners/scans/<scan_id>/cancel")
+def scanner_cancel(scan_id):
+    scan = scans().get(scan_id)
+    scans().cancel(scan)
+    return jsonify(scan_json(scan))
+
+
+@bp.post("/scanners/scans/<scan_id>/job")
+def scanner_job(scan_id):
+    """The scan's pages as one job (task and options as for POST /jobs); the scan is gone afterwards."""
+    body = request.get_json(silent=True) or {}
+    req = Request.make(
+        body.get("task") or runtime_config().default_task,
+        fields=body.get("fields"),
+        target_lang=body.get("target_lang"),
+    )
+    job = submit_scan(scan_id, req)
+    response = jsonify(job_json(job))
+    response.status_code = 202
+    response.headers["Location"] = url_for("api.job_status", job_id=job.id)
+    return response
+
+
+@bp.delete("/scanners/scans/<scan_id>")
+def scanner_delete(scan_id):
+    scans().delete(scans().get(scan_id))
+    return "", 204
 
 
 @bp.get("/openapi.json")

@@ -1,4 +1,5 @@
-"""The web app's backend as a Flask extension: the one job queue, the engine it runs and the scan folder's thread.
+"""The web app's backend as a Flask extension: the one job queue, the engine it runs, the scanners' scans and the
+scan folder's thread.
 
 `Backend(app)` (or `init_app`) makes them from the app's config and the image's runtime config and stores itself in
 `app.extensions["backend"]`; `close()` stops the scan folder (after its current file) and the queue's worker.
@@ -15,6 +16,7 @@ from flask import Flask
 
 from appliance import runtime
 from appliance.jobs import Jobs
+from appliance.scanner import Scans
 
 KEY = "backend"
 
@@ -25,6 +27,8 @@ class Backend:
         self.scanner = None  # appliance.scan.WatcherThread when the app runs the scan folder
         self.kiosk_seen: float | None = None  # epoch of the kiosk page's last check-in (GET /kiosk/alive)
         self.sync_slots: threading.BoundedSemaphore | None = None  # POST /ocr requests waiting (SYNC_SLOTS)
+        self.scans: Scans | None = None  # scans from the scanners (SANE), each on its way to one job
+        self.scanners_seen: set[str] = set()  # device names a scanner listing returned: the only ones scanned
         if app is not None:
             self.init_app(app)
 
@@ -38,6 +42,7 @@ class Backend:
         self.jobs = config["JOBS"] or Jobs(
             Path(config["DATA_DIR"]), self._open_engine, config["MAX_QUEUE"], config["MAX_JOB_PAGES"]
         )
+        self.scans = Scans(Path(config["DATA_DIR"]) / "scanner", config["MAX_JOB_PAGES"])
         if config["SCAN_DIR"]:
             from appliance.scan import JobsRecognizer, WatcherThread
 
@@ -61,7 +66,10 @@ class Backend:
         return choose(self.engine, self.model_dir, self.vllm_url)
 
     def close(self, timeout: float = 30) -> None:
-        """Stop the scan folder, then the queue (queued jobs stay queued for the next start). Safe to call twice."""
+        """Stop the scanners' runs and the scan folder, then the queue (queued jobs stay queued for the next start).
+        Safe to call twice."""
+        if self.scans is not None:
+            self.scans.close()  # their finished pages stay on disk
         if self.scanner is not None:
             self.scanner.stop(timeout)  # finishes its current file first
         if self.jobs is not None:

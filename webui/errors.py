@@ -9,6 +9,7 @@ from appliance.jobs import CRASHED, JobNotFound, PageLimit, QueueFull
 from appliance.messages import Text, message_of
 from appliance.ocr import images
 from appliance.ocr.errors import EngineUnavailable, InputError, TaskNotSupported
+from appliance.scanner import ScannerBusy, ScannerError, ScanNotFound
 
 
 class BadRequest(Exception):
@@ -40,6 +41,9 @@ STATUSES: tuple[tuple[type[BaseException], int, str], ...] = (
     (Busy, 503, "busy"),
     (EngineUnavailable, 503, "engine unavailable"),
     (JobNotFound, 404, "not found"),
+    (ScanNotFound, 404, "not found"),
+    (ScannerBusy, 409, "scanner busy"),
+    (ScannerError, 502, "scanner error"),  # the scanner, not the request, failed: jam, cover open, gone
 )
 # What to do about it, after the exception's own words (appliance.messages ids).
 ADVICE = {

@@ -3,6 +3,7 @@ JSON, and the scan folder's state. The `ui` and `api` blueprints import from her
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from flask import current_app, url_for
@@ -11,6 +12,7 @@ from appliance import export
 from appliance.jobs import RUNNING, Job, Jobs
 from appliance.messages import Text
 from appliance.runtime import Runtime
+from appliance.scanner import Scan, Scans, find_scanners
 from webui import errors, i18n
 from webui.backend import KEY, Backend
 
@@ -34,6 +36,39 @@ def submit(data: bytes, name: str, req) -> Job:
         raise errors.BadRequest(Text("upload_empty", name=name))
     errors.check_type(data, name)
     return jobs().submit(data, name, req)
+
+
+def scans() -> Scans:
+    return backend().scans
+
+
+def scanner_device(device: str) -> str:
+    """`device` when a scanner listing named it (a fresh listing if not yet): only devices SANE found are opened."""
+    seen = backend().scanners_seen
+    if device and device not in seen:
+        seen.update(s.device for s in find_scanners())
+    if not device or device not in seen:
+        raise errors.BadRequest(Text("scanner_unknown", device=device or "-"))
+    return device
+
+
+def submit_scan(scan_id: str, req) -> Job:
+    """A scan's pages as one multi-page TIFF job; the scan's folder goes once the job holds its own copy."""
+    scan = scans().get(scan_id)
+    tiff = scans().as_tiff(scan)
+    name = time.strftime("scan-%Y%m%d-%H%M%S.tif", time.localtime(tiff.stat().st_mtime))
+    job = submit(tiff.read_bytes(), name, req)
+    scans().delete(scan)
+    return job
+
+
+def scan_json(scan: Scan) -> dict:
+    body = scan.to_dict()
+    body["error_text"] = i18n.say(scan.error) if scan.error else None
+    body["note_text"] = i18n.say(scan.note) if scan.note else None
+    body["page_urls"] = [url_for("api.scanner_page", scan_id=scan.id, number=n) for n in range(1, body["pages"] + 1)]
+    body["preview_url"] = url_for("api.scanner_page", scan_id=scan.id, number=0) if body["preview"] else None
+    return body
 
 
 def job_json(job: Job) -> dict:

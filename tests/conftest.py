@@ -9,7 +9,10 @@ from appliance.offline import go_offline
 # Before anything imports transformers / huggingface_hub: they read these once.
 go_offline()
 
-pytest_plugins = ("llama_fixtures",)  # the real llama.cpp build, GGUF files and server (tests/llama_fixtures.py)
+pytest_plugins = (
+    "llama_fixtures",  # the real llama.cpp build, GGUF files and server (tests/llama_fixtures.py)
+    "sane_test",  # SANE's virtual scanner for the scanner tests (tests/sane_test.py)
+)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from appliance.jobs import DONE, FAILED
 from appliance.messages import Text
 from appliance.ocr.tasks import Request
 from appliance.scanner import find_scanners, read_choices
-from webui import errors, render, security
+from webui import errors, i18n, render, security
 from webui.openapi import document as openapi_document
 from webui.services import (
     backend,
@@ -56,10 +56,11 @@ def handle(exc):
 
 def error_response(status: int, error: str, detail: str, headers: dict | None = None):
     """`error`: the stable code; `detail`: English words; `message`: their appliance.messages id and values, when
-    they have one (a UI says them in its own language)."""
+    they have one (a UI says them in its own language), and `text`: those words in the UI language."""
     body = {"error": error, "detail": str(detail)}
     if isinstance(detail, Text):
         body["message"] = detail.to_dict()
+        body["text"] = i18n.say(detail)  # the words in the caller's UI language (the kiosk's pages show these)
     response = jsonify(body)
     response.status_code = status
     response.headers.update(headers or {})

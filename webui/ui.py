@@ -1,4 +1,5 @@
-"""The kiosk's pages: upload (file or USB media), progress, result with boxes, history, status, language, LAN login.
+"""The kiosk's pages: upload (file, USB media or a scanner), progress, result with boxes, history, status, language,
+LAN login.
 
 Form posts carry a CSRF token; progress polling and cancel go to the API (`webui.api`), the same one programs use.
 """
@@ -19,7 +20,7 @@ from appliance.messages import Text
 from appliance.ocr import images
 from appliance.ocr.tasks import EXTRACT_PRESETS, LANGUAGES, Request, Task
 from webui import errors, i18n, render, security, usb
-from webui.services import backend, jobs, runtime_config, scan_state, submit
+from webui.services import backend, jobs, runtime_config, scan_state, scans, submit, submit_scan
 
 bp = Blueprint("ui", __name__)
 
@@ -141,10 +142,21 @@ def _home(**context):
         in_ram=data_storage().in_ram,
         elapsed=max(0, int(time.time() - (engine.get("since") or time.time()))),
         form=request.form,
+        scan=_chosen_scan(),
         default_task=runtime_config().default_task,
         **limits(),
         **context,
     )
+
+
+def _chosen_scan() -> dict | None:
+    """The scan the scanner page sent here (?scan=ID, or the form's scan_id after an error), if it has pages."""
+    scan_id = request.values.get("scan") or request.form.get("scan_id")
+    try:
+        scan = scans().get(scan_id) if scan_id else None
+    except LookupError:
+        return None
+    return scan.to_dict() if scan and scan.to_dict()["pages"] else None
 
 
 @bp.get("/")
@@ -152,9 +164,17 @@ def home():
     return _home()
 
 
+@bp.get("/scanner")
+def scanner():
+    """Scan pages from a USB or network scanner; the page drives the API's /scanners routes, then hands the scan to
+    the start page (?scan=ID) for the task choice."""
+    return render_template("scanner.html", scan_id=request.args.get("scan", ""))
+
+
 @bp.post("/upload")
 def upload():
-    """One form, two sources: a file picked or dropped in the browser, or a file on the USB media (`usb_path`)."""
+    """One form, three sources: a file picked or dropped in the browser, a file on the USB media (`usb_path`), or
+    the pages of a scan from the scanner page (`scan_id`)."""
     form = request.form
     try:
         req = Request.make(
@@ -163,6 +183,9 @@ def upload():
             target_lang=form.get("target_lang"),
         )
         upload_file = request.files.get("file")
+        if form.get("scan_id") and not (upload_file and upload_file.filename):
+            job = submit_scan(form["scan_id"], req)
+            return redirect(url_for("ui.job", job_id=job.id), code=303)
         if upload_file and upload_file.filename:
             data, name = upload_file.read(), upload_file.filename
         elif form.get("usb_path"):

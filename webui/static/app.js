@@ -9,7 +9,7 @@ const format = (text, values) => text.replace(/\{(\w+)\}/g, (_, key) => values[k
 
 // ---- home: file choice (drop, pick, or USB) and task options ---------------------------------------------------
 function setupUpload(form) {
-  const fileInput = $("#file", form), usbPath = $("#usb-path", form);
+  const fileInput = $("#file", form), usbPath = $("#usb-path", form), scanId = $("#scan-id", form);
   const chosen = $("#chosen"), chosenName = $("#chosen-name");
   const show = (name) => { chosenName.textContent = name; chosen.hidden = !name; };
 
@@ -18,7 +18,7 @@ function setupUpload(form) {
     // Refused here, before the upload: the server's own refusal of an oversized body is a bare page.
     tooBig.hidden = !(fileInput.files.length && fileInput.files[0].size > maxBytes);
     if (!tooBig.hidden) { fileInput.value = ""; show(""); return; }
-    if (fileInput.files.length) { usbPath.value = ""; show(fileInput.files[0].name); }
+    if (fileInput.files.length) { usbPath.value = ""; scanId.value = ""; show(fileInput.files[0].name); }
   });
   const drop = $("#drop");
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
@@ -40,7 +40,7 @@ function setupUpload(form) {
     $("#fields", form).value = button.dataset.fields;
   }));
 
-  setupUsb((path, name) => { usbPath.value = path; fileInput.value = ""; show(path); });
+  setupUsb((path, name) => { usbPath.value = path; scanId.value = ""; fileInput.value = ""; show(path); });
 }
 
 // onPick(path, name) for a file; with onFolder(path) set, the dialog picks a folder instead ("Save here").
@@ -292,6 +292,115 @@ function pollScan(main) {
   setTimeout(tick, 2000);
 }
 
+// ---- scanner page: find scanners, scan pages (flatbed one at a time, the feeder its whole stack), then hand the
+// scan to the start page for the task choice. Everything goes through the API's /scanners routes.
+function setupScanner(main) {
+  const say = JSON.parse($("#scanner-messages").textContent);
+  const device = $("#scanner-device"), looking = $("#scanner-looking"), none = $("#scanner-none");
+  const settings = $("#scanner-settings"), source = $("#scanner-source"), resolution = $("#scanner-resolution");
+  const mode = $("#scanner-mode"), start = $("#scanner-start"), preview = $("#scanner-preview");
+  const cancel = $("#scanner-cancel"), progress = $("#scanner-progress"), error = $("#scanner-error");
+  const note = $("#scanner-note"), pages = $("#scanner-pages"), pagesStep = $("#scanner-pages-step");
+  let scanId = main.dataset.scanId || "", feeder = {};
+  const call = async (url, options = {}) => {
+    const response = await fetch(url, {headers: {"Content-Type": "application/json", Accept: "application/json"}, ...options});
+    const body = response.status === 204 ? {} : await response.json();
+    if (!response.ok) throw new Error(body.text || body.detail || response.statusText);
+    return body;
+  };
+  const showError = (text) => { error.textContent = text || ""; error.hidden = !text; };
+  const fill = (select, values, chosen, label) => {
+    select.replaceChildren(...values.map((value) => new Option(label(value), value, false, value === chosen)));
+    select.closest("label").hidden = !values.length;
+  };
+  const sourceLabel = (s) => s.duplex ? `${say.duplex} (${s.name})` : s.feeder ? `${say.feeder} (${s.name})` : /flatbed|platen/i.test(s.name) ? say.flatbed : s.name;
+  const modeLabel = (m) => ({gray: say.gray, grey: say.gray, grayscale: say.gray, color: say.color, colour: say.color, lineart: say.lineart, binary: say.lineart})[m.toLowerCase()] || m;
+
+  const choose = async () => {
+    settings.hidden = true;
+    showError("");
+    if (!device.value) return;
+    try {
+      const options = await call(`${main.dataset.optionsUrl}?device=${encodeURIComponent(device.value)}`);
+      feeder = Object.fromEntries(options.sources.map((s) => [s.name, s.feeder]));
+      fill(source, options.sources.map((s) => s.name), options.source, (name) => sourceLabel(options.sources.find((s) => s.name === name)));
+      fill(resolution, options.resolutions.map(String), String(options.resolution), (r) => `${r} dpi`);
+      fill(mode, options.modes, options.mode, modeLabel);
+      syncPreview();
+      settings.hidden = false;
+    } catch (err) { showError(err.message); }
+  };
+  const syncPreview = () => { preview.hidden = Boolean(feeder[source.value]); };  // a preview would use up a sheet
+  source.addEventListener("change", syncPreview);
+
+  const find = async () => {
+    looking.hidden = false; none.hidden = true; device.hidden = true;
+    try {
+      const found = (await call(main.dataset.listUrl)).scanners;
+      const previous = device.value;
+      device.replaceChildren(...found.map((s) => new Option(s.label, s.device)));
+      if (found.some((s) => s.device === previous)) device.value = previous;
+      device.hidden = !found.length; none.hidden = Boolean(found.length);
+      await choose();
+    } catch (err) { showError(err.message); }
+    looking.hidden = true;
+  };
+
+  const show = (scan) => {
+    const busy = scan.state === "scanning";
+    start.disabled = preview.disabled = device.disabled = busy;
+    cancel.hidden = !busy;
+    progress.textContent = !busy ? "" : scan.preview_running
+      ? format(say.previewing, {percent: Math.round(scan.progress || 0)})
+      : format(say.scanning, {n: scan.pages + 1, percent: Math.round(scan.progress || 0)});
+    showError(scan.error_text);
+    note.textContent = scan.note_text || ""; note.hidden = !scan.note_text;
+    const image = $("#scanner-preview-image");
+    if (scan.preview_url && !busy) { image.src = `${scan.preview_url}?t=${Date.now()}`; image.hidden = false; }
+    pagesStep.hidden = !scan.pages;
+    $("#scanner-pages-title").textContent = format(say.pages_title, {n: scan.pages});
+    $("#scanner-use").href = `${main.dataset.homeUrl}?scan=${scan.id}`;
+    if (pages.dataset.shown !== `${scan.pages}`) {
+      pages.dataset.shown = `${scan.pages}`;
+      pages.replaceChildren(...scan.page_urls.map((url, i) => {
+        const li = document.createElement("li"), img = document.createElement("img"), remove = document.createElement("button");
+        img.src = `${url}?size=thumb&t=${Date.now()}`; img.alt = format(say.page, {n: i + 1});
+        remove.type = "button"; remove.className = "secondary"; remove.textContent = say.remove;
+        remove.addEventListener("click", async () => { try { pages.dataset.shown = ""; show(await call(url, {method: "DELETE"})); } catch (err) { showError(err.message); } });
+        li.append(img, Object.assign(document.createElement("span"), {textContent: format(say.page, {n: i + 1})}), remove);
+        return li;
+      }));
+    }
+    if (busy) setTimeout(poll, 500);
+  };
+  const poll = async () => {
+    try { show(await call(`${main.dataset.scansUrl}/${scanId}`)); } catch (err) { showError(err.message); }
+  };
+  const scan = async (asPreview) => {
+    showError("");
+    try {
+      const body = {device: device.value, source: source.value || null, mode: mode.value || null,
+                    resolution: resolution.value ? Number(resolution.value) : null, preview: asPreview, scan: scanId || null};
+      const state = await call(main.dataset.scansUrl, {method: "POST", body: JSON.stringify(body)});
+      scanId = state.id;
+      history.replaceState(null, "", `?scan=${scanId}`);  // a reload keeps this scan's pages
+      show(state);
+    } catch (err) { showError(err.message); }
+  };
+  start.addEventListener("click", () => scan(false));
+  preview.addEventListener("click", () => scan(true));
+  cancel.addEventListener("click", async () => { try { show(await call(`${main.dataset.scansUrl}/${scanId}/cancel`, {method: "POST"})); } catch (err) { showError(err.message); } });
+  $("#scanner-discard").addEventListener("click", async () => {
+    if (!confirm(say.confirm_discard)) return;
+    try { await call(`${main.dataset.scansUrl}/${scanId}`, {method: "DELETE"}); } catch (err) { showError(err.message); }
+    scanId = ""; history.replaceState(null, "", location.pathname); pagesStep.hidden = true; pages.dataset.shown = "";
+  });
+  device.addEventListener("change", choose);
+  $("#scanner-refresh").addEventListener("click", find);
+  find();
+  if (scanId) poll();
+}
+
 // ---- the kiosk: pages opened by `appliance kiosk` (?kiosk=1, remembered for the tab) check in every few seconds,
 // so the supervisor can restart a browser whose page died; while the web app is away they say so, and they reload
 // once it is back (the start page, or this job's page).
@@ -321,6 +430,8 @@ document.addEventListener("DOMContentLoaded", () => {
   if (main && ["queued", "running"].includes(main.dataset.state)) pollJob(main);
   const starting = $("main[data-engine-state=loading]");
   if (starting) followEngine(starting);
+  const scannerMain = $("main[data-scanner]");
+  if (scannerMain) setupScanner(scannerMain);
   const scanMain = $("main[data-scan-url]");
   if (scanMain) pollScan(scanMain);
   setupResult();

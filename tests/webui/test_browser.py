@@ -792,3 +792,67 @@ def test_server_messages_are_said_in_chinese(browser, cpu_server, tmp_path):
         page.goto(cpu_server.url + "/lang/en?next=/")  # the browser is shared: the other tests read English
         page.close()
     assert problems == []
+
+
+def test_scanner_page_scans_cancels_says_errors_in_chinese_then_one_job(page, cpu_server, sane):
+    """SANE's virtual scanner through the scanner page: a flatbed page, a feeder stack cancelled after its first
+    pages (kept), a paper jam said in Chinese, then the start page's task choice makes one job of every page."""
+    # ~3 s a page at 150 dpi: the stack is still going when the test presses Cancel
+    slow = {"read-limit": "true", "read-limit-size": "16384", "read-delay": "true", "read-delay-duration": "200000"}
+    page.goto(cpu_server.url + "/scanner")
+    page.wait_for_selector("#scanner-settings:not([hidden])", timeout=60_000)
+    page.select_option("#scanner-device", "test:0")
+    page.wait_for_function("() => document.querySelector('#scanner-source').options.length === 2")
+    assert page.locator("#scanner-resolution").input_value() == "300"
+    assert page.locator("#scanner-mode option:checked").inner_text() == "Grey (best for text)"
+    page.select_option("#scanner-resolution", "150")
+    page.click("#scanner-start")
+    page.wait_for_selector("#scanner-pages li", timeout=60_000)
+    assert page.locator("#scanner-pages-title").inner_text() == "3. Scanned pages: 1"
+    scan_id = page.url.split("?scan=")[1]  # the page keeps its scan in the address: a reload keeps the pages
+
+    sane(slow)
+    page.select_option("#scanner-source", "Automatic Document Feeder")
+    assert page.locator("#scanner-preview").is_hidden()  # a preview would use up a sheet of the stack
+    page.click("#scanner-start")
+    page.wait_for_selector("#scanner-cancel:not([hidden])")
+    page.wait_for_function("() => document.querySelectorAll('#scanner-pages li').length >= 2", timeout=60_000)
+    page.click("#scanner-cancel")
+    page.wait_for_selector("#scanner-note:not([hidden])", timeout=30_000)
+    assert "pages scanned before it are kept" in page.locator("#scanner-note").inner_text()
+    kept = page.locator("#scanner-pages li").count()
+    assert 2 <= kept < 11
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SHOTS / "scanner.png", full_page=True)
+    layout = page.evaluate(LAYOUT_JS, [TOUCH_TARGETS, TOUCH_PX])
+    assert layout["small"] == [] and layout["scrollWidth"] <= layout["innerWidth"]
+
+    sane({"read-status-code": '"SANE_STATUS_JAMMED"'})
+    page.click("a[data-lang=zh]")  # the page reloads with ?scan=ID: its pages are still there
+    try:
+        page.wait_for_selector("#scanner-settings:not([hidden])", timeout=60_000)
+        page.select_option("#scanner-device", "test:0")
+        page.wait_for_function("() => document.querySelector('#scanner-source').options.length === 2")
+        page.click("#scanner-start")
+        page.wait_for_selector("#scanner-error:not([hidden])", timeout=30_000)
+        assert "卡纸" in page.locator("#scanner-error").inner_text()
+        assert page.locator("#scanner-pages li").count() == kept
+        page.screenshot(path=SHOTS / "scanner-zh-jam.png", full_page=True)
+    finally:
+        page.goto(cpu_server.url + "/lang/en?next=/")  # the browser is shared: the other tests read English
+
+    page.goto(cpu_server.url + "/")
+    page.click("#scanner-open")
+    page.wait_for_url("**/scanner**")
+    page.goto(f"{cpu_server.url}/scanner?scan={scan_id}")
+    page.wait_for_selector("#scanner-pages-step:not([hidden])", timeout=30_000)
+    page.click("#scanner-use")
+    page.wait_for_url(f"**/?scan={scan_id}")
+    assert page.locator("#chosen-name").inner_text() == f"scanned pages ({kept})"
+    page.check("input[value=text]", force=True)
+    page.click("#start")
+    page.wait_for_url("**/job/*")
+    page.wait_for_selector("main[data-job][data-state=done]", timeout=120_000)
+    assert re.fullmatch(r"scan-\d{8}-\d{6}\.tif", page.locator("h1.job-name").inner_text())
+    job = cpu_server.jobs.get(page.url.rsplit("/", 1)[1])
+    assert job.state == "done" and job.pages_total == kept

@@ -301,7 +301,7 @@ function setupScanner(main) {
   const mode = $("#scanner-mode"), start = $("#scanner-start"), preview = $("#scanner-preview");
   const cancel = $("#scanner-cancel"), progress = $("#scanner-progress"), error = $("#scanner-error");
   const note = $("#scanner-note"), pages = $("#scanner-pages"), pagesStep = $("#scanner-pages-step");
-  let scanId = main.dataset.scanId || "", feeder = {};
+  let scanId = main.dataset.scanId || "", feeder = {}, timer = null, seq = 0;  // seq: only the newest answer shows
   const call = async (url, options = {}) => {
     const response = await fetch(url, {headers: {"Content-Type": "application/json", Accept: "application/json"}, ...options});
     const body = response.status === 204 ? {} : await response.json();
@@ -309,6 +309,15 @@ function setupScanner(main) {
     return body;
   };
   const showError = (text) => { error.textContent = text || ""; error.hidden = !text; };
+  // The scan in the address, and in the language links' way back: a reload or a language switch keeps its pages.
+  const remember = (search) => {
+    history.replaceState(null, "", location.pathname + search);
+    $$(".langs a").forEach((a) => {
+      const url = new URL(a.href);
+      url.searchParams.set("next", location.pathname + search);
+      a.href = url.pathname + url.search;
+    });
+  };
   const fill = (select, values, chosen, label) => {
     select.replaceChildren(...values.map((value) => new Option(label(value), value, false, value === chosen)));
     select.closest("label").hidden = !values.length;
@@ -366,34 +375,38 @@ function setupScanner(main) {
         const li = document.createElement("li"), img = document.createElement("img"), remove = document.createElement("button");
         img.src = `${url}?size=thumb&t=${Date.now()}`; img.alt = format(say.page, {n: i + 1});
         remove.type = "button"; remove.className = "secondary"; remove.textContent = say.remove;
-        remove.addEventListener("click", async () => { try { pages.dataset.shown = ""; show(await call(url, {method: "DELETE"})); } catch (err) { showError(err.message); } });
+        remove.addEventListener("click", () => { pages.dataset.shown = ""; ask(url, {method: "DELETE"}); });
         li.append(img, Object.assign(document.createElement("span"), {textContent: format(say.page, {n: i + 1})}), remove);
         return li;
       }));
     }
-    if (busy) setTimeout(poll, 500);
+    clearTimeout(timer);
+    if (busy) timer = setTimeout(poll, 500);
   };
-  const poll = async () => {
-    try { show(await call(`${main.dataset.scansUrl}/${scanId}`)); } catch (err) { showError(err.message); }
+  // Every request for the scan's state goes through here: an answer overtaken by a newer request is dropped.
+  const ask = async (url, options) => {
+    const mine = ++seq;
+    try {
+      const state = await call(url, options);
+      if (mine === seq) show(state);
+      return state;
+    } catch (err) { if (mine === seq) showError(err.message); return null; }
   };
+  const poll = () => ask(`${main.dataset.scansUrl}/${scanId}`);
   const scan = async (asPreview) => {
     showError("");
-    try {
-      const body = {device: device.value, source: source.value || null, mode: mode.value || null,
-                    resolution: resolution.value ? Number(resolution.value) : null, preview: asPreview, scan: scanId || null};
-      const state = await call(main.dataset.scansUrl, {method: "POST", body: JSON.stringify(body)});
-      scanId = state.id;
-      history.replaceState(null, "", `?scan=${scanId}`);  // a reload keeps this scan's pages
-      show(state);
-    } catch (err) { showError(err.message); }
+    const body = {device: device.value, source: source.value || null, mode: mode.value || null,
+                  resolution: resolution.value ? Number(resolution.value) : null, preview: asPreview, scan: scanId || null};
+    const state = await ask(main.dataset.scansUrl, {method: "POST", body: JSON.stringify(body)});
+    if (state) { scanId = state.id; remember(`?scan=${scanId}`); }
   };
   start.addEventListener("click", () => scan(false));
   preview.addEventListener("click", () => scan(true));
-  cancel.addEventListener("click", async () => { try { show(await call(`${main.dataset.scansUrl}/${scanId}/cancel`, {method: "POST"})); } catch (err) { showError(err.message); } });
+  cancel.addEventListener("click", () => ask(`${main.dataset.scansUrl}/${scanId}/cancel`, {method: "POST"}));
   $("#scanner-discard").addEventListener("click", async () => {
     if (!confirm(say.confirm_discard)) return;
     try { await call(`${main.dataset.scansUrl}/${scanId}`, {method: "DELETE"}); } catch (err) { showError(err.message); }
-    scanId = ""; history.replaceState(null, "", location.pathname); pagesStep.hidden = true; pages.dataset.shown = "";
+    scanId = ""; remember(""); pagesStep.hidden = true; pages.dataset.shown = "";
   });
   device.addEventListener("change", choose);
   $("#scanner-refresh").addEventListener("click", find);

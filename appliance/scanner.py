@@ -426,7 +426,7 @@ class Scans:
             raise ScannerBusy(Text("scanner_busy_here"))
         pages = scan.pages()
         if not pages:
-            raise ScannerError(Text("scan_no_pages"))
+            raise ValueError(Text("scan_no_pages"))  # the request's fault, not the scanner's
         return pages
 
     def close(self) -> None:

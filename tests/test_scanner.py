@@ -43,7 +43,8 @@ def test_finds_the_virtual_scanner_and_what_it_offers(sane):
     [
         # sane-airscan
         (
-            "    --mode Color|Gray [Color]\n    --resolution 75|150|300|600dpi [300]\n    --source Flatbed|ADF [ADF]\n",
+            "    --mode Color|Gray [Color]\n    --resolution 75|150|300|600dpi [300]\n"
+            "    --source Flatbed|ADF [ADF]\n",
             dict(sources=("Flatbed", "ADF"), source="ADF", modes=("Color", "Gray"), mode="Gray", resolution=300),
         ),
         # pnm: no source, no mode, 'auto' first; a scanner without 300 dpi gets the nearest
@@ -172,5 +173,5 @@ def test_preview_is_not_a_page(sane, scans):
     assert state["preview"] and state["pages"] == 0
     with Image.open(scan.page(0)) as preview:
         assert preview.info["dpi"][0] == pytest.approx(scanner.PREVIEW_RESOLUTION, abs=1)
-    with pytest.raises(scanner.ScannerError, match="nothing scanned"):
+    with pytest.raises(ValueError, match="nothing scanned"):
         scans.as_tiff(scan)

@@ -345,6 +345,8 @@ MESSAGES = {
     "error_busy": ("busy", "繁忙"),
     "error_engine_unavailable": ("engine unavailable", "识别引擎不可用"),
     "error_not_found": ("not found", "未找到"),
+    "error_scanner_busy": ("scanner busy", "扫描仪正忙"),
+    "error_scanner_error": ("scanner error", "扫描仪出错"),
     "error_internal_error": ("internal error", "内部错误"),
     "error_file_too_large": ("file too large", "文件过大"),
     "error_too_many_form_parts": ("too many form parts", "表单字段过多"),

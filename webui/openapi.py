@@ -20,6 +20,90 @@ def _job_id() -> dict:
     return {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
+def _scan_paths() -> dict:
+    """The scanner routes (SANE): list, options, then a scan filled by one or more runs, then one job of its pages."""
+    scan_id = {"name": "scan_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    number = {"name": "number", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}
+    scan = {
+        "description": "the scan: `id`, `device`, `state` (scanning, ready, failed), `preview_running`, `pages`, "
+        "`preview`, `progress` (percent of the page being scanned), `error` / `error_text` (jam, cover open, no "
+        "paper, gone: what to do), `note` / `note_text` (cancelled), `page_urls`, `preview_url`",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+    not_found = _error("no such scan or page")
+    return {
+        "/scanners": {
+            "get": {
+                "summary": "The scanners SANE finds now (USB; network scanners where discovery is on)",
+                "responses": {"200": {"description": "`scanners`: `device`, `label`, `vendor`, `model`, `kind`"}},
+            }
+        },
+        "/scanners/options": {
+            "get": {
+                "summary": "What one scanner offers: sources (`feeder`, `duplex`), modes, resolutions, defaults",
+                "parameters": [{"name": "device", "in": "query", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "the choices"}, "400": _error("not a scanner SANE found")},
+            }
+        },
+        "/scanners/scans": {
+            "post": {
+                "summary": "Scan: JSON `device`, `source`, `resolution`, `mode`, `scan` (add pages to that scan), "
+                "`preview` (a low-resolution preview, not a page). The flatbed scans one page, a feeder its stack",
+                "responses": {
+                    "202": scan,
+                    "400": _error("not a scanner SANE found, or a bad option"),
+                    "409": _error("this scan or this scanner is already scanning"),
+                    "502": _error("the scanner failed"),
+                },
+            }
+        },
+        "/scanners/scans/{scan_id}": {
+            "get": {
+                "summary": "The scan's state",
+                "parameters": [scan_id],
+                "responses": {"200": scan, "404": not_found},
+            },
+            "delete": {
+                "summary": "Discard the scan and its pages",
+                "parameters": [scan_id],
+                "responses": {"204": {"description": "gone"}, "404": not_found},
+            },
+        },
+        "/scanners/scans/{scan_id}/pages/{number}": {
+            "get": {
+                "summary": "A page as JPEG (0: the preview); `?size=thumb` for a small one",
+                "parameters": [scan_id, number],
+                "responses": {"200": {"description": "image/jpeg"}, "404": not_found},
+            },
+            "delete": {
+                "summary": "Remove a page (the later ones move up)",
+                "parameters": [scan_id, number],
+                "responses": {"200": scan, "404": not_found, "409": _error("scanning")},
+            },
+        },
+        "/scanners/scans/{scan_id}/cancel": {
+            "post": {
+                "summary": "Stop the running scan; the pages finished before it stay",
+                "parameters": [scan_id],
+                "responses": {"200": scan, "404": not_found},
+            }
+        },
+        "/scanners/scans/{scan_id}/job": {
+            "post": {
+                "summary": "The scan's pages as one multi-page TIFF job (JSON `task`, `fields`, `target_lang` as for "
+                "POST /jobs); the scan is gone afterwards",
+                "parameters": [scan_id],
+                "responses": {
+                    "202": {"description": "the job (poll GET /jobs/{job_id})"},
+                    "404": not_found,
+                    "400": _error("no pages yet"),
+                    "409": _error("still scanning"),
+                },
+            }
+        },
+    }
+
+
 def document(config, runtime) -> dict:
     """`runtime`: the image's runtime config (appliance.runtime.Runtime), for the defaults it sets."""
     tasks = [t.value for t in Task] + sorted(ALIASES)
@@ -444,6 +528,7 @@ def document(config, runtime) -> dict:
                     },
                 }
             },
+            **_scan_paths(),
             "/openapi.json": {
                 "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}
             },

@@ -32,10 +32,12 @@ def engine(gate):
 def assert_error(response, status: int, *words: str) -> dict:
     assert response.status_code == status, response.get_data(as_text=True)
     body = response.get_json()
-    # `message` (the detail's id and values, for a UI in another language) comes where the detail has an id.
-    assert set(body) - {"message"} == {"error", "detail"} and body["detail"]
+    # `message` (the detail's id and values) and `text` (its words in the UI's language) come where the detail has
+    # an id; the client here asks in no language, so `text` is the English detail.
+    assert set(body) - {"message", "text"} == {"error", "detail"} and body["detail"]
+    assert ("message" in body) == ("text" in body)
     if "message" in body:
-        assert Text.from_dict(body["message"]) == body["detail"]
+        assert Text.from_dict(body["message"]) == body["detail"] == body["text"]
     for word in words:
         assert word.lower() in (body["error"] + " " + body["detail"]).lower()
     return body

@@ -1,5 +1,5 @@
-"""The API's /scanners routes and the pages' scanner hand-over, over SANE's virtual `test` scanner (tests/sane_test.py)
-and the fake engine."""
+"""The API's /scanners routes and the pages' scanner hand-over, over SANE's virtual `test` scanner
+(tests/sane_test.py) and the fake engine."""
 
 from __future__ import annotations
 

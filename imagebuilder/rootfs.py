@@ -42,6 +42,10 @@ set -e
 useradd --system --user-group --home-dir /srv/ocr --no-create-home --shell /usr/sbin/nologin ocr
 useradd --create-home --user-group --shell /usr/sbin/nologin --groups video,render,input,audio kiosk
 usermod --password '!*' root  # locked: no password can match
+# SANE: sane-airscan's eSCL backend supersedes SANE's own `escl` (which would list each network scanner twice);
+# `net` (scanners shared by other machines' saned) is not for an appliance that contacts nobody.
+sed -i -e 's/^escl$/#escl  (sane-airscan: airscan)/' -e 's/^net$/#net  (the appliance contacts nobody)/' \
+    /etc/sane.d/dll.conf
 """
 
 

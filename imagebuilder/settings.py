@@ -108,6 +108,14 @@ SETTINGS: tuple[Setting, ...] = (
         image=True,
     ),
     Setting("lan_token", "str", "", "bearer token the API demands in LAN mode", image=True, secret=True),
+    Setting(
+        "scanner_discovery",
+        "bool",
+        True,
+        "LAN mode: find network scanners (driverless eSCL/WSD through sane-airscan, mDNS through avahi; multicast "
+        "probes on the LAN when the scanner page looks) and USB MFPs that only speak IPP-over-USB (ipp-usb); "
+        "off, or outside LAN mode: USB scanners with a SANE driver only, and no multicast",
+    ),
     # GPU stack (gpu profile). gpu_stack empty = no GPU stack (the cpu image). Checked by imagebuilder/stack.py
     # before anything is downloaded; the lock's pins can be overridden one by one, and every pair is re-checked.
     Setting(

@@ -25,8 +25,14 @@ def parse_marker(text: str) -> dict:
     return out
 
 
-def guest_traffic(pcap: Path, allow_dhcp: bool) -> list[str]:
-    """Frames the guest sent on its own: anything but ARP, DHCP (LAN mode) and replies from its port 8000."""
+# Multicast probes that look for network scanners (WS-Discovery, mDNS): LAN mode's scanner_discovery sends them
+# when the scanner page lists scanners. They ask who is there; they connect to nobody.
+DISCOVERY = {("239.255.255.250", 3702), ("224.0.0.251", 5353)}
+
+
+def guest_traffic(pcap: Path, allow_dhcp: bool, allow_discovery: bool = False) -> list[str]:
+    """Frames the guest sent on its own: anything but ARP, DHCP and scanner discovery (LAN mode) and replies from
+    its port 8000."""
     if not pcap.exists():
         return []
     data = pcap.read_bytes()
@@ -52,6 +58,8 @@ def guest_traffic(pcap: Path, allow_dhcp: bool) -> list[str]:
             if proto == 17 and sport == 68 and dport == 67 and allow_dhcp:
                 continue
             if proto == 6 and sport == 8000:
+                continue
+            if proto == 17 and allow_discovery and (dst, dport) in DISCOVERY:
                 continue
             seen.append(f"ipv4 proto={proto} {dst}:{dport}")
         else:

@@ -188,6 +188,73 @@ def kiosk_back(screen: str) -> bool:
     return all(words in screen for words in KIOSK_TEXT) and KIOSK_RECONNECTING not in screen
 
 
+def pgm_gz(png: bytes) -> bytes:
+    """A page as a gzipped binary PGM: what SANE's `pnm` virtual scanner reads (a text page compresses ~50x)."""
+    import gzip
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.open(io.BytesIO(png)).convert("L").save(out, format="PPM")  # mode L: P5 (PGM)
+    return gzip.compress(out.getvalue(), mtime=0)
+
+
+def check_scanner(vm: Vm, token: str, result: dict, timeout: float = 600) -> list[str]:
+    """A scanner plugged in after boot is found and its page read, through the API the scanner page uses: the
+    debug shell turns on SANE's `pnm` virtual scanner (it "scans" /tmp/input.ppm) with a page of OCR_TEXT on it;
+    GET /scanners must list it, POST /scanners/scans scan it, and the scan's job read OCR_TEXT back."""
+    started = time.monotonic()
+    data = base64.encodebytes(pgm_gz(text_png(OCR_TEXT, 940))).decode()  # 76-character lines: under the tty's limit
+    status, said = vm.shell(
+        "echo pnm > /etc/sane.d/dll.d/boot-test && base64 -d <<'PAGE' | gunzip > /tmp/input.ppm\n"
+        f"{data}PAGE\nchmod 644 /tmp/input.ppm",
+        timeout=120,
+    )
+    if status != 0:
+        return [f"scanner: could not set up the virtual scanner in the guest ({status}): {said[-300:]!r}"]
+    try:
+        status, body = vm.http("/scanners", token, timeout=120)
+        devices = [s["device"] for s in json.loads(body).get("scanners", [])] if status == 200 else []
+        result["scanner_devices"] = devices
+        if "pnm:0" not in devices:
+            return [f"GET /scanners: {status}, devices {devices}: the virtual scanner pnm:0 is not listed"]
+        status, body = vm.http("/scanners/scans", token, timeout=60, body={"device": "pnm:0", "resolution": 150})
+        if status != 202:
+            return [f"POST /scanners/scans: {status} {body[:300]!r}"]
+        scan_id = json.loads(body)["id"]
+        deadline = time.monotonic() + timeout
+        state = {}
+        while time.monotonic() < deadline:
+            status, body = vm.http(f"/scanners/scans/{scan_id}", token, timeout=30)
+            state = json.loads(body) if status == 200 else {}
+            if state.get("state") not in ("scanning", None):
+                break
+            time.sleep(2)
+        result["scanner_scan"] = {k: state.get(k) for k in ("state", "pages", "error_text")}
+        if state.get("state") != "ready" or state.get("pages") != 1:
+            return [f"scanner: the scan ended {state.get('state')} with {state.get('pages')} page(s): {state}"]
+        status, body = vm.http(f"/scanners/scans/{scan_id}/job", token, timeout=60, body={"task": "text"})
+        if status != 202:
+            return [f"POST /scanners/scans/{scan_id}/job: {status} {body[:300]!r}"]
+        job_id = json.loads(body)["id"]
+        job = {}
+        while time.monotonic() < deadline:
+            job = job_state(vm, token, job_id)
+            if job.get("state") in ("done", "failed", "cancelled"):
+                break
+            time.sleep(3)
+        status, text = vm.http(f"/jobs/{job_id}/result?format=txt", token, timeout=60)
+        text = text.decode(errors="replace").strip() if status == 200 else ""
+        result["scanner_text"] = text
+        result["scanner_seconds"] = round(time.monotonic() - started, 1)
+        if job.get("state") != "done" or cer(OCR_TEXT, text) > FULL_PAGE_MAX_CER:
+            return [f"scanner: the scanned page's job {job.get('state')} read {text!r}, expected {OCR_TEXT!r}"]
+        return []
+    finally:
+        vm.shell("rm -f /etc/sane.d/dll.d/boot-test /tmp/input.ppm", timeout=30)
+
+
 def check_poison_job(vm: Vm, token: str, out: Path, result: dict, timeout: float = 1500) -> list[str]:
     """A job under which the web app dies again and again (here: SIGKILL from the guest's root debug shell each time
     the job runs, as a native crash or the OOM killer would) must end as failed ("Crashed") after POISON_DEATHS

@@ -28,6 +28,7 @@ from imagebuilder.boottest.checks import (
     check_poison_job,
     check_read_only_stick,
     check_scan_stick,
+    check_scanner,
     check_ui_usb_upload,
     check_usb,
     selftest_problems,
@@ -99,7 +100,10 @@ def boot_once(
                 api_problems += scan_check(vm, token, result)
                 api_problems += check_ui_usb_upload(vm, token, out, result)
                 api_problems += check_usb(vm, token, result, pull_stick)  # pulls the stick
-            if poison:  # kills the web app three times: after everything else
+            if (
+                poison
+            ):  # both need the debug shell: a virtual scanner turned on; the web app killed three times (last)
+                api_problems += check_scanner(vm, token, result)
                 api_problems += check_poison_job(vm, token, out, result)
         screenshot(vm, out / "screen-end.png")
         problems = api_problems + selftest_problems(report, result, entry, lan, health, stick is not None)
@@ -114,7 +118,7 @@ def boot_once(
             if text != OCR_TEXT:
                 result["ok"] = False
                 result.setdefault("problems", []).append(f"{OUTBOX_TEXT} on the stick holds {text!r}")
-        result["outbound"] = guest_traffic(out / "guest.pcap", allow_dhcp=lan)
+        result["outbound"] = guest_traffic(out / "guest.pcap", allow_dhcp=lan, allow_discovery=lan)
         if result["outbound"]:
             result["ok"] = False
             result.setdefault("problems", []).append(f"guest sent {len(result['outbound'])} unexpected frames")

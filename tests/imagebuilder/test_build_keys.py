@@ -342,3 +342,56 @@ def test_dead_builds_work_is_removed_with_its_mounts(tmp_path):
     assert not dead.parent.parent.exists() and live.exists()
     if mounted:
         assert str(dead) not in Path("/proc/mounts").read_text()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "discovery"),
+    [
+        ((), False),
+        (("lan=on", "lan_token=12345678"), True),
+        (("lan=on", "lan_token=12345678", "scanner_discovery=off"), False),
+    ],
+)
+def test_scanner_discovery_only_in_lan_mode(tmp_path, overrides, discovery):
+    """Network scanner discovery (sane-airscan's multicast, avahi) only in LAN mode with scanner_discovery; saned
+    (scanners shared to other machines) never."""
+    ctx = ctx_for(tmp_path, *overrides)
+    conf, mode = app.generated(ctx)["etc/sane.d/airscan.d/appliance.conf"]
+    assert f"discovery = {'enable' if discovery else 'disable'}" in conf and mode == 0o644
+    assert ("avahi-daemon.service" in app.masked(ctx.config)) is not discovery
+    assert {"saned.socket", "saned@.service"} <= set(app.masked(ctx.config))
+
+
+def test_scanner_discovery_probes_are_not_outbound_traffic_in_lan_mode(tmp_path):
+    import struct
+
+    def frame(dst: str, dport: int) -> bytes:
+        mac = bytes(int(x, 16) for x in vm.GUEST_MAC.split(":"))
+        ip = bytes([0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 2, 15, *map(int, dst.split("."))])
+        return b"\xff" * 6 + mac + b"\x08\x00" + ip + struct.pack("!HHHH", 40000, dport, 8, 0)
+
+    pcap = tmp_path / "guest.pcap"
+    frames = [frame("239.255.255.250", 3702), frame("224.0.0.251", 5353), frame("10.0.2.2", 80)]
+    pcap.write_bytes(
+        struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+        + b"".join(struct.pack("<IIII", 0, 0, len(f), len(f)) + f for f in frames)
+    )
+    assert capture.guest_traffic(pcap, allow_dhcp=True, allow_discovery=True) == ["ipv4 proto=17 10.0.2.2:80"]
+    assert len(capture.guest_traffic(pcap, allow_dhcp=False)) == 3
+
+
+def test_the_virtual_scanners_page_travels_small_through_the_debug_shell():
+    """The boot test's scanner check sends its page (a gzipped PGM, base64) through the guest's tty: short lines,
+    a few KB, and the same pixels SANE's pnm backend will read."""
+    import base64
+    import gzip
+    import io
+
+    from PIL import Image
+
+    png = checks.text_png(checks.OCR_TEXT, 940)
+    sent = base64.encodebytes(checks.pgm_gz(png)).decode()
+    assert max(len(line) for line in sent.splitlines()) <= 76 and len(sent) < 20_000
+    page = Image.open(io.BytesIO(gzip.decompress(base64.decodebytes(sent.encode()))))
+    assert page.format == "PPM" and page.mode == "L"
+    assert page.tobytes() == Image.open(io.BytesIO(png)).convert("L").tobytes()

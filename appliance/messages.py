@@ -180,6 +180,14 @@ MESSAGES = {
     "scan_settling": ("waiting until the file stops changing", "等待文件写入完成"),
     "scan_not_open_yet": ("waiting: does not open yet ({reason})", "等待中：暂时还打不开（{reason}）"),
     "scan_gave_up": ("{reason} (unchanged for {seconds} s)", "{reason}（已 {seconds} 秒没有变化）"),
+    "scan_empty_waiting": (
+        "empty so far (0 bytes): waiting for its writer (scanners create the file first and fill it later)",
+        "目前是空文件（0 字节）：等待写入（扫描仪会先创建文件，稍后再写入内容）",
+    ),
+    "scan_still_open": (
+        "still open for writing by another program (a scanner or a PC): waiting until it is closed",
+        "仍被其他程序（扫描仪或电脑）以写入方式打开：等待其关闭",
+    ),
     "scan_refused_link": (
         "refused: a symbolic link; copy the file itself into the inbox",
         "已拒绝：这是符号链接；请把文件本身复制到收件箱",

@@ -10,7 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
-from appliance import runtime
+from appliance import runtime, smb
 from imagebuilder import bytecode, cpu_model, layers, model, pyenv, rootfs
 from imagebuilder.context import BuildError, Context, hash_inputs, inputs_epoch, remove_tree, run
 
@@ -40,6 +40,9 @@ PRESETS = (
     # llama.cpp for the CPU model: skips itself where a usable NVIDIA GPU serves (the gpu image on such a PC)
     ("appliance-llama.service", cpu_model.wanted),
     ("systemd-networkd.service", lambda c: c.lan),  # LAN mode only: no network otherwise
+    # Scan to folder over SMB (appliance.smb): the password before Samba's smbd (base layer), both only with smb=on
+    ("appliance-smb-setup.service", lambda c: c.smb),
+    ("smbd.service", lambda c: c.smb),
 )
 MASKED = (
     # Debian enables these in the base layer; nothing here may listen for other machines unless asked to:
@@ -68,7 +71,16 @@ def scanner_discovery(config) -> bool:
 
 
 def masked(config) -> tuple[str, ...]:
-    return MASKED + (() if scanner_discovery(config) else AVAHI)
+    """MASKED, avahi unless scanners are looked for on the LAN, and Samba's daemons: its package enables them in the
+    base layer (links the app layer cannot take away), so they are masked here. NetBIOS (nmbd) and the domain
+    controller never run; smbd only with smb=on."""
+    return (
+        *MASKED,
+        *(() if scanner_discovery(config) else AVAHI),
+        "nmbd.service",
+        "samba-ad-dc.service",
+        *(() if config.smb else ("smbd.service",)),
+    )
 
 
 def preset(ctx: Context) -> str:
@@ -106,7 +118,7 @@ def enable_units(ctx: Context, tree: Path, base: Path) -> None:
 
 
 def generated(ctx: Context) -> dict[str, tuple[str, int]]:
-    """{path: (text, mode)} made from the settings: runtime config, LAN drop-in and network, build info."""
+    """{path: (text, mode)} made from the settings: runtime config, LAN network, SMB shares, build info."""
     c = ctx.config
     runtime_config = c.image_config()  # read by appliance.runtime, its only reader (engine, lan, outputs, ...)
     files = {
@@ -134,6 +146,11 @@ def generated(ctx: Context) -> dict[str, tuple[str, int]]:
             "LLMNR=no\nMulticastDNS=no\n",
             0o644,
         )
+    if c.smb:
+        # smb.conf and the username map for the shares; the password, like the token, in a root-only file.
+        files["etc/samba/smb.conf"] = (smb.smb_conf(smb1=c.smb1), 0o644)
+        files[str(smb.USERS_MAP).lstrip("/")] = (smb.users_map(c.smb_user), 0o644)
+        files["etc/appliance/smb.env"] = (f"{smb.PASSWORD_ENV}={c.smb_password}\n", 0o600)
     stack = ctx.info.get("stack")
     if stack:
         # appliance.gpu reads it at boot: which module flavours exist, whether they are signed, the CUDA version.
@@ -165,7 +182,7 @@ def app_key(ctx: Context) -> str:
         "app",
         *sources,
         preset(ctx),
-        MASKED,
+        masked(ctx.config),
         rootfs.base_key(ctx),
         generated(ctx),
         ctx.config.python_version,
@@ -190,6 +207,8 @@ def build_app_layer(ctx: Context) -> str:
 
 
 def populate(ctx: Context, tree: Path) -> None:
+    if ctx.config.smb and account(ctx, ctx.config.smb_user, missing_ok=True):
+        raise BuildError(f"smb_user: {ctx.config.smb_user!r} is a system account of the image; choose another name")
     site = tree / pyenv.site_dir(ctx)
     site.mkdir(parents=True)
     for pkg in PACKAGES:
@@ -220,10 +239,12 @@ def populate(ctx: Context, tree: Path) -> None:
             d.chmod(0o755)
 
 
-def account(ctx: Context, user: str) -> tuple[int, int]:
+def account(ctx: Context, user: str, missing_ok: bool = False) -> tuple[int, int] | None:
     """uid/gid of a base-layer account (the base stage saved its /etc/passwd beside the squashfs)."""
     for line in Path(ctx.files["passwd"]).read_text().splitlines():
         f = line.split(":")
         if f[0] == user:
             return int(f[2]), int(f[3])
+    if missing_ok:
+        return None
     raise BuildError(f"account '{user}' is missing from the base layer")

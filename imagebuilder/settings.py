@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from appliance import __version__
 from appliance.export import FORMATS as OUTPUT_FORMATS
 from appliance.ocr.tasks import Task
 from appliance.runtime import Runtime
+from appliance.smb import ACCOUNT as SMB_ACCOUNT
+from appliance.smb import SMB1_WARNING
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES_DIR = REPO / "build" / "profiles"
@@ -116,6 +119,17 @@ SETTINGS: tuple[Setting, ...] = (
         "probes on the LAN when the scanner page looks) and USB MFPs that only speak IPP-over-USB (ipp-usb); "
         "off, or outside LAN mode: USB scanners with a SANE driver only, and no multicast",
     ),
+    # Scan to folder from office MFPs over SMB (appliance/smb.py; README "Scan to folder from an office MFP")
+    Setting(
+        "smb",
+        "bool",
+        False,
+        "LAN mode: Samba shares 'scan' (the scan folder's inbox and its task folders) and 'outbox' (read-only) for "
+        "office MFPs; needs lan, smb_user and smb_password",
+    ),
+    Setting("smb_user", "str", "", "the SMB login name MFPs use (letters, digits, . _ -; not a system account)"),
+    Setting("smb_password", "str", "", "the SMB login's password (at least 8 characters)", secret=True),
+    Setting("smb1", "bool", False, f"also accept SMB1 (off: SMB2 and SMB3 only). UNSAFE: {SMB1_WARNING}"),
     # GPU stack (gpu profile). gpu_stack empty = no GPU stack (the cpu image). Checked by imagebuilder/stack.py
     # before anything is downloaded; the lock's pins can be overridden one by one, and every pair is re-checked.
     Setting(
@@ -365,12 +379,45 @@ def validate(config: Config) -> None:
         )
     if config.lan_token and any(c.isspace() or c in "\"'\\$`" for c in config.lan_token):
         raise SettingsError(f"{config.source('lan_token')}: lan_token: no spaces, quotes, '\\', '$' or '`'")
+    validate_smb(config)
     for key in ("name", "version"):
         value = getattr(config, key)
         if not value or not all(c.isalnum() or c in "._-+" for c in value):
             raise SettingsError(f"{config.source(key)}: {key}: use letters, digits and . _ - + only (got {value!r})")
     if not config.package_lists:
         raise SettingsError(f"{config.source('package_lists')}: package_lists: at least one list is needed")
+
+
+# Names an SMB login may not take: the image's own accounts and Debian's system ones (the image's /etc/passwd is
+# checked too, when the app layer is built).
+RESERVED_USERS = {
+    *"root daemon bin sys sync games man lp mail news uucp proxy www-data backup list irc nobody _apt".split(),
+    *"messagebus systemd-network systemd-timesync kiosk".split(),
+    SMB_ACCOUNT,
+}
+
+
+def validate_smb(config: Config) -> None:
+    where = config.source("smb")
+    if not config.smb:
+        if config.smb1:
+            raise SettingsError(f"{config.source('smb1')}: smb1 is on but smb is off")
+        return
+    if not config.lan:
+        raise SettingsError(f"{where}: smb is on but lan is off: the shares are for the network (--set lan=on)")
+    user, password = config.smb_user or "", config.smb_password or ""
+    if not user or not password:
+        raise SettingsError(f"{where}: smb is on: add --set smb_user=NAME --set smb_password=SECRET")
+    if not re.fullmatch(r"[a-z_][a-z0-9._-]{0,31}", user) or user.lower() in RESERVED_USERS:
+        raise SettingsError(
+            f"{config.source('smb_user')}: smb_user: {user!r}: use up to 32 lower-case letters, digits and . _ - "
+            "(not starting with a digit, . or -), and not the name of a system account (root, ocr, kiosk, nobody ...)"
+        )
+    if len(password) < 8 or any(c.isspace() or c in "\"'\\$`" for c in password) or not password.isprintable():
+        raise SettingsError(
+            f"{config.source('smb_password')}: smb_password: at least 8 characters, no spaces, quotes, '\\', '$' "
+            "or '`'"
+        )
 
 
 def table_json() -> str:

@@ -1,17 +1,22 @@
 """The watcher: finds ready files in ROOT's inbox and on USB sticks, claims them into the ledger, and drives each
 through the state machine (`steps`); after a crash it first finishes what the previous run left (`recover`).
 
-A file is ready when its size and mtime have not changed for `quiet` seconds and it opens as an image or PDF; one
-that still does not open after `give_up` quiet seconds goes to failed/. inotify only wakes the loop early; a full
-rescan runs every `rescan` seconds anyway (network and FAT file systems send no events).
+A file is ready when its size and mtime have not changed for `quiet` seconds, no process has it open for writing
+(`open_for_writing`: a scanner writing through the SMB share pauses between pages) and it opens as an image or PDF;
+one that still does not open after `give_up` quiet seconds goes to failed/. An empty file only waits: scanners
+create the file first and write it later. Claiming moves the file out of the inbox at once, so a scanner reusing a
+name (SCN_0001.pdf) makes a new file, with outputs of its own. inotify only wakes the loop early; a full rescan runs
+every `rescan` seconds anyway (network and FAT file systems send no events).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
 import os
+import signal
 import stat
 import time
 from dataclasses import dataclass, field
@@ -258,6 +263,12 @@ class Watcher(Steps):
         quiet_for = now - seen.since
         if quiet_for < self.quiet:
             return
+        if info.st_size == 0:  # created, not yet written (scanners do that): waits, never a failure for being empty
+            seen.reason = Text("scan_empty_waiting")
+            return
+        if open_for_writing(path):  # a writer pausing between pages: the quiet period starts again once it closes
+            seen.since, seen.reason = now, Text("scan_still_open")
+            return
         reason = _open_problem(path, rel)
         if reason is None:
             del self.pending[key]
@@ -391,6 +402,34 @@ class Watcher(Steps):
         tmp = self.state_dir / ".status.json.tmp"
         tmp.write_text(json.dumps(status, ensure_ascii=False))
         os.replace(tmp, self.state_dir / "status.json")
+
+
+F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)  # Linux (constants of <fcntl.h>, absent from some Pythons)
+F_SETSIG = getattr(fcntl, "F_SETSIG", 10)
+
+
+def open_for_writing(path: Path) -> bool:
+    """Whether some process (Samba writing a scanner's file, a copy in progress) has `path` open for writing.
+
+    Asked the kernel with a read lease, taken and given back at once: Linux refuses one (EAGAIN) while the file is
+    open for writing anywhere. Only the file's owner (or CAP_LEASE) may take one, and not every file system offers
+    them (FUSE, network mounts): where it cannot be told, False, and the quiet period alone decides.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        # Should a writer open the file in the instant the lease is held, the kernel signals its holder: SIGIO by
+        # default, which would end this process. SIGURG instead, which is ignored unless handled.
+        fcntl.fcntl(fd, F_SETSIG, signal.SIGURG)
+        fcntl.fcntl(fd, F_SETLEASE, fcntl.F_RDLCK)
+        fcntl.fcntl(fd, F_SETLEASE, fcntl.F_UNLCK)
+        return False
+    except OSError as error:
+        return error.errno == errno.EAGAIN
+    finally:
+        os.close(fd)
 
 
 def _open_problem(path: Path, name: str) -> str | None:

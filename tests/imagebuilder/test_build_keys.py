@@ -189,7 +189,7 @@ def test_every_unit_in_the_overlay_has_a_preset_row():
     presets = {unit for unit, _ in app.PRESETS}
     # Template units are started by udev (appliance-usb-mount@), never enabled.
     assert units - presets == {"appliance-usb-mount@.service"}
-    assert presets - units == {"systemd-networkd.service"}  # from the base layer
+    assert presets - units == {"systemd-networkd.service", "smbd.service"}  # from the base layer
 
 
 def test_preset_without_kiosk_or_selftest(tmp_path):

@@ -1,0 +1,80 @@
+"""Scan to folder over SMB in the image: the settings, the files the app layer writes, and which of Samba's units run
+(real systemctl over the project's units, the host's units standing in for the base layer's: Samba's among them)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from contexts import HOST_UNITS, enabled_links, make_ctx
+from llama_fixtures import require
+
+from imagebuilder import app
+from imagebuilder.context import BuildError
+from imagebuilder.settings import BY_NAME, SettingsError, resolve
+
+LAN = ["lan=on", "lan_token=abcdefgh1"]
+SMB = [*LAN, "smb=on", "smb_user=scanner", "smb_password=scan-pass-1"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        (["smb=on", "smb_user=scanner", "smb_password=scan-pass-1"], "lan is off"),
+        ([*LAN, "smb=on"], "smb_user=NAME"),
+        ([*LAN, "smb=on", "smb_user=scanner"], "smb_password=SECRET"),
+        ([*LAN, "smb=on", "smb_user=root", "smb_password=scan-pass-1"], "system account"),
+        ([*LAN, "smb=on", "smb_user=ocr", "smb_password=scan-pass-1"], "system account"),
+        ([*LAN, "smb=on", "smb_user=Scan Desk", "smb_password=scan-pass-1"], "smb_user"),
+        ([*LAN, "smb=on", "smb_user=scanner", "smb_password=short"], "at least 8"),
+        ([*LAN, "smb=on", "smb_user=scanner", "smb_password=has'quote1"], "quotes"),
+        (["smb1=on"], "smb is off"),
+    ],
+)
+def test_smb_settings_are_checked(overrides, says):
+    with pytest.raises(SettingsError, match=says):
+        resolve("cpu", overrides)
+
+
+def test_the_password_is_masked_and_never_in_the_runtime_config():
+    c = resolve("cpu", SMB)
+    assert "scan-pass-1" not in c.dump() and c.as_dict()["smb_password"] == "***"
+    assert "scan-pass-1" not in json.dumps(c.image_config())
+    assert "UNSAFE" in BY_NAME["smb1"].help and "WannaCry" in BY_NAME["smb1"].help
+
+
+def test_generated_files(tmp_path):
+    assert not any("samba" in path or "smb" in path for path in app.generated(make_ctx(tmp_path, "cpu", *LAN)))
+    files = app.generated(make_ctx(tmp_path, "cpu", *SMB))
+    conf = files["etc/samba/smb.conf"][0]
+    for line in ("[scan]", "path = /srv/ocr/scan/inbox", "[outbox]", "path = /srv/ocr/scan/outbox"):
+        assert line in conf
+    assert "server min protocol = SMB2_02" in conf and "map to guest = Never" in conf
+    assert "username map = /etc/samba/appliance-users.map" in conf and "force user = ocr" in conf
+    assert files["etc/samba/appliance-users.map"][0].splitlines()[-1] == "ocr = scanner"
+    assert files["etc/appliance/smb.env"] == ("APPLIANCE_SMB_PASSWORD=scan-pass-1\n", 0o600)
+    assert not any("scan-pass-1" in text for path, (text, _) in files.items() if path != "etc/appliance/smb.env")
+    old = app.generated(make_ctx(tmp_path, "cpu", *SMB, "smb1=on"))["etc/samba/smb.conf"][0]
+    assert "server min protocol = NT1" in old and "ntlm auth = ntlmv1-permitted" in old
+
+
+def test_smb_user_may_not_be_an_account_of_the_image(tmp_path):
+    ctx = make_ctx(tmp_path, "cpu", *SMB)
+    ctx.files["passwd"].write_text(ctx.files["passwd"].read_text() + "scanner:x:998:998::/:/usr/sbin/nologin\n")
+    with pytest.raises(BuildError, match="system account of the image"):
+        app.populate(ctx, tmp_path / "tree")
+
+
+def test_samba_runs_only_with_smb_on(tmp_path):
+    if not (HOST_UNITS / "smbd.service").exists():
+        require("samba", "needs Samba's units on this host, as the base layer has them (apt install samba)")
+    off = enabled_links(make_ctx(tmp_path / "off", "cpu", *LAN))
+    for unit in ("smbd", "nmbd", "samba-ad-dc"):
+        assert off[f"etc/systemd/system/{unit}.service"] == "/dev/null"
+    assert not any("appliance-smb-setup" in link for link in off)
+    on = enabled_links(make_ctx(tmp_path / "on", "cpu", *SMB))
+    assert "etc/systemd/system/smbd.service" not in on
+    assert on["etc/systemd/system/nmbd.service"] == on["etc/systemd/system/samba-ad-dc.service"] == "/dev/null"
+    assert on["etc/systemd/system/multi-user.target.wants/smbd.service"].endswith("/smbd.service")
+    setup = "etc/systemd/system/smbd.service.requires/appliance-smb-setup.service"
+    assert on[setup] == "/usr/lib/systemd/system/appliance-smb-setup.service"

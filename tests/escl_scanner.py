@@ -21,6 +21,7 @@ import glob
 import io
 import shutil
 import threading
+import time
 import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -68,6 +69,23 @@ def sane_config(folder: Path, url: str) -> Path:
     (folder / "dll.conf").write_text("airscan\n")
     (folder / "airscan.conf").write_text(f'[devices]\n"{NAME}" = {url}, eSCL\n\n[options]\ndiscovery = disable\n')
     return folder
+
+
+def sane_test_config(folder: Path, settings: dict) -> Path:
+    """A SANE config dir with only SANE's own `test` backend (one virtual scanner, test:0), its defaults set by
+    `settings`, test.conf's keys as they are spelt there (e.g. {"br_x": 210.0, "read-delay": True}): the value for
+    SANE_CONFIG_DIR."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "dll.conf").write_text("test\n")
+    lines = [f"{key} {_conf_value(value)}" for key, value in settings.items()]
+    (folder / "test.conf").write_text("\n".join(["number_of_devices 1", *lines, ""]))
+    return folder
+
+
+def _conf_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f'"{value}"' if isinstance(value, str) else str(value)
 
 
 def _xml(root: ET.Element) -> bytes:
@@ -149,7 +167,8 @@ class EsclScanner:
 
     `platen`: the page on the glass (None: the empty glass, a white page); `feeder`: the stack in the feeder, first
     page first; `area`: the glass's (and the feeder's widest page's) size in 1/300 inch; every page is an image of
-    that whole area. `jam_after`: the feeder jams after this many more pages (None: never)."""
+    that whole area. `jam_after`: the feeder jams after this many more pages (None: never). `page_seconds`: how long
+    each page takes to scan (0: at once), so that a test can act while a run is going."""
 
     def __init__(
         self,
@@ -157,8 +176,10 @@ class EsclScanner:
         feeder: list[Image.Image] = (),
         area: tuple[int, int] = A4,
         jam_after: int | None = None,
+        page_seconds: float = 0,
     ):
         self.state = State(platen, list(feeder), area, jam_after)
+        self.page_seconds = page_seconds
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
@@ -304,6 +325,8 @@ def _handler(scanner: EsclScanner) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             path = self.path.split("?")[0].rstrip("/")
+            if path.endswith("/NextDocument"):
+                time.sleep(scanner.page_seconds)  # the scanner at work
             with scanner.lock:
                 scanner.state.requests.append(f"{method} {path}")
                 parts = path.split("/")  # "", "eSCL", "ScanJobs", id, "NextDocument"

@@ -1,13 +1,15 @@
 """appliance.scanner against a network scanner: the real scanimage and sane-airscan driving the eSCL scanner emulated
-on loopback (tests/escl_scanner.py, the `escl` fixture). What the pages say is read back in
-tests/webui/test_scanner_escl.py, through the web API and the real CPU engine."""
+on loopback (tests/escl_scanner.py, the `escl` fixture); and against SANE's own `test` backend, which streams a page
+slowly, as a USB scanner does. What the pages say is read back in tests/webui/test_scanner_escl.py, through the web
+API and the real CPU engine."""
 
 from __future__ import annotations
 
 import time
 
 import pytest
-from escl_scanner import A4, DEVICE, text_page
+from escl_scanner import A4, DEVICE, missing, sane_test_config, text_page
+from llama_fixtures import require
 from PIL import Image
 
 from appliance import scanner
@@ -85,3 +87,50 @@ def test_a_jam_keeps_the_pages_before_it_and_says_what_to_do(escl, scans):
 def test_an_empty_feeder_says_to_load_paper(escl, scans):
     scan = scan_with(scans, scans.new(), source="ADF", resolution=75)
     assert scan.pages() == [] and scan.error.code == "scanner_no_paper"
+
+
+def wait_for(condition, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_cancel_stops_the_feeder_after_the_page_in_hand_and_keeps_the_pages(escl, scans):
+    escl.page_seconds = 1.0  # each page takes a second: time to cancel while one is on its way
+    escl.load([text_page([f"Page {n}"]) for n in range(1, 7)])
+    scan = scans.start(scans.new(), DEVICE, source="ADF", resolution=75)
+    wait_for(lambda: scan.pages())
+    scans.cancel(scan)
+    wait_for(lambda: scan.run is None, timeout=10)
+    assert 1 <= len(scan.pages()) <= 3 and not list(scan.folder.glob("*.part"))
+    assert (scan.error, scan.note.code) == (None, "scanner_cancelled")
+    assert len(escl.jobs) == 1 and escl.jobs[0].state == "Canceled"  # sane-airscan cancelled it and began no other
+    assert escl.state.feeder  # sheets left in the feeder
+
+
+def test_a_scanner_that_went_away_is_named(escl, scans):
+    escl.stop()  # switched off
+    scan = scan_with(scans, scans.new(), source="Flatbed")
+    assert scan.error.code == "scanner_gone" and DEVICE in str(scan.error)
+
+
+@pytest.fixture
+def slow_test_scanner(tmp_path, monkeypatch):
+    """SANE's test:0 alone, its feeder of 10 grey pages read slowly (20 ms a 32 KB buffer: ~1.5 s a page)."""
+    why = missing()
+    if why:
+        require("sane", why)
+    settings = {"read-delay": True, "read-delay-duration": 20000, "resolution": 150.0}
+    monkeypatch.setenv("SANE_CONFIG_DIR", str(sane_test_config(tmp_path / "sane-test", settings)))
+    return "test:0"
+
+
+def test_cancel_while_a_page_is_read_stops_at_once_and_drops_only_that_page(slow_test_scanner, scans):
+    feeder = "Automatic Document Feeder"
+    scan = scans.start(scans.new(), slow_test_scanner, source=feeder)
+    wait_for(lambda: len(scan.pages()) == 1 and scan.run.reading and scan.run.progress > 10)
+    scans.cancel(scan)
+    wait_for(lambda: scan.run is None, timeout=3)  # SIGINT: scanimage cancels the page being read and ends
+    assert len(scan.pages()) == 1 and not list(scan.folder.glob("*.part"))
+    assert (scan.error, scan.note.code) == (None, "scanner_cancelled")

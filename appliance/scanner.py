@@ -348,8 +348,9 @@ class Scans:
         said = tail = ""
         for chunk in iter(lambda: run.process.stderr.read1(4096), b""):
             piece = chunk.decode(errors="replace")
-            # "Progress: 26.6%" repeated, no line ends, while a page is read; "Scanning page N" before each page
-            for percent in re.findall(r"Progress: ([\d.]+)%|Scanning page", piece):
+            # "Progress: 26.6%" repeated, no line ends, while a page is read; "Scanning page N" before it and
+            # "Scanned page N." after it
+            for percent in re.findall(r"Progress: ([\d.]+)%|Scann(?:ing|ed) page", piece):
                 run.progress, run.reading = (float(percent), True) if percent else (0.0, False)
             for _ in range((tail + piece).count(PROMPT)):
                 self._answer(run)

@@ -66,12 +66,14 @@ test: $(STAMP)/deps $(STAMP)/test-apt $(STAMP)/vllm-venv $(STAMP)/llama-cpp
 	$(PY) -m ruff format --check .
 	APPLIANCE_TEST_REQUIRE=vllm,llama,sane $(PY) -m pytest -q
 
-# OCR engine, scan folder, then the image (cold and app-only build, sizes, boot time against a bare image: ~25 min).
+# OCR engine, scan folder, scanners, then the image (cold and app-only build, sizes, boot time against a bare
+# image: ~25 min).
 bench: $(STAMP)/deps $(STAMP)/test-apt $(STAMP)/vllm-venv $(STAMP)/llama-cpp host-tools
 	$(PY) -m bench.cpu_engine
 	$(PY) -m bench.reading_order
 	$(PY) -m bench.llamacpp
 	$(PY) -m bench.watch
+	$(PY) -m bench.scanner
 	$(PY) -m bench.api_load
 	$(PY) -m bench.vllm_server
 	$(PY) -m bench.image

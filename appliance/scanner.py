@@ -358,6 +358,7 @@ class Scans:
             run.last_change = time.monotonic()
             said = (said + piece)[-8000:]
         returncode = run.process.wait()
+        run.process.stdin.close()
         self._finish(scan, run, returncode, re.sub(r"Progress: [\d.]+%", "", said))
 
     def _finish(self, scan: Scan, run: Run, returncode: int, stderr: str) -> None:

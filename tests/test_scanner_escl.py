@@ -63,6 +63,15 @@ def test_a_flatbed_page_then_a_feeder_stack_into_one_scan(escl, scans):
         assert page.size == A4 and page.mode == "L"  # the whole glass at 300 dpi, in grey
 
 
+def test_a_preview_is_a_quick_scan_of_the_glass_beside_the_pages(escl, scans):
+    escl.place(text_page(["Preview me"]))
+    scan = scan_with(scans, scans.new(), source="Flatbed", preview=True)
+    assert scan.pages() == [] and scan.to_dict()["preview"]
+    with Image.open(scan.page(0)) as preview:
+        assert preview.size == (620, 877)  # A4 at 75 dpi
+    assert [j.resolution for j in escl.jobs] == [75]
+
+
 def test_a_feeder_scan_becomes_one_tiff_of_its_pages(escl, scans):
     escl.load([text_page([f"Sheet {n}"]) for n in (1, 2, 3)])
     scan = scan_with(scans, scans.new(), source="ADF", resolution=150)

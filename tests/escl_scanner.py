@@ -9,7 +9,9 @@ one of the given images, scaled to the region and resolution the job asked for: 
 scanned again for each job, as a sheet left on a flatbed is); the feeder holds a stack, each page taken once.
 
 `jam_after=N` makes the feeder jam after N more pages: NextDocument answers 503 and ScannerStatus says
-ScannerAdfJam, which sane-airscan reports as SANE_STATUS_JAMMED.
+ScannerAdfJam, which sane-airscan reports as SANE_STATUS_JAMMED. A feeder job on an empty feeder is answered 409
+(ScannerAdfEmpty: SANE_STATUS_NO_DOCS). `page_seconds` makes each page take that long, to act while a run goes on.
+`jobs` and `requests` tell a test what sane-airscan asked for.
 
     with EsclScanner(platen=page, feeder=[p1, p2, p3]) as scanner:
         config = sane_config(tmp_path / "sane", scanner.url)   # SANE_CONFIG_DIR for scanimage

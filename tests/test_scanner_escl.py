@@ -13,7 +13,7 @@ from llama_fixtures import require
 from PIL import Image
 
 from appliance import scanner
-from appliance.scanner import Scans
+from appliance.scanner import ScannerBusy, Scans
 
 
 @pytest.fixture
@@ -110,6 +110,8 @@ def test_cancel_stops_the_feeder_after_the_page_in_hand_and_keeps_the_pages(escl
     escl.load([text_page([f"Page {n}"]) for n in range(1, 7)])
     scan = scans.start(scans.new(), DEVICE, source="ADF", resolution=75)
     wait_for(lambda: scan.pages())
+    with pytest.raises(ScannerBusy):  # one program at a time on a scanner: the flatbed waits for the feeder
+        scans.start(scans.new(), DEVICE, source="Flatbed")
     scans.cancel(scan)
     wait_for(lambda: scan.run is None, timeout=10)
     assert 1 <= len(scan.pages()) <= 3 and not list(scan.folder.glob("*.part"))

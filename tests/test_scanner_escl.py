@@ -1,6 +1,6 @@
 """appliance.scanner against a network scanner: the real scanimage and sane-airscan driving the eSCL scanner emulated
 on loopback (tests/escl_scanner.py, the `escl` fixture); and against SANE's own `test` backend, which streams a page
-slowly, as a USB scanner does. What the pages say is read back in tests/webui/test_scanner_escl.py, through the web
+slowly, as a USB scanner does. What the pages say is read back in tests/webui/test_scanner_api.py, through the web
 API and the real CPU engine."""
 
 from __future__ import annotations

@@ -12,14 +12,15 @@ $(STAMP)/deps: pyproject.toml
 	$(PIP) -e '.[cpu,transformers,dev]'
 	touch $@
 
-# Fonts to render the CJK test images (tests make their own images with Pillow).
+# What the tests need from Debian, in one apt run: fonts to render the CJK test images (tests make their own images
+# with Pillow); headless Debian chromium for the web UI's browser tests (driven by playwright, which downloads
+# nothing); SANE's scanimage and its airscan backend, which the scanner tests drive against an emulated eSCL scanner.
 $(STAMP)/test-apt:
 	mkdir -p $(STAMP)
-	if ! fc-list 2>/dev/null | grep -qi 'WenQuanYi Micro Hei'; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-microhei fonts-dejavu-core fontconfig >/dev/null; fi
-	# Headless Debian chromium for the web UI's browser tests (driven by playwright, which downloads nothing).
-	if ! command -v chromium >/dev/null; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi
+	if ! fc-list 2>/dev/null | grep -qi 'WenQuanYi Micro Hei' || ! command -v chromium >/dev/null || \
+	   ! command -v scanimage >/dev/null || ! ls /usr/lib/*/sane/libsane-airscan.so.1 >/dev/null 2>&1; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-microhei \
+	    fonts-dejavu-core fontconfig chromium sane-utils sane-airscan >/dev/null; fi
 	touch $@
 
 deps: $(STAMP)/deps
@@ -58,18 +59,21 @@ $(STAMP)/llama-cpp: imagebuilder/llamacpp_source.py $(STAMP)/deps $(STAMP)/serve
 llama-cpp: $(STAMP)/llama-cpp
 
 # Lint first (the project's ruff rules in pyproject.toml; `ruff format` fixes what --check reports), then the tests.
-# APPLIANCE_TEST_REQUIRE: the real model servers' tests fail, not skip, when their runtime is missing.
+# APPLIANCE_TEST_REQUIRE: the real model servers' and the scanner's tests fail, not skip, when their runtime is
+# missing.
 test: $(STAMP)/deps $(STAMP)/test-apt $(STAMP)/vllm-venv $(STAMP)/llama-cpp
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	APPLIANCE_TEST_REQUIRE=vllm,llama $(PY) -m pytest -q
+	APPLIANCE_TEST_REQUIRE=vllm,llama,sane $(PY) -m pytest -q
 
-# OCR engine, scan folder, then the image (cold and app-only build, sizes, boot time against a bare image: ~25 min).
+# OCR engine, scan folder, scanners, then the image (cold and app-only build, sizes, boot time against a bare
+# image: ~25 min).
 bench: $(STAMP)/deps $(STAMP)/test-apt $(STAMP)/vllm-venv $(STAMP)/llama-cpp host-tools
 	$(PY) -m bench.cpu_engine
 	$(PY) -m bench.reading_order
 	$(PY) -m bench.llamacpp
 	$(PY) -m bench.watch
+	$(PY) -m bench.scanner
 	$(PY) -m bench.api_load
 	$(PY) -m bench.vllm_server
 	$(PY) -m bench.image

@@ -7,6 +7,10 @@ a scan (a folder of pages), and make one multi-page TIFF of a scan for the job q
 - Nothing scanned is lost: scanimage writes each page under `<name>.part` and renames it when it is whole, so a jam,
   an open cover, a pulled cable or a cancel keeps every page finished before it, and a restart of the web app finds
   its scans again on disk.
+- A cancel stops the run after the page being scanned now: scanimage asks before each page (--batch-prompt) and is
+  answered until the cancel. SIGINT alone does not end its batch: scanimage cancels that one page and goes on with
+  the next, and sane-airscan, cancelled while it waits for a page, starts a new job (the feeder goes on feeding).
+  SIGINT is sent only while a page's data is being read, where it ends the run cleanly.
 - Devices are listed afresh on each request: a scanner plugged in after boot shows up (udev gives the `scanner`
   group access to it; the web app's user is in that group).
 """
@@ -53,6 +57,7 @@ STATUS_TEXT = {
     10: "scanner_no_memory",
     11: "scanner_denied",
 }
+PROMPT = "Press Ctrl + D to terminate."  # the last line scanimage writes before it waits for the next page
 OPTION_LINE = re.compile(r"^\s+--(source|mode|resolution)[ =](.+?) \[([^\]]*)\]\s*$")
 
 
@@ -196,6 +201,7 @@ class Run:
     pages_before: int  # pages the scan had when this run started
     started: float = field(default_factory=time.monotonic)
     progress: float = 0.0  # percent of the current page
+    reading: bool = False  # the current page's data is being read (SIGINT stops it cleanly)
     last_change: float = field(default_factory=time.monotonic)
     cancelled: bool = False
 
@@ -287,7 +293,7 @@ class Scans:
                 raise ScannerError(Text("scan_full", limit=self.max_pages))
             lock = self._lock_device(device)
             try:
-                args = [f"--device-name={device}", "--format=png", "--progress"]
+                args = [f"--device-name={device}", "--format=png", "--progress", "--batch-prompt"]
                 if source:
                     args.append(f"--source={source}")
                 if mode:
@@ -307,7 +313,7 @@ class Scans:
                     ]
                 process = subprocess.Popen(
                     [SCANIMAGE, *args],
-                    stdin=subprocess.DEVNULL,
+                    stdin=subprocess.PIPE,  # one line per page: go on (see the module's docstring)
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.PIPE,
                     start_new_session=True,  # the web app's own signals do not reach it
@@ -339,15 +345,20 @@ class Scans:
         """Read scanimage's progress until it ends; then record how it ended and free the scanner."""
         run = scan.run
         threading.Thread(target=self._watch_stall, args=(scan, run), daemon=True).start()
-        said = ""
+        said = tail = ""
         for chunk in iter(lambda: run.process.stderr.read1(4096), b""):
             piece = chunk.decode(errors="replace")
-            percents = re.findall(r"Progress: ([\d.]+)%", piece)  # "Progress: 26.6%" repeated, no line ends
-            if percents:
-                run.progress = float(percents[-1])
+            # "Progress: 26.6%" repeated, no line ends, while a page is read; "Scanning page N" before it and
+            # "Scanned page N." after it
+            for percent in re.findall(r"Progress: ([\d.]+)%|Scann(?:ing|ed) page", piece):
+                run.progress, run.reading = (float(percent), True) if percent else (0.0, False)
+            for _ in range((tail + piece).count(PROMPT)):
+                self._answer(run)
+            tail = (tail + piece)[-len(PROMPT) + 1 :]
             run.last_change = time.monotonic()
             said = (said + piece)[-8000:]
         returncode = run.process.wait()
+        run.process.stdin.close()
         self._finish(scan, run, returncode, re.sub(r"Progress: [\d.]+%", "", said))
 
     def _finish(self, scan: Scan, run: Run, returncode: int, stderr: str) -> None:
@@ -376,12 +387,27 @@ class Scans:
                 self._stop(run)
                 scan.error = Text("scanner_stalled", seconds=STALL_SECONDS)
 
+    @staticmethod
+    def _answer(run: Run) -> None:
+        """Answer scanimage's prompt before a page: go on, or (cancelled) end of input, which ends its batch."""
+        try:
+            if run.cancelled:
+                run.process.stdin.close()
+            else:
+                run.process.stdin.write(b"\n")
+                run.process.stdin.flush()
+        except (OSError, ValueError):  # it has ended, or the cancel closed its input
+            pass
+
     def cancel(self, scan: Scan) -> None:
-        """Stop the running scan; the pages finished before it stay."""
+        """Stop the running scan after the page being scanned (at once while that page's data is being read);
+        the pages finished before it stay. Returns at once unless it stopped a page being read."""
         run = scan.run
         if run is not None:
             run.cancelled = True
-            self._stop(run)
+            self._answer(run)  # no next page
+            if run.reading:
+                self._stop(run)
 
     @staticmethod
     def _stop(run: Run) -> None:
@@ -399,9 +425,10 @@ class Scans:
         scan.page(number).unlink()
 
     def delete(self, scan: Scan) -> None:
+        run = scan.run
         self.cancel(scan)
-        if scan.run is not None:
-            scan.run.process.wait()
+        if run is not None:
+            run.process.wait()
         with self.lock:
             self.scans.pop(scan.id, None)
         shutil.rmtree(scan.folder, ignore_errors=True)

@@ -49,3 +49,19 @@ def make_jobs(tmp_path):
     yield make
     for jobs in opened:
         jobs.close(timeout=5)
+
+
+@pytest.fixture
+def escl(tmp_path, monkeypatch):
+    """An eSCL scanner emulated on loopback (tests/escl_scanner.py), glass and feeder empty, and SANE pointed at it:
+    SANE_CONFIG_DIR (inherited by scanimage) loads only sane-airscan, with this one device and no discovery. Skips
+    without scanimage or sane-airscan, unless APPLIANCE_TEST_REQUIRE names "sane" (`make test` installs them)."""
+    import escl_scanner
+    from llama_fixtures import require
+
+    why = escl_scanner.missing()
+    if why:
+        require("sane", why)
+    with escl_scanner.EsclScanner() as scanner:
+        monkeypatch.setenv("SANE_CONFIG_DIR", str(escl_scanner.sane_config(tmp_path / "sane", scanner.url)))
+        yield scanner

@@ -25,8 +25,9 @@ def parse_marker(text: str) -> dict:
     return out
 
 
-def guest_traffic(pcap: Path, allow_dhcp: bool) -> list[str]:
-    """Frames the guest sent on its own: anything but ARP, DHCP (LAN mode) and replies from its port 8000."""
+def guest_traffic(pcap: Path, allow_dhcp: bool, served: tuple[int, ...] = (8000,)) -> list[str]:
+    """Frames the guest sent on its own: anything but ARP, DHCP (LAN mode) and replies from the ports it serves
+    through the forwards (8000; 445 for SMB)."""
     if not pcap.exists():
         return []
     data = pcap.read_bytes()
@@ -51,7 +52,7 @@ def guest_traffic(pcap: Path, allow_dhcp: bool) -> list[str]:
             sport, dport = struct.unpack("!HH", frame[14 + ihl : 14 + ihl + 4]) if proto in (6, 17) else (0, 0)
             if proto == 17 and sport == 68 and dport == 67 and allow_dhcp:
                 continue
-            if proto == 6 and sport == 8000:
+            if proto == 6 and sport in served:
                 continue
             seen.append(f"ipv4 proto={proto} {dst}:{dport}")
         else:

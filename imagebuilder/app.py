@@ -61,8 +61,12 @@ UNIT_DIR = "usr/lib/systemd/system"
 
 def masked(config) -> tuple[str, ...]:
     """MASKED, and Samba's daemons: its package enables them in the base layer (links the app layer cannot take
-    away), so they are masked here. NetBIOS (nmbd) and the domain controller never run; smbd only with smb=on."""
-    return (*MASKED, "nmbd.service", "samba-ad-dc.service", *(() if config.smb else ("smbd.service",)))
+    away), so they are masked here. NetBIOS (nmbd) and the domain controller never run; smbd only with smb=on.
+    smbd wants network-online.target, but it listens on every address, DHCP's included once they come: so no
+    waiting for the network (networkd's wait-online would hold smbd back 2 minutes, then fail, on a LAN without
+    DHCP)."""
+    samba = ("systemd-networkd-wait-online.service",) if config.smb else ("smbd.service",)
+    return (*MASKED, "nmbd.service", "samba-ad-dc.service", *samba)
 
 
 def preset(ctx: Context) -> str:

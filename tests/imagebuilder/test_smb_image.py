@@ -79,6 +79,7 @@ def test_samba_runs_only_with_smb_on(tmp_path):
     on = enabled_links(make_ctx(tmp_path / "on", "cpu", *SMB))
     assert "etc/systemd/system/smbd.service" not in on
     assert on["etc/systemd/system/nmbd.service"] == on["etc/systemd/system/samba-ad-dc.service"] == "/dev/null"
+    assert on["etc/systemd/system/systemd-networkd-wait-online.service"] == "/dev/null"  # smbd waits for no DHCP
     assert on["etc/systemd/system/multi-user.target.wants/smbd.service"].endswith("/smbd.service")
     setup = "etc/systemd/system/smbd.service.requires/appliance-smb-setup.service"
     assert on[setup] == "/usr/lib/systemd/system/appliance-smb-setup.service"

@@ -424,13 +424,18 @@ def check_smb(vm: Vm, login: str, report: dict, result: dict, timeout: float = 2
     writer (the file created, held open and empty for SMB_PAUSE s, then written), a file sent whole three times
     over, longer each time (open/close several times; its prefixes do not open), and the slow file's name again
     once the first has left the inbox. Their .txt outputs must come out in the read-only `outbox` share saying
-    OCR_TEXT, two for the reused name. A wrong password, a guest and an SMB1 client are refused; smbd listens on 445.
+    OCR_TEXT, two for the reused name. A wrong password, a guest and an SMB1 client are refused; smbd listens on 445
+    and nothing on NetBIOS's ports.
     `login`: USER%PASSWORD, as the image was built (smb_user, smb_password)."""
     if not shutil.which("smbclient"):
         return ["the SMB check needs smbclient on this host (apt install smbclient)"]
     problems = []
-    if not any(":445/smbd/" in listener for listener in report.get("listen", [])):
-        problems.append(f"smbd is not listening on port 445: {report.get('listen')}")
+    listen = report.get("listen", [])
+    if not any(":445/smbd" in listener for listener in listen):
+        problems.append(f"smbd is not listening on port 445: {listen}")
+    netbios = [listener for listener in listen if re.search(r":13[789]/", listener)]
+    if netbios:
+        problems.append(f"NetBIOS ports open (SMB is to be on TCP 445 only): {netbios}")
     started = time.monotonic()
     pictures = vm.dir / "smb"
     pictures.mkdir(exist_ok=True)

@@ -136,8 +136,21 @@ def test_smbclient_listing_and_refusals_are_read():
     assert "exit -1" in other and "no answer" in other
 
 
-def test_the_smb_check_needs_smbclient(tmp_path, monkeypatch):
+def test_the_smb_check_needs_smbclient(monkeypatch):
     monkeypatch.setattr(checks.shutil, "which", lambda name: None)
     assert checks.check_smb(object(), "u%p", {}, {}) == [
         "the SMB check needs smbclient on this host (apt install smbclient)"
     ]
+
+
+def test_the_smb_check_names_a_missing_smbd_and_netbios_ports(tmp_path):
+    """The listeners are judged before anything is sent: here the share itself does not answer either."""
+
+    class NoShare:
+        smb_port, dir = 9, tmp_path  # nothing listens on port 9
+
+    report = {"listen": ["tcp:127.0.0.1:8000/python3/999", "udp:0.0.0.0:137/nmbd/0"]}
+    problems = checks.check_smb(NoShare(), "u%p", report, {}, timeout=5)
+    assert problems[0].startswith("smbd is not listening on port 445")
+    assert problems[1] == "NetBIOS ports open (SMB is to be on TCP 445 only): ['udp:0.0.0.0:137/nmbd/0']"
+    assert problems[2].startswith("SMB share 'scan': exit 1") and len(problems) == 3

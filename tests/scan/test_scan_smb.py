@@ -138,10 +138,10 @@ def wait_for(condition, timeout: float, what: str):
     return found
 
 
-def test_mfp_files_through_the_share_come_out_in_the_read_only_outbox(samba, cpu_engine):
+def test_mfp_files_through_the_share_come_out_in_the_read_only_outbox(samba, cpu):
     home, root = samba.home, samba.root
     assert {"text", "doc", "translate-en"} <= samba.names("scan")  # the task folders, for the MFP's share path
-    jobs = Jobs(home / "jobs", lambda report: cpu_engine)
+    jobs = Jobs(home / "jobs", lambda report: cpu)
     watcher = scan.WatcherThread(root, scan.JobsRecognizer(jobs), media_dirs=(), outputs=("txt", "pdf"), **FAST)
     try:
         # 1. A slow writer: the file created at once, then written 64 KiB at a time with a pause longer than the
@@ -227,12 +227,12 @@ class SambaAsVm:
         self.smb_port, self.dir = samba.port, samba.home
 
 
-def test_the_boot_tests_smb_check_passes_against_this_samba(samba, cpu_engine):
+def test_the_boot_tests_smb_check_passes_against_this_samba(samba, cpu):
     """checks.check_smb, as the boot test runs it on the booted image, against the image's smb.conf here with a
     watcher of the image's timings (quiet period 3 s)."""
     from imagebuilder.boottest import checks
 
-    jobs = Jobs(samba.home / "jobs", lambda report: cpu_engine)
+    jobs = Jobs(samba.home / "jobs", lambda report: cpu)
     watcher = scan.WatcherThread(samba.root, scan.JobsRecognizer(jobs), media_dirs=())
     result = {}
     try:

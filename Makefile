@@ -14,13 +14,15 @@ $(STAMP)/deps: pyproject.toml
 
 # What the tests need from Debian, in one apt run: fonts to render the CJK test images (tests make their own images
 # with Pillow); headless Debian chromium for the web UI's browser tests (driven by playwright, which downloads
-# nothing); SANE's scanimage and its airscan backend, which the scanner tests drive against an emulated eSCL scanner.
+# nothing); SANE's scanimage and its airscan backend, which the scanner tests drive against an emulated eSCL scanner;
+# Samba's smbd and smbclient (the SMB tests run the image's smb.conf; the boot test's SMB check).
 $(STAMP)/test-apt:
 	mkdir -p $(STAMP)
 	if ! fc-list 2>/dev/null | grep -qi 'WenQuanYi Micro Hei' || ! command -v chromium >/dev/null || \
-	   ! command -v scanimage >/dev/null || ! ls /usr/lib/*/sane/libsane-airscan.so.1 >/dev/null 2>&1; then \
+	   ! command -v scanimage >/dev/null || ! ls /usr/lib/*/sane/libsane-airscan.so.1 >/dev/null 2>&1 || \
+	   ! command -v smbd >/dev/null || ! command -v smbclient >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-microhei \
-	    fonts-dejavu-core fontconfig chromium sane-utils sane-airscan >/dev/null; fi
+	    fonts-dejavu-core fontconfig chromium sane-utils sane-airscan samba smbclient >/dev/null; fi
 	touch $@
 
 deps: $(STAMP)/deps
@@ -59,12 +61,12 @@ $(STAMP)/llama-cpp: imagebuilder/llamacpp_source.py $(STAMP)/deps $(STAMP)/serve
 llama-cpp: $(STAMP)/llama-cpp
 
 # Lint first (the project's ruff rules in pyproject.toml; `ruff format` fixes what --check reports), then the tests.
-# APPLIANCE_TEST_REQUIRE: the real model servers' and the scanner's tests fail, not skip, when their runtime is
-# missing.
+# APPLIANCE_TEST_REQUIRE: the real model servers', the scanners' and Samba's tests fail, not skip, when their
+# runtime is missing.
 test: $(STAMP)/deps $(STAMP)/test-apt $(STAMP)/vllm-venv $(STAMP)/llama-cpp
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	APPLIANCE_TEST_REQUIRE=vllm,llama,sane $(PY) -m pytest -q
+	APPLIANCE_TEST_REQUIRE=vllm,llama,sane,samba $(PY) -m pytest -q
 
 # OCR engine, scan folder, scanners, then the image (cold and app-only build, sizes, boot time against a bare
 # image: ~25 min).
@@ -98,19 +100,22 @@ reproduce: $(STAMP)/deps host-tools
 
 # Slow (CI runs it after `make test`). Boots a LAN-mode copy of the image (only its app layer differs) from a USB
 # stick made of the build's .img, BIOS then UEFI (so its persistence partition must carry a file across the reboot),
-# the data stick pulled while each runs; then the default image through "Check the medium" (BIOS CD): loopback only,
+# the data stick pulled while each runs, its SMB share written to as an MFP would on the first boot (~1-2 min); then the default image through "Check the medium" (BIOS CD): loopback only,
 # silent network. Under QEMU's TCG on these 2-core machines a boot takes 8-15 minutes, so CI boots these three;
 # `make boot-test BOOT_TEST_LAN_MODES=$(ALL_LAN_MODES)` boots all four ways (the UEFI CD through "copy to RAM").
 # ("safe graphics" is not booted here, for time: `appliance boot-test ISO --modes bios-cd:safe` boots it.)
 # Artifacts (serial logs, screenshots, pcaps, result.json) land in out/boot-test/.
 BOOT_TEST_TOKEN ?= boot-test-token-not-secret
+BOOT_TEST_SMB ?= mfp-scanner%boot-test-smb-not-secret
 ALL_LAN_MODES = bios-cd,uefi-cd:toram,bios-usb,uefi-usb
 BOOT_TEST_LAN_MODES ?= bios-usb,uefi-usb
 BOOT_TEST_TIMEOUT ?= 1500
 boot-test: iso $(STAMP)/test-apt
 	$(APPLIANCE) build --profile $(ISO_PROFILE) $(ISO_ARGS) --set lan=on --set lan_token=$(BOOT_TEST_TOKEN) \
-	  --set usb_image=on --out out/boot-test-image
+	  --set smb=on --set smb_user=$(firstword $(subst %, ,$(BOOT_TEST_SMB))) \
+	  --set smb_password=$(lastword $(subst %, ,$(BOOT_TEST_SMB))) --set usb_image=on --out out/boot-test-image
 	$(APPLIANCE) boot-test out/boot-test-image/*-$(ISO_PROFILE).iso --lan-token $(BOOT_TEST_TOKEN) --persistence \
+	  --smb-login $(BOOT_TEST_SMB) \
 	  --modes $(BOOT_TEST_LAN_MODES) --pull-stick --timeout $(BOOT_TEST_TIMEOUT) --artifacts out/boot-test/lan
 	$(APPLIANCE) boot-test out/*-$(ISO_PROFILE).iso --modes bios-cd:verify --timeout $(BOOT_TEST_TIMEOUT) \
 	  --artifacts out/boot-test/default

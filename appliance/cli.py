@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--artifacts", default="out/boot-test", help="serial logs, screenshots, pcaps, result.json")
     boot.add_argument("--timeout", type=int, default=600, help="seconds per boot (TCG is slow)")
     boot.add_argument("--lan-token", help="the token the image was built with (to call its API)")
+    boot.add_argument(
+        "--smb-login",
+        metavar="USER%PASSWORD",
+        help="an image built with smb=on: its smb_user and smb_password (the first LAN boot checks the SMB share)",
+    )
     boot.add_argument("--persistence", action="store_true", help="also check that data survives a reboot (USB)")
     boot.add_argument(
         "--pull-stick",
@@ -210,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             persistence=args.persistence,
             pull_stick=args.pull_stick,
             stick_fs=args.stick_fs,
+            smb_login=args.smb_login,
         )
     if args.command == "serve":
         from webui.server import serve

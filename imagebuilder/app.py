@@ -73,13 +73,16 @@ def scanner_discovery(config) -> bool:
 def masked(config) -> tuple[str, ...]:
     """MASKED, avahi unless scanners are looked for on the LAN, and Samba's daemons: its package enables them in the
     base layer (links the app layer cannot take away), so they are masked here. NetBIOS (nmbd) and the domain
-    controller never run; smbd only with smb=on."""
+    controller never run; smbd only with smb=on. smbd wants network-online.target, but it listens on every address,
+    DHCP's included once they come: so no waiting for the network (networkd's wait-online would hold smbd back 2
+    minutes, then fail, on a LAN without DHCP)."""
+    samba = ("systemd-networkd-wait-online.service",) if config.smb else ("smbd.service",)
     return (
         *MASKED,
         *(() if scanner_discovery(config) else AVAHI),
         "nmbd.service",
         "samba-ad-dc.service",
-        *(() if config.smb else ("smbd.service",)),
+        *samba,
     )
 
 

@@ -30,9 +30,11 @@ def parse_marker(text: str) -> dict:
 DISCOVERY = {("239.255.255.250", 3702), ("224.0.0.251", 5353)}
 
 
-def guest_traffic(pcap: Path, allow_dhcp: bool, allow_discovery: bool = False) -> list[str]:
+def guest_traffic(
+    pcap: Path, allow_dhcp: bool, served: tuple[int, ...] = (8000,), allow_discovery: bool = False
+) -> list[str]:
     """Frames the guest sent on its own: anything but ARP, DHCP and scanner discovery (LAN mode) and replies from
-    its port 8000."""
+    the ports it serves through the forwards (8000; 445 for SMB)."""
     if not pcap.exists():
         return []
     data = pcap.read_bytes()
@@ -57,7 +59,7 @@ def guest_traffic(pcap: Path, allow_dhcp: bool, allow_discovery: bool = False) -
             sport, dport = struct.unpack("!HH", frame[14 + ihl : 14 + ihl + 4]) if proto in (6, 17) else (0, 0)
             if proto == 17 and sport == 68 and dport == 67 and allow_dhcp:
                 continue
-            if proto == 6 and sport == 8000:
+            if proto == 6 and sport in served:
                 continue
             if proto == 17 and allow_discovery and (dst, dport) in DISCOVERY:
                 continue

@@ -29,12 +29,13 @@ from imagebuilder.boottest.checks import (
     check_read_only_stick,
     check_scan_stick,
     check_scanner,
+    check_smb,
     check_ui_usb_upload,
     check_usb,
     selftest_problems,
 )
 from imagebuilder.boottest.sticks import OCR_TEXT, OUTBOX_TEXT, data_stick, stick_text
-from imagebuilder.boottest.vm import MODES, Vm, accel, split_mode, usb_stick
+from imagebuilder.boottest.vm import MODES, Vm, accel, free_port, split_mode, usb_stick
 
 
 def boot_once(
@@ -48,12 +49,16 @@ def boot_once(
     pull_stick: bool = False,
     stick_fs: str = "vfat",
     full_page: bool = True,
+    smb_login: str | None = None,
 ) -> dict:
     """One boot and its checks. `full_page`: also read a full A4 page and run a poison job (minutes under emulation:
-    the first LAN boot of a run does them; the poison job needs the guest's debug shell, asked for at GRUB)."""
+    the first LAN boot of a run does them; the poison job needs the guest's debug shell, asked for at GRUB).
+    `smb_login` (USER%PASSWORD of an image built with smb=on): the SMB share is forwarded and, with `full_page`,
+    checked."""
     base, entry = split_mode(mode)
     poison = lan and full_page
-    vm = Vm(disk=disk, mode=base, dir=out, stick=stick, entry=entry, debug_shell=poison)
+    smb_port = free_port() if smb_login else None
+    vm = Vm(disk=disk, mode=base, dir=out, stick=stick, entry=entry, debug_shell=poison, smb_port=smb_port)
     result = {"mode": mode, "ok": False}
     try:
         try:
@@ -100,6 +105,8 @@ def boot_once(
                 api_problems += scan_check(vm, token, result)
                 api_problems += check_ui_usb_upload(vm, token, out, result)
                 api_problems += check_usb(vm, token, result, pull_stick)  # pulls the stick
+            if smb_login and full_page:
+                api_problems += check_smb(vm, smb_login, report, result)
             if (
                 poison
             ):  # both need the debug shell: a virtual scanner turned on; the web app killed three times (last)
@@ -118,7 +125,8 @@ def boot_once(
             if text != OCR_TEXT:
                 result["ok"] = False
                 result.setdefault("problems", []).append(f"{OUTBOX_TEXT} on the stick holds {text!r}")
-        result["outbound"] = guest_traffic(out / "guest.pcap", allow_dhcp=lan, allow_discovery=lan)
+        served = (8000, 445) if smb_login else (8000,)
+        result["outbound"] = guest_traffic(out / "guest.pcap", allow_dhcp=lan, served=served, allow_discovery=lan)
         if result["outbound"]:
             result["ok"] = False
             result.setdefault("problems", []).append(f"guest sent {len(result['outbound'])} unexpected frames")
@@ -134,6 +142,7 @@ def boot_test(
     persistence: bool = False,
     pull_stick: bool = False,
     stick_fs: str = "vfat",
+    smb_login: str | None = None,
 ) -> int:
     """Boot `iso` in each mode; print one line per boot; 0 if every boot passed."""
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -150,7 +159,8 @@ def boot_test(
         out = artifacts / mode.replace(":", "-")
         out.mkdir(exist_ok=True)
         data = data_stick(out / "data-stick.img", stick_fs)  # fresh per boot: its inbox is consumed
-        r = boot_once(disk, mode, out, timeout, lan_token, lan, data, pull_stick, stick_fs, full_page=not results)
+        smb = smb_login if lan else None
+        r = boot_once(disk, mode, out, timeout, lan_token, lan, data, pull_stick, stick_fs, not results, smb)
         results.append(r)
         print(
             f"  {mode}: {'PASS' if r['ok'] else 'FAIL'} selftest after {r.get('seconds_to_selftest')}s"

@@ -1,7 +1,8 @@
 """The boot test's virtual PC: QEMU with BIOS or UEFI firmware, booting the image from a CD or a USB stick.
 
-Every QEMU started here is ended by its own PID. The guest's port 8000 is forwarded to a free loopback port; its
-serial console goes to serial.log and to a socket (to pick a GRUB entry), its network to a pcap (capture.py).
+Every QEMU started here is ended by its own PID. The guest's port 8000 (and SMB's 445, when asked) is forwarded to a
+free loopback port; its serial console goes to serial.log and to a socket (to pick a GRUB entry), its network to a
+pcap (capture.py).
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class Vm:
     debug_shell: bool = False
     memory_mb: int = 3072
     port: int = field(default_factory=free_port)
+    smb_port: int | None = None  # a host port forwarded to the guest's SMB port 445 (images built with smb=on)
     pid: int | None = None
     started: float = 0.0
 
@@ -130,7 +132,8 @@ class Vm:
             str(d / "qemu.pid"),
             # restrict=on: the guest cannot reach anything, yet the pcap still shows every attempt it makes.
             "-netdev",
-            f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{self.port}-:8000",
+            f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{self.port}-:8000"
+            + (f",hostfwd=tcp:127.0.0.1:{self.smb_port}-:445" if self.smb_port else ""),
             "-device",
             "virtio-net-pci,netdev=net0",
             "-object",

@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import json
+import struct
 
 import pytest
 from contexts import HOST_UNITS, enabled_links, make_ctx
 from llama_fixtures import require
 
 from imagebuilder import app
+from imagebuilder.boottest import checks
+from imagebuilder.boottest.capture import guest_traffic
+from imagebuilder.boottest.vm import GUEST_MAC, Vm
 from imagebuilder.context import BuildError
 from imagebuilder.settings import BY_NAME, SettingsError, resolve
 
@@ -75,6 +79,78 @@ def test_samba_runs_only_with_smb_on(tmp_path):
     on = enabled_links(make_ctx(tmp_path / "on", "cpu", *SMB))
     assert "etc/systemd/system/smbd.service" not in on
     assert on["etc/systemd/system/nmbd.service"] == on["etc/systemd/system/samba-ad-dc.service"] == "/dev/null"
+    assert on["etc/systemd/system/systemd-networkd-wait-online.service"] == "/dev/null"  # smbd waits for no DHCP
     assert on["etc/systemd/system/multi-user.target.wants/smbd.service"].endswith("/smbd.service")
     setup = "etc/systemd/system/smbd.service.requires/appliance-smb-setup.service"
     assert on[setup] == "/usr/lib/systemd/system/appliance-smb-setup.service"
+
+
+# ---- the boot test's SMB parts (the check itself runs against the real Samba in tests/scan/test_scan_smb.py) ----
+
+
+def test_the_vm_forwards_smb_only_when_asked(tmp_path):
+    plain = " ".join(Vm(disk=tmp_path / "a.iso", mode="bios-cd", dir=tmp_path).command())
+    assert "-:445" not in plain and "-:8000" in plain
+    smb = Vm(disk=tmp_path / "a.iso", mode="bios-cd", dir=tmp_path, smb_port=40445).command()
+    netdev = smb[smb.index("-netdev") + 1]
+    assert netdev.endswith(",hostfwd=tcp:127.0.0.1:40445-:445") and "restrict=on" in netdev
+
+
+def pcap(frames: list[bytes]) -> bytes:
+    header = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+    return header + b"".join(struct.pack("<IIII", 0, 0, len(f), len(f)) + f for f in frames)
+
+
+def tcp_from_guest(sport: int, dport: int) -> bytes:
+    guest = bytes(int(x, 16) for x in GUEST_MAC.split(":"))
+    ip = bytes([0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0, 10, 0, 2, 15, 10, 0, 2, 2])
+    return b"\xff" * 6 + guest + b"\x08\x00" + ip + struct.pack("!HH", sport, dport) + bytes(16)
+
+
+def test_smb_replies_are_expected_traffic_only_with_the_smb_forward(tmp_path):
+    path = tmp_path / "guest.pcap"
+    path.write_bytes(pcap([tcp_from_guest(8000, 50000), tcp_from_guest(445, 50001)]))
+    assert guest_traffic(path, allow_dhcp=True) == ["ipv4 proto=6 10.0.2.2:50001"]
+    assert guest_traffic(path, allow_dhcp=True, served=(8000, 445)) == []
+
+
+LISTING = """Try "help" to get a list of possible commands.
+  .                                   D        0  Wed Dec  2 15:30:45 2026
+  ..                                  D        0  Wed Dec  2 15:30:45 2026
+  text                                D        0  Wed Dec  2 15:30:45 2026
+  SCN_0001.txt                        A       15  Wed Dec  2 15:31:53 2026
+  my scan 2.pdf                       AR   20480  Tue Nov  3 09:01:02 2026
+
+\t\t264212084 blocks of size 1024. 72589980 blocks available
+"""
+
+
+def test_smbclient_listing_and_refusals_are_read():
+    assert checks.smb_names(LISTING) == {"text", "SCN_0001.txt", "my scan 2.pdf"}
+    assert checks.smb_names("session setup failed: NT_STATUS_LOGON_FAILURE") == set()
+    denied = (1, "session setup failed: NT_STATUS_LOGON_FAILURE\n")
+    assert checks.smb_refused("wrong password", denied, "NT_STATUS_LOGON_FAILURE") == []
+    [got_in] = checks.smb_refused("wrong password", (0, LISTING), "NT_STATUS_LOGON_FAILURE")
+    assert got_in.startswith("SMB wrong password: expected NT_STATUS_LOGON_FAILURE, but it got in")
+    [other] = checks.smb_refused("guest login", (-1, "no answer in 120 s"), "NT_STATUS_ACCESS_DENIED")
+    assert "exit -1" in other and "no answer" in other
+
+
+def test_the_smb_check_needs_smbclient(monkeypatch):
+    monkeypatch.setattr(checks.shutil, "which", lambda name: None)
+    assert checks.check_smb(object(), "u%p", {}, {}) == [
+        "the SMB check needs smbclient on this host (apt install smbclient)"
+    ]
+
+
+def test_the_smb_check_names_a_missing_smbd_and_netbios_ports(tmp_path):
+    """The listeners are judged before anything is sent: here the share itself does not answer either."""
+
+    class NoShare:
+        smb_port, dir = 9, tmp_path  # nothing listens on port 9
+
+    report = {"listen": ["tcp:127.0.0.1:8000/python3/999", "udp:0.0.0.0:137/nmbd/0"]}
+    problems = checks.check_smb(NoShare(), "u%p", report, {}, timeout=5)
+    assert problems[0].startswith("smbd is not listening on port 445")
+    assert problems[1] == "NetBIOS ports open (SMB is to be on TCP 445 only): ['udp:0.0.0.0:137/nmbd/0']"
+    assert problems[2].startswith("SMB share 'scan': exit 1") and len(problems) == 3

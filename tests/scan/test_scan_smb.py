@@ -138,10 +138,10 @@ def wait_for(condition, timeout: float, what: str):
     return found
 
 
-def test_mfp_files_through_the_share_come_out_in_the_read_only_outbox(samba, cpu_engine):
+def test_mfp_files_through_the_share_come_out_in_the_read_only_outbox(samba, cpu):
     home, root = samba.home, samba.root
     assert {"text", "doc", "translate-en"} <= samba.names("scan")  # the task folders, for the MFP's share path
-    jobs = Jobs(home / "jobs", lambda report: cpu_engine)
+    jobs = Jobs(home / "jobs", lambda report: cpu)
     watcher = scan.WatcherThread(root, scan.JobsRecognizer(jobs), media_dirs=(), outputs=("txt", "pdf"), **FAST)
     try:
         # 1. A slow writer: the file created at once, then written 64 KiB at a time with a pause longer than the
@@ -218,3 +218,29 @@ def test_smb1_only_when_asked(samba_home):
         assert "NT_STATUS_LOGON_FAILURE" in server.client("scan", "ls", user=f"{LOGIN}%wrong").stdout
     finally:
         server.stop()
+
+
+class SambaAsVm:
+    """What the boot test's SMB check uses of a Vm: the forwarded SMB port and a folder for its files."""
+
+    def __init__(self, samba: Samba):
+        self.smb_port, self.dir = samba.port, samba.home
+
+
+def test_the_boot_tests_smb_check_passes_against_this_samba(samba, cpu):
+    """checks.check_smb, as the boot test runs it on the booted image, against the image's smb.conf here with a
+    watcher of the image's timings (quiet period 3 s)."""
+    from imagebuilder.boottest import checks
+
+    jobs = Jobs(samba.home / "jobs", lambda report: cpu)
+    watcher = scan.WatcherThread(samba.root, scan.JobsRecognizer(jobs), media_dirs=())
+    result = {}
+    try:
+        report = {"listen": ["tcp:127.0.0.1:8000/python3/999", "tcp:0.0.0.0:445/smbd/0"]}
+        assert checks.check_smb(SambaAsVm(samba), f"{LOGIN}%{PASSWORD}", report, result, timeout=180) == []
+    finally:
+        watcher.stop()
+        jobs.close()
+    assert set(result["smb_outbox"]) == {"SCN_0001.txt", "SCN_0001-1.txt", "SCN_0002.txt"}
+    assert result["smb_seconds"] < 120
+    assert (samba.root / "done" / "text" / "SCN_0001-1.png").exists()

@@ -107,9 +107,8 @@ def boot_once(
                 api_problems += check_usb(vm, token, result, pull_stick)  # pulls the stick
             if smb_login and full_page:
                 api_problems += check_smb(vm, smb_login, report, result)
-            if (
-                poison
-            ):  # both need the debug shell: a virtual scanner turned on; the web app killed three times (last)
+            # Both need the debug shell: a virtual scanner turned on; the web app killed three times (last).
+            if poison:
                 api_problems += check_scanner(vm, token, result)
                 api_problems += check_poison_job(vm, token, out, result)
         screenshot(vm, out / "screen-end.png")

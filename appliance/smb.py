@@ -15,6 +15,7 @@ root-only environment file, never from a command line.
 from __future__ import annotations
 
 import os
+import pwd
 import subprocess
 import sys
 from pathlib import Path
@@ -105,8 +106,6 @@ def users_map(smb_user: str, account: str = ACCOUNT) -> str:
 
 def make_task_folders(scan_dir: Path = SCAN_DIR, account: str = ACCOUNT) -> None:
     """The inbox with one folder per task, and the outbox, owned by `account` (the shares show them to MFPs)."""
-    import pwd
-
     entry = pwd.getpwnam(account)
     folders = [scan_dir, scan_dir / "outbox", scan_dir / "inbox", *(scan_dir / "inbox" / f for f in FOLDERS if f)]
     for folder in folders:

@@ -532,7 +532,7 @@ def check_smb(vm: Vm, login: str, report: dict, result: dict, timeout: float = 2
             put(pictures / "part.png", SMB_PIECES)
             time.sleep(SMB_PAUSE if end < len(pieces) else 0)
         slow.result()
-    while SMB_SLOW in smb_names(smbclient(vm, "scan", f"ls {SMB_FOLDER}\\*", login)[1]):
+    while (inbox := smbclient(vm, "scan", f"ls {SMB_FOLDER}\\*", login))[0] != 0 or SMB_SLOW in smb_names(inbox[1]):
         if time.monotonic() - started > timeout:
             return [*problems, f"{SMB_FOLDER}/{SMB_SLOW} was not taken from the inbox in {timeout:.0f} s"]
         time.sleep(2)

@@ -154,3 +154,11 @@ def test_the_smb_check_names_a_missing_smbd_and_netbios_ports(tmp_path):
     assert problems[0].startswith("smbd is not listening on port 445")
     assert problems[1] == "NetBIOS ports open (SMB is to be on TCP 445 only): ['udp:0.0.0.0:137/nmbd/0']"
     assert problems[2].startswith("SMB share 'scan': exit 1") and len(problems) == 3
+
+
+def test_the_boot_step_without_its_password_says_so(monkeypatch, capsys):
+    from appliance import smb
+
+    monkeypatch.delenv(smb.PASSWORD_ENV, raising=False)
+    assert smb.main() == 1
+    assert "APPLIANCE_SMB_PASSWORD is not set" in capsys.readouterr().err

@@ -74,6 +74,7 @@ class Samba:
         self.log = log
         self.proc = subprocess.Popen(
             ["smbd", "--foreground", "--no-process-group", "--debug-stdout", "--configfile", str(self.conf)],
+            stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # smbd signals its whole process group when it stops: not pytest's

@@ -301,6 +301,7 @@ def test_usb_image_gets_a_persistence_partition(tmp_path):
     import json
     import subprocess
 
+    from appliance.persistence import ALIGN
     from imagebuilder import usb
 
     image = tmp_path / "stick.img"
@@ -311,7 +312,7 @@ def test_usb_image_gets_a_persistence_partition(tmp_path):
     parts = json.loads(
         subprocess.run(["sfdisk", "-J", str(image)], capture_output=True, text=True, check=True).stdout
     )["partitiontable"]["partitions"]
-    assert len(parts) == 2 and parts[1]["start"] * 512 == usb.ALIGN * 3 and parts[1]["size"] * 512 == 8 * 2**20
+    assert len(parts) == 2 and parts[1]["start"] * 512 == ALIGN * 3 and parts[1]["size"] * 512 == 8 * 2**20
     with open(image, "rb") as f:  # ext4 superblock at +1024: magic at 0x38, volume name at 0x78
         f.seek(parts[1]["start"] * 512 + 1024)
         sb = f.read(256)

@@ -34,7 +34,7 @@ import re
 import subprocess
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from appliance import storage
@@ -111,7 +111,7 @@ class Status:
         return self.state in OFFERED
 
     def to_dict(self) -> dict:
-        data = asdict(self)
+        data = {f.name: getattr(self, f.name) for f in fields(self)}  # asdict() would deep-copy the Text
         data["message"] = self.message.to_dict()
         data["text"] = str(self.message)
         return data

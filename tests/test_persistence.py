@@ -1,0 +1,238 @@
+"""Persistent storage on demand (appliance.persistence) on a real stick stand-in: a hybrid ISO made by the image
+builder's own xorriso call, written raw into a sparse 1 GiB file, attached as a loop device. status and create run
+the real sfdisk, partx, mkfs.ext4, debugfs and mount against it.
+
+What is not the real thing: live-boot's mount of the medium is a line in a mounts file (this host's kernel has no
+iso9660), held open exclusively as a mount holds it, so sfdisk sees the stick in use as it is on the appliance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from appliance import persistence
+from appliance.messages import Text
+from appliance.persistence import ALIGN, PERSISTENCE_CONF, PersistenceError
+
+TOOLS = ("losetup", "partx", "sfdisk", "blkid", "mkfs.ext4", "debugfs", "xorriso", "mount")
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not all(shutil.which(t) for t in TOOLS) or not Path("/dev/loop-control").exists(),
+    reason=f"needs root, loop devices and {', '.join(TOOLS)}",
+)
+REPO = Path(__file__).resolve().parent.parent
+ENTRY3 = range(446 + 32, 446 + 48)  # the MBR's third partition entry: the only bytes of the image create may change
+
+
+@pytest.fixture(scope="module")
+def iso(tmp_path_factory) -> Path:
+    """A small ISO made by imagebuilder.iso.make_iso (GRUB's hybrid MBR, ISO9660 as partition 1, an appended
+    partition 2 as the ESP), from a dummy tree: random bytes stand in for the layers and the boot images."""
+    from imagebuilder import iso as iso_stage
+    from imagebuilder.context import Context
+    from imagebuilder.settings import resolve
+
+    if not iso_stage.GRUB_MBR.exists():
+        pytest.skip(f"needs {iso_stage.GRUB_MBR} (grub-pc-bin)")
+    tmp = tmp_path_factory.mktemp("iso")
+    config = resolve("cpu", [], out_dir=str(tmp / "out"), cache_dir=str(tmp / "cache"))
+    ctx = Context(config=config, repo=REPO, out_dir=tmp / "out", cache_dir=tmp / "cache", work=tmp, epoch=1700000000)
+    tree = tmp / "tree"
+    for rel, size in ((iso_stage.BIOS_IMAGE, 4096), ("live/filesystem.squashfs", 3 << 20)):
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_bytes(os.urandom(size))
+    efi = tmp / "efi.img"
+    efi.write_bytes(os.urandom(4 << 20))
+    ctx.files.update(iso_tree=tree, efi_img=efi)
+    iso_stage.make_iso(ctx)
+    return ctx.files["iso"]
+
+
+class Stick:
+    """The ISO written raw to a stick of `size` bytes, attached as a loop device (read-only if asked), with its
+    partition 1 as live-boot's medium."""
+
+    def __init__(self, iso: Path, folder: Path, size: int, read_only: bool = False):
+        self.iso, self.file = iso, folder / "stick.img"
+        shutil.copyfile(iso, self.file)
+        os.truncate(self.file, size)
+        flags = ["-r"] if read_only else []
+        self.disk = run("losetup", "-f", "--show", "-P", *flags, self.file).strip()
+        self.name = os.path.basename(self.disk)
+        if not Path(f"/sys/class/block/{self.name}p1").exists():  # a kernel without the MBR parser
+            run("partx", "--add", self.disk)
+        self.medium, self.mounts = str(folder / "medium"), folder / "mounts"
+        self.mounts.write_text(f"{self.disk}p1 {self.medium} iso9660 ro,noatime 0 0\n")
+        self.held = os.open(f"{self.disk}p1", os.O_RDONLY | os.O_EXCL)  # as live-boot's mount holds it
+
+    @property
+    def where(self) -> dict:
+        return {"medium": self.medium, "mounts_file": str(self.mounts)}
+
+    def close(self) -> None:
+        os.close(self.held)
+        subprocess.run(["partx", "--delete", self.disk], capture_output=True)
+        run("losetup", "-d", self.disk)
+
+    def table(self) -> list[dict]:
+        return json.loads(run("sfdisk", "--json", self.disk))["partitiontable"]["partitions"]
+
+    def image_digest(self) -> str:
+        """The ISO's bytes as written on the stick (partitions 1-2, boot code, 300 KiB tail), but for entry 3."""
+        os.sync()
+        size = self.iso.stat().st_size
+        with open(self.file, "rb") as f:
+            data = bytearray(f.read(size))
+        data[ENTRY3.start : ENTRY3.stop] = bytes(len(ENTRY3))
+        return hashlib.sha256(data).hexdigest()
+
+
+def run(*cmd) -> str:
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture
+def stick(iso, tmp_path):
+    sticks = []
+
+    def make(size: int = 1 << 30, read_only: bool = False) -> Stick:
+        folder = tmp_path / f"stick{len(sticks)}"
+        folder.mkdir()
+        sticks.append(Stick(iso, folder, size, read_only))
+        return sticks[-1]
+
+    yield make
+    for s in sticks:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            s.close()
+
+
+def conf_of(node: str) -> str:
+    return run("debugfs", "-R", "cat /persistence.conf", node)
+
+
+def test_create_appends_a_persistence_partition_and_touches_nothing_of_the_image(stick, iso):
+    s = stick()
+    original = s.image_digest()
+    assert original == stick_digest_of(iso)
+    now = persistence.status(**s.where)
+    assert now.state == "possible" and now.offered and now.disk == s.disk
+    p2_end = max(p["start"] + p["size"] for p in s.table()) * 512
+    assert now.start == persistence.align_up(p2_end + persistence.ISO_TAIL) and now.start >= iso.stat().st_size
+    assert now.size == (1 << 30) - now.start and now.size % ALIGN == 0
+    steps = []
+    done = persistence.create(**s.where, progress=steps.append)
+    assert steps == ["partition", "format", "config"]
+    assert done.state == "exists" and done.partition == f"{s.disk}p3"
+    table = s.table()
+    assert [p["type"] for p in table] == ["cd", "ef", "83"]
+    assert table[2]["start"] * 512 == now.start and table[2]["size"] * 512 == now.size
+    fs = persistence.probe(done.partition)
+    assert fs["TYPE"] == "ext4" and fs["LABEL"] == "persistence"
+    assert conf_of(done.partition) == PERSISTENCE_CONF == "/srv/ocr union\n"
+    assert s.image_digest() == original  # boot code, partitions 1 and 2 and the ISO's tail, byte for byte
+    with pytest.raises(PersistenceError) as again:
+        persistence.create(**s.where)
+    assert again.value.args[0].code == "persist_exists"
+    assert len(s.table()) == 3
+
+
+def stick_digest_of(iso: Path) -> str:
+    data = bytearray(iso.read_bytes())
+    data[ENTRY3.start : ENTRY3.stop] = bytes(len(ENTRY3))
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_a_read_only_stick_is_refused(stick):
+    s = stick(read_only=True)
+    now = persistence.status(**s.where)
+    assert now.state == "read_only" and not now.offered
+    assert "read-only" in now.message and s.disk in now.message
+    with pytest.raises(PersistenceError, match="read-only"):
+        persistence.create(**s.where)
+
+
+@pytest.mark.parametrize(
+    ("extra", "state", "code"),
+    [(100 << 20, "too_small", "persist_too_small"), (0, "unavailable", "persist_no_space")],
+)
+def test_too_little_free_space_is_refused(stick, iso, extra, state, code):
+    s = stick(size=iso.stat().st_size + extra)
+    now = persistence.status(**s.where)
+    assert (now.state, now.message.code) == (state, code)
+    with pytest.raises(PersistenceError):
+        persistence.create(**s.where)
+    assert len(s.table()) == 2
+
+
+@pytest.mark.parametrize("cut_after", ["partition", "format"])
+def test_a_power_cut_leaves_the_image_whole_and_create_finishes_the_partition(stick, cut_after):
+    """What a power cut leaves is what the steps before it wrote: run those, then look and finish."""
+    s = stick()
+    original = s.image_digest()
+    plan = persistence.status(**s.where)
+    node = persistence.add_partition(persistence.read_disk(s.name), plan.start, plan.size)
+    if cut_after == "format":
+        persistence.make_filesystem(node)
+        assert conf_of(node) == ""  # persistence.conf never came: live-boot ignores it
+    assert s.image_digest() == original
+    now = persistence.status(**s.where)
+    assert now.state == "incomplete" and now.offered and now.partition == node
+    assert now.message.code == "persist_incomplete"
+    done = persistence.create(**s.where, progress=lambda step: None)
+    assert done.state == "exists" and done.partition == node and len(s.table()) == 3
+    assert conf_of(node) == PERSISTENCE_CONF and s.image_digest() == original
+
+
+def test_a_partition_holding_other_data_is_never_taken(stick):
+    """A third partition where create would put one, but with someone's filesystem on it: not ours, not touched."""
+    s = stick()
+    plan = persistence.status(**s.where)
+    node = persistence.add_partition(persistence.read_disk(s.name), plan.start, plan.size)
+    run("mkfs.ext4", "-q", "-F", "-L", "DATA", node)
+    now = persistence.status(**s.where)
+    assert now.state == "unavailable" and now.message.code == "persist_no_space"
+    assert persistence.probe(node)["LABEL"] == "DATA"
+
+
+@pytest.mark.parametrize(
+    ("line", "code"),
+    [
+        ("", "persist_not_live"),
+        ("tmpfs {medium} tmpfs rw 0 0", "persist_not_disk"),  # copied to RAM
+        ("{disk} {medium} iso9660 ro 0 0", "persist_iso_file"),  # an ISO file on a loop device (findiso=)
+    ],
+)
+def test_no_offer_where_the_medium_is_not_a_stick_partition(stick, line, code):
+    s = stick()
+    s.mounts.write_text(line.format(medium=s.medium, disk=s.disk) + "\n")
+    now = persistence.status(**s.where)
+    assert now.state == "unavailable" and now.message.code == code and not now.offered
+
+
+def test_the_unit_takes_a_request_and_writes_the_state(stick, tmp_path):
+    """`appliance persistence update` as the root unit runs it: the state at boot, then a request from the web app."""
+    s = stick()
+    state_file, request = tmp_path / "run" / "persistence.json", tmp_path / "run" / "requests" / "persistence"
+    persistence.update(state_file, request, **s.where)
+    state = persistence.read_state(state_file)
+    assert state["status"]["state"] == "possible" and state["job"] is None
+    request.parent.mkdir(parents=True)
+    request.write_text("/dev/vda please\n")  # the request's content is never read: the disk is worked out anew
+    persistence.update(state_file, request, **s.where)
+    state = persistence.read_state(state_file)
+    assert not request.exists() and state["job"] == {"state": "done"}
+    assert state["status"]["state"] == "exists" and state["status"]["partition"] == f"{s.disk}p3"
+    persistence.request(request)  # asked again: refused, nothing changed
+    persistence.update(state_file, request, **s.where)
+    state = persistence.read_state(state_file)
+    assert state["job"]["state"] == "refused" and state["job"]["message"]["code"] == "persist_exists"
+    assert len(s.table()) == 3
+    assert Text.from_dict(state["status"]["message"]) == state["status"]["text"]

@@ -264,7 +264,12 @@ def add_partition(disk: Disk, start: int, size: int) -> str:
         + ["--append", disk.node],
         input=sfdisk_line(start, size, disk.sector),
     )
-    number = len(disk.partitions) + 1
+    return kernel_node(disk, len(disk.partitions) + 1)
+
+
+def kernel_node(disk: Disk, number: int) -> str:
+    """The device of partition `number`, told to the kernel first if it does not know it yet (written with
+    --no-tell-kernel, or a run cut off right after the table was written)."""
     if not partition_name(disk.name, number):
         _run(["partx", "--add", "--nr", str(number), disk.node])
     for _ in range(100):  # the device node follows the kernel's uevent (devtmpfs, then udev)
@@ -317,10 +322,12 @@ def create(medium: str = storage.LIVE_MEDIUM, mounts_file: str = "/proc/mounts",
     before = status(medium, mounts_file)
     if not before.offered:
         raise PersistenceError(before.message)
-    node = before.partition
+    disk = read_disk(os.path.basename(before.disk))
     if before.state == "possible":
         progress("partition")
-        node = add_partition(read_disk(os.path.basename(before.disk)), before.start, before.size)
+        node = add_partition(disk, before.start, before.size)
+    else:  # incomplete: the last partition, made here before
+        node = kernel_node(disk, disk.partitions[-1].number)
     progress("format")
     make_filesystem(node)
     progress("config")

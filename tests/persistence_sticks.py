@@ -56,10 +56,12 @@ class Stick:
     """The ISO written raw to a stick of `size` bytes, attached as a loop device (read-only if asked), with its
     partition 1 as live-boot's medium."""
 
-    def __init__(self, iso: Path, folder: Path, size: int, read_only: bool = False):
+    def __init__(self, iso: Path, folder: Path, size: int, read_only: bool = False, prepare=None):
         self.iso, self.file = iso, folder / "stick.img"
         shutil.copyfile(iso, self.file)
         os.truncate(self.file, size)
+        if prepare:  # what else is on the stick (an earlier life of it), written before it is attached
+            prepare(self.file)
         flags = ["-r"] if read_only else []
         self.disk = run("losetup", "-f", "--show", "-P", *flags, self.file).strip()
         self.name = os.path.basename(self.disk)
@@ -99,10 +101,10 @@ def run(*cmd) -> str:
 def stick(iso, tmp_path):
     sticks = []
 
-    def make(size: int = 1 << 30, read_only: bool = False) -> Stick:
+    def make(size: int = 1 << 30, read_only: bool = False, prepare=None) -> Stick:
         folder = tmp_path / f"stick{len(sticks)}"
         folder.mkdir()
-        sticks.append(Stick(iso, folder, size, read_only))
+        sticks.append(Stick(iso, folder, size, read_only, prepare))
         return sticks[-1]
 
     yield make

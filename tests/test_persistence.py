@@ -76,13 +76,15 @@ def test_too_little_free_space_is_refused(stick, iso, extra, state, code):
     assert len(s.table()) == 2
 
 
-@pytest.mark.parametrize("cut_after", ["partition", "format"])
+@pytest.mark.parametrize("cut_after", ["table", "partition", "format"])
 def test_a_power_cut_leaves_the_image_whole_and_create_finishes_the_partition(stick, cut_after):
     """What a power cut leaves is what the steps before it wrote: run those, then look and finish."""
     s = stick()
     original = s.image_digest()
     plan = persistence.status(**s.where)
     node = persistence.add_partition(persistence.read_disk(s.name), plan.start, plan.size)
+    if cut_after == "table":  # cut before the kernel was told: on this boot only the table knows partition 3
+        run("partx", "--delete", "--nr", "3", s.disk)
     if cut_after == "format":
         persistence.make_filesystem(node)
         assert conf_of(node) == ""  # persistence.conf never came: live-boot ignores it
@@ -93,6 +95,27 @@ def test_a_power_cut_leaves_the_image_whole_and_create_finishes_the_partition(st
     done = persistence.create(**s.where, progress=lambda step: None)
     assert done.state == "exists" and done.partition == node and len(s.table()) == 3
     assert conf_of(node) == PERSISTENCE_CONF and s.image_digest() == original
+
+
+def test_an_old_filesystem_in_the_free_space_never_shows_through(stick, iso, tmp_path):
+    """The stick once held the .img (a `persistence` ext4 with persistence.conf right after the ISO), then the ISO
+    was written over it with dd: the old filesystem is still in the free space. The new partition starts blank, so
+    even a run cut off after the table write does not bring the old data back as persistence."""
+    start = persistence.align_up(iso.stat().st_size)
+    old = tmp_path / "old"
+    (old / "srv" / "ocr").mkdir(parents=True)
+    (old / "persistence.conf").write_text(PERSISTENCE_CONF)
+    (old / "srv" / "ocr" / "secret.txt").write_text("last year's results\n")
+
+    def earlier_life(image):
+        run("mke2fs", "-q", "-F", "-t", "ext4", "-L", "persistence", "-d", old, "-E", f"offset={start}", image, "64M")
+
+    s = stick(prepare=earlier_life)
+    plan = persistence.status(**s.where)
+    assert plan.state == "possible" and plan.start == start
+    node = persistence.add_partition(persistence.read_disk(s.name), plan.start, plan.size)
+    fs = persistence.probe(node)
+    assert "TYPE" not in fs and "LABEL" not in fs and persistence.status(**s.where).state == "incomplete"
 
 
 def test_a_partition_holding_other_data_is_never_taken(stick):

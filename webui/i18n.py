@@ -284,6 +284,11 @@ MESSAGES = {
         "不会更改或删除本设备自身的分区：U 盘仍可照常启动。",
     ),
     "persist_not_other": ("It does not touch any other disk or stick.", "不会改动任何其他磁盘或 U 盘。"),
+    "persist_not_now": (
+        "It does not keep what is in RAM now: results made before the restart are lost at power-off, so save them "
+        "to a USB stick first.",
+        "不会保留当前内存中的内容：重新启动前产生的结果在关机后会丢失，请先保存到 U 盘。",
+    ),
     "persist_not_encrypted": (
         "It is not encrypted: anyone who has the stick can read the results on it.",
         "数据不加密：拿到此 U 盘的人都可以读取其中的结果。",

@@ -267,8 +267,8 @@ MESSAGES = {
     ),
     "persist_will": ("What it will do", "将会执行"),
     "persist_will_partition": (
-        "Make a new partition of {size} in the unused space of {stick} ({disk}, {total}).",
-        "在 {stick}（{disk}，{total}）的未使用空间中创建一个 {size} 的新分区。",
+        "Make a new partition of {size} in the unused space of {stick} ({total}).",
+        "在 {stick}（{total}）的未使用空间中创建一个 {size} 的新分区。",
     ),
     "persist_will_finish": (
         "Finish the persistent storage partition that was started on {disk} and not finished.",

@@ -71,7 +71,7 @@ def test_offer_confirm_and_the_root_side_makes_it(client, paths, stick):
     assert 'id="persistence-state"' in page(client, "/status")
     html = page(client)
     assert 'id="persist-confirm"' in html and "Create persistent storage" in html
-    assert f"Make a new partition of 1016.0 MiB in the unused space of {s.disk} ({s.disk}, 1.0 GiB)." in html
+    assert f"Make a new partition of 1016.0 MiB in the unused space of {s.disk} (1.0 GiB)." in html
     assert "It does not change or erase the appliance" in html and "It is not encrypted" in html
     zh = page(client, lang=ZH)
     assert "不会更改或删除本设备自身的分区" in zh and "创建持久存储" in zh

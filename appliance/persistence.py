@@ -34,6 +34,7 @@ import re
 import subprocess
 import tempfile
 import time
+import traceback
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -382,11 +383,7 @@ def update(
 ) -> State:
     """What appliance-persistence.service runs (root): take a pending request, if any, and create; always write the
     state the web app shows."""
-    try:
-        request_file.unlink()
-        requested = True
-    except FileNotFoundError:
-        requested = False
+    requested = _take(request_file)
     now = status(medium, mounts_file)
     if not requested:
         state = State(now.to_dict())
@@ -400,14 +397,29 @@ def update(
         try:
             done = create(medium, mounts_file, progress)
             state = State(done.to_dict(), {"state": "done"})
-        except PersistenceError as exc:
-            text = exc.args[0] if isinstance(exc.args[0], Text) else Text("persist_failed", error=str(exc))
-            state = State(status(medium, mounts_file).to_dict(), _failed(text))
-        except OSError as exc:
-            text = Text("persist_failed", error=exc.strerror or str(exc))
+        except Exception as exc:  # whatever it was, the page must stop saying "working"
+            if isinstance(exc, PersistenceError) and isinstance(exc.args[0], Text):
+                text = exc.args[0]
+            else:
+                traceback.print_exc()  # the journal keeps the whole story
+                text = Text("persist_failed", error=getattr(exc, "strerror", None) or str(exc) or type(exc).__name__)
             state = State(status(medium, mounts_file).to_dict(), _failed(text))
     write_state(state_file, state)
     return state
+
+
+def _take(request_file: Path) -> bool:
+    """Whether the web app asked; the request goes either way (a folder planted there too, when it is empty)."""
+    try:
+        request_file.unlink()
+    except FileNotFoundError:
+        return False
+    except IsADirectoryError:
+        try:
+            request_file.rmdir()
+        except OSError:
+            pass
+    return True
 
 
 def _failed(text: Text) -> dict:

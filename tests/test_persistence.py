@@ -6,6 +6,7 @@ sfdisk, partx, mkfs.ext4, debugfs and mount against it.
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,23 @@ def test_the_unit_takes_a_request_and_writes_the_state(stick, tmp_path):
     assert state["job"]["state"] == "refused" and state["job"]["message"]["code"] == "persist_exists"
     assert len(s.table()) == 3
     assert Text.from_dict(state["status"]["message"]) == state["status"]["text"]
+
+
+def test_a_failed_step_is_said_and_the_next_request_finishes_it(stick, tmp_path, monkeypatch):
+    """An image without mkfs.ext4: the partition is added, formatting fails, the state says why (not "working"),
+    status calls the partition incomplete, and a later request (with the tool back) finishes it."""
+    s = stick()
+    state_file, request = tmp_path / "persistence.json", tmp_path / "requests" / "persistence"
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("sfdisk", "partx", "blkid", "debugfs", "mount", "umount"):
+        (tools / tool).symlink_to(shutil.which(tool))
+    with monkeypatch.context() as m:
+        m.setenv("PATH", str(tools))
+        persistence.request(request)
+        state = persistence.update(state_file, request, **s.where)
+    assert state.job["state"] == "failed" and state.job["message"]["code"] == "persist_tool_missing"
+    assert state.job["text"] == "mkfs.ext4 is not installed" and state.status["state"] == "incomplete"
+    persistence.request(request)
+    state = persistence.update(state_file, request, **s.where)
+    assert state.job == {"state": "done"} and state.status["partition"] == f"{s.disk}p3" and len(s.table()) == 3

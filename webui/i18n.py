@@ -313,6 +313,10 @@ MESSAGES = {
         "结果、历史记录和设置保存在此 U 盘的持久存储中。",
     ),
     "persist_cannot": ("Persistent storage cannot be made here:", "无法在此创建持久存储："),
+    "persist_request_failed": (
+        "The request could not be made ({error}). Restart and try again.",
+        "无法提交请求（{error}）。请重新启动后再试。",
+    ),
     "persist_stuck": (
         "The request was not picked up (the appliance-persistence service did not run). Restart and try again.",
         "请求未被处理（appliance-persistence 服务没有运行）。请重新启动后再试。",

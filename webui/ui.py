@@ -266,6 +266,7 @@ def data_storage() -> storage.Storage:
 
 
 REQUEST_PICKUP = 30  # seconds the root unit may take to pick a request up before the page says it did not
+RUNNING_AT_MOST = 900  # seconds one step may take (mkfs on a big, slow stick) before the page stops waiting
 
 
 def persistence_view() -> dict | None:
@@ -281,7 +282,8 @@ def persistence_view() -> dict | None:
     except OSError:
         age = None
     pending = age is not None and age < REQUEST_PICKUP
-    running = job.get("state") == "running"
+    # A unit that died mid-way (killed; /run is gone after a power cut anyway) must not keep the page waiting.
+    running = job.get("state") == "running" and time.time() - state.get("updated", 0) < RUNNING_AT_MOST
     view = {
         "state": status.get("state"),
         "offered": status.get("state") in persistence.OFFERED and not (pending or running),
@@ -320,7 +322,10 @@ def persistence_create():
     if not view or not view["offered"]:
         flash(view["text"] if view else i18n.gettext("persist_none"), "error")
     else:
-        persistence.request(Path(current_app.config["PERSISTENCE_REQUEST"]))
+        try:
+            persistence.request(Path(current_app.config["PERSISTENCE_REQUEST"]))
+        except OSError as exc:
+            flash(i18n.gettext("persist_request_failed", error=exc.strerror or exc), "error")
     return redirect(url_for("ui.persistence_page"), code=303)
 
 

@@ -312,6 +312,10 @@ MESSAGES = {
         "Results, history and settings are kept on this stick's persistent storage.",
         "结果、历史记录和设置保存在此 U 盘的持久存储中。",
     ),
+    "persist_not_needed": (
+        "Results are already kept on a disk, not in RAM: there is nothing to do here.",
+        "结果已保存在磁盘上（不在内存中）：此处无需操作。",
+    ),
     "persist_cannot": ("Persistent storage cannot be made here:", "无法在此创建持久存储："),
     "persist_request_failed": (
         "The request could not be made ({error}). Restart and try again.",

@@ -286,7 +286,8 @@ def persistence_view() -> dict | None:
     running = job.get("state") == "running" and time.time() - state.get("updated", 0) < RUNNING_AT_MOST
     view = {
         "state": status.get("state"),
-        "offered": status.get("state") in persistence.OFFERED and not (pending or running),
+        # Only while the data is in RAM: where /srv/ocr is already on a disk, a second persistence would only confuse.
+        "offered": status.get("state") in persistence.OFFERED and not (pending or running) and data_storage().in_ram,
         "working": pending or running,
         "stuck": age is not None and not pending,  # asked, and nobody took the request
         "step": i18n.gettext("persist_step_" + job["step"]) if running and job.get("step") else "",

@@ -882,11 +882,12 @@ def test_persistent_storage_offer_confirm_and_progress(page, stick, tmp_path):
     try:
         assert jobs.wait_engine(10)["ready"]
         page.goto(live.url + "/")
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=SHOTS / "persistence-home-en.png")
         page.click("#persistence-offer")
         page.wait_for_selector("#persist-confirm")
         offer = page.locator("#persist-offer").inner_text()
         assert "Make a new partition of 1016.0 MiB" in offer and "not encrypted" in offer
-        SHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=SHOTS / "persistence-offer-en.png", full_page=True)
         page.click("#persist-confirm")
         page.wait_for_selector("#persist-working")

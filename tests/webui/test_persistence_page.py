@@ -68,7 +68,8 @@ def test_offer_confirm_and_the_root_side_makes_it(client, paths, stick):
     home = page(client, "/")
     assert 'id="persistence-offer"' in home and "Keep results on this stick…" in home
     assert "在此 U 盘上保留结果…" in page(client, "/", ZH)
-    assert 'id="persistence-state"' in page(client, "/status")
+    status = page(client, "/status")
+    assert 'id="persistence-state"' in status and "Keep results on this stick…" in status
     html = page(client)
     assert 'id="persist-confirm"' in html and "Create persistent storage" in html
     assert f"Make a new partition of 1016.0 MiB in the unused space of {s.disk} (1.0 GiB)." in html
@@ -106,3 +107,18 @@ def test_a_request_nobody_takes_is_said(client, paths):
     os.utime(paths[1], (old, old))
     html = page(client)
     assert 'id="persist-stuck"' in html and 'id="persist-confirm"' in html
+
+
+def test_nothing_is_offered_when_the_data_is_already_on_a_disk(app, client, paths, tmp_path):
+    status = persistence.Status("possible", Text("persist_possible", size=1016, disk="/dev/sdb"), disk="/dev/sdb")
+    persistence.write_state(paths[0], persistence.State(status.to_dict()))
+    (tmp_path / "mounts").write_text(
+        f"/dev/sdb1 /run/live/medium iso9660 ro 0 0\n/dev/sdc1 {app.config['DATA_DIR']} ext4 rw 0 0\n"
+    )
+    html = page(client)
+    assert 'id="persist-not-needed"' in html and 'id="persist-confirm"' not in html
+    assert 'id="ram-warning"' not in page(client, "/") and "Keep results on this stick…" not in page(
+        client, "/status"
+    )
+    client.post("/persistence", data={"csrf_token": csrf(client)})
+    assert not paths[1].exists()

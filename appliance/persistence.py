@@ -28,6 +28,7 @@ A persistence *file* on such a FAT/exFAT partition is not offered: live-boot (20
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -382,18 +383,23 @@ def update(
     mounts_file: str = "/proc/mounts",
 ) -> State:
     """What appliance-persistence.service runs (root): take a pending request, if any, and create; always write the
-    state the web app shows."""
-    requested = _take(request_file)
+    state the web app shows. The request is removed only once the state says what became of it, so the page never
+    falls between the two (it would offer again while the partition is being made)."""
+    requested = os.path.lexists(request_file)
     now = status(medium, mounts_file)
     if not requested:
         state = State(now.to_dict())
     elif not now.offered:
         state = State(now.to_dict(), {"state": "refused", "message": now.message.to_dict(), "text": str(now.message)})
+        write_state(state_file, state)
+        _take(request_file)
     else:
 
         def progress(step: str) -> None:
             write_state(state_file, State(now.to_dict(), {"state": "running", "step": step}))
 
+        progress("partition" if now.state == "possible" else "format")
+        _take(request_file)
         try:
             done = create(medium, mounts_file, progress)
             state = State(done.to_dict(), {"state": "done"})
@@ -408,18 +414,15 @@ def update(
     return state
 
 
-def _take(request_file: Path) -> bool:
-    """Whether the web app asked; the request goes either way (a folder planted there too, when it is empty)."""
+def _take(request_file: Path) -> None:
+    """The request goes (a folder planted there too, when it is empty): the .path unit would start us again."""
     try:
         request_file.unlink()
     except FileNotFoundError:
-        return False
+        pass
     except IsADirectoryError:
-        try:
+        with contextlib.suppress(OSError):
             request_file.rmdir()
-        except OSError:
-            pass
-    return True
 
 
 def _failed(text: Text) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,25 @@ def test_a_failed_step_is_said_and_the_next_request_finishes_it(stick, tmp_path,
     persistence.request(request)
     state = persistence.update(state_file, request, **s.where)
     assert state.job == {"state": "done"} and state.status["partition"] == f"{s.disk}p3" and len(s.table()) == 3
+
+
+def test_a_stick_filled_by_a_file_copy_writer_is_refused_with_the_reason(tmp_path):
+    """Rufus in ISO mode (or UltraISO's file mode): one FAT32 partition over the whole stick holds the ISO's files and
+    is the medium. No free space, and live-boot never looks for a persistence file on the medium's partition."""
+    if not shutil.which("mkfs.vfat"):
+        pytest.skip("needs mkfs.vfat (dosfstools)")
+    image = tmp_path / "rufus.img"
+    with open(image, "wb") as f:
+        f.truncate(512 << 20)
+    subprocess.run(["sfdisk", "-q", str(image)], input="start=2048, type=c, bootable\n", text=True, check=True)
+    disk = run("losetup", "-f", "--show", "-P", image).strip()
+    try:
+        if not Path(f"/sys/class/block/{Path(disk).name}p1").exists():
+            run("partx", "--add", disk)
+        run("mkfs.vfat", "-F", "32", "-n", "OCR_APPLIAN", f"{disk}p1")
+        (tmp_path / "mounts").write_text(f"{disk}p1 {tmp_path}/medium vfat ro,noatime 0 0\n")
+        now = persistence.status(f"{tmp_path}/medium", str(tmp_path / "mounts"))
+        assert now.state == "unavailable" and now.message.code == "persist_no_space" and "Rufus" in now.message
+    finally:
+        subprocess.run(["partx", "--delete", disk], capture_output=True)
+        run("losetup", "-d", disk)

@@ -248,7 +248,8 @@ def _ours(part: Partition, disk: Disk, medium_part: str) -> bool:
     if part.start != planned_start(before):
         return False
     fs = probe(part.node)
-    return not fs.get("TYPE") or (fs.get("TYPE", "").startswith("ext") and fs.get("LABEL") == LABEL)
+    blank = not fs.get("TYPE") and not fs.get("PTTYPE")
+    return blank or (fs.get("TYPE", "").startswith("ext") and fs.get("LABEL") == LABEL)
 
 
 # ---- making it (root) ---------------------------------------------------------------------------------------------
@@ -298,22 +299,25 @@ def make_filesystem(node: str) -> None:
 def write_conf(node: str) -> None:
     """Step 4: persistence.conf under a temporary name, synced, then renamed: it appears whole or not at all."""
     mountpoint = tempfile.mkdtemp(prefix="appliance-persistence-")
-    _run(["mount", "-t", "ext4", "-o", "nosuid,nodev,noexec", node, mountpoint])
     try:
-        tmp = Path(mountpoint, "persistence.conf.tmp")
-        with open(tmp, "w") as f:
-            f.write(PERSISTENCE_CONF)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, Path(mountpoint, "persistence.conf"))
-        folder = os.open(mountpoint, os.O_RDONLY)
+        _run(["mount", "-t", "ext4", "-o", "nosuid,nodev,noexec", node, mountpoint])
         try:
-            os.fsync(folder)
+            tmp = Path(mountpoint, "persistence.conf.tmp")
+            with open(tmp, "w") as f:
+                f.write(PERSISTENCE_CONF)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, Path(mountpoint, "persistence.conf"))
+            folder = os.open(mountpoint, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
         finally:
-            os.close(folder)
+            _run(["umount", mountpoint])
     finally:
-        _run(["umount", mountpoint])
-        os.rmdir(mountpoint)
+        with contextlib.suppress(OSError):
+            os.rmdir(mountpoint)
     os.sync()
 
 

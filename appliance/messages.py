@@ -290,8 +290,9 @@ MESSAGES = {
         "启动介质不在本机磁盘上（使用了“复制到内存”启动，或通过网络启动）",
     ),
     "persist_iso_file": (
-        "started from an ISO file on a disk (Ventoy or a GRUB loopback entry): use that tool's own persistence",
-        "从磁盘上的 ISO 文件启动（Ventoy 或 GRUB loopback）：请使用该工具自带的持久化功能",
+        "started from an ISO file on a disk (Ventoy or a GRUB loopback entry): persistent storage cannot be added "
+        "from here (Ventoy has its own persistence plugin)",
+        "从磁盘上的 ISO 文件启动（Ventoy 或 GRUB loopback）：无法在此添加持久存储（Ventoy 有自带的持久化插件）",
     ),
     "persist_whole_disk": (
         "the boot medium is a whole disk (a CD or DVD), not a partition on a stick",

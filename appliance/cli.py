@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -154,6 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
     kiosk.add_argument("--window-size", metavar="W,H", help="the screen's size, for the browser window")
     kiosk.add_argument("--browser", default="chromium", help="the browser's executable")
 
+    persist = sub.add_parser(
+        "persistence",
+        help="persistent storage on the stick the appliance booted from (root)",
+        description="status: what can be done on the boot stick; create: add a `persistence` partition in its free "
+        "space (or finish a half-made one); update: what appliance-persistence.service runs (a pending request from "
+        "the web app, then the state file the web app reads).",
+    )
+    persist.add_argument("action", choices=("status", "create", "update"))
+    persist.add_argument("--json", action="store_true", help="status: print it as JSON")
+    persist.add_argument("--yes", action="store_true", help="create: do not ask first")
+
     llama = sub.add_parser("llama-server", help="start llama.cpp's llama-server serving the model on loopback (CPU)")
     llama.add_argument("--model", metavar="DIR", help="model directory with gguf/ (default: the image's)")
     llama.add_argument("--port", type=int, default=8002)
@@ -244,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "llama-server":
         return cmd_llama_server(args)
+    if args.command == "persistence":
+        return cmd_persistence(args)
     raise AssertionError(args.command)
 
 
@@ -359,6 +373,33 @@ def cmd_doctor(args) -> int:
     print("\nbuild host (for `appliance build`):")
     for name, ok, detail in check_host():
         print(f"  {'ok  ' if ok else 'FAIL'} {name:<20} {detail}")
+    return 0
+
+
+def cmd_persistence(args) -> int:
+    from appliance import persistence
+
+    if args.action == "update":
+        state = persistence.update()
+        print((state.job or {}).get("text") or state.status["text"])
+        return 1 if (state.job or {}).get("state") in ("failed", "refused") else 0
+    now = persistence.status()
+    if args.action == "status":
+        print(json.dumps(now.to_dict(), ensure_ascii=False, indent=1) if args.json else f"{now.state}: {now.message}")
+        return 0
+    if not now.offered:
+        _fail(str(now.message))
+        return 1
+    print(f"{now.message} ({now.description or now.disk}); the appliance's own partitions are not touched")
+    if not args.yes and not (sys.stdin.isatty() and input("create it? [y/N] ").strip().lower() in ("y", "yes")):
+        _fail("nothing done (--yes to create without asking)")
+        return 1
+    try:
+        done = persistence.create(progress=lambda step: print(f"  {step} ...", flush=True))
+    except persistence.PersistenceError as error:
+        _fail(str(error))
+        return 1
+    print(f"{done.message}: used from the next start")
     return 0
 
 

@@ -267,6 +267,73 @@ MESSAGES = {
     "scan_no_pages": ("nothing scanned yet", "还没有扫描任何页面"),
     "scan_not_found": ("no scan {id} (finished or deleted)", "没有扫描 {id}（已完成或已删除）"),
     "scan_page_not_found": ("no page {n} in this scan", "本次扫描中没有第 {n} 页"),
+    # persistent storage on the boot stick (appliance.persistence)
+    "persist_possible": (
+        "{size} MiB free on {disk} after the appliance's partitions: persistent storage can be made there",
+        "{disk} 上本设备分区之后有 {size} MiB 可用空间：可以在那里创建持久存储",
+    ),
+    "persist_exists": (
+        "persistent storage is on this stick ({device})",
+        "此 U 盘上已有持久存储（{device}）",
+    ),
+    "persist_incomplete": (
+        "persistent storage was started on {device} but not finished (power cut or stick pulled?): it can be "
+        "finished now",
+        "{device} 上的持久存储已开始创建但未完成（断电或 U 盘被拔出？）：现在可以完成它",
+    ),
+    "persist_not_live": (
+        "not running from the appliance's boot medium",
+        "当前不是从本设备的启动介质运行",
+    ),
+    "persist_not_disk": (
+        "the boot medium is not on a disk here (started with “copy to RAM”, or over the network)",
+        "启动介质不在本机磁盘上（使用了“复制到内存”启动，或通过网络启动）",
+    ),
+    "persist_iso_file": (
+        "started from an ISO file on a disk (Ventoy or a GRUB loopback entry): persistent storage cannot be added "
+        "from here (Ventoy has its own persistence plugin)",
+        "从磁盘上的 ISO 文件启动（Ventoy 或 GRUB loopback）：无法在此添加持久存储（Ventoy 有自带的持久化插件）",
+    ),
+    "persist_whole_disk": (
+        "the boot medium is a whole disk (a CD or DVD), not a partition on a stick",
+        "启动介质是整个磁盘（光盘），而不是 U 盘上的分区",
+    ),
+    "persist_unreadable": (
+        "cannot read the partition table of {disk}: {error}",
+        "无法读取 {disk} 的分区表：{error}",
+    ),
+    "persist_read_only": (
+        "the stick {disk} is read-only (a write-protect switch?): nothing can be written to it",
+        "U 盘 {disk} 是只读的（写保护开关？）：无法写入",
+    ),
+    "persist_table": (
+        "the partition table of {disk} is {label}, not the MBR this appliance's image has: nothing is changed",
+        "{disk} 的分区表是 {label}，不是本设备镜像使用的 MBR：不做任何更改",
+    ),
+    "persist_table_full": (
+        "the partition table of {disk} has no room for another partition: nothing is changed",
+        "{disk} 的分区表已无法再添加分区：不做任何更改",
+    ),
+    "persist_no_space": (
+        "no free space on {disk} after the appliance's partitions (written by copying files, e.g. Rufus in ISO mode "
+        "or UltraISO?): write the ISO in DD mode, or use the .img",
+        "{disk} 上本设备分区之后没有可用空间（是否用复制文件的方式写入，例如 Rufus 的 ISO 模式或 UltraISO？）："
+        "请以 DD 模式写入 ISO，或使用 .img 镜像",
+    ),
+    "persist_too_small": (
+        "only {free} MiB free after the appliance's partitions; persistent storage needs at least {minimum} MiB",
+        "本设备分区之后只有 {free} MiB 可用空间；持久存储至少需要 {minimum} MiB",
+    ),
+    "persist_tool_missing": ("{tool} is not installed", "未安装 {tool}"),
+    "persist_tool_failed": ("{tool} failed: {detail}", "{tool} 执行失败：{detail}"),
+    "persist_no_node": (
+        "partition {number} of {disk} was written but its device did not appear",
+        "{disk} 的第 {number} 个分区已写入，但其设备没有出现",
+    ),
+    "persist_failed": (
+        "making persistent storage failed: {error}",
+        "创建持久存储失败：{error}",
+    ),
 }
 
 _FIELD = re.compile(r"{(\w+)}")

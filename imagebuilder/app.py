@@ -32,6 +32,9 @@ sys.exit(main())
 PRESETS = (
     ("appliance-web.service", lambda c: True),
     ("appliance-verify-medium.service", lambda c: True),
+    # persistent storage on demand (appliance/persistence.py): only where live-boot looks for it (persistence=on)
+    ("appliance-persistence.service", lambda c: c.persistence),
+    ("appliance-persistence.path", lambda c: c.persistence),
     ("appliance-kiosk.service", lambda c: c.kiosk),
     ("appliance-selftest.service", lambda c: c.selftest),
     # driver loading and the model server: each skips itself cleanly on a PC without a usable GPU

@@ -12,10 +12,8 @@ import shutil
 import uuid
 from pathlib import Path
 
+from appliance.persistence import LABEL, PERSISTENCE_CONF, align_up, sfdisk_line
 from imagebuilder.context import Context, run
-
-PERSISTENCE_CONF = "/srv/ocr union\n"
-ALIGN = 1 << 20
 
 
 def fs_uuid(image_name: str, epoch: int | None) -> str:
@@ -25,14 +23,15 @@ def fs_uuid(image_name: str, epoch: int | None) -> str:
 
 
 def add_persistence(image: Path, size_mb: int, work: Path, epoch: int | None = None) -> None:
-    """Append a `persistence` ext4 partition of size_mb to a copy of the hybrid ISO (in place on `image`)."""
-    start = -(-image.stat().st_size // ALIGN) * ALIGN  # next MiB boundary after the ISO and its ESP
+    """Append a `persistence` ext4 partition of size_mb to a copy of the hybrid ISO (in place on `image`): where
+    `appliance persistence create` puts it on a stick written raw (appliance/persistence.py, the same layout)."""
+    start = align_up(image.stat().st_size)  # next MiB boundary after the ISO, its ESP and its 300 KiB tail
     size = size_mb * 2**20
     with open(image, "r+b") as f:
         f.truncate(start + size)
     run(
         ["sfdisk", "--no-reread", "--no-tell-kernel", "--append", image],
-        input=f"start={start // 512}, size={size // 512}, type=83\n",
+        input=sfdisk_line(start, size),
     )
     content = work / "persistence-root"
     content.mkdir(parents=True, exist_ok=True)
@@ -51,7 +50,7 @@ def add_persistence(image: Path, size_mb: int, work: Path, epoch: int | None = N
             "-t",
             "ext4",
             "-L",
-            "persistence",
+            LABEL,
             "-U",
             fs_id,
             "-d",

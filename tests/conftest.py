@@ -12,6 +12,7 @@ go_offline()
 pytest_plugins = (
     "llama_fixtures",  # the real llama.cpp build, GGUF files and server (tests/llama_fixtures.py)
     "sane_test",  # SANE's virtual scanner for the scanner tests (tests/sane_test.py)
+    "persistence_sticks",  # a loop-attached stick with the builder's hybrid ISO (tests/persistence_sticks.py)
 )
 
 

@@ -148,3 +148,13 @@ def test_the_images_cli_works_without_the_builder():
 def test_doctor_lists_the_build_host_checks():
     run = appliance("doctor")
     assert "build host" in run.stdout and "mmdebstrap" in run.stdout
+
+
+def test_persistence_says_why_not_off_the_appliance_and_creates_nothing():
+    """On a machine that did not boot the appliance's medium: status says so (as JSON too), create refuses."""
+    run = appliance("persistence", "status")
+    assert run.returncode == 0 and run.stdout == "unavailable: not running from the appliance's boot medium\n"
+    state = json.loads(appliance("persistence", "status", "--json").stdout)
+    assert state["state"] == "unavailable" and state["message"]["code"] == "persist_not_live"
+    run = appliance("persistence", "create", "--yes")
+    assert run.returncode == 1 and "not running from the appliance's boot medium" in run.stderr

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from flask import Flask
 
-from appliance import runtime
+from appliance import persistence, runtime
 
 DEFAULTS = {
     "DATA_DIR": str(runtime.DATA_DIR),
@@ -33,6 +33,10 @@ DEFAULTS = {
     "USB_ROOT": "/media",  # where removable media are mounted; the in-app file browser shows only this tree
     "MOUNTS_FILE": "/proc/mounts",  # read to tell a persistent data partition from RAM (appliance.storage)
     "MEDIUM_MARKER": "/run/appliance/medium-verified",  # written by the image after a medium check; see storage.py
+    # Persistent storage on the boot stick (appliance.persistence): the root unit's state, and the file that asks it
+    # to create the partition (the unit trusts nothing in it).
+    "PERSISTENCE_STATE": str(persistence.STATE_FILE),
+    "PERSISTENCE_REQUEST": str(persistence.REQUEST_FILE),
     "JOBS": None,  # a ready `Jobs` (tests); otherwise one is made from ENGINE/MODEL_DIR/DATA_DIR
     "RUNTIME": None,  # a ready appliance.runtime.Runtime (`serve` loads it once); else read from APPLIANCE_CONFIG
     "APPLIANCE_CONFIG": str(runtime.CONFIG_PATH),  # the image's runtime config (written by the image builder)

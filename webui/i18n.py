@@ -252,6 +252,79 @@ MESSAGES = {
         "可在启动菜单中选择“检查介质完整性”进行校验。",
     ),
     "free_space": ("Free space", "可用空间"),
+    # persistent storage on the boot stick (the persistence page, the home page's RAM warning, the status page)
+    "persistence": ("Persistent storage", "持久存储"),
+    "persist_title": ("Keep results on this stick", "在此 U 盘上保留结果"),
+    "persist_offer": ("Keep results on this stick…", "在此 U 盘上保留结果…"),
+    "persist_none": (
+        "Not available here: this is not running from the appliance's USB stick.",
+        "此处不可用：当前不是从本设备的 U 盘运行。",
+    ),
+    "persist_intro": (
+        "This USB stick has unused space after the appliance. Persistent storage there keeps your results, history "
+        "and settings when the appliance is switched off.",
+        "此 U 盘在本设备分区之后还有未使用的空间。在那里创建持久存储后，关机后结果、历史记录和设置都会保留。",
+    ),
+    "persist_will": ("What it will do", "将会执行"),
+    "persist_will_partition": (
+        "Make a new partition of {size} in the unused space of {stick} ({total}).",
+        "在 {stick}（{total}）的未使用空间中创建一个 {size} 的新分区。",
+    ),
+    "persist_will_finish": (
+        "Finish the persistent storage partition that was started on {disk} and not finished.",
+        "完成 {disk} 上已开始但未完成的持久存储分区。",
+    ),
+    "persist_will_keep": (
+        "From the next start, keep results, history and settings there.",
+        "从下次启动起，将结果、历史记录和设置保存在那里。",
+    ),
+    "persist_will_not": ("What it will not do", "不会执行"),
+    "persist_not_boot": (
+        "It does not change or erase the appliance's own partitions: the stick starts as before.",
+        "不会更改或删除本设备自身的分区：U 盘仍可照常启动。",
+    ),
+    "persist_not_other": ("It does not touch any other disk or stick.", "不会改动任何其他磁盘或 U 盘。"),
+    "persist_not_now": (
+        "It does not keep what is in RAM now: results made before the restart are lost at power-off, so save them "
+        "to a USB stick first.",
+        "不会保留当前内存中的内容：重新启动前产生的结果在关机后会丢失，请先保存到 U 盘。",
+    ),
+    "persist_not_encrypted": (
+        "It is not encrypted: anyone who has the stick can read the results on it.",
+        "数据不加密：拿到此 U 盘的人都可以读取其中的结果。",
+    ),
+    "persist_create": ("Create persistent storage", "创建持久存储"),
+    "persist_finish": ("Finish persistent storage", "完成持久存储"),
+    "persist_working": ("Making persistent storage…", "正在创建持久存储…"),
+    "persist_keep_plugged": (
+        "This takes about a minute. Do not pull the stick or switch off until it says it is ready.",
+        "大约需要一分钟。在显示完成之前，请勿拔出 U 盘或关机。",
+    ),
+    "persist_step_partition": ("Adding the partition", "正在添加分区"),
+    "persist_step_format": ("Formatting it", "正在格式化"),
+    "persist_step_config": ("Writing its settings", "正在写入配置"),
+    "persist_ready_restart": (
+        "Persistent storage is ready on this stick. Restart the appliance: from then on results, history and "
+        "settings are kept.",
+        "此 U 盘上的持久存储已就绪。请重新启动本设备：之后结果、历史记录和设置都会保留。",
+    ),
+    "persist_in_use": (
+        "Results, history and settings are kept on this stick's persistent storage.",
+        "结果、历史记录和设置保存在此 U 盘的持久存储中。",
+    ),
+    "persist_not_needed": (
+        "Results are already kept on a disk, not in RAM: there is nothing to do here.",
+        "结果已保存在磁盘上（不在内存中）：此处无需操作。",
+    ),
+    "persist_cannot": ("Persistent storage cannot be made here:", "无法在此创建持久存储："),
+    "persist_request_failed": (
+        "The request could not be made ({error}). Restart and try again.",
+        "无法提交请求（{error}）。请重新启动后再试。",
+    ),
+    "persist_stuck": (
+        "The request was not picked up (the appliance-persistence service did not run). Restart and try again.",
+        "请求未被处理（appliance-persistence 服务没有运行）。请重新启动后再试。",
+    ),
     "free_of": ("{free} free of {total}", "共 {total}，可用 {free}"),
     "queue": ("Queue", "队列"),
     "queue_counts": (

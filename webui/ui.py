@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, url_for
 
-from appliance import __version__, export, storage
+from appliance import __version__, export, persistence, storage
 from appliance.messages import Text
 from appliance.ocr import images
 from appliance.ocr.tasks import EXTRACT_PRESETS, LANGUAGES, Request, Task
@@ -140,6 +140,7 @@ def _home(**context):
         engine=engine,
         notes=engine_notes(engine),
         in_ram=data_storage().in_ram,
+        persistence=persistence_view(),
         elapsed=max(0, int(time.time() - (engine.get("since") or time.time()))),
         form=request.form,
         scan=_chosen_scan(),
@@ -264,6 +265,78 @@ def data_storage() -> storage.Storage:
     return storage.storage(config["DATA_DIR"], config["MOUNTS_FILE"], Path(config["MEDIUM_MARKER"]))
 
 
+REQUEST_PICKUP = 30  # seconds the root unit may take to pick a request up before the page says it did not
+RUNNING_AT_MOST = 900  # seconds one step may take (mkfs on a big, slow stick) before the page stops waiting
+
+
+def persistence_view() -> dict | None:
+    """Persistent storage on the boot stick as the pages show it, from the state the root unit wrote
+    (appliance.persistence.update); None where there is none (not running from the appliance's image)."""
+    config = current_app.config
+    state = persistence.read_state(Path(config["PERSISTENCE_STATE"]))
+    if state is None:
+        return None
+    status, job = state["status"], state.get("job") or {}
+    try:
+        age = time.time() - Path(config["PERSISTENCE_REQUEST"]).stat().st_mtime
+    except OSError:
+        age = None
+    pending = age is not None and age < REQUEST_PICKUP
+    # A unit that died mid-way (killed; /run is gone after a power cut anyway) must not keep the page waiting.
+    running = job.get("state") == "running" and time.time() - state.get("updated", 0) < RUNNING_AT_MOST
+    view = {
+        "state": status.get("state"),
+        # Only while the data is in RAM: where /srv/ocr is already on a disk, a second persistence would only confuse.
+        "offered": status.get("state") in persistence.OFFERED and not (pending or running) and data_storage().in_ram,
+        "working": pending or running,
+        "stuck": age is not None and not pending,  # asked, and nobody took the request
+        "step": i18n.gettext("persist_step_" + job["step"]) if running and job.get("step") else "",
+        "job": job.get("state"),
+        "text": _said(status),
+        "job_text": _said(job) if job.get("state") in ("failed", "refused") else "",
+        "size": status.get("size", 0),
+        "disk": status.get("disk") or "",
+        "description": status.get("description") or "",
+        "disk_size": status.get("disk_size", 0),
+    }
+    view["signature"] = f"{view['working']}:{view['state']}:{view['job']}:{job.get('step', '')}"
+    return view
+
+
+def _said(part: dict) -> str:
+    """A stored message (its id and values) in the page's language; its English words if this version lacks the id."""
+    text = Text.from_dict(part["message"]) if isinstance(part.get("message"), dict) else None
+    return i18n.say(text) if text is not None else str(part.get("text", ""))
+
+
+@bp.get("/persistence")
+def persistence_page():
+    """Persistent storage on the boot stick: what it does and does not touch, one button; then its progress."""
+    return render_template("persistence.html", view=persistence_view(), in_ram=data_storage().in_ram)
+
+
+@bp.post("/persistence")
+def persistence_create():
+    """The confirmation: ask the root unit (appliance-persistence.path) to create it. The unit checks everything
+    again itself; this only saves a request that could not be granted."""
+    view = persistence_view()
+    if not view or not view["offered"]:
+        flash(view["text"] if view else i18n.gettext("persist_none"), "error")
+    else:
+        try:
+            persistence.request(Path(current_app.config["PERSISTENCE_REQUEST"]))
+        except OSError as exc:
+            flash(i18n.gettext("persist_request_failed", error=exc.strerror or exc), "error")
+    return redirect(url_for("ui.persistence_page"), code=303)
+
+
+@bp.get("/persistence/state")
+def persistence_state():
+    """For the page's script: it reloads the page when this changes."""
+    view = persistence_view()
+    return jsonify({"signature": view["signature"] if view else None, "working": bool(view and view["working"])})
+
+
 @bp.get("/status")
 def status():
     data_dir = current_app.config["DATA_DIR"]
@@ -282,6 +355,7 @@ def status():
         versions=versions,
         data_dir=data_dir,
         disk=data_storage(),
+        persistence=persistence_view(),
         counts=jobs().counts(),
         max_queue=jobs().max_queue,
         **limits(),

@@ -185,11 +185,22 @@ def test_units_and_generated_files(tmp_path):
 
 
 def test_every_unit_in_the_overlay_has_a_preset_row():
-    units = {p.name for p in (REPO / "rootfs" / app.UNIT_DIR).glob("*.service")}
+    units = {p.name for pattern in ("*.service", "*.path") for p in (REPO / "rootfs" / app.UNIT_DIR).glob(pattern)}
     presets = {unit for unit, _ in app.PRESETS}
     # Template units are started by udev (appliance-usb-mount@), never enabled.
     assert units - presets == {"appliance-usb-mount@.service"}
     assert presets - units == {"systemd-networkd.service", "smbd.service"}  # from the base layer
+
+
+def test_persistence_units_are_enabled_where_live_boot_uses_persistence(tmp_path):
+    """appliance-persistence.service at boot (the state), its .path for the web app's requests; neither with
+    persistence=off, where live-boot would not use what they make."""
+    links = enabled_links(ctx_for(tmp_path / "on"))
+    assert "etc/systemd/system/paths.target.wants/appliance-persistence.path" in links
+    assert "etc/systemd/system/multi-user.target.wants/appliance-persistence.service" in links
+    assert not any(
+        "appliance-persistence" in link for link in enabled_links(ctx_for(tmp_path / "off", "persistence=off"))
+    )
 
 
 def test_preset_without_kiosk_or_selftest(tmp_path):
@@ -301,6 +312,7 @@ def test_usb_image_gets_a_persistence_partition(tmp_path):
     import json
     import subprocess
 
+    from appliance.persistence import ALIGN
     from imagebuilder import usb
 
     image = tmp_path / "stick.img"
@@ -311,7 +323,7 @@ def test_usb_image_gets_a_persistence_partition(tmp_path):
     parts = json.loads(
         subprocess.run(["sfdisk", "-J", str(image)], capture_output=True, text=True, check=True).stdout
     )["partitiontable"]["partitions"]
-    assert len(parts) == 2 and parts[1]["start"] * 512 == usb.ALIGN * 3 and parts[1]["size"] * 512 == 8 * 2**20
+    assert len(parts) == 2 and parts[1]["start"] * 512 == ALIGN * 3 and parts[1]["size"] * 512 == 8 * 2**20
     with open(image, "rb") as f:  # ext4 superblock at +1024: magic at 0x38, volume name at 0x78
         f.seek(parts[1]["start"] * 512 + 1024)
         sb = f.read(256)

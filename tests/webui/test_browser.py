@@ -856,3 +856,48 @@ def test_scanner_page_scans_cancels_says_errors_in_chinese_then_one_job(page, cp
     assert re.fullmatch(r"scan-\d{8}-\d{6}\.tif", page.locator("h1.job-name").inner_text())
     job = cpu_server.jobs.get(page.url.rsplit("/", 1)[1])
     assert job.state == "done" and job.pages_total == kept
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="the stick stand-in needs root (loop devices)")
+def test_persistent_storage_offer_confirm_and_progress(page, stick, tmp_path):
+    """Running from RAM on a raw-written stick: the warning offers it, the page says what it will and will not do,
+    one button; the page follows the root unit's work by itself and ends with "restart"."""
+    from conftest import serve_in_thread
+    from fake_engine import FakeEngine
+
+    from appliance import persistence
+    from appliance.jobs import Jobs
+    from webui import create_app
+
+    s = stick()
+    data, run = tmp_path / "data", tmp_path / "run"
+    (tmp_path / "mounts").write_text(f"{s.disk}p1 /run/live/medium iso9660 ro 0 0\ntmpfs {data} tmpfs rw 0 0\n")
+    state_file, request = run / "persistence.json", run / "requests" / "persistence"
+    persistence.update(state_file, request, **s.where)  # the unit at boot
+    engine = FakeEngine()
+    jobs = Jobs(data, lambda report: engine)
+    config = {"DATA_DIR": str(data), "ENGINE": "cpu", "JOBS": jobs, "MOUNTS_FILE": str(tmp_path / "mounts")}
+    config.update(PERSISTENCE_STATE=str(state_file), PERSISTENCE_REQUEST=str(request))
+    live, stop = serve_in_thread(create_app(config))
+    try:
+        assert jobs.wait_engine(10)["ready"]
+        page.goto(live.url + "/")
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=SHOTS / "persistence-home-en.png")
+        page.click("#persistence-offer")
+        page.wait_for_selector("#persist-confirm")
+        offer = page.locator("#persist-offer").inner_text()
+        assert "Make a new partition of 1016.0 MiB" in offer and "not encrypted" in offer
+        page.screenshot(path=SHOTS / "persistence-offer-en.png", full_page=True)
+        page.click("#persist-confirm")
+        page.wait_for_selector("#persist-working")
+        assert request.exists()
+        persistence.update(state_file, request, **s.where)  # the root unit, started by its .path
+        page.wait_for_selector("#persist-done", timeout=10_000)  # the page's script saw the state move on
+        assert "Restart the appliance" in page.locator("#persist-done").inner_text()
+        page.screenshot(path=SHOTS / "persistence-done-en.png")
+        page.goto(live.url + "/")
+        assert page.locator("#persistence-ready").count() == 1 and page.locator("#persistence-offer").count() == 0
+    finally:
+        stop()
+        jobs.close(timeout=5)

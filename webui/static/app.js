@@ -435,6 +435,19 @@ function kioskCheckIn() {
   tick();
 }
 
+// ---- persistent storage: while the root service makes it, ask for its state and show the page again when it moves on
+function followPersistence(main) {
+  const tick = async () => {
+    try {
+      const response = await fetch(main.dataset.persistenceUrl, {cache: "no-store"});
+      const state = await response.json();
+      if (state.signature !== main.dataset.persistenceSeen) { location.reload(); return; }
+    } catch (err) { /* the web app may be restarting: ask again */ }
+    setTimeout(tick, 1000);
+  };
+  setTimeout(tick, 1000);
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   kioskCheckIn();
   const form = $("#upload-form");
@@ -445,6 +458,8 @@ document.addEventListener("DOMContentLoaded", () => {
   if (starting) followEngine(starting);
   const scannerMain = $("main[data-scanner]");
   if (scannerMain) setupScanner(scannerMain);
+  const persistenceMain = $("main[data-persistence-url]");
+  if (persistenceMain) followPersistence(persistenceMain);
   const scanMain = $("main[data-scan-url]");
   if (scanMain) pollScan(scanMain);
   setupResult();

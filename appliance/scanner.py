@@ -39,6 +39,7 @@ SCANIMAGE = "scanimage"
 LIST_TIMEOUT = 40  # sane-airscan waits a few seconds for network scanners to answer
 OPTIONS_TIMEOUT = 40
 STALL_SECONDS = 300  # a run that shows no progress this long is stopped: the scanner stopped answering
+EXIT_GRACE = 10  # seconds scanimage gets to exit after its batch ended, before it is killed (its pages are whole)
 CANCEL_GRACE = 15  # seconds scanimage gets to cancel cleanly (SIGINT: sane_cancel) before it is killed
 DEFAULT_RESOLUTION = 300  # dpi: what OCR wants for ordinary print
 PREVIEW_RESOLUTION = 75
@@ -57,7 +58,21 @@ STATUS_TEXT = {
     10: "scanner_no_memory",
     11: "scanner_denied",
 }
-PROMPT = "Press Ctrl + D to terminate."  # the last line scanimage writes before it waits for the next page
+# The first line of scanimage's prompt before each page (its last line differs: Debian 12's 1.1.1 says "Press Ctrl + D
+# to terminate.", Debian 13's 1.3.1 "Press Ctrl + D (EOF) to terminate."). An early answer waits in the pipe.
+PROMPT = "Place document no. "
+# sane_strstatus()'s words for those statuses, as scanimage prints them ("scanimage: sane_read: Document feeder
+# jammed")
+STATUS_WORDS = {
+    "Operation was cancelled": 2,
+    "Device busy": 3,
+    "Document feeder jammed": 6,
+    "Document feeder out of documents": 7,
+    "Scanner cover is open": 8,
+    "Error during device I/O": 9,
+    "Out of memory": 10,
+    "Access to resource has been denied": 11,
+}
 OPTION_LINE = re.compile(r"^\s+--(source|mode|resolution)[ =](.+?) \[([^\]]*)\]\s*$")
 
 
@@ -191,6 +206,12 @@ def failure(returncode: int, stderr: str, device: str) -> Text:
     return Text("scanner_failed", status=returncode, detail=said[-1] if said else "-")
 
 
+def said_status(stderr: str) -> int:
+    """The SANE status of the last "scanimage: sane_...: <words>" line (0: none said)."""
+    found = re.findall(r"scanimage: sane_\w+: (.+)", stderr)
+    return next((STATUS_WORDS[w.strip()] for w in reversed(found) if w.strip() in STATUS_WORDS), 0)
+
+
 @dataclass
 class Run:
     """One scanimage process writing pages into a scan's folder."""
@@ -204,6 +225,7 @@ class Run:
     reading: bool = False  # the current page's data is being read (SIGINT stops it cleanly)
     last_change: float = field(default_factory=time.monotonic)
     cancelled: bool = False
+    batch_ended: bool = False  # scanimage said "Batch terminated": every page it will write is on disk
 
 
 @dataclass
@@ -357,6 +379,9 @@ class Scans:
             tail = (tail + piece)[-len(PROMPT) + 1 :]
             run.last_change = time.monotonic()
             said = (said + piece)[-8000:]
+            if "Batch terminated" in said and not run.batch_ended:
+                run.batch_ended = True
+                threading.Timer(EXIT_GRACE, self._kill, args=(run,)).start()
         returncode = run.process.wait()
         run.process.stdin.close()
         self._finish(scan, run, returncode, re.sub(r"Progress: [\d.]+%", "", said))
@@ -368,6 +393,8 @@ class Scans:
             made = sorted(scan.folder.glob("preview-*.png"))
             if made:
                 os.replace(made[-1], scan.folder / PREVIEW)
+        if returncode < 0 and run.batch_ended:  # hung on its way out after its pages (SANE's test backend does)
+            returncode = said_status(stderr)  # and was ended: the status it printed stands for its exit status
         with self.lock:
             if run.cancelled:
                 scan.note = Text("scanner_cancelled")
@@ -419,6 +446,15 @@ class Scans:
         except ProcessLookupError:
             pass
 
+    @staticmethod
+    def _kill(run: Run) -> None:
+        if run.process.poll() is None:
+            log.warning("scanimage %d did not exit after its batch; ending it", run.process.pid)
+            try:
+                os.killpg(run.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
     def remove_page(self, scan: Scan, number: int) -> None:
         if scan.run is not None:
             raise ScannerBusy(Text("scanner_busy_here"))
@@ -457,9 +493,16 @@ class Scans:
         return pages
 
     def close(self) -> None:
-        """Stop every running scan (the app is stopping); their finished pages stay on disk."""
+        """Stop every running scan (the app is stopping); their finished pages stay on disk. No scanimage outlives
+        the app: one that has not ended after CANCEL_GRACE is killed (it would keep its scanner busy)."""
+        runs = [scan.run for scan in self.scans.values() if scan.run is not None]
         for scan in list(self.scans.values()):
             self.cancel(scan)
+        for run in runs:
+            try:
+                run.process.wait(CANCEL_GRACE)
+            except subprocess.TimeoutExpired:
+                self._kill(run)
 
 
 def _next_number(scan: Scan) -> int:

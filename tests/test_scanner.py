@@ -175,3 +175,8 @@ def test_preview_is_not_a_page(sane, scans):
         assert preview.info["dpi"][0] == pytest.approx(scanner.PREVIEW_RESOLUTION, abs=1)
     with pytest.raises(ValueError, match="nothing scanned"):
         scans.as_tiff(scan)
+
+
+def test_the_status_scanimage_printed_stands_when_it_had_to_be_ended():
+    said = "Scanning page 2\nscanimage: sane_read: Document feeder jammed\nBatch terminated, 1 page scanned\n"
+    assert scanner.said_status(said) == 6 and scanner.said_status("Batch terminated, 2 pages scanned\n") == 0

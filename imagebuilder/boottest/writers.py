@@ -89,7 +89,7 @@ def filecopy_stick(iso: Path, dest: Path, size: int = STICK_SIZE, label: str = "
     """Rufus's ISO mode for UEFI: GPT, one FAT32 partition (basic data) from 1 MiB to the end, the ISO's files
     copied onto it (mtools: no mount)."""
     _sparse(dest, size)
-    _run("sfdisk", "-q", dest, input=f"label: gpt\nstart=2048, type={BASIC_DATA}, name=\"{label}\"\n")
+    _run("sfdisk", "-q", dest, input=f'label: gpt\nstart=2048, type={BASIC_DATA}, name="{label}"\n')
     end = size - MIB  # the backup GPT sits in the last 33 sectors: the partition ends 1 MiB before the stick does
     _run("mkfs.vfat", "-F", "32", "--offset", "2048", "-n", label, dest, (end - MIB) // 1024)
     fat = f"{dest}@@{MIB}"

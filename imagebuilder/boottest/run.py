@@ -177,12 +177,14 @@ def boot_test(
         disk = iso
         if medium != "cd":
             if medium not in sticks:
-                name = "stick.img" if medium == "usb" else f"stick-{medium}.img"
+                file = "stick.img" if medium == "usb" else f"stick-{medium}.img"
                 print(f"making the {medium} stick ...", flush=True)
-                sticks[medium] = STICKS[medium](iso, artifacts / name)
+                sticks[medium] = STICKS[medium](iso, artifacts / file)
             disk = sticks[medium]
         print(f"boot {mode} ({' '.join(accel())}) ...", flush=True)
-        out = artifacts / mode.replace(":", "-")
+        name = mode.replace(":", "-")
+        again = sum(r["mode"] == mode for r in results)  # booted again (the raw stick's reboots): a folder of its own
+        out = artifacts / (f"{name}-{again + 1}" if again else name)
         out.mkdir(exist_ok=True)
         data = data_stick(out / "data-stick.img", stick_fs)  # fresh per boot: its inbox is consumed
         smb = smb_login if lan and not quick else None

@@ -15,14 +15,17 @@ $(STAMP)/deps: pyproject.toml
 # What the tests need from Debian, in one apt run: fonts to render the CJK test images (tests make their own images
 # with Pillow); headless Debian chromium for the web UI's browser tests (driven by playwright, which downloads
 # nothing); SANE's scanimage and its airscan backend, which the scanner tests drive against an emulated eSCL scanner;
-# Samba's smbd and smbclient (the SMB tests run the image's smb.conf; the boot test's SMB check).
+# Samba's smbd and smbclient (the SMB tests run the image's smb.conf; the boot test's SMB check); exFAT tools and
+# grub-emu (GRUB itself in user space) for the tests of the boot sticks writers leave (tests/imagebuilder/test_writers).
 $(STAMP)/test-apt:
 	mkdir -p $(STAMP)
 	if ! fc-list 2>/dev/null | grep -qi 'WenQuanYi Micro Hei' || ! command -v chromium >/dev/null || \
 	   ! command -v scanimage >/dev/null || ! ls /usr/lib/*/sane/libsane-airscan.so.1 >/dev/null 2>&1 || \
-	   ! command -v smbd >/dev/null || ! command -v smbclient >/dev/null; then \
+	   ! command -v smbd >/dev/null || ! command -v smbclient >/dev/null || ! command -v mkfs.exfat >/dev/null || \
+	   ! command -v mount.exfat-fuse >/dev/null || ! command -v grub-emu >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-microhei \
-	    fonts-dejavu-core fontconfig chromium sane-utils sane-airscan samba smbclient >/dev/null; fi
+	    fonts-dejavu-core fontconfig chromium sane-utils sane-airscan samba smbclient exfatprogs exfat-fuse \
+	    grub-emu >/dev/null; fi
 	touch $@
 
 deps: $(STAMP)/deps

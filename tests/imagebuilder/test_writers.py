@@ -166,3 +166,44 @@ def test_loopback_stick_is_ventoys_layout_with_our_grub(built, tmp_path):
     core = (work / "core.img").read_bytes()
     assert raw[512 : 512 + len(core)] == core
     assert raw[510:512] == b"\x55\xaa"
+
+
+def grub_emu(tmp_path: Path, stick: Path, cfg: str, seconds: int = 12) -> str:
+    """GRUB itself (grub-emu: its script engine, filesystems and menu, in user space) running `cfg` with `stick` as
+    its first disk, until the menu has booted its default entry (emu has no `linux`: that is where it stops)."""
+    folder = tmp_path / "emu"
+    folder.mkdir(exist_ok=True)
+    (folder / "grub.cfg").write_text(cfg)
+    (folder / "device.map").write_text(f"(hd0) {stick}\n")
+    proc = subprocess.run(
+        ["timeout", str(seconds), "grub-emu", "-d", str(folder), "-m", str(folder / "device.map")],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+    )
+    return proc.stdout.decode(errors="replace")
+
+
+needs_emu = pytest.mark.skipif(not shutil.which("grub-emu"), reason="needs grub-emu (apt-get install grub-emu)")
+
+
+@needs_emu
+def test_the_iso_s_own_grub_boots_its_menu_from_a_file_copy(built, tmp_path):
+    """The embedded config of BOOTX64.EFI (boot.early_cfg) on the FAT32 stick: it finds the marker there, reads
+    grub.cfg from it and boots the first entry."""
+    ctx, iso = built
+    stick = writers.filecopy_stick(iso, tmp_path / "filecopy.img", SMALL)
+    out = grub_emu(tmp_path, stick, boot.early_cfg(ctx))
+    assert "executed automatically" in out and f"Booting `{ctx.config.name}'" in out
+    assert "can't find command `linux'" in out  # emu's end of the road: the entry's first command ran
+
+
+@needs_exfat
+@needs_emu
+def test_the_ventoy_style_loader_boots_the_iso_s_loopback_menu(built, tmp_path):
+    ctx, iso = built
+    stick = writers.loopback_stick(iso, tmp_path / "loopback.img", SMALL)
+    probe_cfg = writers.loader_cfg().replace("configfile", "echo root=$root iso_path=$iso_path\nconfigfile")
+    out = grub_emu(tmp_path, stick, probe_cfg)
+    assert f"root=loop iso_path=/{writers.ISO_NAME}" in out
+    assert "executed automatically" in out and f"Booting `{ctx.config.name}'" in out
+    assert "can't find command `linux'" in out

@@ -180,6 +180,6 @@ def loopback_stick(iso: Path, dest: Path, size: int = STICK_SIZE) -> Path:
     return dest
 
 
-# The stick each boot test mode boots (vm.MODES' medium "usb"); one stick per kind, shared by its modes, so a boot
-# sees what the one before it left on the stick.
+# vm.MODES' medium -> the stick made for it; boot_test makes each once and its modes boot it in turn, so a boot
+# finds what the one before it left there (the raw stick's persistent storage).
 BUILDERS = {"raw": raw_stick, "filecopy": filecopy_stick, "loopback": loopback_stick}

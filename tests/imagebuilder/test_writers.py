@@ -202,8 +202,12 @@ def test_the_iso_s_own_grub_boots_its_menu_from_a_file_copy(built, tmp_path):
 def test_the_ventoy_style_loader_boots_the_iso_s_loopback_menu(built, tmp_path):
     ctx, iso = built
     stick = writers.loopback_stick(iso, tmp_path / "loopback.img", SMALL)
-    probe_cfg = writers.loader_cfg().replace("configfile", "echo root=$root iso_path=$iso_path\nconfigfile")
-    out = grub_emu(tmp_path, stick, probe_cfg)
+    # A look in between: what the sourced file sees (configfile opens a new context: only exported variables).
+    probe = tmp_path / "probe.cfg"
+    probe.write_text("echo root=$root iso_path=$iso_path\nconfigfile /boot/grub/loopback.cfg\n")
+    loader = writers.loader_cfg()
+    assert loader.count("configfile /boot/grub/loopback.cfg") == 1
+    out = grub_emu(tmp_path, stick, loader.replace("configfile /boot/grub/loopback.cfg", f"configfile (host){probe}"))
     assert f"root=loop iso_path=/{writers.ISO_NAME}" in out
     assert "executed automatically" in out and f"Booting `{ctx.config.name}'" in out
     assert "can't find command `linux'" in out

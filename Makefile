@@ -132,7 +132,7 @@ boot-test: iso $(STAMP)/test-apt
 # ISO as a file on a Ventoy-style exFAT stick, BIOS and UEFI, through GRUB's loopback and the ISO's loopback.cfg.
 # Six boots, ~60-90 minutes under TCG. Artifacts in out/boot-test/writers/.
 BOOT_TEST_WRITER_MODES ?= uefi-raw,bios-raw,uefi-raw,uefi-filecopy,bios-loopback,uefi-loopback
-boot-test-writers: iso $(STAMP)/test-apt
+boot-test-writers: $(STAMP)/deps host-tools $(STAMP)/test-apt
 	$(BUILD_BOOT_TEST_IMAGE)
 	$(APPLIANCE) boot-test out/boot-test-image/*-$(ISO_PROFILE).iso --lan-token $(BOOT_TEST_TOKEN) --quick \
 	  --persistence --modes $(BOOT_TEST_WRITER_MODES) --timeout $(BOOT_TEST_TIMEOUT) --artifacts out/boot-test/writers

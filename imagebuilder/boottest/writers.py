@@ -90,7 +90,7 @@ def filecopy_stick(iso: Path, dest: Path, size: int = STICK_SIZE, label: str = "
     copied onto it (mtools: no mount)."""
     _sparse(dest, size)
     _run("sfdisk", "-q", dest, input=f'label: gpt\nstart=2048, type={BASIC_DATA}, name="{label}"\n')
-    end = size - MIB  # the backup GPT sits in the last 33 sectors: the partition ends 1 MiB before the stick does
+    end = size - MIB  # the FAT stops 1 MiB short of the stick's end, clear of the backup GPT in its last 33 sectors
     _run("mkfs.vfat", "-F", "32", "--offset", "2048", "-n", label, dest, (end - MIB) // 1024)
     fat = f"{dest}@@{MIB}"
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix="iso-files-") as tmp:

@@ -3,7 +3,7 @@ PY ?= python3
 PIP = $(PY) -m pip install -q --disable-pip-version-check
 STAMP = .make
 
-.PHONY: deps vllm-venv llama-cpp host-tools test bench iso reproduce boot-test clean
+.PHONY: deps vllm-venv llama-cpp host-tools test bench iso reproduce boot-test boot-test-writers clean
 
 # torch is pinned first on its own: 2.13.0 is the CPU wheel on these hosts; an unpinned torch pulls GBs of CUDA.
 $(STAMP)/deps: pyproject.toml
@@ -15,14 +15,17 @@ $(STAMP)/deps: pyproject.toml
 # What the tests need from Debian, in one apt run: fonts to render the CJK test images (tests make their own images
 # with Pillow); headless Debian chromium for the web UI's browser tests (driven by playwright, which downloads
 # nothing); SANE's scanimage and its airscan backend, which the scanner tests drive against an emulated eSCL scanner;
-# Samba's smbd and smbclient (the SMB tests run the image's smb.conf; the boot test's SMB check).
+# Samba's smbd and smbclient (the SMB tests run the image's smb.conf; the boot test's SMB check); exFAT tools and
+# grub-emu (GRUB itself in user space) for the tests of the boot sticks writers leave (tests/imagebuilder/test_writers).
 $(STAMP)/test-apt:
 	mkdir -p $(STAMP)
 	if ! fc-list 2>/dev/null | grep -qi 'WenQuanYi Micro Hei' || ! command -v chromium >/dev/null || \
 	   ! command -v scanimage >/dev/null || ! ls /usr/lib/*/sane/libsane-airscan.so.1 >/dev/null 2>&1 || \
-	   ! command -v smbd >/dev/null || ! command -v smbclient >/dev/null; then \
+	   ! command -v smbd >/dev/null || ! command -v smbclient >/dev/null || ! command -v mkfs.exfat >/dev/null || \
+	   ! command -v mount.exfat-fuse >/dev/null || ! command -v grub-emu >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-microhei \
-	    fonts-dejavu-core fontconfig chromium sane-utils sane-airscan samba smbclient >/dev/null; fi
+	    fonts-dejavu-core fontconfig chromium sane-utils sane-airscan samba smbclient exfatprogs exfat-fuse \
+	    grub-emu >/dev/null; fi
 	touch $@
 
 deps: $(STAMP)/deps
@@ -110,15 +113,29 @@ BOOT_TEST_SMB ?= mfp-scanner%boot-test-smb-not-secret
 ALL_LAN_MODES = bios-cd,uefi-cd:toram,bios-usb,uefi-usb
 BOOT_TEST_LAN_MODES ?= bios-usb,uefi-usb
 BOOT_TEST_TIMEOUT ?= 1500
-boot-test: iso $(STAMP)/test-apt
-	$(APPLIANCE) build --profile $(ISO_PROFILE) $(ISO_ARGS) --set lan=on --set lan_token=$(BOOT_TEST_TOKEN) \
-	  --set smb=on --set smb_user=$(firstword $(subst %, ,$(BOOT_TEST_SMB))) \
+BUILD_BOOT_TEST_IMAGE = $(APPLIANCE) build --profile $(ISO_PROFILE) $(ISO_ARGS) --set lan=on \
+	  --set lan_token=$(BOOT_TEST_TOKEN) --set smb=on --set smb_user=$(firstword $(subst %, ,$(BOOT_TEST_SMB))) \
 	  --set smb_password=$(lastword $(subst %, ,$(BOOT_TEST_SMB))) --set usb_image=on --out out/boot-test-image
+boot-test: iso $(STAMP)/test-apt
+	$(BUILD_BOOT_TEST_IMAGE)
 	$(APPLIANCE) boot-test out/boot-test-image/*-$(ISO_PROFILE).iso --lan-token $(BOOT_TEST_TOKEN) --persistence \
 	  --smb-login $(BOOT_TEST_SMB) \
 	  --modes $(BOOT_TEST_LAN_MODES) --pull-stick --timeout $(BOOT_TEST_TIMEOUT) --artifacts out/boot-test/lan
 	$(APPLIANCE) boot-test out/*-$(ISO_PROFILE).iso --modes bios-cd:verify --timeout $(BOOT_TEST_TIMEOUT) \
 	  --artifacts out/boot-test/default
+
+# Not in CI (its time is spent): sticks as the usual writers leave them (imagebuilder/boottest/writers.py), made
+# from the LAN copy's ISO and booted with --quick (selftest, kiosk, health, one OCR; no full page, poison job, SMB
+# or data stick checks). The ISO written raw (dd, Etcher, Rufus DD) is booted three times: the first boot makes
+# persistent storage from the UI, the second makes a result on it, the third finds that result in History. Then its
+# files copied onto a GPT + FAT32 stick (Rufus ISO mode; UEFI only: BIOS needs the writer's own boot code), and the
+# ISO as a file on a Ventoy-style exFAT stick, BIOS and UEFI, through GRUB's loopback and the ISO's loopback.cfg.
+# Six boots, ~60-90 minutes under TCG. Artifacts in out/boot-test/writers/.
+BOOT_TEST_WRITER_MODES ?= uefi-raw,bios-raw,uefi-raw,uefi-filecopy,bios-loopback,uefi-loopback
+boot-test-writers: $(STAMP)/deps host-tools $(STAMP)/test-apt
+	$(BUILD_BOOT_TEST_IMAGE)
+	$(APPLIANCE) boot-test out/boot-test-image/*-$(ISO_PROFILE).iso --lan-token $(BOOT_TEST_TOKEN) --quick \
+	  --persistence --modes $(BOOT_TEST_WRITER_MODES) --timeout $(BOOT_TEST_TIMEOUT) --artifacts out/boot-test/writers
 
 clean:
 	rm -rf $(STAMP) out .pytest_cache .build

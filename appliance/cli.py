@@ -84,7 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     boot = sub.add_parser("boot-test", help="boot an ISO in QEMU and check kiosk, units, health, OCR and network")
     boot.add_argument("iso")
-    boot.add_argument("--modes", default="bios-cd,uefi-cd,bios-usb,uefi-usb")
+    boot.add_argument(
+        "--modes",
+        default="bios-cd,uefi-cd,bios-usb,uefi-usb",
+        help="comma-separated: {bios,uefi}-{cd,usb} (usb: the .img), {bios,uefi}-raw (the ISO written raw), "
+        "uefi-filecopy (its files on a FAT32 stick, Rufus ISO mode), {bios,uefi}-loopback (the ISO file on a "
+        "Ventoy-style exFAT stick, GRUB loopback); optionally :ENTRY (toram, safe, verify)",
+    )
     boot.add_argument("--artifacts", default="out/boot-test", help="serial logs, screenshots, pcaps, result.json")
     boot.add_argument("--timeout", type=int, default=600, help="seconds per boot (TCG is slow)")
     boot.add_argument("--lan-token", help="the token the image was built with (to call its API)")
@@ -93,7 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="USER%PASSWORD",
         help="an image built with smb=on: its smb_user and smb_password (the first LAN boot checks the SMB share)",
     )
-    boot.add_argument("--persistence", action="store_true", help="also check that data survives a reboot (USB)")
+    boot.add_argument(
+        "--persistence",
+        action="store_true",
+        help="also check that data survives a reboot (usb: the .img's partition; raw: the first boot makes "
+        "persistent storage from the UI, each later boot finds the result the boot before made in History)",
+    )
+    boot.add_argument(
+        "--quick",
+        action="store_true",
+        help="each boot only: selftest, kiosk, health, one OCR (and --persistence); no full page, poison job, SMB "
+        "or data stick checks",
+    )
     boot.add_argument(
         "--pull-stick",
         action="store_true",
@@ -228,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             pull_stick=args.pull_stick,
             stick_fs=args.stick_fs,
             smb_login=args.smb_login,
+            quick=args.quick,
         )
     if args.command == "serve":
         from webui.server import serve

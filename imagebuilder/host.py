@@ -27,7 +27,12 @@ FILES = {
     "/usr/lib/grub/x86_64-efi/linux.mod": "grub-efi-amd64-bin",
 }
 # Only the boot test needs these.
-BOOT_TEST_TOOLS = {"qemu-system-x86_64": "qemu-system-x86"}
+# The Ventoy-style stick (boottest/writers.py): its exFAT partition is made and filled through a loop device + FUSE.
+BOOT_TEST_TOOLS = {
+    "qemu-system-x86_64": "qemu-system-x86",
+    "mkfs.exfat": "exfatprogs",
+    "mount.exfat-fuse": "exfat-fuse",
+}
 BOOT_TEST_FILES = {"/usr/share/OVMF/OVMF_CODE_4M.fd": "ovmf"}
 MIN_FREE_GIB = 8
 

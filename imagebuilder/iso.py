@@ -49,6 +49,7 @@ def populate_tree(ctx: Context) -> str:
     grub = tree / "boot" / "grub"
     grub.mkdir(parents=True)
     shutil.copy2(ctx.files["grub_cfg"], grub / "grub.cfg")
+    shutil.copy2(ctx.files["loopback_cfg"], grub / "loopback.cfg")  # the ISO booted as a file (boot.py)
     shutil.copy2(ctx.files["bios_img"], tree / BIOS_IMAGE)
     efi = tree / "EFI" / "BOOT"
     efi.mkdir(parents=True)

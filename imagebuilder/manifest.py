@@ -107,7 +107,7 @@ def publish(ctx: Context) -> str:
     """
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     done = []
-    for key in ("iso", "usb_img", "manifest", "model_license", "model_notice"):
+    for key in ("iso", "usb_img", "ventoy_dat", "manifest", "model_license", "model_notice"):
         src = ctx.files.get(key)
         if src:
             dst = ctx.out_dir / src.name

@@ -75,7 +75,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("kiosk", "bool", True, "start the kiosk browser on tty1"),
     Setting("selftest", "bool", True, "report the boot state on the serial console (the boot test reads it)"),
     Setting("usb_image", "bool", False, "also write <name>.img: the ISO plus a persistence partition"),
-    Setting("persistence_size_mb", "int", 1024, "size of the persistence partition in the .img"),
+    Setting(
+        "ventoy_dat",
+        "bool",
+        False,
+        "also write <name>-persistence.dat: the persistence filesystem as a file, for Ventoy's persistence plugin",
+    ),
+    Setting("persistence_size_mb", "int", 1024, "size of the persistence partition in the .img (and of the .dat)"),
     Setting("source_date_epoch", "int", None, "timestamp for every file (default: $SOURCE_DATE_EPOCH or the commit)"),
     # What the appliance does at run time (written into the image)
     Setting("language", "choice", "en", "UI language", image=True, choices=("en", "zh")),

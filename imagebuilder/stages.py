@@ -46,6 +46,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("iso-tree", iso.populate_tree),
     Stage("iso", iso.make_iso),
     Stage("usb-image", usb.make_usb_image, when=lambda ctx: ctx.config.usb_image),
+    Stage("ventoy-dat", usb.make_ventoy_dat, when=lambda ctx: ctx.config.ventoy_dat),
     Stage("manifest", manifest.write_manifest),
     Stage("publish", manifest.publish),
 )

@@ -6,12 +6,15 @@ listeners). Each check returns the problems it found ([] when all is well) and a
 from __future__ import annotations
 
 import base64
+import http.cookiejar
 import json
 import re
 import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -628,4 +631,98 @@ def selftest_problems(report: dict, result: dict, entry: str, lan: bool, health:
         problems.append(f"/health through the port forward: {health}")
     if not lan and not all(loopback_only(a) for a in report.get("listen", [])):
         problems.append(f"listening beyond loopback: {report['listen']}")
+    return problems
+
+
+# ---- persistent storage made from the UI (a stick written raw with the ISO: dd, Etcher, Rufus DD) ------------------
+
+FINISHED = ("done", "failed", "cancelled")
+CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def ui_opener(token: str) -> urllib.request.OpenerDirector:
+    """A browser stand-in for the pages: keeps the session cookie (the forms' CSRF token lives in it), sends the
+    LAN token, follows the 303 after a form post."""
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    opener.addheaders = [("Authorization", f"Bearer {token}")]
+    return opener
+
+
+def persistence_signature(vm: Vm, token: str) -> dict:
+    """GET /persistence/state, its signature (`working:state:job:step`, webui.ui.persistence_view) taken apart."""
+    status, body = vm.http("/persistence/state", token, timeout=30)
+    try:
+        signature = json.loads(body).get("signature") if status == 200 else None
+    except ValueError:
+        signature = None
+    if not signature:
+        return {}
+    working, state, job, step = (signature.split(":") + ["", "", "", ""])[:4]
+    return {"working": working == "True", "state": state, "job": job, "step": step}
+
+
+def check_persistence_refused(vm: Vm, token: str, result: dict) -> list[str]:
+    """A stick where live-boot could never use it (an ISO file on Ventoy's exFAT, a file copy on one FAT partition):
+    persistent storage must not be offered."""
+    seen = persistence_signature(vm, token)
+    result["persistence_state"] = seen.get("state")
+    if seen.get("state") in ("possible", "incomplete"):
+        return [f"persistent storage offered on a stick where it cannot work: {seen}"]
+    return []
+
+
+def check_persistence_create(vm: Vm, token: str, result: dict, timeout: float = 600) -> list[str]:
+    """First boot of a raw-written stick: the page offers persistent storage; its form posted (as the person's
+    confirmation), the root unit makes the partition; the state must end `exists`, the request `done`."""
+    before = persistence_signature(vm, token)
+    result["persistence_before"] = before
+    if before.get("state") != "possible":
+        return [f"persistent storage not offered on a raw-written stick: {before or 'no state'}"]
+    opener = ui_opener(token)
+    base = f"http://127.0.0.1:{vm.port}"
+    try:
+        page = opener.open(f"{base}/persistence", timeout=30).read().decode()
+        csrf = CSRF_FIELD.search(page)
+        if not csrf:
+            return ["the persistence page has no form to confirm with"]
+        form = urllib.parse.urlencode({"csrf_token": csrf.group(1)}).encode()
+        opener.open(f"{base}/persistence", data=form, timeout=30).read()
+    except OSError as error:
+        return [f"confirming persistent storage on the page: {error}"]
+    sent = time.monotonic()
+    seen = {}
+    while time.monotonic() - sent < timeout:
+        time.sleep(5)
+        seen = persistence_signature(vm, token)
+        if seen and not seen["working"] and seen.get("job") not in ("", "None", "running"):
+            break
+    result["persistence_after"] = seen
+    result["persistence_seconds"] = round(time.monotonic() - sent, 1)
+    if seen.get("state") != "exists" or seen.get("job") != "done":
+        return [f"persistent storage not made: {seen or 'no state'}"]
+    return []
+
+
+def check_persistence_kept(vm: Vm, token: str, report: dict, result: dict, memory: dict) -> list[str]:
+    """A later boot of that stick: /srv/ocr on the new partition (the selftest counts this boot there), the result
+    the boot before made is in History; then this boot makes one for the next. `memory` is carried between boots."""
+    problems = []
+    expected = memory.get("persistent_boots", 0) + 1
+    memory["persistent_boots"] = expected
+    if str(report.get("boots")) != str(expected):
+        problems.append(f"boots={report.get('boots')} on the stick, expected {expected}: /srv/ocr is not persistent")
+    if memory.get("job"):
+        job = job_state(vm, token, memory["job"])
+        status, page = vm.http("/history", token, timeout=30)
+        listed = memory["job"] in page.decode(errors="replace")
+        result["kept_job"] = {"id": memory["job"], "state": job.get("state"), "in_history": listed}
+        if job.get("state") != "done" or status != 200 or not listed:
+            problems.append(f"the result made before the reboot ({memory['job']}) is not in History: {job or status}")
+    job_id = submit(vm, token, text_png(OCR_TEXT, 860 + 10 * expected), f"kept-{expected}.png")
+    deadline = time.monotonic() + 600
+    while job_id and time.monotonic() < deadline and job_state(vm, token, job_id).get("state") not in FINISHED:
+        time.sleep(5)
+    if not job_id or job_state(vm, token, job_id).get("state") != "done":
+        problems.append(f"a result to keep for the next boot could not be made ({job_id})")
+    memory["job"] = job_id
     return problems

@@ -25,6 +25,9 @@ from imagebuilder.boottest.checks import (
     check_full_page,
     check_model_tasks,
     check_ocr,
+    check_persistence_create,
+    check_persistence_kept,
+    check_persistence_refused,
     check_poison_job,
     check_read_only_stick,
     check_scan_stick,
@@ -36,6 +39,9 @@ from imagebuilder.boottest.checks import (
 )
 from imagebuilder.boottest.sticks import OCR_TEXT, OUTBOX_TEXT, data_stick, stick_text
 from imagebuilder.boottest.vm import MODES, Vm, accel, free_port, split_mode, usb_stick
+from imagebuilder.boottest.writers import BUILDERS
+
+STICKS = {"usb": usb_stick, **BUILDERS}  # vm.MODES' medium -> how its stick is made from the ISO
 
 
 def boot_once(
@@ -50,12 +56,17 @@ def boot_once(
     stick_fs: str = "vfat",
     full_page: bool = True,
     smb_login: str | None = None,
+    stick_checks: bool = True,
+    memory: dict | None = None,
 ) -> dict:
     """One boot and its checks. `full_page`: also read a full A4 page and run a poison job (minutes under emulation:
     the first LAN boot of a run does them; the poison job needs the guest's debug shell, asked for at GRUB).
     `smb_login` (USER%PASSWORD of an image built with smb=on): the SMB share is forwarded and, with `full_page`,
-    checked."""
+    checked. `stick_checks`: the data stick's scan folder, USB browser and pull (else it is only seen mounted).
+    `memory` (a stick written raw, --persistence): what this stick's boots pass on; its first boot makes persistent
+    storage from the UI, each later one finds the result the boot before made in History."""
     base, entry = split_mode(mode)
+    medium = MODES[base][1]
     poison = lan and full_page
     smb_port = free_port() if smb_login else None
     vm = Vm(disk=disk, mode=base, dir=out, stick=stick, entry=entry, debug_shell=poison, smb_port=smb_port)
@@ -100,7 +111,16 @@ def boot_once(
                 api_problems += check_full_page(vm, token, result)
             if report.get("llama") == "active":  # an image with the CPU model: every task
                 api_problems += check_model_tasks(vm, token, result)
-            if stick:
+            if memory is not None:
+                if memory.get("made"):
+                    api_problems += check_persistence_kept(vm, token, report, result, memory)
+                else:
+                    made = check_persistence_create(vm, token, result)
+                    memory["made"] = not made
+                    api_problems += made
+            elif medium in ("filecopy", "loopback"):
+                api_problems += check_persistence_refused(vm, token, result)
+            if stick and stick_checks:
                 scan_check = check_read_only_stick if stick_fs.endswith("-dirty") else check_scan_stick
                 api_problems += scan_check(vm, token, result)
                 api_problems += check_ui_usb_upload(vm, token, out, result)
@@ -142,24 +162,37 @@ def boot_test(
     pull_stick: bool = False,
     stick_fs: str = "vfat",
     smb_login: str | None = None,
+    quick: bool = False,
 ) -> int:
-    """Boot `iso` in each mode; print one line per boot; 0 if every boot passed."""
+    """Boot `iso` in each mode; print one line per boot; 0 if every boot passed. `quick`: no full page, poison job,
+    SMB or data stick checks (the writers' boots: does it boot, draw the kiosk, OCR, keep its data)."""
     artifacts.mkdir(parents=True, exist_ok=True)
     lan = bool(lan_token)
     results = []
-    stick = None
+    sticks: dict[str, Path] = {}  # medium -> its stick, made once: the modes sharing it boot it one after the other
+    memory: dict[str, dict] = {}
     for mode in modes:
         base, _ = split_mode(mode)
+        medium = MODES[base][1]
         disk = iso
-        if MODES[base][1] == "usb":
-            stick = stick or usb_stick(iso, artifacts / "stick.img")
-            disk = stick
+        if medium != "cd":
+            if medium not in sticks:
+                file = "stick.img" if medium == "usb" else f"stick-{medium}.img"
+                print(f"making the {medium} stick ...", flush=True)
+                sticks[medium] = STICKS[medium](iso, artifacts / file)
+            disk = sticks[medium]
         print(f"boot {mode} ({' '.join(accel())}) ...", flush=True)
-        out = artifacts / mode.replace(":", "-")
+        name = mode.replace(":", "-")
+        again = sum(r["mode"] == mode for r in results)  # booted again (the raw stick's reboots): a folder of its own
+        out = artifacts / (f"{name}-{again + 1}" if again else name)
         out.mkdir(exist_ok=True)
         data = data_stick(out / "data-stick.img", stick_fs)  # fresh per boot: its inbox is consumed
-        smb = smb_login if lan else None
-        r = boot_once(disk, mode, out, timeout, lan_token, lan, data, pull_stick, stick_fs, not results, smb)
+        smb = smb_login if lan and not quick else None
+        kept = memory.setdefault(medium, {}) if persistence and medium == "raw" else None
+        first = not results and not quick
+        r = boot_once(
+            disk, mode, out, timeout, lan_token, lan, data, pull_stick, stick_fs, first, smb, not quick, kept
+        )
         results.append(r)
         print(
             f"  {mode}: {'PASS' if r['ok'] else 'FAIL'} selftest after {r.get('seconds_to_selftest')}s"
@@ -171,7 +204,7 @@ def boot_test(
         )
         if not r["ok"]:  # CI shows this; the whole log, screen.png and the pcap are in `out`
             print(f"  --- end of {out / 'serial.log'} ---\n{serial_tail(out / 'serial.log')}\n  ---", flush=True)
-    if persistence and stick:
+    if persistence and "usb" in sticks:
         # Every USB boot above appended to /srv/ocr/.boot-log on the stick's persistence partition.
         usb_boots = [r for r in results if MODES[split_mode(r["mode"])[0]][1] == "usb" and r.get("selftest")]
         counts = [int(r["selftest"].get("boots") or 0) for r in usb_boots]

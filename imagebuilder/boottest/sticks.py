@@ -81,10 +81,12 @@ PARTITION_START = 2**20  # exFAT/NTFS sticks come partitioned, as Windows format
 
 
 @contextlib.contextmanager
-def partition_device(image: Path):
-    """A loop device on the stick image's partition, for as long as the `with` lasts."""
+def partition_device(image: Path, size: int | None = None):
+    """A loop device on the stick image's partition (at PARTITION_START; to the end of the image, or `size`
+    bytes), for as long as the `with` lasts."""
+    limit = ["--sizelimit", str(size)] if size else []
     loop = subprocess.run(
-        ["losetup", "-f", "--show", "-o", str(PARTITION_START), str(image)],
+        ["losetup", "-f", "--show", "-o", str(PARTITION_START), *limit, str(image)],
         check=True,
         capture_output=True,
         text=True,
@@ -96,10 +98,10 @@ def partition_device(image: Path):
 
 
 @contextlib.contextmanager
-def fuse_mounted(image: Path, fs: str, read_only: bool = False):
+def fuse_mounted(image: Path, fs: str, read_only: bool = False, size: int | None = None):
     """An exFAT/NTFS stick image's partition mounted on a temporary folder for as long as the `with` lasts."""
     mount = STICK_TOOLS[fs][1] + (["-o", "ro"] if read_only else [])
-    with partition_device(image) as loop, tempfile.TemporaryDirectory(prefix="stick-") as folder:
+    with partition_device(image, size) as loop, tempfile.TemporaryDirectory(prefix="stick-") as folder:
         subprocess.run([*mount, loop, folder], check=True, capture_output=True)
         try:
             yield Path(folder)

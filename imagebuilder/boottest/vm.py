@@ -24,12 +24,21 @@ from imagebuilder.usb import add_persistence
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+# mode -> (firmware, medium). Every medium but the CD is a USB stick; which stick is made from the ISO how:
+# "usb" the build's .img (or the ISO plus a persistence partition), the others as writers leave them (writers.py:
+# "raw" dd/Etcher/Rufus DD, "filecopy" Rufus ISO mode, "loopback" a Ventoy-style exFAT stick with the ISO file).
 MODES = {
     "bios-cd": ("bios", "cd"),
     "uefi-cd": ("uefi", "cd"),
     "bios-usb": ("bios", "usb"),
     "uefi-usb": ("uefi", "usb"),
+    "bios-raw": ("bios", "raw"),
+    "uefi-raw": ("uefi", "raw"),
+    "uefi-filecopy": ("uefi", "filecopy"),  # BIOS needs the writer's own boot code (Rufus's): not made here
+    "bios-loopback": ("bios", "loopback"),
+    "uefi-loopback": ("uefi", "loopback"),
 }
+WRITER_MODES = tuple(mode for mode, (_, medium) in MODES.items() if medium not in ("cd", "usb"))
 GUEST_MAC = "52:54:00:12:34:56"
 STICK_DEVICE = "datastick"  # the data stick's QEMU device id, to pull it with device_del
 DEBUG_SHELL_ARG = " systemd.debug_shell=ttyS1"  # systemd-debug-generator: a root shell on that tty (systemd >= 243)

@@ -330,6 +330,34 @@ def test_usb_image_gets_a_persistence_partition(tmp_path):
     assert sb[0x38:0x3A] == b"\x53\xef" and sb[0x78:0x88].rstrip(b"\0") == b"persistence"
 
 
+@pytest.mark.skipif(
+    not (__import__("shutil").which("mke2fs") and __import__("shutil").which("debugfs")),
+    reason="needs e2fsprogs",
+)
+def test_ventoy_dat_is_the_persistence_filesystem_as_a_file(tmp_path):
+    """ventoy_dat=on: <name>-persistence.dat, ext4 labelled `persistence` with the .img's persistence.conf (live-boot
+    reads it once Ventoy maps the file), the same bytes when made again; published beside the ISO."""
+    import subprocess
+
+    from appliance.persistence import PERSISTENCE_CONF
+    from imagebuilder import usb
+
+    made = []
+    for side in ("a", "b"):
+        ctx = ctx_for(tmp_path / side, "ventoy_dat=on", "persistence_size_mb=8")
+        ctx.work.mkdir(parents=True)
+        usb.make_ventoy_dat(ctx)
+        dat = ctx.files["ventoy_dat"]
+        made.append(dat.read_bytes())
+    assert dat.name == f"{ctx.stem}-persistence.dat" and dat.stat().st_size == 8 * 2**20
+    probe = subprocess.run(["blkid", "-p", "-o", "export", str(dat)], capture_output=True, text=True).stdout
+    assert "TYPE=ext4" in probe and "LABEL=persistence" in probe
+    conf = subprocess.run(["debugfs", "-R", "cat /persistence.conf", str(dat)], capture_output=True, text=True)
+    assert conf.stdout == PERSISTENCE_CONF
+    assert made[0] == made[1]
+    assert any(s.name == "ventoy-dat" and s.when(ctx) for s in stages.STAGES)
+
+
 def test_listeners_judged_by_address():
     assert checks.loopback_only("tcp:127.0.0.1:8000/appliance/1001")
     assert checks.loopback_only("127.0.0.1:8000/appliance")  # an image from before the proto:... format

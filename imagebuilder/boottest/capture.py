@@ -25,9 +25,12 @@ def parse_marker(text: str) -> dict:
     return out
 
 
-# Multicast probes that look for network scanners (WS-Discovery, mDNS): LAN mode's scanner_discovery sends them
-# when the scanner page lists scanners. They ask who is there; they connect to nobody.
+# Probes that look for network scanners: LAN mode's scanner_discovery sends them when the scanner page lists
+# scanners (WS-Discovery and mDNS multicast, avahi's IGMP membership reports for those groups, and SANE's pixma
+# backend's Canon BJNP/MFNP broadcasts). They ask who is there; they connect to nobody.
 DISCOVERY = {("239.255.255.250", 3702), ("224.0.0.251", 5353)}
+DISCOVERY_BROADCAST_PORTS = {8610, 8612}
+IGMP = 2
 
 
 def guest_traffic(
@@ -61,7 +64,11 @@ def guest_traffic(
                 continue
             if proto == 6 and sport in served:
                 continue
-            if proto == 17 and allow_discovery and (dst, dport) in DISCOVERY:
+            if allow_discovery and (
+                (proto == 17 and (dst, dport) in DISCOVERY)
+                or (proto == 17 and dst.endswith(".255") and dport in DISCOVERY_BROADCAST_PORTS)
+                or (proto == IGMP and dst == "224.0.0.22")
+            ):
                 continue
             seen.append(f"ipv4 proto={proto} {dst}:{dport}")
         else:

@@ -411,13 +411,18 @@ def test_scanner_discovery_probes_are_not_outbound_traffic_in_lan_mode(tmp_path)
         return b"\xff" * 6 + mac + b"\x08\x00" + ip + struct.pack("!HHHH", 40000, dport, 8, 0)
 
     pcap = tmp_path / "guest.pcap"
-    frames = [frame("239.255.255.250", 3702), frame("224.0.0.251", 5353), frame("10.0.2.2", 80)]
+    frames = [
+        frame("239.255.255.250", 3702),
+        frame("224.0.0.251", 5353),
+        frame("10.0.2.255", 8612),  # SANE's pixma: Canon BJNP
+        frame("10.0.2.2", 80),
+    ]
     pcap.write_bytes(
         struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
         + b"".join(struct.pack("<IIII", 0, 0, len(f), len(f)) + f for f in frames)
     )
     assert capture.guest_traffic(pcap, allow_dhcp=True, allow_discovery=True) == ["ipv4 proto=17 10.0.2.2:80"]
-    assert len(capture.guest_traffic(pcap, allow_dhcp=False)) == 3
+    assert len(capture.guest_traffic(pcap, allow_dhcp=False)) == 4
 
 
 def test_the_virtual_scanners_page_travels_small_through_the_debug_shell():

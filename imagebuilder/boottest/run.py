@@ -31,12 +31,11 @@ from imagebuilder.boottest.checks import (
     check_poison_job,
     check_read_only_stick,
     check_scan_stick,
-    check_scanner,
-    check_smb,
     check_ui_usb_upload,
     check_usb,
     selftest_problems,
 )
+from imagebuilder.boottest.scan_checks import check_scanner, check_smb
 from imagebuilder.boottest.sticks import OCR_TEXT, OUTBOX_TEXT, data_stick, stick_text
 from imagebuilder.boottest.vm import MODES, Vm, accel, free_port, split_mode, usb_stick
 from imagebuilder.boottest.writers import BUILDERS

@@ -8,7 +8,7 @@ import pytest
 from contexts import enabled_links, make_ctx
 
 from imagebuilder import app, boot, iso, pyenv, rootfs, stages
-from imagebuilder.boottest import capture, checks, vm
+from imagebuilder.boottest import capture, checks, scan_checks, vm
 from imagebuilder.context import BuildError, hash_inputs, source_date_epoch
 from imagebuilder.settings import REPO, resolve
 
@@ -435,7 +435,7 @@ def test_the_virtual_scanners_page_travels_small_through_the_debug_shell():
     from PIL import Image
 
     png = checks.text_png(checks.OCR_TEXT, 940)
-    sent = base64.encodebytes(checks.pgm_gz(png)).decode()
+    sent = base64.encodebytes(scan_checks.pgm_gz(png)).decode()
     assert max(len(line) for line in sent.splitlines()) <= 76 and len(sent) < 20_000
     page = Image.open(io.BytesIO(gzip.decompress(base64.decodebytes(sent.encode()))))
     assert page.format == "PPM" and page.mode == "L"

@@ -11,7 +11,7 @@ from contexts import HOST_UNITS, enabled_links, make_ctx
 from llama_fixtures import require
 
 from imagebuilder import app
-from imagebuilder.boottest import checks
+from imagebuilder.boottest import scan_checks
 from imagebuilder.boottest.capture import guest_traffic
 from imagebuilder.boottest.vm import GUEST_MAC, Vm
 from imagebuilder.context import BuildError
@@ -126,19 +126,19 @@ LISTING = """Try "help" to get a list of possible commands.
 
 
 def test_smbclient_listing_and_refusals_are_read():
-    assert checks.smb_names(LISTING) == {"text", "SCN_0001.txt", "my scan 2.pdf"}
-    assert checks.smb_names("session setup failed: NT_STATUS_LOGON_FAILURE") == set()
+    assert scan_checks.smb_names(LISTING) == {"text", "SCN_0001.txt", "my scan 2.pdf"}
+    assert scan_checks.smb_names("session setup failed: NT_STATUS_LOGON_FAILURE") == set()
     denied = (1, "session setup failed: NT_STATUS_LOGON_FAILURE\n")
-    assert checks.smb_refused("wrong password", denied, "NT_STATUS_LOGON_FAILURE") == []
-    [got_in] = checks.smb_refused("wrong password", (0, LISTING), "NT_STATUS_LOGON_FAILURE")
+    assert scan_checks.smb_refused("wrong password", denied, "NT_STATUS_LOGON_FAILURE") == []
+    [got_in] = scan_checks.smb_refused("wrong password", (0, LISTING), "NT_STATUS_LOGON_FAILURE")
     assert got_in.startswith("SMB wrong password: expected NT_STATUS_LOGON_FAILURE, but it got in")
-    [other] = checks.smb_refused("guest login", (-1, "no answer in 120 s"), "NT_STATUS_ACCESS_DENIED")
+    [other] = scan_checks.smb_refused("guest login", (-1, "no answer in 120 s"), "NT_STATUS_ACCESS_DENIED")
     assert "exit -1" in other and "no answer" in other
 
 
 def test_the_smb_check_needs_smbclient(monkeypatch):
-    monkeypatch.setattr(checks.shutil, "which", lambda name: None)
-    assert checks.check_smb(object(), "u%p", {}, {}) == [
+    monkeypatch.setattr(scan_checks.shutil, "which", lambda name: None)
+    assert scan_checks.check_smb(object(), "u%p", {}, {}) == [
         "the SMB check needs smbclient on this host (apt install smbclient)"
     ]
 
@@ -150,7 +150,7 @@ def test_the_smb_check_names_a_missing_smbd_and_netbios_ports(tmp_path):
         smb_port, dir = 9, tmp_path  # nothing listens on port 9
 
     report = {"listen": ["tcp:127.0.0.1:8000/python3/999", "udp:0.0.0.0:137/nmbd/0"]}
-    problems = checks.check_smb(NoShare(), "u%p", report, {}, timeout=5)
+    problems = scan_checks.check_smb(NoShare(), "u%p", report, {}, timeout=5)
     assert problems[0].startswith("smbd is not listening on port 445")
     assert problems[1] == "NetBIOS ports open (SMB is to be on TCP 445 only): ['udp:0.0.0.0:137/nmbd/0']"
     assert problems[2].startswith("SMB share 'scan': exit 1") and len(problems) == 3

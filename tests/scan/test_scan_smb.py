@@ -229,16 +229,16 @@ class SambaAsVm:
 
 
 def test_the_boot_tests_smb_check_passes_against_this_samba(samba, cpu):
-    """checks.check_smb, as the boot test runs it on the booted image, against the image's smb.conf here with a
+    """scan_checks.check_smb, as the boot test runs it on the booted image, against the image's smb.conf here with a
     watcher of the image's timings (quiet period 3 s)."""
-    from imagebuilder.boottest import checks
+    from imagebuilder.boottest import scan_checks
 
     jobs = Jobs(samba.home / "jobs", lambda report: cpu)
     watcher = scan.WatcherThread(samba.root, scan.JobsRecognizer(jobs), media_dirs=())
     result = {}
     try:
         report = {"listen": ["tcp:127.0.0.1:8000/python3/999", "tcp:0.0.0.0:445/smbd/0"]}
-        assert checks.check_smb(SambaAsVm(samba), f"{LOGIN}%{PASSWORD}", report, result, timeout=180) == []
+        assert scan_checks.check_smb(SambaAsVm(samba), f"{LOGIN}%{PASSWORD}", report, result, timeout=180) == []
     finally:
         watcher.stop()
         jobs.close()

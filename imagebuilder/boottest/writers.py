@@ -23,6 +23,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from imagebuilder import boot
 from imagebuilder.boottest.sticks import fuse_mounted, partition_device
 
 STICK_SIZE = 8 << 30
@@ -31,31 +32,10 @@ ISO_NAME = "ocr-appliance.iso"  # the name people give the file on a Ventoy stic
 LOOPBACK_LABEL = "Ventoy"  # the exFAT partition's label, as Ventoy names it
 ESP_MIB = 32  # Ventoy's VTOYEFI partition: 32 MiB of FAT at the end of the stick
 BASIC_DATA = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7"  # the GPT type Rufus gives its FAT32 partition
-GRUB = Path("/usr/lib/grub")
-LOADER_MODULES = [
-    "part_msdos",
-    "part_gpt",
-    "exfat",
-    "fat",
-    "iso9660",
-    "loopback",
-    "search",
-    "search_fs_file",
-    "normal",
-    "configfile",
-    "linux",
-    "echo",
-    "test",
-    "serial",
-    "terminal",
-    "gzio",
-    "ls",
-    "cat",
-    "halt",
-    "reboot",
-    "all_video",
-]
-LOADER_TARGETS = {"i386-pc": ["biosdisk"], "x86_64-efi": ["efi_gop", "efi_uga"]}
+GRUB = boot.GRUB_LIB
+# The image's own GRUB modules, and what a loader that opens the ISO as a file on exFAT needs besides.
+LOADER_MODULES = [*boot.COMMON_MODULES, "exfat", "loopback"]
+LOADER_TARGETS = {"i386-pc": boot.BIOS_MODULES, "x86_64-efi": boot.EFI_MODULES}
 DRIVE_CHECK = 0x66  # boot.img's jump over its boot-drive check: grub-bios-setup turns it into two NOPs for disks
 MBR_CODE = 440  # boot.img's code; the disk signature, partition table and 0x55AA that follow are the stick's
 

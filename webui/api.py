@@ -67,6 +67,18 @@ def error_response(status: int, error: str, detail: str, headers: dict | None = 
     return response
 
 
+def accepted(body: dict, location: str):
+    """202: the work goes on; poll `location`."""
+    response = jsonify(body)
+    response.status_code = 202
+    response.headers["Location"] = location
+    return response
+
+
+def job_accepted(job):
+    return accepted(job_json(job), url_for("api.job_status", job_id=job.id))
+
+
 def read_submission() -> tuple[bytes, str, Request]:
     """The file and the request from either shape: multipart field `file` (+ form fields) or JSON with base64
     `image` (+ keys). `task` and the articles' `task_type` are the same thing."""
@@ -139,11 +151,7 @@ def ocr():
 
 @bp.post("/jobs")
 def create_job():
-    job = submit(*read_submission())
-    response = jsonify(job_json(job))
-    response.status_code = 202
-    response.headers["Location"] = url_for("api.job_status", job_id=job.id)
-    return response
+    return job_accepted(submit(*read_submission()))
 
 
 @bp.get("/jobs")
@@ -273,10 +281,7 @@ def scanner_scan():
         mode=body.get("mode") or None,
         preview=bool(body.get("preview")),
     )
-    response = jsonify(scan_json(scan))
-    response.status_code = 202
-    response.headers["Location"] = url_for("api.scanner_scan_state", scan_id=scan.id)
-    return response
+    return accepted(scan_json(scan), url_for("api.scanner_scan_state", scan_id=scan.id))
 
 
 @bp.get("/scanners/scans/<scan_id>")
@@ -321,11 +326,7 @@ def scanner_job(scan_id):
         fields=body.get("fields"),
         target_lang=body.get("target_lang"),
     )
-    job = submit_scan(scan_id, req)
-    response = jsonify(job_json(job))
-    response.status_code = 202
-    response.headers["Location"] = url_for("api.job_status", job_id=job.id)
-    return response
+    return job_accepted(submit_scan(scan_id, req))
 
 
 @bp.delete("/scanners/scans/<scan_id>")

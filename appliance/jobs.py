@@ -579,14 +579,14 @@ class Jobs:
             )
             self._changed.notify_all()
 
-        def progress(done: int, total: int) -> None:
+        def progress(done: int, total: int, blank: int) -> None:
             now = time.monotonic()
             with self._lock:
                 self._set(job_id, pages_done=done, pages_total=total)
                 if done < total:  # the next page begins
                     live = self._live.get(job_id)  # none yet: the job's first page, or its first in this turn
                     began = live.job_started if live else now - spent  # earlier turns' time counts
-                    self._live[job_id] = pace.LivePage(request.task.value, done + 1, total, now, began)
+                    self._live[job_id] = pace.LivePage(request.task.value, done + 1, total, now, began, done - blank)
                 self._changed.notify_all()
 
         def on_text(text: str, tokens: int) -> None:

@@ -66,10 +66,19 @@ def test_a_page_slower_than_usual_before_its_first_token_gets_no_number():
 
 def test_live_page_report_prefers_the_pages_this_job_already_read():
     # Page 3 of 5 began at t=100, the job at t=0: 50 s a page so far, whatever the PC's usual figure says.
-    page = LivePage("doc", number=3, total=5, started=100, job_started=0)
+    page = LivePage("doc", number=3, total=5, started=100, job_started=0, pages_read=2)
     report = page.report(page_seconds=500, now=110)
     assert report["seconds_left"] == 40 + 2 * 50 and report["longer_than_usual"] is False
     assert (report["page"], report["text"], report["tokens"]) == (3, "", 0)
+
+
+def test_blank_pages_before_this_one_do_not_count_as_pages_read():
+    # Pages 1-4 took 100 s, but 2 and 4 were blank (skipped in no time): 50 s per page read, not 25.
+    page = LivePage("doc", number=5, total=6, started=100, job_started=0, pages_read=2)
+    assert page.report(page_seconds=None, now=110)["seconds_left"] == 40 + 50
+    # Only blank pages so far: the PC's usual figure, not "0 s a page".
+    page = LivePage("doc", number=3, total=3, started=1, job_started=0, pages_read=0)
+    assert page.report(page_seconds=60, now=11)["seconds_left"] == 50
 
 
 def test_live_page_keeps_the_tail_and_when_the_first_token_came():

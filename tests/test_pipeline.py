@@ -56,7 +56,7 @@ def test_pages_progress_and_numbering(engine):
         pdf_bytes("Alpha one", "Beta two"),
         Request.make("text"),
         name="two.pdf",
-        progress=lambda done, total: calls.append((done, total)),
+        progress=lambda done, total, blank: calls.append((done, total)),
     )
     assert calls == [(0, 2), (1, 2), (2, 2)]
     assert [(p.number, p.text) for p in result.pages] == [(1, "Alpha one"), (2, "Beta two")]
@@ -72,7 +72,7 @@ def test_cancel_between_pages(engine):
             pdf_bytes("a", "b", "c"),
             Request.make("text"),
             name="x.pdf",
-            progress=lambda d, t: done.append(d),
+            progress=lambda d, t, b: done.append(d),
             cancelled=lambda: len(done) >= 2,
         )
 
@@ -105,8 +105,11 @@ def test_blank_pages_are_not_sent_to_the_engine_and_faint_text_is(engine, monkey
         return recognize(image, request, on_text)
 
     monkeypatch.setattr(engine, "recognize", recording)
-    result = recognize_file(engine, buf.getvalue(), Request.make("text"), name="duplex.pdf")
+    calls = []
+    progress = lambda done, total, blank: calls.append((done, blank))  # noqa: E731
+    result = recognize_file(engine, buf.getvalue(), Request.make("text"), name="duplex.pdf", progress=progress)
     assert len(sent) == 2  # the faint page number and the text page
+    assert calls == [(0, 0), (1, 1), (2, 2), (3, 3), (4, 3), (5, 3)]  # the job's time left counts only pages read
     assert [bool(page.warnings) for page in result.pages] == [True, True, True, False, False]
     assert result.pages[0].warnings == ["blank page: not sent to the OCR engine"] and result.pages[0].text == ""
     assert result.pages[4].text == "Alpha one"

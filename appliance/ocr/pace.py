@@ -75,6 +75,7 @@ class LivePage:
     total: int
     started: float  # when this page began
     job_started: float  # when the job's first page began
+    pages_read: int = 0  # the job's pages before this one that went to the engine (blank pages cost next to nothing)
     text: str = ""  # the answer's last TAIL_CHARS characters
     chars: int = 0  # the answer's whole length so far: with `text`, a caller can tell how much is new
     tokens: int = 0
@@ -87,9 +88,10 @@ class LivePage:
 
     def report(self, page_seconds: float | None, now: float) -> dict:
         """GET /jobs/<id>'s `live`. `page_seconds`: a usual page of this task on this PC (pace's figures), None
-        when unknown; the pages this job already read beat it."""
-        if self.number > 1:
-            page_seconds = (self.started - self.job_started) / (self.number - 1)
+        when unknown; the pages this job already read beat it (blank pages skipped were not read: they do not
+        count, or a scan with empty back sides would halve the figure)."""
+        if self.pages_read:
+            page_seconds = (self.started - self.job_started) / self.pages_read
         left, longer = seconds_left(
             Task(self.task),
             elapsed=now - self.started,

@@ -16,7 +16,7 @@ from appliance.ocr.tasks import Request
 
 BLANK_PAGE = "blank page: not sent to the OCR engine"  # the page's warning when it had no ink
 # progress(done_pages, total_pages); called once before the first page and after each page.
-Progress = Callable[[int, int], None]
+Progress = Callable[[int, int, int], None]  # (pages done, pages in all, how many of the done ones were blank)
 
 
 class Cancelled(Exception):
@@ -56,8 +56,9 @@ def recognize_document(
     total = document.page_count
     pages = list(earlier.pages) if earlier else []
     first = len(pages) + 1
+    blank = sum(BLANK_PAGE in page.warnings for page in pages)
     if progress:
-        progress(len(pages), total)
+        progress(len(pages), total, blank)
 
     def result() -> OcrResult:
         return OcrResult(
@@ -79,12 +80,15 @@ def recognize_document(
         page_started = time.perf_counter()
         # A blank page (separator sheets, empty back sides of duplex scans) costs a model seconds to minutes and
         # can only give noise: it is not sent to the engine.
-        page = Page(warnings=[BLANK_PAGE]) if is_blank(image) else engine.recognize(image, request, on_text)
+        if is_blank(image):
+            page, blank = Page(warnings=[BLANK_PAGE]), blank + 1
+        else:
+            page = engine.recognize(image, request, on_text)
         page.number, page.width, page.height = number, image.width, image.height
         page.seconds = round(time.perf_counter() - page_started, 3)
         pages.append(page)
         if progress:
-            progress(number, total)
+            progress(number, total, blank)
     return result()
 
 

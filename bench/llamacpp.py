@@ -65,6 +65,37 @@ def read_bandwidth(threads: int, size_mb: int = 512, repeat: int = 5) -> float:
     return best
 
 
+def matmul_rate(threads: int, n: int = 2048, repeat: int = 5) -> float:
+    """FLOP/s of an fp32 matrix product on `threads` threads (torch's BLAS), best of `repeat`: what this CPU can
+    compute, as read_bandwidth is what it can read. llama.cpp's f16 vision tower converts to fp32 and multiplies
+    there, so this is its ceiling too."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best = 0.0
+    for _ in range(repeat):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2 * n**3 / (time.perf_counter() - start))
+    return best
+
+
+def page_flops(config: dict, width: int, height: int, prompt_tokens: int) -> float:
+    """FLOPs of reading one page: the vision tower's blocks over its 16-pixel patches (linear layers + attention,
+    the sides rounded to 32 pixels as the processor does) plus the decoder's prefill of the prompt (linear layers +
+    causal attention). The patch merger, norms and activations are left out: a few percent."""
+    v = config["vision_config"]
+    patches = (2 * round(width / 32)) * (2 * round(height / 32))
+    d, inner = v["hidden_size"], v["intermediate_size"]
+    vision = v["num_hidden_layers"] * (2 * patches * (4 * d * d + 2 * d * inner) + 4 * patches**2 * d)
+    d, inner, tokens = config["hidden_size"], config["intermediate_size"], prompt_tokens
+    q = config["num_attention_heads"] * config["head_dim"]
+    kv = config["num_key_value_heads"] * config["head_dim"]
+    linear = 2 * tokens * (2 * d * q + 2 * d * kv + 3 * d * inner)
+    return vision + config["num_hidden_layers"] * (linear + 2 * tokens**2 * q)
+
+
 def prepare(log) -> None:
     """The real-size random checkpoint and its GGUF files, made once."""
     if not (CHECKPOINT / "config.json").is_file():
@@ -218,6 +249,7 @@ def transformers_worker(caps, threads: int, tokens: int) -> dict:
         rows.append(
             {
                 "cap_mp": cap,
+                "image": f"{capped.width}x{capped.height}",
                 "prompt_tokens": int(inputs["input_ids"].shape[1]),
                 "encode_prefill_s": first,
                 "decode_tok_s": (len(stamps.times) - 2) / (last - first),
@@ -248,19 +280,23 @@ def bench_transformers(caps, threads: int, tokens: int) -> dict:
 # ---- report --------------------------------------------------------------------------------------------------------
 
 
-def report(name: str, result: dict, bandwidth: float) -> None:
+def report(name: str, result: dict, bandwidth: float, compute: float) -> None:
+    """Decode against the bandwidth bound; reading the page (encode + prefill) against the compute bound."""
     bound = bandwidth / result["bytes_per_token"]
+    config = json.loads((CHECKPOINT / "config.json").read_text())
     print(f"\n{name}: load {result['load_s']:.1f} s, peak RSS {result['peak_rss'] / 2**30:.2f} GiB, weights read per "
           f"token {result['bytes_per_token'] / 2**20:.0f} MiB -> bandwidth bound {bound:.1f} tok/s")  # fmt: skip
-    print(f"  {'cap MP':>6} {'tokens in':>9} {'enc+prefill s':>13} {'decode tok/s':>12} {'of bound':>8} "
-          f"{'100-tok page s':>14} {'1000-tok page s':>15}")  # fmt: skip
+    print(f"  {'cap MP':>6} {'tokens in':>9} {'enc+prefill s':>13} {'TFLOP':>5} {'of compute':>10} "
+          f"{'decode tok/s':>12} {'of bound':>8} {'100-tok page s':>14} {'1000-tok page s':>15}")  # fmt: skip
     for row in result["pages"]:
-        rate = row["decode_tok_s"]
-        page100 = row["encode_prefill_s"] + 100 / rate
-        page1000 = row["encode_prefill_s"] + 1000 / rate
+        rate, reading = row["decode_tok_s"], row["encode_prefill_s"]
+        page100, page1000 = reading + 100 / rate, reading + 1000 / rate
+        width, height = (int(side) for side in row["image"].split("x"))
+        flops = page_flops(config, width, height, row["prompt_tokens"])
         measured = f" (measured {row['answer_s']:.0f})" if row.get("answer_tokens", 0) >= 1000 else ""
-        print(f"  {row['cap_mp']:>6} {row['prompt_tokens']:>9} {row['encode_prefill_s']:>13.1f} {rate:>12.1f} "
-              f"{rate / bound:>8.0%} {page100:>14.0f} {page1000:>15.0f}{measured}")  # fmt: skip
+        print(f"  {row['cap_mp']:>6} {row['prompt_tokens']:>9} {reading:>13.1f} {flops / 1e12:>5.2f} "
+              f"{flops / reading / compute:>10.0%} {rate:>12.1f} {rate / bound:>8.0%} {page100:>14.0f} "
+              f"{page1000:>15.0f}{measured}")  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -283,8 +319,10 @@ def main(argv=None) -> int:
     with open(DATA / "llamacpp-bench.log", "a") as log:
         prepare(log)
         bandwidth = read_bandwidth(args.threads)
-        print(f"memory read bandwidth, {args.threads} threads: {bandwidth / 1e9:.1f} GB/s", flush=True)
-        results = {"threads": args.threads, "bandwidth": bandwidth}
+        compute = matmul_rate(args.threads)
+        print(f"memory read bandwidth, {args.threads} threads: {bandwidth / 1e9:.1f} GB/s; fp32 matrix product: "
+              f"{compute / 1e9:.0f} GFLOP/s", flush=True)  # fmt: skip
+        results = {"threads": args.threads, "bandwidth": bandwidth, "compute": compute}
         results["llama.cpp"] = bench_llamacpp(
             caps, args.threads, args.short_tokens, args.long_tokens, args.long_cap, log
         )
@@ -293,7 +331,7 @@ def main(argv=None) -> int:
     (DATA / "llamacpp-bench.json").write_text(json.dumps(results, indent=1))
     for name in ("llama.cpp", "transformers"):
         if name in results:
-            report(name, results[name], bandwidth)
+            report(name, results[name], bandwidth, compute)
     return 0
 
 

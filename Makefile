@@ -2,6 +2,8 @@
 PY ?= python3
 PIP = $(PY) -m pip install -q --disable-pip-version-check
 STAMP = .make
+# Every apt run here takes this lock first: `make -j` may reach two of them at once (dpkg's own lock would fail one).
+APT_GET = flock $(STAMP)/apt.lock env DEBIAN_FRONTEND=noninteractive apt-get
 
 .PHONY: deps vllm-venv llama-cpp host-tools test bench iso reproduce boot-test boot-test-writers clean
 
@@ -23,7 +25,7 @@ $(STAMP)/test-apt:
 	   ! command -v scanimage >/dev/null || ! ls /usr/lib/*/sane/libsane-airscan.so.1 >/dev/null 2>&1 || \
 	   ! command -v smbd >/dev/null || ! command -v smbclient >/dev/null || ! command -v mkfs.exfat >/dev/null || \
 	   ! command -v mount.exfat-fuse >/dev/null || ! command -v grub-emu >/dev/null; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-microhei \
+	  $(APT_GET) update -qq && $(APT_GET) install -y -qq fonts-wqy-microhei \
 	    fonts-dejavu-core fontconfig chromium sane-utils sane-airscan samba smbclient exfatprogs exfat-fuse \
 	    grub-emu >/dev/null; fi
 	touch $@
@@ -37,7 +39,7 @@ $(STAMP)/server-apt:
 	mkdir -p $(STAMP)
 	if ! ldconfig -p | grep -q libtcmalloc_minimal.so.4 || ! $(PY) -c 'import ensurepip' 2>/dev/null || \
 	   ! command -v cmake >/dev/null || ! command -v ninja >/dev/null || ! command -v g++ >/dev/null; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 python3-venv \
+	  $(APT_GET) update -qq && $(APT_GET) install -y -qq libtcmalloc-minimal4 python3-venv \
 	    cmake ninja-build g++ >/dev/null; fi
 	touch $@
 
@@ -90,8 +92,8 @@ ISO_ARGS ?=
 APPLIANCE = $(PY) -m appliance
 host-tools: $(STAMP)/deps
 	@pkgs="$$($(APPLIANCE) doctor --missing-packages)"; if [ -n "$$pkgs" ]; then \
-	  echo "installing host tools: $$pkgs"; apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$pkgs >/dev/null; fi
+	  echo "installing host tools: $$pkgs"; mkdir -p $(STAMP) && $(APT_GET) update -qq && \
+	  $(APT_GET) install -y -qq --no-install-recommends $$pkgs >/dev/null; fi
 
 iso: $(STAMP)/deps host-tools
 	$(APPLIANCE) build --profile $(ISO_PROFILE) $(ISO_ARGS)

@@ -103,8 +103,8 @@ MESSAGES = {
     "internal_error": ("{kind}: {error}; the log has the details", "{kind}：{error}；详情见日志"),
     # the engine (appliance.ocr.errors, appliance.jobs)
     "task_not_supported": (
-        "task '{task}' needs the HunyuanOCR model on an NVIDIA GPU; the '{engine}' engine only does: {tasks}",
-        "任务“{task}”需要在 NVIDIA GPU 上运行的 HunyuanOCR 模型；“{engine}”引擎只能完成：{tasks}",
+        "task '{task}' needs the HunyuanOCR model, not running here; the '{engine}' engine only does: {tasks}",
+        "任务“{task}”需要 HunyuanOCR 模型，但此处未运行该模型；“{engine}”引擎只能完成：{tasks}",
     ),
     "engine_unavailable": ("engine '{engine}' is not available: {reason}", "“{engine}”引擎不可用：{reason}"),
     "engine_not_started": ("the OCR engine did not start: {error}", "识别引擎未能启动：{error}"),

@@ -48,7 +48,7 @@ MESSAGES = {
         ),
         "本设备中的 HunyuanOCR 模型权重依据《腾讯混元社区许可协议》提供；许可全文及 Notice 文件如下。",
     ),
-    "needs_gpu": ("needs the GPU model", "需要 GPU 模型"),
+    "needs_model": ("needs the HunyuanOCR model", "需要 HunyuanOCR 模型"),
     # A task card's time on this PC (appliance.ocr.pace): measured from finished pages, or estimated at start-up.
     "page_time_measured": ("{t} a page on this PC", "本机每页约 {t}"),
     "page_time_estimated": ("about {t} a page on this PC", "本机每页预计约 {t}"),

@@ -65,8 +65,8 @@ REASONS = {
         "此 NVIDIA 显卡只有 {memory_gib} GiB 显存，而 HunyuanOCR {version} 至少需要 {minimum_gib} GiB。",
     ),
     "cpu_meanwhile": (
-        "OCR runs on the CPU meanwhile: text spotting and plain text only; the other tasks need the GPU model.",
-        "在此期间由 CPU 识别：仅支持文字定位和纯文本，其他任务需要 GPU 模型。",
+        "OCR runs on the CPU meanwhile: slower, and without the image's CPU model only text spotting and plain text.",
+        "在此期间由 CPU 识别：速度较慢；镜像未附带 CPU 模型时仅支持文字定位和纯文本。",
     ),
 }
 

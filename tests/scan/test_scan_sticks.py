@@ -160,7 +160,7 @@ def _pulled_then_failed(root, tmp_path, stick, stick_keeps_original):
             if stick.exists():
                 shutil.move(stick, pulled)  # the stick's folder vanishes, as on unmount
             if request.task.value == "table":
-                raise OcrError("task 'table' needs the HunyuanOCR model on an NVIDIA GPU")
+                raise OcrError("task 'table' needs the HunyuanOCR model, not running here")
             return super().recognize(image, request, on_text)
 
     run_once(root, PullThenFail(), media_dirs=[media])

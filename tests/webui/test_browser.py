@@ -169,7 +169,7 @@ def test_drag_a_file_onto_the_drop_zone(page, cpu_server):
 def test_cpu_engine_greys_out_the_model_only_tasks(page, cpu_server):
     page.goto(cpu_server.url + "/")
     extract = page.locator("label.task:has(input[value=extract])")
-    assert page.locator("input[value=extract]").is_disabled() and "needs the GPU model" in extract.inner_text()
+    assert page.locator("input[value=extract]").is_disabled() and "needs the HunyuanOCR model" in extract.inner_text()
     assert page.locator("input[value=spotting]").is_enabled()
     page.goto(cpu_server.url + "/status")
     assert page.locator("#engine-name").inner_text() == "cpu"

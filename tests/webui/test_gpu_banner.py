@@ -51,7 +51,7 @@ def test_banner_on_every_page_of_a_gpu_image_without_a_gpu(gpu_image, client):
 
 def test_tasks_that_need_the_model_say_so(gpu_image, client):
     page = client.get("/").get_data(as_text=True)
-    assert "needs the GPU model" in page
+    assert "needs the HunyuanOCR model" in page
 
 
 def test_no_banner_on_a_cpu_image(client):

@@ -1,5 +1,5 @@
-"""The start page's task cards with HunyuanOCR on the CPU: no "needs the GPU model", and how long a page takes on
-this PC (the engine's warm-up estimate, then this PC's finished pages), in the page's language."""
+"""The start page's task cards with HunyuanOCR on the CPU: no "needs the HunyuanOCR model", and how long a page
+takes on this PC (the engine's warm-up estimate, then this PC's finished pages), in the page's language."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def test_cards_say_the_time_a_page_takes_here(llama_like):
     app, jobs, tmp_path = llama_like
     client = app.test_client()
     html = client.get("/", headers=EN).get_data(as_text=True)
-    assert "needs the GPU model" not in html
+    assert "needs the HunyuanOCR model" not in html
     assert 'id="page-time-doc">about 75 s a page on this PC</small>' in card(html, "doc")
     assert 'id="page-time-table">about 2.2 min a page on this PC</small>' in card(html, "table")
     assert "page-time" not in card(html, "formula")  # no figure yet: only the task's hint
@@ -65,6 +65,6 @@ def test_without_the_model_the_cards_still_say_what_is_missing(tmp_path):
         assert jobs.wait_engine(20)["ready"]
         app = create_app({"DATA_DIR": str(tmp_path / "data"), "ENGINE": "cpu", "JOBS": jobs, "TESTING": True})
         html = app.test_client().get("/", headers=EN).get_data(as_text=True)
-        assert "needs the GPU model" in card(html, "doc") and "page-time" not in html
+        assert "needs the HunyuanOCR model" in card(html, "doc") and "page-time" not in html
     finally:
         jobs.close(timeout=5)

@@ -321,7 +321,7 @@ class ProgressBar:
         self.tty = sys.stderr.isatty()
         self.started = time.monotonic()
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: int, total: int, blank: int = 0) -> None:
         if total <= 1:
             return
         if self.tty:

@@ -71,7 +71,7 @@ def test_txt_output_and_multi_page_progress_on_stderr(tmp_path):
 def test_task_the_cpu_engine_cannot_do_names_the_task_and_the_need(receipt):
     run = appliance("ocr", str(receipt), "--task", "doc_parser", "--engine", "cpu")
     assert run.returncode == 1
-    assert "task 'doc'" in run.stderr and "GPU" in run.stderr
+    assert "task 'doc'" in run.stderr and "HunyuanOCR model" in run.stderr
     assert run.stdout == ""
 
 

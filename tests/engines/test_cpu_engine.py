@@ -188,4 +188,4 @@ def test_other_tasks_need_the_gpu_model(engine, task):
     with pytest.raises(TaskNotSupported) as caught:
         engine.recognize(Image.new("RGB", (64, 64), "white"), request)
     message = str(caught.value)
-    assert f"'{task}'" in message and "GPU" in message
+    assert f"'{task}'" in message and "HunyuanOCR model" in message

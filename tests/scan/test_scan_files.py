@@ -144,7 +144,7 @@ def test_corrupt_and_non_image_go_to_failed_with_reason(root, cpu):
     assert "truncated" in broken["reason"] or "corrupt" in broken["reason"]
     assert broken["when"] and broken["engine"].startswith("cpu") and broken["file"] == "broken.png"
     assert "not an image" in json.loads((failed / "minutes.jpg.error.json").read_text())["reason"]
-    assert "GPU" in json.loads((failed / "doc" / "report.png.error.json").read_text())["reason"]
+    assert "HunyuanOCR model" in json.loads((failed / "doc" / "report.png.error.json").read_text())["reason"]
     assert (failed / "broken.png").read_bytes() == good[: len(good) // 2]  # the original, untouched
     assert outputs(root) == [] and outputs(root, "doc") == []
     assert scan.queue_state(root)["counts"]["failed"] == 3

@@ -105,7 +105,7 @@ def test_usb_stick_failure_is_retried_on_its_stick(root, tmp_path, cpu):
 
     failed = stick / "OCR-FAILED" / "doc"
     assert sorted(p.name for p in failed.iterdir()) == ["report.png", "report.png.error.json"]
-    assert "GPU" in json.loads((failed / "report.png.error.json").read_text())["reason"]
+    assert "HunyuanOCR model" in json.loads((failed / "report.png.error.json").read_text())["reason"]
     assert not (stick / "OCR-INBOX" / "doc" / "report.png").exists()
     assert [p for p in (root / "failed").rglob("*") if p.is_file()] == []  # nothing of the stick's on our disk
     [row] = scan.queue_state(root)["files"]

@@ -155,7 +155,7 @@ def test_unreadable_input_is_refused_before_anything_is_stored(make_jobs, tmp_pa
 
 def test_task_the_engine_cannot_do_is_refused(make_jobs):
     jobs = make_jobs(FakeEngine(tasks={Task.SPOTTING, Task.TEXT}))
-    with pytest.raises(TaskNotSupported, match="GPU"):
+    with pytest.raises(TaskNotSupported, match="HunyuanOCR model"):
         jobs.submit(png(), "a.png", Request.make("doc"))
 
 

@@ -212,7 +212,7 @@ def test_task_the_engine_cannot_do_is_400(client, png_bytes):
     body = assert_error(
         client.post("/ocr", json={"image": base64.b64encode(png_bytes).decode(), "task_type": "doc_parser"}),
         400,
-        "GPU",
+        "HunyuanOCR model",
     )
     assert "spotting, text" in body["detail"]
 

@@ -100,7 +100,7 @@ def test_second_article_snippet_on_cpu_explains_what_is_needed(cpu_server, tmp_p
     out = capsys.readouterr().out
     assert out.startswith("请求失败:")
     body = json.loads(out.split(" ", 1)[1])
-    assert body["error"] == "task not available" and "NVIDIA GPU" in body["detail"]
+    assert body["error"] == "task not available" and "HunyuanOCR model" in body["detail"]
 
 
 def test_plain_ocr_over_http_with_boxes(cpu_server):

@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--persistence",
         action="store_true",
         help="also check that data survives a reboot (usb: the .img's partition; raw: the first boot makes "
-        "persistent storage from the UI, each later boot finds the result the boot before made in History)",
+        "persistent storage from the UI, each later boot finds the result the boot before made in History; "
+        "loopback: a Ventoy persistence .dat as its plugin maps it)",
     )
     boot.add_argument(
         "--quick",

@@ -38,7 +38,7 @@ from imagebuilder.boottest.checks import (
 from imagebuilder.boottest.scan_checks import check_scanner, check_smb
 from imagebuilder.boottest.sticks import OCR_TEXT, OUTBOX_TEXT, data_stick, stick_text
 from imagebuilder.boottest.vm import MODES, Vm, accel, free_port, split_mode, usb_stick
-from imagebuilder.boottest.writers import BUILDERS
+from imagebuilder.boottest.writers import BUILDERS, ventoy_dat
 
 STICKS = {"usb": usb_stick, **BUILDERS}  # vm.MODES' medium -> how its stick is made from the ISO
 
@@ -57,18 +57,20 @@ def boot_once(
     smb_login: str | None = None,
     stick_checks: bool = True,
     memory: dict | None = None,
+    dat: Path | None = None,
 ) -> dict:
     """One boot and its checks. `full_page`: also read a full A4 page and run a poison job (minutes under emulation:
     the first LAN boot of a run does them; the poison job needs the guest's debug shell, asked for at GRUB).
     `smb_login` (USER%PASSWORD of an image built with smb=on): the SMB share is forwarded and, with `full_page`,
     checked. `stick_checks`: the data stick's scan folder, USB browser and pull (else it is only seen mounted).
-    `memory` (a stick written raw, --persistence): what this stick's boots pass on; its first boot makes persistent
-    storage from the UI, each later one finds the result the boot before made in History."""
+    `memory` (--persistence): what this stick's boots pass on; a raw stick's first boot makes persistent storage
+    from the UI (a Ventoy-style stick has it from the start: `dat`, its persistence .dat), each later one finds the
+    result the boot before made in History."""
     base, entry = split_mode(mode)
     medium = MODES[base][1]
     poison = lan and full_page
     smb_port = free_port() if smb_login else None
-    vm = Vm(disk=disk, mode=base, dir=out, stick=stick, entry=entry, debug_shell=poison, smb_port=smb_port)
+    vm = Vm(disk, base, out, stick, entry, debug_shell=poison, smb_port=smb_port, ventoy_dat=dat)
     result = {"mode": mode, "ok": False}
     try:
         try:
@@ -187,10 +189,16 @@ def boot_test(
         out.mkdir(exist_ok=True)
         data = data_stick(out / "data-stick.img", stick_fs)  # fresh per boot: its inbox is consumed
         smb = smb_login if lan and not quick else None
-        kept = memory.setdefault(medium, {}) if persistence and medium == "raw" else None
+        kept, dat = None, None
+        if persistence and medium == "raw":
+            kept = memory.setdefault(medium, {})
+        elif persistence and medium == "loopback":  # Ventoy's persistence plugin: the .dat is there from the start
+            kept, dat = memory.setdefault(medium, {"made": True}), artifacts / "ventoy-persistence.dat"
+            if not dat.exists():
+                ventoy_dat(dat)
         first = not results and not quick
         r = boot_once(
-            disk, mode, out, timeout, lan_token, lan, data, pull_stick, stick_fs, first, smb, not quick, kept
+            disk, mode, out, timeout, lan_token, lan, data, pull_stick, stick_fs, first, smb, not quick, kept, dat
         )
         results.append(r)
         print(

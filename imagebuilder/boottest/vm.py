@@ -87,6 +87,8 @@ class Vm:
     mode: str
     dir: Path
     stick: Path | None = None  # a second USB disk (not bootable): the data stick
+    # Ventoy's persistence .dat, as the block device its plugin maps the file to (device-mapper, not USB): virtio
+    ventoy_dat: Path | None = None
     entry: str = "normal"  # the boot menu entry to start (imagebuilder.boot.ENTRIES)
     # A root shell for the harness on a second serial port (ttyS1): systemd's own debug shell, asked for by typing
     # DEBUG_SHELL_ARG into the boot menu entry's kernel line at GRUB. The image itself is not changed.
@@ -106,6 +108,7 @@ class Vm:
         self.dir = self.dir.resolve()
         self.disk = self.disk.resolve()
         self.stick = self.stick.resolve() if self.stick else None
+        self.ventoy_dat = self.ventoy_dat.resolve() if self.ventoy_dat else None
 
     def command(self) -> list[str]:
         firmware, medium = MODES[self.mode]
@@ -169,6 +172,13 @@ class Vm:
             usb.append(("stick0", self.disk, ",bootindex=0"))
         if self.stick:
             usb.append(("data0", self.stick, f",id={STICK_DEVICE}"))
+        if self.ventoy_dat:
+            cmd += [
+                "-drive",
+                f"file={self.ventoy_dat},format=raw,if=none,id=vtoydat",
+                "-device",
+                "virtio-blk-pci,drive=vtoydat",
+            ]
         if usb:
             cmd += ["-device", "qemu-xhci,id=xhci"]
         for drive, image, extra in usb:

@@ -10,7 +10,9 @@
   MBR gap for BIOS, as EFI/BOOT/BOOTX64.EFI for UEFI. It loop-mounts the ISO file and sources the ISO's
   /boot/grub/loopback.cfg with iso_path set, GRUB's loopback convention (Ventoy's GRUB mode, Super GRUB2 Disk):
   live-boot then finds the ISO file by `findiso=`. Ventoy's own normal mode (its virtual CD and initramfs hooks)
-  is Ventoy's code and is not booted here.
+  is Ventoy's code and is not booted here. Ventoy's persistence plugin maps a `.dat` file beside the ISO as a block
+  device of its own (device-mapper); `ventoy_dat` makes that file as `ventoy_dat=on` does, and the boot test
+  attaches it as a disk of its own, which is what live-boot then sees.
 
 Every stick is a sparse file: only what is written takes disk space.
 """
@@ -23,7 +25,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from imagebuilder import boot
+from imagebuilder import boot, usb
 from imagebuilder.boottest.sticks import fuse_mounted, partition_device
 
 STICK_SIZE = 8 << 30
@@ -157,6 +159,14 @@ def loopback_stick(iso: Path, dest: Path, size: int = STICK_SIZE) -> Path:
         _run("mkfs.exfat", "-L", LOOPBACK_LABEL, loop)
     with fuse_mounted(dest, "exfat", size=data_size) as root:
         shutil.copyfile(iso, root / ISO_NAME)
+    return dest
+
+
+def ventoy_dat(dest: Path, size: int = 256 * MIB) -> Path:
+    """Ventoy's persistence backend file, made as the build's `ventoy_dat=on` makes <name>-persistence.dat: ext4
+    labelled `persistence`, holding persistence.conf."""
+    _sparse(dest, size)
+    usb.persistence_fs(dest, size, dest.parent, None)
     return dest
 
 

@@ -211,3 +211,20 @@ def test_the_ventoy_style_loader_boots_the_iso_s_loopback_menu(built, tmp_path):
     assert f"root=loop iso_path=/{writers.ISO_NAME}" in out
     assert "executed automatically" in out and f"Booting `{ctx.config.name}'" in out
     assert "can't find command `linux'" in out
+
+
+def test_ventoy_persistence_dat_is_a_disk_of_its_own_for_live_boot(tmp_path):
+    """--persistence on a Ventoy-style stick: the .dat (as `ventoy_dat=on` makes it) is attached as the block
+    device Ventoy's plugin maps it to (device-mapper: not a USB disk, so the appliance's stick mounting leaves it to
+    live-boot), and its first boot already counts on it."""
+    from imagebuilder import usb
+    from imagebuilder.boottest.vm import Vm
+
+    dat = writers.ventoy_dat(tmp_path / "ventoy-persistence.dat", size=16 << 20)
+    fs = probe(dat, 0)
+    assert (fs["TYPE"], fs["LABEL"]) == ("ext4", "persistence")
+    listing = subprocess.run(["debugfs", "-R", "cat /persistence.conf", str(dat)], capture_output=True, text=True)
+    assert listing.stdout == usb.PERSISTENCE_CONF
+    command = " ".join(Vm(disk=tmp_path / "stick.img", mode="bios-loopback", dir=tmp_path, ventoy_dat=dat).command())
+    assert f"file={dat},format=raw,if=none,id=vtoydat -device virtio-blk-pci,drive=vtoydat" in command
+    assert "vtoydat" not in " ".join(Vm(disk=tmp_path / "stick.img", mode="bios-loopback", dir=tmp_path).command())

@@ -112,13 +112,17 @@ def prepare(log) -> None:
 
 
 def decode_bytes_per_token_gguf(path: Path) -> int:
-    """Bytes of weights a decode step reads: every tensor but the token embedding (one row of it)."""
+    """Bytes of weights a decode step reads: every tensor but the token embedding (one row of it), unless the model
+    has no output.weight: HunyuanOCR ties its output head to the embedding, so llama.cpp multiplies by all of
+    token_embd for every token (125 MiB in Q8_0 at the real size)."""
     from imagebuilder import llamacpp_source
 
     sys.path.insert(0, str(llamacpp_source.source_tree(ROOT / "cache") / "gguf-py"))
     from gguf import GGUFReader
 
-    return sum(int(t.n_bytes) for t in GGUFReader(path).tensors if t.name != "token_embd.weight")
+    tensors = {t.name: int(t.n_bytes) for t in GGUFReader(path).tensors}
+    tied = "output.weight" not in tensors
+    return sum(size for name, size in tensors.items() if tied or name != "token_embd.weight")
 
 
 # ---- llama.cpp ----------------------------------------------------------------------------------------------------

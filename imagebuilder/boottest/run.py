@@ -70,7 +70,9 @@ def boot_once(
     medium = MODES[base][1]
     poison = lan and full_page
     smb_port = free_port() if smb_login else None
-    vm = Vm(disk, base, out, stick, entry, debug_shell=poison, smb_port=smb_port, ventoy_dat=dat)
+    vm = Vm(
+        disk=disk, mode=base, dir=out, stick=stick, entry=entry, debug_shell=poison, smb_port=smb_port, ventoy_dat=dat
+    )
     result = {"mode": mode, "ok": False}
     try:
         try:

@@ -121,7 +121,7 @@ def boot_once(
                     made = check_persistence_create(vm, token, result)
                     memory["made"] = not made
                     api_problems += made
-            elif medium in ("filecopy", "loopback"):
+            if medium in ("filecopy", "loopback"):  # with Ventoy's .dat too: the appliance must not offer its own
                 api_problems += check_persistence_refused(vm, token, result)
             if stick and stick_checks:
                 scan_check = check_read_only_stick if stick_fs.endswith("-dirty") else check_scan_stick

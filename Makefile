@@ -131,7 +131,8 @@ boot-test: iso $(STAMP)/test-apt
 # or data stick checks). The ISO written raw (dd, Etcher, Rufus DD) is booted three times: the first boot makes
 # persistent storage from the UI, the second makes a result on it, the third finds that result in History. Then its
 # files copied onto a GPT + FAT32 stick (Rufus ISO mode; UEFI only: BIOS needs the writer's own boot code), and the
-# ISO as a file on a Ventoy-style exFAT stick, BIOS and UEFI, through GRUB's loopback and the ISO's loopback.cfg.
+# ISO as a file on a Ventoy-style exFAT stick, BIOS and UEFI, through GRUB's loopback and the ISO's loopback.cfg,
+# with Ventoy's persistence .dat attached as its plugin maps it (the BIOS boot's result in History on the UEFI one).
 # Six boots, ~60-90 minutes under TCG. Artifacts in out/boot-test/writers/.
 BOOT_TEST_WRITER_MODES ?= uefi-raw,bios-raw,uefi-raw,uefi-filecopy,bios-loopback,uefi-loopback
 boot-test-writers: $(STAMP)/deps host-tools $(STAMP)/test-apt

@@ -6,6 +6,7 @@ listeners). Each check returns the problems it found ([] when all is well) and a
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.cookiejar
 import json
 import re
@@ -168,6 +169,78 @@ def check_model_tasks(vm: Vm, token: str, result: dict) -> list[str]:
     return problems
 
 
+@contextlib.contextmanager
+def ui_page(vm: Vm, token: str):
+    """The web UI in the host's headless Chromium through the forward, as a LAN user, logged in with the token."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=shutil.which("chromium") or "/usr/bin/chromium", headless=True, args=HOST_CHROMIUM_FLAGS
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800}, locale="en-US")
+            page.goto(f"http://127.0.0.1:{vm.port}/login", timeout=60_000)
+            page.fill("input[name=token]", token)
+            page.click("button[type=submit]")
+            page.wait_for_selector("#upload-form", timeout=60_000)
+            yield page
+        finally:
+            browser.close()
+
+
+UI_MODEL_WIDTH = 780  # the UI's doc page: a width no other check draws, so it is not answered from the result cache
+
+
+def check_ui_model_doc(vm: Vm, token: str, shots: Path, result: dict, timeout: float = 900) -> list[str]:
+    """An image with the CPU model, in a real browser: upload a picture, run `doc`, and while the job page waits see
+    the model's text arrive (its live text, from llama-server's stream) before the result page names
+    hunyuan-llamacpp. The tiny test model writes noise: that the text is shown is checked, not what it says."""
+    started = time.monotonic()
+    seen: list[int] = []  # the live text's length at each change, while the job page still waited
+    time_left: list[str] = []
+    try:
+        with ui_page(vm, token) as page:
+            picture = {"name": "ui-doc.png", "mimeType": "image/png", "buffer": text_png(OCR_TEXT, UI_MODEL_WIDTH)}
+            page.set_input_files("#file", files=[picture])
+            page.check("input[value=doc]", force=True)
+            page.click("#start")
+            page.wait_for_selector("#live-text", state="attached", timeout=60_000)
+            deadline = time.monotonic() + timeout
+            # Polled from here: wait_for_function would evaluate a string, which the page's CSP forbids.
+            while not page.locator(".engine-line").count():
+                if page.locator("#job-error").count():
+                    raise RuntimeError(f"the job ended with {page.locator('#job-error').inner_text().strip()!r}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no result page within {timeout:.0f} s")
+                live = page.locator("#live-text")
+                length = len(live.inner_text()) if live.count() and live.is_visible() else 0
+                if length and (not seen or length != seen[-1]):
+                    seen.append(length)
+                    if len(seen) == 1:
+                        page.screenshot(path=str(shots / "ui-model-live.png"), full_page=True)
+                said = page.locator("#time-left").inner_text().strip() if page.locator("#time-left").count() else ""
+                if said and (not time_left or said != time_left[-1]):
+                    time_left.append(said)
+                time.sleep(0.3)
+            engine = page.locator(".engine-line").inner_text().strip()
+            page.screenshot(path=str(shots / "ui-model-result.png"), full_page=True)
+    except Exception as e:  # playwright's errors say which step timed out
+        return [f"UI doc task on the CPU model failed: {type(e).__name__}: {str(e).splitlines()[0]}"]
+    result["ui_model_doc"] = {
+        "engine": engine,
+        "live_text_lengths": seen,
+        "time_left_said": time_left,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    problems = []
+    if not engine.startswith("hunyuan-llamacpp"):
+        problems.append(f"UI doc task answered by {engine!r}, expected hunyuan-llamacpp")
+    if not seen:
+        problems.append("UI doc task: no live text was shown while the job page waited")
+    return problems
+
+
 POISON_DEATHS = 3  # appliance.jobs: the third death of the web app under one job sets it aside (MAX_RETRIES + 1)
 
 
@@ -311,44 +384,26 @@ def check_read_only_stick(vm: Vm, token: str, result: dict, timeout: float = 120
 def check_ui_usb_upload(vm: Vm, token: str, shots: Path, result: dict) -> list[str]:
     """The web UI in a real browser (host Chromium through the forward, as a LAN user): log in with the token, pick
     STICK_FILE in the in-app USB browser, run plain text OCR, and see OCR_TEXT on the result page."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        return ["the UI check needs playwright (pip install -e '.[dev]')"]
-    browser_path = shutil.which("chromium") or "/usr/bin/chromium"
-    base = f"http://127.0.0.1:{vm.port}"
     started = time.monotonic()
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=browser_path,
-                headless=True,
-                args=HOST_CHROMIUM_FLAGS,
-            )
-            try:
-                page = browser.new_page(viewport={"width": 1280, "height": 800}, locale="en-US")
-                page.goto(base + "/login", timeout=60_000)
-                page.fill("input[name=token]", token)
-                page.click("button[type=submit]")
-                page.wait_for_selector("#usb-open", timeout=60_000)
-                page.click("#usb-open")
-                page.click(f"#usb-list button:has-text('{STICK_LABEL}')")
-                page.click(f"#usb-list button:has-text('{STICK_FILE}')")
-                page.check("input[value=text]", force=True)
-                page.click("#start")
-                page.wait_for_selector("#out-text", timeout=300_000)
-                shown = page.locator("#out-text").inner_text().strip()
-                # The scanned page itself must show under its boxes (the guest may still be rasterising it).
-                # (polled from here: wait_for_function would evaluate a string, which the page's CSP forbids)
-                for _ in range(120):
-                    if page.locator("img").evaluate_all("imgs => imgs.every(i => i.complete && i.naturalWidth > 0)"):
-                        break
-                    time.sleep(1)
-                else:
-                    raise TimeoutError("the page image did not load within 120 s")
-                page.screenshot(path=str(shots / "ui-usb-upload.png"), full_page=True)
-            finally:
-                browser.close()
+        with ui_page(vm, token) as page:
+            page.wait_for_selector("#usb-open", timeout=60_000)
+            page.click("#usb-open")
+            page.click(f"#usb-list button:has-text('{STICK_LABEL}')")
+            page.click(f"#usb-list button:has-text('{STICK_FILE}')")
+            page.check("input[value=text]", force=True)
+            page.click("#start")
+            page.wait_for_selector("#out-text", timeout=300_000)
+            shown = page.locator("#out-text").inner_text().strip()
+            # The scanned page itself must show under its boxes (the guest may still be rasterising it).
+            # (polled from here: wait_for_function would evaluate a string, which the page's CSP forbids)
+            for _ in range(120):
+                if page.locator("img").evaluate_all("imgs => imgs.every(i => i.complete && i.naturalWidth > 0)"):
+                    break
+                time.sleep(1)
+            else:
+                raise TimeoutError("the page image did not load within 120 s")
+            page.screenshot(path=str(shots / "ui-usb-upload.png"), full_page=True)
     except Exception as e:  # playwright's errors say which step timed out
         return [f"UI upload from the USB browser failed: {type(e).__name__}: {str(e).splitlines()[0]}"]
     result["ui_usb_upload"] = {"text": shown, "seconds": round(time.monotonic() - started, 1)}

@@ -31,6 +31,7 @@ from imagebuilder.boottest.checks import (
     check_poison_job,
     check_read_only_stick,
     check_scan_stick,
+    check_ui_model_doc,
     check_ui_usb_upload,
     check_usb,
     selftest_problems,
@@ -112,8 +113,9 @@ def boot_once(
             api_problems += check_ocr(vm, token, result)
             if full_page:
                 api_problems += check_full_page(vm, token, result)
-            if report.get("llama") == "active":  # an image with the CPU model: every task
+            if report.get("llama") == "active":  # an image with the CPU model: every task, and doc in the UI
                 api_problems += check_model_tasks(vm, token, result)
+                api_problems += check_ui_model_doc(vm, token, out, result)
             if memory is not None:
                 if memory.get("made"):
                     api_problems += check_persistence_kept(vm, token, report, result, memory)

@@ -162,7 +162,9 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
-def bench_llamacpp(caps, threads: int, short_tokens: int, long_tokens: int, long_cap: float, log) -> dict:
+def bench_llamacpp(
+    caps, threads: int, short_tokens: int, long_tokens: int, long_cap: float, log, gguf_dir: Path = GGUF
+) -> dict:
     from appliance.ocr import images
     from appliance.ocr.engines.openai_client import OpenAIEngine
     from appliance.ocr.tasks import Request
@@ -174,12 +176,12 @@ def bench_llamacpp(caps, threads: int, short_tokens: int, long_tokens: int, long
         os.environ.setdefault(llamacpp.BINARY_ENV, str(host_build))
     port = 8092
     started = time.perf_counter()
-    server = llamacpp.start_server(GGUF, port, threads=threads, log=log, timeout=1200)
+    server = llamacpp.start_server(gguf_dir, port, threads=threads, log=log, timeout=1200)
     load_s = time.perf_counter() - started
     url = f"http://127.0.0.1:{port}/v1"
     results = {"load_s": load_s, "pages": []}
     try:
-        engine = OpenAIEngine(GGUF, llamacpp.SERVER, url)
+        engine = OpenAIEngine(gguf_dir, llamacpp.SERVER, url)
         prompt = Request.make(PROMPT_TASK).prompt()
         page = a4_page()
         for cap in caps:
@@ -203,7 +205,7 @@ def bench_llamacpp(caps, threads: int, short_tokens: int, long_tokens: int, long
     finally:
         server.terminate()
         server.wait(timeout=60)
-    results["bytes_per_token"] = decode_bytes_per_token_gguf(next(GGUF.glob("hunyuanocr-*.gguf")))
+    results["bytes_per_token"] = decode_bytes_per_token_gguf(next(gguf_dir.glob("hunyuanocr-*.gguf")))
     return results
 
 
@@ -313,6 +315,9 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--long-cap", type=float, default=0.75)
     parser.add_argument("--no-transformers", action="store_true")
+    parser.add_argument(
+        "--gguf", type=Path, default=GGUF, help="llama.cpp's GGUF pair to measure (default: text q8_0 + mmproj f16)"
+    )
     parser.add_argument("--transformers-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     caps = [float(c) for c in args.caps.split(",")]
@@ -328,7 +333,7 @@ def main(argv=None) -> int:
               f"{compute / 1e9:.0f} GFLOP/s", flush=True)  # fmt: skip
         results = {"threads": args.threads, "bandwidth": bandwidth, "compute": compute}
         results["llama.cpp"] = bench_llamacpp(
-            caps, args.threads, args.short_tokens, args.long_tokens, args.long_cap, log
+            caps, args.threads, args.short_tokens, args.long_tokens, args.long_cap, log, args.gguf
         )
         if not args.no_transformers:
             results["transformers"] = bench_transformers(caps, args.threads, args.short_tokens)

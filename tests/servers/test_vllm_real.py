@@ -268,7 +268,7 @@ def test_killed_mid_answer_the_job_goes_back_and_completes(victim, unit, hunyuan
         first = jobs.submit(png(page("first")), "first.png", Request.make("text")).id
         second = jobs.submit(png(page("second")), "second.png", Request.make("text")).id
 
-        job = wait_for(lambda: (j := jobs.get(first)).state == QUEUED and j.retries == 1 and j, 60, "the requeue")
+        job = wait_for(lambda: (j := jobs.get(first)).state == QUEUED and j.retries == 1 and j, 180, "the requeue")
         assert killed.is_set()
         # Engine killed: vLLM's error event, then [DONE] on HTTP 200; API server killed: the stream just ends.
         said = ("failed mid-answer",) if victim == "engine" else ("lost the vLLM server", "closed the answer stream")

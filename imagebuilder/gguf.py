@@ -10,8 +10,10 @@ pre-tokenizer by the hash of a test string's tokens and refuses hashes it does n
 Hunyuan-dense's (upstream converted tencent/HunyuanOCR with it); a checkpoint whose hash is unknown (a synthetic
 test tokenizer) is written as "hunyuan-dense" with a warning instead of failing.
 
-Text model quantization, the trade-off (`--set cpu_model_quant=`; the mmproj always stays f16: llama.cpp's ViT is
-no faster with a quantized projector, and the page's pixels go through it):
+Text model quantization, the trade-off (`--set cpu_model_quant=`). The mmproj always stays f16: a q8_0 projector
+(ffn_down stays f16 anyway: 4304 columns are not whole 32-blocks) read a 0.75 MP page slower, 41.0 s against 33.4 s
+(AVX2, 2 threads, `bench.llamacpp --gguf`, 2026-12-03; the spike saw no difference on Sapphire Rapids), and every
+pixel of the page goes through it:
   f16     ~2.0 GB for the text model; the reference's numbers; decode is memory-bound, so the slowest.
   q8_0    ~0.57 GB (real dimensions); 8-bit blocks with one scale per 32 weights, generally taken as
           indistinguishable from f16 in LLM quality; faster decode than f16 (half the bytes per token). The default.

@@ -103,6 +103,15 @@ GGUF_DIR = "gguf"  # <model_dir>/gguf/: the GGUF files llama-server loads (image
 MMPROJ_PREFIX = "mmproj-"  # the vision projector's file; the text model is the other *.gguf
 
 
+def has_gguf(model_dir: str | os.PathLike) -> bool:
+    """Whether `model_dir` holds a usable GGUF pair (find_gguf would find one)."""
+    try:
+        find_gguf(model_dir)
+    except EngineUnavailable:
+        return False
+    return True
+
+
 def find_gguf(model_dir: str | os.PathLike, engine: str = "hunyuan-llamacpp") -> tuple[Path, Path]:
     """(text model, vision projector) GGUF files of a HunyuanOCR model: in `<dir>/gguf/`, or in DIR itself when it
     holds them. EngineUnavailable saying what is missing otherwise. With several text models (e.g. q8_0 and

@@ -436,7 +436,7 @@ MESSAGES = {
 
 
 # Why a gpu image runs OCR on the CPU (the banner): kept with the checks that find the reason.
-MESSAGES.update({f"gpu_{key}": texts for key, texts in gpu.REASONS.items()})
+MESSAGES.update({f"gpu_{key}": texts for key, texts in {**gpu.REASONS, **gpu.MEANWHILE}.items()})
 
 
 def say_reason(reason) -> str:
@@ -445,7 +445,7 @@ def say_reason(reason) -> str:
     if key is None:
         return str(reason)
     first = gettext("gpu_" + key, **reason.values)
-    return first + ("" if first.endswith("。") else " ") + gettext("gpu_cpu_meanwhile")  # no space after a CJK stop
+    return first + ("" if first.endswith("。") else " ") + gettext("gpu_" + reason.meanwhile)  # none after a CJK stop
 
 
 # The engine's start-up steps (the start screen): kept with the code that reports them.

@@ -11,7 +11,7 @@ Nothing is defined here; the names below are re-exported for the web UI and the 
 
 from appliance.gpu.detect import load_stack_info
 from appliance.gpu.fallback import banner
-from appliance.gpu.reasons import REASONS, Reason
+from appliance.gpu.reasons import MEANWHILE, REASONS, Reason
 from appliance.gpu.sizing import COMPILE_CACHE
 
-__all__ = ["COMPILE_CACHE", "REASONS", "Reason", "banner", "load_stack_info"]
+__all__ = ["COMPILE_CACHE", "MEANWHILE", "REASONS", "Reason", "banner", "load_stack_info"]

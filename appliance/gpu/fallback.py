@@ -26,7 +26,7 @@ from appliance.gpu.detect import (
 )
 from appliance.gpu.reasons import Reason
 from appliance.gpu.sizing import NotEnoughGpuMemory, vllm_settings
-from appliance.model_dir import IMAGE_MODEL_DIR, model_version
+from appliance.model_dir import IMAGE_MODEL_DIR, has_gguf, model_version
 
 
 def secure_boot_message(state: str, modules_signed: bool) -> Reason | None:
@@ -120,9 +120,11 @@ def status(sysfs: str | Path = SYSFS, stack: dict | None = None, model_version: 
 def banner(
     sysfs: str | Path = SYSFS, stack: dict | None = None, model_dir: str | Path = IMAGE_MODEL_DIR
 ) -> Reason | None:
-    """The UI's one sentence on a GPU image when OCR runs on the CPU; None on a cpu image or when the GPU serves."""
+    """The UI's one sentence on a GPU image when OCR runs on the CPU; None on a cpu image or when the GPU serves.
+    An image that carries the CPU model (GGUF files beside the weights) says that every task still works."""
     stack = load_stack_info() if stack is None else stack
     if not stack:
         return None  # a cpu image: the CPU engine is the design, not a fallback
     gpus = detect(sysfs)
-    return fallback_reason(sysfs, stack, _memory_if_loaded(gpus, sysfs), model_version(model_dir))
+    reason = fallback_reason(sysfs, stack, _memory_if_loaded(gpus, sysfs), model_version(model_dir))
+    return reason.with_cpu_model() if reason and has_gguf(model_dir) else reason

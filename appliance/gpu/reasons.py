@@ -6,7 +6,7 @@ The checks that pick a sentence are appliance.gpu.fallback's (and sizing's, for 
 from __future__ import annotations
 
 # Why OCR runs on the CPU, one sentence each, in English (logs, systemd) and Chinese; webui.i18n adds them to the UI's
-# catalogue as gpu_<key>. Every reason is followed by "cpu_meanwhile".
+# catalogue as gpu_<key>. Every reason is followed by one of MEANWHILE.
 REASONS = {
     "no_card": ("No NVIDIA graphics card was found.", "未找到 NVIDIA 显卡。"),
     "cpu_image": (
@@ -64,9 +64,16 @@ REASONS = {
         "on the GPU.",
         "此 NVIDIA 显卡只有 {memory_gib} GiB 显存，而 HunyuanOCR {version} 至少需要 {minimum_gib} GiB。",
     ),
+}
+# The sentence after the reason: what OCR does meanwhile, with or without the image's CPU model (its GGUF files).
+MEANWHILE = {
     "cpu_meanwhile": (
-        "OCR runs on the CPU meanwhile: slower, and without the image's CPU model only text spotting and plain text.",
-        "在此期间由 CPU 识别：速度较慢；镜像未附带 CPU 模型时仅支持文字定位和纯文本。",
+        "OCR runs on the CPU meanwhile: slower, and only text spotting and plain text.",
+        "在此期间由 CPU 识别：速度较慢，且仅支持文字定位和纯文本。",
+    ),
+    "cpu_model_meanwhile": (
+        "OCR runs on the CPU meanwhile: every task, with the image's CPU model, but slower.",
+        "在此期间由 CPU 识别：借助镜像自带的 CPU 模型支持所有任务，但速度较慢。",
     ),
 }
 
@@ -77,9 +84,14 @@ class Reason(str):
 
     key: str
     values: dict
+    meanwhile: str  # a MEANWHILE key
 
-    def __new__(cls, key: str, **values):
-        text = f"{REASONS[key][0].format(**values)} {REASONS['cpu_meanwhile'][0]}"
+    def __new__(cls, key: str, meanwhile: str = "cpu_meanwhile", **values):
+        text = f"{REASONS[key][0].format(**values)} {MEANWHILE[meanwhile][0]}"
         reason = super().__new__(cls, text)
-        reason.key, reason.values = key, values
+        reason.key, reason.values, reason.meanwhile = key, values, meanwhile
         return reason
+
+    def with_cpu_model(self) -> Reason:
+        """The same reason on an image that carries the CPU model: every task still works, on the CPU."""
+        return Reason(self.key, "cpu_model_meanwhile", **self.values)

@@ -49,6 +49,29 @@ def test_banner_on_every_page_of_a_gpu_image_without_a_gpu(gpu_image, client):
     assert 'id="gpu-fallback"' in status
 
 
+@pytest.fixture
+def cpu_model(tmp_path, app_config):
+    """The model directory of a gpu image built with cpu_model on (the default): the GGUF pair beside the weights."""
+    gguf = tmp_path / "model" / "gguf"
+    gguf.mkdir(parents=True)
+    for name in ("hunyuanocr-q8_0.gguf", "mmproj-hunyuanocr-f16.gguf"):
+        (gguf / name).write_bytes(b"GGUF")
+    app_config["MODEL_DIR"] = str(tmp_path / "model")
+    return tmp_path / "model"
+
+
+def test_banner_says_every_task_still_works_with_the_cpu_model(gpu_image, cpu_model, client):
+    """Its fallback is llama.cpp: the banner must not say that only two tasks work."""
+    page = client.get("/").get_data(as_text=True)
+    assert "No NVIDIA graphics card was found. OCR runs on the CPU meanwhile: every task" in page
+    assert "only text spotting" not in page
+    client.set_cookie("lang", "zh")
+    chinese = client.get("/").get_data(as_text=True)
+    assert "未找到 NVIDIA 显卡。在此期间由 CPU 识别：借助镜像自带的 CPU 模型支持所有任务" in chinese
+    (cpu_model / "gguf" / "mmproj-hunyuanocr-f16.gguf").unlink()  # half a pair is no CPU model
+    assert gpu.banner(gpu_image / "sys", STACK, cpu_model).endswith("only text spotting and plain text.")
+
+
 def test_tasks_that_need_the_model_say_so(gpu_image, client):
     page = client.get("/").get_data(as_text=True)
     assert "needs the HunyuanOCR model" in page
@@ -80,7 +103,7 @@ def test_banner_in_the_pages_language(gpu_image, client):
 def test_every_reason_has_both_languages_with_the_same_fields():
     import string
 
-    for key, (english, chinese) in gpu.REASONS.items():
+    for key, (english, chinese) in {**gpu.REASONS, **gpu.MEANWHILE}.items():
         fields = {name for _, name, _, _ in string.Formatter().parse(english) if name}
         assert fields == {name for _, name, _, _ in string.Formatter().parse(chinese) if name}, key
         assert english.endswith(".") and chinese.endswith("。"), key
